@@ -1,0 +1,195 @@
+"""A size-class caching allocator shared by both backends.
+
+Every array the library creates is carved from a `MemoryPool`: a request is rounded up to its size class, served from
+a held block of that class when one is free (a hit) and from the raw allocator otherwise (a miss). A `Block` goes back
+to the pool's held list when its last reference dies; held memory returns to the device only on `freeHeld()` or when
+an allocation runs out of memory (the pool then frees what it holds and retries once).
+
+The raw allocator is the only backend-specific part: `cuda.mem_alloc` on CUDA, an aligned numpy byte buffer on the CPU
+(`NumpyAllocator`), so the pool's accounting is tested on every machine.
+"""
+
+import threading
+from collections import defaultdict
+
+import numpy as np
+
+ALIGNMENT = 256
+SMALL_LIMIT = 1 << 20
+SMALL_GRANULE = 512
+
+
+def sizeClass(nbytes):
+    """Rounds a request up to its size class, in bytes.
+
+    Requests under 1 MiB round up to a multiple of 512 bytes; larger ones to a quarter of their power of two
+    (so at most 25% of a large block is slack). A zero-byte request still gets the smallest class, so every
+    array has a valid, unique address.
+    """
+    if nbytes <= SMALL_GRANULE:
+        return SMALL_GRANULE
+    if nbytes < SMALL_LIMIT:
+        return -(-nbytes // SMALL_GRANULE) * SMALL_GRANULE
+    step = 1 << (nbytes.bit_length() - 3)
+    return -(-nbytes // step) * step
+
+
+class Block:
+    """A piece of pool memory in use. It returns to its pool's held list when garbage-collected.
+
+    Attributes:
+        ptr (int): device (or host, on the CPU backend) address of the first byte, aligned to 256 bytes.
+        nbytes (int): bytes requested.
+        size (int): bytes of the size class actually reserved (>= nbytes).
+        raw: the raw allocator's object (a `pycuda.driver.DeviceAllocation`, or a numpy uint8 array on the CPU).
+    """
+
+    __slots__ = ("pool", "raw", "ptr", "nbytes", "size", "__weakref__")
+
+    def __init__(self, pool, raw, ptr, nbytes, size):
+        self.pool, self.raw, self.ptr, self.nbytes, self.size = pool, raw, ptr, nbytes, size
+
+    def __del__(self):
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool._release(self.raw, self.size)
+
+    def __repr__(self):
+        return "Block(ptr=0x%x, nbytes=%d, size=%d)" % (self.ptr, self.nbytes, self.size)
+
+
+class MemoryPool:
+    """Caching allocator with size classes, statistics and an out-of-memory retry.
+
+    Args:
+        allocator: raw allocator with ``allocate(nbytes) -> raw`` (raises `MemoryError` when the device is full),
+            ``free(raw)``, ``address(raw) -> int`` and a ``name`` attribute.
+
+    Raises:
+        MemoryError: from `allocate`, when the raw allocator fails even after the held blocks were freed; the message
+            names the requested bytes, the size class and the pool's statistics.
+    """
+
+    def __init__(self, allocator):
+        self.allocator = allocator
+        self.lock = threading.RLock()
+        self.held = defaultdict(list)
+        self.resetStats()
+
+    def resetStats(self):
+        """Zeroes the counters (`allocations`, `hits`, `misses`) and sets the peak to the current active bytes."""
+        with self.lock:
+            if not hasattr(self, "activeBytes"):
+                self.activeBytes, self.heldBytes, self.rawBytes = 0, 0, 0
+            self.peakActiveBytes = self.activeBytes
+            self.allocations, self.hits, self.misses = 0, 0, 0
+
+    def allocate(self, nbytes):
+        """Returns a `Block` of at least `nbytes` bytes (an int >= 0)."""
+        if isinstance(nbytes, (bool, np.bool_)) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
+            raise ValueError("MemoryPool.allocate expects a non-negative int of bytes; got %r" % (nbytes,))
+
+        nbytes = int(nbytes)
+        size = sizeClass(nbytes)
+
+        with self.lock:
+            stack = self.held.get(size)
+            if stack:
+                raw = stack.pop()
+                self.heldBytes -= size
+                self.hits += 1
+            else:
+                raw = self._rawAllocate(nbytes, size)
+                self.rawBytes += size
+                self.misses += 1
+
+            self.allocations += 1
+            self.activeBytes += size
+            self.peakActiveBytes = max(self.peakActiveBytes, self.activeBytes)
+
+        return Block(self, raw, self.allocator.address(raw), nbytes, size)
+
+    def _rawAllocate(self, nbytes, size):
+        try:
+            return self.allocator.allocate(size)
+        except MemoryError:
+            self.freeHeld()
+
+        try:
+            return self.allocator.allocate(size)
+        except MemoryError as e:
+            raise MemoryError(
+                "MemoryPool on %s: out of memory for a request of %d bytes (size class %d), even after freeing "
+                "held blocks; pool stats %s; allocator said: %s" % (self.allocator.name, nbytes, size, self.stats(), e)
+            ) from None
+
+    def _release(self, raw, size):
+        with self.lock:
+            self.activeBytes -= size
+            self.heldBytes += size
+            self.held[size].append(raw)
+
+    def freeHeld(self):
+        """Gives every held block back to the raw allocator; returns the number of bytes freed."""
+        with self.lock:
+            # NOTE: swap first, so a block released by the garbage collector meanwhile lands in the new dict
+            held, self.held = self.held, defaultdict(list)
+            freed = 0
+            for size, stack in held.items():
+                for raw in stack:
+                    self.allocator.free(raw)
+                    freed += size
+            self.heldBytes -= freed
+            self.rawBytes -= freed
+            return freed
+
+    def stats(self):
+        """Returns a dict: ``activeBytes`` (in blocks now in use), ``heldBytes`` (cached for reuse),
+        ``peakActiveBytes``, ``rawBytes`` (taken from the device: active + held), ``allocations`` (requests served),
+        ``hits`` (served from held blocks) and ``misses`` (raw allocations). Byte counts are in size-class bytes."""
+        with self.lock:
+            return {
+                "activeBytes": self.activeBytes,
+                "heldBytes": self.heldBytes,
+                "peakActiveBytes": self.peakActiveBytes,
+                "rawBytes": self.rawBytes,
+                "allocations": self.allocations,
+                "hits": self.hits,
+                "misses": self.misses,
+            }
+
+    def __repr__(self):
+        return "MemoryPool(%s, %s)" % (self.allocator.name, self.stats())
+
+
+class NumpyAllocator:
+    """Raw allocator of the CPU backend: 256-byte aligned numpy byte buffers.
+
+    Args:
+        limitBytes (int or None): total raw bytes it may hand out before raising `MemoryError`, like a device of
+            that size; None for no limit beyond the host's.
+    """
+
+    name = "numpy"
+
+    def __init__(self, limitBytes=None):
+        self.limitBytes = limitBytes
+        self.usedBytes = 0
+
+    def allocate(self, nbytes):
+        if self.limitBytes is not None and self.usedBytes + nbytes > self.limitBytes:
+            raise MemoryError(
+                "numpy allocator limit: %d bytes requested, %d of %d in use" % (nbytes, self.usedBytes, self.limitBytes)
+            )
+
+        buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+        offset = -buffer.ctypes.data % ALIGNMENT
+        self.usedBytes += nbytes
+        return buffer[offset : offset + nbytes]
+
+    def free(self, raw):
+        self.usedBytes -= raw.nbytes
+
+    @staticmethod
+    def address(raw):
+        return raw.ctypes.data

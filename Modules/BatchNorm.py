@@ -1,0 +1,85 @@
+"""BatchNorm: per-activation batch normalization of (batch, features) data, e.g. after a fully connected layer."""
+
+import numpy as np
+
+from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Modules.BatchNormND import BatchNormND
+from PuzzleLib.Modules.Module import ModuleError
+
+
+class BatchNorm(BatchNormND):
+    """Batch normalization of each feature over the batch (per-activation; Ioffe & Szegedy 2015, arXiv 1502.03167).
+
+    Every rule of `BatchNormND` holds (factor schedule, unbiased running variance, evaluation and in-place
+    evaluation, backward in both modes, persistence), with m = batch elements per feature. As in PuzzleLib, the
+    parameters and statistics have shape (1, size, 1, 1).
+
+    Args:
+        size (int): number of features.
+        epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace: as in `BatchNormND`.
+
+    Shape:
+        data and output: (batch, size); scale, bias, mean, var: (1, size, 1, 1), float32.
+
+    Example:
+        >>> data = gpuarray.to_gpu(np.arange(18).reshape(3, 6).astype(np.float32))
+        >>> bn = BatchNorm(6)
+        >>> bn(data)                  # bn.mean: 6 ... 11, bn.var: 36 (the unbiased variance of each column)
+    """
+
+    mode = "perActivation"
+
+    def __init__(
+        self,
+        size,
+        epsilon=1e-5,
+        initFactor=1.0,
+        minFactor=0.1,
+        sscale=0.01,
+        affine=True,
+        name=None,
+        empty=False,
+        inplace=False,
+    ):
+        super().__init__(2, size, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace)
+        self.size = self.maps
+
+    def checkDataShape(self, shape):
+        if len(shape) != 2:
+            raise ModuleError("%s expects 2D data (batch, size); got shape %s" % (self.describe(), shape))
+        if shape[1] != self.size:
+            raise ModuleError("%s: data has %d features (expected: %d)" % (self.describe(), shape[1], self.size))
+
+    def toDnn(self, ary):
+        return ary.reshape(ary.shape[0], ary.shape[1], 1, 1)
+
+    def fromDnn(self, ary, like):
+        return None if ary is None else ary.reshape(like.shape)
+
+
+def unittest():
+    from PuzzleLib.TestLib import Reference
+
+    hostData = np.arange(18).reshape(3, 6).astype(np.float32)
+    bn = BatchNorm(6)
+    out = bn(gpuarray.to_gpu(hostData)).get()
+    assert bn.mean.shape == (1, 6, 1, 1)
+    assert np.allclose(bn.mean.get().ravel(), hostData.astype(np.float64).mean(axis=0))
+    assert np.allclose(bn.var.get().ravel(), hostData.astype(np.float64).var(axis=0, ddof=1))
+
+    ref = Reference.batchNormTrain(
+        hostData, bn.scale.get().reshape(1, 6), bn.bias.get().reshape(1, 6), (0,), bn.epsilon
+    )
+    assert np.allclose(out, ref.out, atol=1e-5)
+
+    np.random.seed(1)
+    hostGrad = np.random.randn(3, 6).astype(np.float32)
+    bn.backward(gpuarray.to_gpu(hostGrad))
+    dx, dscale, dbias = Reference.batchNormBackward(hostData, hostGrad, bn.scale.get().reshape(1, 6), (0,), bn.epsilon)
+    assert np.allclose(bn.grad.get(), dx, atol=1e-5)
+    assert np.allclose(bn.vars["scale"].grad.get().ravel(), dscale.ravel(), atol=1e-5)
+    assert np.allclose(bn.vars["bias"].grad.get().ravel(), dbias.ravel(), atol=1e-5)
+
+
+if __name__ == "__main__":
+    unittest()

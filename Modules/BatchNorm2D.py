@@ -1,0 +1,50 @@
+"""BatchNorm2D: batch normalization of 2D maps, (batch, maps, height, width)."""
+
+import numpy as np
+
+from PuzzleLib.Modules.BatchNormND import BatchNormND
+
+
+class BatchNorm2D(BatchNormND):
+    """`BatchNormND` with nd = 2: each map is normalized over the batch and its 2 spatial axes.
+
+    Args:
+        maps (int): number of maps (axis 1); the other arguments as in `BatchNormND`.
+
+    Shape:
+        data and output: (batch, maps, height, width); scale, bias, mean, var: (1, maps, 1, 1), float32.
+    """
+
+    def __init__(
+        self,
+        maps,
+        epsilon=1e-5,
+        initFactor=1.0,
+        minFactor=0.1,
+        sscale=0.01,
+        affine=True,
+        name=None,
+        empty=False,
+        inplace=False,
+    ):
+        super().__init__(2, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace)
+
+    def layoutText(self):
+        return "batch, maps, height, width"
+
+
+def unittest():
+    from PuzzleLib.Backend import gpuarray
+    from PuzzleLib.TestLib import Reference
+
+    np.random.seed(2)
+    hostData = np.random.normal(-1.0, 2.0, size=(3, 4) + (6, 5, 2)[:2]).astype(np.float32)
+    bn = BatchNorm2D(4)
+    out = bn(gpuarray.to_gpu(hostData)).get()
+    ref = Reference.batchNormTrain(hostData, bn.scale.get(), bn.bias.get(), Reference.spatialAxes(2 + 2), bn.epsilon)
+    assert np.allclose(out, ref.out, atol=1e-5)
+    assert np.allclose(bn.var.get(), ref.unbiasedVar, rtol=1e-5)
+
+
+if __name__ == "__main__":
+    unittest()

@@ -1,0 +1,266 @@
+"""BatchNormND: batch normalization of maps over the batch and all spatial axes."""
+
+import numpy as np
+
+from PuzzleLib.Backend import Dnn, gpuarray
+from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Variable import Variable
+
+
+def checkPositiveInt(owner, name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError("%s: %s must be a positive int; got %r" % (owner, name, value))
+
+
+class BatchNormND(Module):
+    """Batch normalization over the batch and spatial axes, one mean and variance per map.
+
+    Ioffe & Szegedy 2015, "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+    Shift", arXiv 1502.03167. In training mode, with m = batch * d1 * ... * dnd elements per map::
+
+        numOfProps += 1
+        factor = max(initFactor / numOfProps, minFactor)
+        mu, sigma2 = mean and biased variance of x per map
+        out = (x - mu) / sqrt(sigma2 + epsilon) * scale + bias
+        mean = (1 - factor) * mean + factor * mu
+        var  = (1 - factor) * var  + factor * sigma2 * m / (m - 1)
+
+    ``factor`` weighs the new batch: with the defaults the first batch replaces the initial statistics, the first ten
+    are averaged cumulatively, then an exponential average with weight 0.1 follows. The running variance is unbiased,
+    as in Theano and cuDNN. In evaluation mode (``evalMode()``) the running statistics normalize and nothing changes:
+    ``out = (x - mean) / sqrt(var + epsilon) * scale + bias``; backward then treats them as constants.
+
+    Args:
+        nd (int): number of spatial axes (>= 1).
+        maps (int): number of maps (channels), axis 1 of the data.
+        epsilon (float): > 0, added to the variance. Default 1e-5.
+        initFactor (float): > 0, the factor of the first batch. Default 1.0.
+        minFactor (float): in [0, 1], the smallest factor. Default 0.1; 0 gives a cumulative average of all batches.
+        sscale (float): standard deviation of the initial ``scale ~ Normal(1, sscale)`` (numpy's global generator).
+        affine (bool): trainable ``scale`` and ``bias``; when False they stay exactly 1 and 0 (saved as attributes).
+        name (str or None): the module's name (prefix of its saved entries).
+        empty (bool): create no arrays (``scale``, ``bias``, ``mean``, ``var`` are None) for a later `load`.
+        inplace (bool): in evaluation mode write the output over the input (no new memory). Training in place is an
+            error.
+
+    Attributes:
+        scale, bias (GPUArray): float32, shape (1, maps, 1, ..., 1); trainable (``vars``) when `affine`.
+        mean, var (GPUArray): float32 running statistics of the same shape (``attrs``), initially 0 and 1.
+        numOfProps (int): training forwards so far.
+        savemean, saveinvvar (GPUArray): the last training batch's mean and 1 / sqrt(sigma2 + epsilon).
+
+    Shape:
+        data and output: (batch, maps, d1, ..., dnd), dtype = calctype (float32 by default).
+
+    Raises:
+        ValueError: at construction, for a bad argument (named with its value).
+        ModuleError: on forward, for data of another rank, map count or dtype, a module created empty, a training
+            batch of one element per map (no variance), or in-place training; the module is left as it was.
+
+    Example:
+        >>> bn = BatchNorm2D(16)
+        >>> y = bn(gpuarray.to_gpu(np.random.randn(8, 16, 32, 32).astype(np.float32)))
+    """
+
+    mode = "spatial"
+
+    def __init__(
+        self,
+        nd,
+        maps,
+        epsilon=1e-5,
+        initFactor=1.0,
+        minFactor=0.1,
+        sscale=0.01,
+        affine=True,
+        name=None,
+        empty=False,
+        inplace=False,
+    ):
+        owner = type(self).__name__
+        checkPositiveInt(owner, "nd", nd)
+        checkPositiveInt(owner, "maps", maps)
+        if not epsilon > 0:
+            raise ValueError("%s: epsilon must be > 0; got %r" % (owner, epsilon))
+        if not initFactor > 0:
+            raise ValueError("%s: initFactor must be > 0; got %r" % (owner, initFactor))
+        if not 0 <= minFactor <= 1:
+            raise ValueError("%s: minFactor must be in [0, 1]; got %r" % (owner, minFactor))
+        if not sscale >= 0:
+            raise ValueError("%s: sscale must be >= 0; got %r" % (owner, sscale))
+
+        super().__init__(name)
+        self.nd, self.maps = int(nd), int(maps)
+        self.epsilon, self.initFactor, self.minFactor, self.sscale = epsilon, initFactor, minFactor, sscale
+        self.affine, self.inplace = affine, inplace
+        self.numOfProps = 0
+        self.savemean, self.saveinvvar = None, None
+        self.paramGrads = None
+
+        self.scale, self.bias, self.mean, self.var = None, None, None, None
+        if not empty:
+            self.initParams()
+
+    @property
+    def paramShape(self):
+        return (1, self.maps) + (1,) * self.nd
+
+    def initParams(self):
+        shape = self.paramShape
+        scale = np.random.normal(1.0, self.sscale, size=shape) if self.affine else np.ones(shape)
+        scale, bias = gpuarray.to_gpu(scale.astype(np.float32)), gpuarray.zeros(shape, np.float32)
+
+        if self.affine:
+            self.setVar("scale", Variable(scale, name="scale"))
+            self.setVar("bias", Variable(bias, name="bias"))
+        else:
+            self.setAttr("scale", scale)
+            self.setAttr("bias", bias)
+
+        self.setAttr("mean", gpuarray.zeros(shape, np.float32))
+        self.setAttr("var", gpuarray.to_gpu(np.ones(shape, dtype=np.float32)))
+
+    def paramSpecs(self):
+        group = "params" if self.affine else "attrs"
+        shape = self.paramShape
+        return {"scale": (group, shape), "bias": (group, shape), "mean": ("attrs", shape), "var": ("attrs", shape)}
+
+    # --- shapes
+
+    def checkDataShape(self, shape):
+        rank = 2 + self.nd
+        if len(shape) != rank:
+            raise ModuleError(
+                "%s expects %dD data (%s); got shape %s" % (self.describe(), rank, self.layoutText(), shape)
+            )
+        if shape[1] != self.maps:
+            raise ModuleError("%s: data has %d maps (expected: %d)" % (self.describe(), shape[1], self.maps))
+
+    def layoutText(self):
+        return "batch, maps, " + ", ".join("d%d" % (i + 1) for i in range(self.nd))
+
+    def toDnn(self, ary):
+        """The view the Dnn functions take; identity for spatial data."""
+        return ary
+
+    def fromDnn(self, ary, like):
+        return ary
+
+    # --- forward and backward
+
+    def updateData(self, data):
+        if self.scale is None:
+            raise ModuleError("%s is empty: set or load its parameters before calling it" % self.describe())
+
+        if not self.train:
+            out = self.toDnn(data) if self.inplace else None
+            result = self.dnnForward(data, test=True, out=out)
+            self.savemean, self.saveinvvar = None, None
+            return self.fromDnn(result, data)
+
+        if self.inplace:
+            raise ModuleError(
+                "%s: in-place operation is supported in evaluation mode only (call evalMode())" % self.describe()
+            )
+
+        factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
+        result, savemean, saveinvvar = self.dnnForward(data, test=False, factor=factor)
+
+        self.numOfProps += 1
+        self.savemean, self.saveinvvar = savemean, saveinvvar
+        return self.fromDnn(result, data)
+
+    def dnnForward(self, data, test, factor=1.0, out=None):
+        try:
+            return Dnn.batchNormNd(
+                self.toDnn(data),
+                self.scale,
+                self.bias,
+                self.mean,
+                self.var,
+                self.epsilon,
+                factor,
+                test=test,
+                mode=self.mode,
+                out=out,
+            )
+        except ValueError as e:
+            raise ModuleError("%s: %s" % (self.describe(), e)) from None
+
+    def updateGrad(self, grad):
+        ingrad = self.computeGradients(grad, updGrad=True)
+        return self.fromDnn(ingrad, grad)
+
+    def accGradParams(self, grad, scale=1.0, momentum=0.0):
+        if self.paramGrads is None:
+            self.computeGradients(grad, updGrad=False)
+
+        scalegrad, biasgrad = self.paramGrads
+        self.paramGrads = None
+        self.accumulate(self.vars["scale"], scalegrad, scale, momentum)
+        self.accumulate(self.vars["bias"], biasgrad, scale, momentum)
+
+    def computeGradients(self, grad, updGrad):
+        ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+            self.toDnn(self.inData),
+            self.toDnn(grad),
+            self.scale,
+            self.savemean,
+            self.saveinvvar,
+            self.epsilon,
+            mode=self.mode,
+            test=not self.train,
+            mean=self.mean,
+            var=self.var,
+            updGrad=updGrad,
+        )
+        self.paramGrads = (scalegrad, biasgrad) if self.affine else None
+        return ingrad
+
+    def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
+        self.paramGrads = None
+        try:
+            return super().backward(grad, updParamGrads, updGrad, scale, momentum)
+        finally:
+            self.paramGrads = None
+
+    def reset(self):
+        super().reset()
+        self.savemean, self.saveinvvar, self.paramGrads = None, None, None
+
+
+def unittest():
+    from PuzzleLib.TestLib import Reference
+
+    for nd in (1, 2, 3):
+        np.random.seed(nd)
+        maps = 3
+        shape = (4, maps) + (5, 3, 2)[:nd]
+        hostData = np.random.normal(2.0, 3.0, size=shape).astype(np.float32)
+        bn = BatchNormND(nd, maps)
+
+        out = bn(gpuarray.to_gpu(hostData)).get()
+        ref = Reference.batchNormTrain(
+            hostData, bn.scale.get(), bn.bias.get(), Reference.spatialAxes(hostData.ndim), bn.epsilon
+        )
+        assert np.allclose(out, ref.out, atol=1e-5)
+        assert np.allclose(bn.mean.get(), ref.mean, rtol=1e-5)
+        assert np.allclose(bn.var.get(), ref.unbiasedVar, rtol=1e-5)
+
+        hostGrad = np.random.randn(*shape).astype(np.float32)
+        bn.backward(gpuarray.to_gpu(hostGrad))
+        dx, dscale, dbias = Reference.batchNormBackward(hostData, hostGrad, bn.scale.get(), ref.axes, bn.epsilon)
+        assert np.allclose(bn.grad.get(), dx, atol=1e-5)
+        assert np.allclose(bn.vars["scale"].grad.get(), dscale, atol=1e-4)
+        assert np.allclose(bn.vars["bias"].grad.get(), dbias, atol=1e-4)
+
+        bn.evalMode()
+        out = bn(gpuarray.to_gpu(hostData)).get()
+        refEval = Reference.batchNormEval(
+            hostData, bn.scale.get(), bn.bias.get(), bn.mean.get(), bn.var.get(), bn.epsilon
+        )
+        assert np.allclose(out, refEval, atol=1e-5)
+
+
+if __name__ == "__main__":
+    unittest()

@@ -1,0 +1,93 @@
+"""Float64 numpy reference of batch normalization, written independently of the library's kernels.
+
+The forward follows Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1, with numpy's own mean and variance; the
+backward is the paper's chain rule written out term by term (through dxhat, dvar and dmu), not the compact form the
+kernels use, so the two derivations check each other. All arrays keep the normalized axes with size 1.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+
+def spatialAxes(ndim):
+    """Normalized axes of spatial batch norm: (0, 2, 3, ..., ndim - 1)."""
+    return (0,) + tuple(range(2, ndim))
+
+
+def elementsPerMap(shape, axes):
+    return int(np.prod([shape[axis] for axis in axes]))
+
+
+def asParam(param, x, axes):
+    """Reshapes a per-map parameter to the keepdims shape of `x` for `axes`, in float64."""
+    shape = tuple(1 if axis in axes else dim for axis, dim in enumerate(x.shape))
+    return np.asarray(param, dtype=np.float64).reshape(shape)
+
+
+def batchNormTrain(x, scale, bias, axes, epsilon):
+    """Training forward; returns a namespace with out, mean, var (biased), unbiasedVar, invstd, axes, m."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = tuple(axes)
+    scale, bias = asParam(scale, x, axes), asParam(bias, x, axes)
+
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    invstd = 1.0 / np.sqrt(var + epsilon)
+    m = elementsPerMap(x.shape, axes)
+
+    return SimpleNamespace(
+        out=(x - mean) * invstd * scale + bias,
+        mean=mean,
+        var=var,
+        unbiasedVar=var * m / (m - 1),
+        invstd=invstd,
+        axes=axes,
+        m=m,
+    )
+
+
+def batchNormEval(x, scale, bias, mean, var, epsilon, axes=None):
+    """Evaluation forward with given statistics: (x - mean) / sqrt(var + epsilon) * scale + bias."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = spatialAxes(x.ndim) if axes is None else tuple(axes)
+    scale, bias, mean, var = (asParam(p, x, axes) for p in (scale, bias, mean, var))
+    return (x - mean) / np.sqrt(var + epsilon) * scale + bias
+
+
+def runningUpdate(mean, var, batchMean, batchVar, m, factor):
+    """Running statistics after one training batch: exponential average with the unbiased batch variance."""
+    return (1 - factor) * mean + factor * batchMean, (1 - factor) * var + factor * batchVar * m / (m - 1)
+
+
+def batchNormBackward(x, grad, scale, axes, epsilon):
+    """Backward after a training forward; returns (dx, dscale, dbias), the parameter gradients in keepdims shape."""
+    x, grad = np.asarray(x, dtype=np.float64), np.asarray(grad, dtype=np.float64)
+    axes = tuple(axes)
+    scale = asParam(scale, x, axes)
+    m = elementsPerMap(x.shape, axes)
+
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    xmu = x - mean
+    xhat = xmu / np.sqrt(var + epsilon)
+
+    dxhat = grad * scale
+    dvar = np.sum(dxhat * xmu, axis=axes, keepdims=True) * -0.5 * (var + epsilon) ** -1.5
+    dmean = np.sum(-dxhat / np.sqrt(var + epsilon), axis=axes, keepdims=True) + dvar * np.mean(
+        -2.0 * xmu, axis=axes, keepdims=True
+    )
+    dx = dxhat / np.sqrt(var + epsilon) + dvar * 2.0 * xmu / m + dmean / m
+
+    return dx, np.sum(grad * xhat, axis=axes, keepdims=True), np.sum(grad, axis=axes, keepdims=True)
+
+
+def frozenBackward(x, grad, scale, mean, var, epsilon, axes=None):
+    """Backward after an evaluation forward (statistics are constants); returns (dx, dscale, dbias)."""
+    x, grad = np.asarray(x, dtype=np.float64), np.asarray(grad, dtype=np.float64)
+    axes = spatialAxes(x.ndim) if axes is None else tuple(axes)
+    scale, mean, var = (asParam(p, x, axes) for p in (scale, mean, var))
+
+    xhat = (x - mean) / np.sqrt(var + epsilon)
+    dx = grad * scale / np.sqrt(var + epsilon)
+    return dx, np.sum(grad * xhat, axis=axes, keepdims=True), np.sum(grad, axis=axes, keepdims=True)

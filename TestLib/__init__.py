@@ -1,0 +1,1 @@
+"""Test library: float64 reference, gradient checker, unittest runner and the pytest suite."""

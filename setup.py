@@ -1,0 +1,36 @@
+"""Installs the repository root as the package `PuzzleLib`."""
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPy(build_py):
+    """Leaves this script out of the installed package (the root directory is the package)."""
+
+    def find_package_modules(self, package, package_dir):
+        modules = super().find_package_modules(package, package_dir)
+        return [module for module in modules if not (package == "PuzzleLib" and module[1] == "setup")]
+
+
+subpackages = find_packages(".", exclude=["build", "build.*", "dist", "*.egg-info"])
+
+setup(
+    name="PuzzleLib",
+    version="0.1.0",
+    description="PuzzleLib-style batch normalization modules for the GPU (pycuda) with a numpy CPU backend",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    package_dir={"PuzzleLib": "."},
+    packages=["PuzzleLib"] + ["PuzzleLib." + name for name in subpackages],
+    package_data={"PuzzleLib": ["Kernels/*.cu"]},
+    cmdclass={"build_py": BuildPy},
+    install_requires=["numpy>=1.24", "h5py>=3.8"],
+    extras_require={
+        "cuda": ["pycuda>=2024.1", "scikit-cuda>=0.5.3"],
+        "examples": ["scikit-learn>=1.3", "tqdm>=4.60"],
+        "plot": ["matplotlib>=3.7"],
+        "test": ["pytest>=7.4", "scikit-learn>=1.3", "tqdm>=4.60", "ruff>=0.6"],
+    },
+)
