@@ -5,6 +5,8 @@ without importing it twice.
 """
 
 import importlib
+import sys
+import types
 
 _modules = {
     "Module": "Module",
@@ -15,9 +17,22 @@ _modules = {
     "BatchNorm1D": "BatchNorm1D",
     "BatchNorm2D": "BatchNorm2D",
     "BatchNorm3D": "BatchNorm3D",
+    "Linear": "Linear",
+    "Activation": "Activation",
 }
 
 __all__ = sorted(_modules)
+
+
+class _Package(types.ModuleType):
+    # NOTE: importing a submodule binds it as an attribute of its package; here the class of the same name must win
+    def __setattr__(self, name, value):
+        if name in _modules and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

@@ -1,0 +1,538 @@
+"""SPEC section 4 on the backend in use: numbers against the float64 reference, the factor rule, evaluation and
+in-place evaluation, backward in both modes, accumulation, empty modules, persistence and every error path."""
+
+import gc
+
+import h5py
+import numpy as np
+import pytest
+
+from PuzzleLib.Backend import Dnn, gpuarray
+from PuzzleLib.Modules import BatchNorm, BatchNorm1D, BatchNorm2D, BatchNorm3D, BatchNormND, ModuleError
+from PuzzleLib.TestLib import Reference
+from PuzzleLib.TestLib.GradientCheck import numericGradient, relativeError
+
+EPS = 1e-5
+
+
+def makeModule(kind, maps, **kwargs):
+    if kind == "perActivation":
+        return BatchNorm(maps, **kwargs)
+    nd = int(kind[-2])
+    return {1: BatchNorm1D, 2: BatchNorm2D, 3: BatchNorm3D}.get(nd, lambda m, **kw: BatchNormND(nd, m, **kw))(
+        maps, **kwargs
+    )
+
+
+def normalizedAxes(module, ndim):
+    return (0,) if isinstance(module, BatchNorm) else Reference.spatialAxes(ndim)
+
+
+def moduleState(bn):
+    return {name: getattr(bn, name).get() for name in ("scale", "bias", "mean", "var")}, bn.numOfProps
+
+
+def assertSameState(bn, state):
+    arrays, numOfProps = state
+    assert bn.numOfProps == numOfProps
+    for name, value in arrays.items():
+        assert np.array_equal(getattr(bn, name).get(), value), name
+
+
+CASES = {
+    "per_activation": ("perActivation", (16, 10)),
+    "batch_of_two": ("perActivation", (2, 5)),
+    "spatial_1d": ("spatial1D", (4, 3, 7)),
+    "spatial_2d": ("spatial2D", (5, 4, 6, 3)),
+    "spatial_3d": ("spatial3D", (2, 3, 4, 3, 5)),
+    "spatial_4d": ("spatial4D", (2, 2, 3, 2, 2, 3)),
+    "wide_maps": ("spatial2D", (3, 64, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "not_affine"])
+def test_training_forward_matches_reference(case, affine):
+    kind, shape = CASES[case]
+    bn = makeModule(kind, shape[1], affine=affine)
+    host = np.random.normal(1.5, 2.0, size=shape).astype(np.float32)
+    axes = normalizedAxes(bn, host.ndim)
+
+    if not affine:
+        assert np.array_equal(bn.scale.get(), np.ones(bn.scale.shape, np.float32)) and bn.vars == {}
+
+    out = bn(gpuarray.to_gpu(host))
+    ref = Reference.batchNormTrain(host, bn.scale.get(), bn.bias.get(), axes, EPS)
+
+    assert out.shape == shape and out.dtype == np.float32
+    np.testing.assert_allclose(out.get(), ref.out, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(bn.savemean.get().ravel(), ref.mean.ravel(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.saveinvvar.get().ravel(), ref.invstd.ravel(), rtol=1e-5)
+    # NOTE: the first batch replaces the initial statistics (factor = initFactor / 1 = 1)
+    np.testing.assert_allclose(bn.mean.get().ravel(), ref.mean.ravel(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.var.get().ravel(), ref.unbiasedVar.ravel(), rtol=1e-5)
+    assert bn.numOfProps == 1
+
+
+def test_attribute_shapes_and_initial_values():
+    np.random.seed(0)
+    bn = BatchNorm(300)
+    assert bn.scale.shape == bn.bias.shape == bn.mean.shape == bn.var.shape == (1, 300, 1, 1)
+    assert all(getattr(bn, name).dtype == np.float32 for name in ("scale", "bias", "mean", "var"))
+    scale = bn.scale.get().astype(np.float64)
+    assert abs(scale.mean() - 1.0) < 0.003 and 0.008 < scale.std() < 0.012
+    assert not np.any(bn.bias.get()) and not np.any(bn.mean.get())
+    assert np.array_equal(bn.var.get(), np.ones((1, 300, 1, 1), np.float32))
+    assert set(bn.vars) == {"scale", "bias"} and set(bn.attrs) == {"mean", "var"}
+    assert BatchNormND(4, 3).mean.shape == (1, 3, 1, 1, 1, 1) and BatchNorm1D(5).var.shape == (1, 5, 1)
+
+    bn = BatchNorm2D(7, epsilon=1e-3, initFactor=0.5, minFactor=0.2, sscale=0.0, affine=True, name="b", inplace=True)
+    attrs = (bn.maps, bn.nd, bn.epsilon, bn.initFactor, bn.minFactor, bn.affine, bn.name, bn.inplace, bn.numOfProps)
+    assert attrs == (7, 2, 1e-3, 0.5, 0.2, True, "b", True, 0)
+    assert BatchNorm(4).size == 4
+
+
+def test_large_mean_channel_keeps_its_variance():
+    np.random.seed(5)
+    host = np.random.normal(0.0, 1.0, size=(64, 3, 16, 16)).astype(np.float32)
+    host[:, 1] += 1e4
+    bn = BatchNorm2D(3)
+    out = bn(gpuarray.to_gpu(host)).get()
+
+    ref = Reference.batchNormTrain(host, bn.scale.get(), bn.bias.get(), (0, 2, 3), EPS)
+    relative = np.abs(bn.var.get().ravel() - ref.unbiasedVar.ravel()) / ref.unbiasedVar.ravel()
+    assert relative.max() < 1e-3
+    np.testing.assert_allclose(bn.mean.get().ravel(), ref.mean.ravel(), rtol=1e-6)
+    np.testing.assert_allclose(out, ref.out, atol=2e-3)
+
+
+def test_large_mean_per_activation_over_many_rows():
+    np.random.seed(6)
+    host = np.random.normal(1e4, 1.0, size=(20000, 4)).astype(np.float32)
+    bn = BatchNorm(4)
+    bn(gpuarray.to_gpu(host))
+    ref = Reference.batchNormTrain(host, bn.scale.get().reshape(1, 4), bn.bias.get().reshape(1, 4), (0,), EPS)
+    assert np.max(np.abs(bn.var.get().ravel() - ref.unbiasedVar.ravel()) / ref.unbiasedVar.ravel()) < 1e-3
+
+
+def referenceSchedule(batches, initFactor, minFactor, axes):
+    mean, var = 0.0, 1.0
+    for n, batch in enumerate(batches, start=1):
+        x = batch.astype(np.float64)
+        factor = max(initFactor / n, minFactor)
+        m = x.size // x.shape[1]
+        mean = (1 - factor) * mean + factor * x.mean(axis=axes)
+        var = (1 - factor) * var + factor * x.var(axis=axes) * m / (m - 1)
+        yield mean, var
+
+
+@pytest.mark.parametrize("initFactor, minFactor", [(1.0, 0.1), (0.5, 0.2), (1.0, 0.0), (0.3, 0.3)])
+def test_factor_rule_over_many_batches(initFactor, minFactor):
+    np.random.seed(7)
+    batches = [np.random.normal(n * 0.3, 1.0 + 0.1 * n, size=(6, 3, 4, 4)).astype(np.float32) for n in range(14)]
+    bn = BatchNorm2D(3, initFactor=initFactor, minFactor=minFactor)
+
+    for batch, (mean, var) in zip(batches, referenceSchedule(batches, initFactor, minFactor, (0, 2, 3)), strict=True):
+        bn(gpuarray.to_gpu(batch))
+        np.testing.assert_allclose(bn.mean.get().ravel(), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(bn.var.get().ravel(), var, rtol=1e-5)
+    assert bn.numOfProps == len(batches)
+
+
+def test_evaluation_uses_running_statistics_and_changes_nothing():
+    np.random.seed(8)
+    bn = BatchNorm2D(4)
+    for _ in range(3):
+        bn(gpuarray.to_gpu(np.random.normal(2.0, 3.0, size=(8, 4, 5, 5)).astype(np.float32)))
+
+    bn.evalMode()
+    state = moduleState(bn)
+    host = np.random.normal(0.0, 1.0, size=(3, 4, 5, 5)).astype(np.float32)
+    data = gpuarray.to_gpu(host)
+    out = bn(data)
+
+    arrays = state[0]
+    expected = Reference.batchNormEval(host, arrays["scale"], arrays["bias"], arrays["mean"], arrays["var"], EPS)
+    np.testing.assert_allclose(out.get(), expected, atol=2e-5, rtol=1e-5)
+    assert out.ptr != data.ptr and np.array_equal(data.get(), host)
+    assertSameState(bn, state)
+    assert bn.savemean is None
+
+
+def test_batch_of_one_is_fine_in_evaluation():
+    bn = BatchNorm(3)
+    bn.evalMode()
+    host = np.array([[1.0, 2.0, 3.0]], np.float32)
+    out = bn(gpuarray.to_gpu(host))
+    expected = Reference.batchNormEval(host, bn.scale.get(), bn.bias.get(), np.zeros(3), np.ones(3), EPS, (0,))
+    np.testing.assert_allclose(out.get(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind, shape", [("perActivation", (32, 16)), ("spatial2D", (4, 8, 6, 6))])
+def test_inplace_evaluation_writes_over_the_input_and_takes_no_block(kind, shape):
+    bn = makeModule(kind, shape[1], inplace=True)
+    bn.evalMode()
+    host = np.random.normal(3.0, 2.0, size=shape).astype(np.float32)
+    data = gpuarray.to_gpu(host)
+    scale, bias, mean, var = (getattr(bn, name).get() for name in ("scale", "bias", "mean", "var"))
+    expected = Reference.batchNormEval(host, scale, bias, mean, var, EPS, normalizedAxes(bn, host.ndim))
+
+    gc.collect()
+    before = gpuarray.memoryPool.stats()
+    out = bn(data)
+    after = gpuarray.memoryPool.stats()
+
+    assert out.ptr == data.ptr
+    assert after["allocations"] == before["allocations"] and after["activeBytes"] == before["activeBytes"]
+    np.testing.assert_allclose(data.get(), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_inplace_training_is_an_error_that_changes_nothing():
+    bn = BatchNorm2D(3, inplace=True)
+    host = np.random.randn(4, 3, 2, 2).astype(np.float32)
+    data = gpuarray.to_gpu(host)
+    state = moduleState(bn)
+    with pytest.raises(ModuleError, match="in-place.*evaluation mode"):
+        bn(data)
+    assertSameState(bn, state)
+    assert np.array_equal(data.get(), host) and bn.data is None
+
+
+@pytest.mark.parametrize("case", ["per_activation", "spatial_1d", "spatial_2d", "spatial_3d"])
+def test_training_backward_matches_reference(case):
+    kind, shape = CASES[case]
+    bn = makeModule(kind, shape[1])
+    host = np.random.normal(-1.0, 2.0, size=shape).astype(np.float32)
+    grad = np.random.randn(*shape).astype(np.float32)
+    axes = normalizedAxes(bn, host.ndim)
+
+    bn(gpuarray.to_gpu(host))
+    returned = bn.backward(gpuarray.to_gpu(grad))
+    dx, dscale, dbias = Reference.batchNormBackward(host, grad, bn.scale.get(), axes, EPS)
+
+    assert returned is bn.grad and bn.grad.shape == shape
+    np.testing.assert_allclose(bn.grad.get(), dx, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(bn.vars["scale"].grad.get().ravel(), dscale.ravel(), atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(bn.vars["bias"].grad.get().ravel(), dbias.ravel(), atol=1e-4, rtol=1e-5)
+
+
+def test_evaluation_backward_treats_statistics_as_constants():
+    bn = BatchNorm2D(3)
+    bn(gpuarray.to_gpu(np.random.normal(1.0, 2.0, size=(6, 3, 4, 4)).astype(np.float32)))
+    bn.evalMode()
+    host = np.random.randn(2, 3, 4, 4).astype(np.float32)
+    grad = np.random.randn(2, 3, 4, 4).astype(np.float32)
+    bn(gpuarray.to_gpu(host))
+    bn.backward(gpuarray.to_gpu(grad))
+
+    dx, dscale, dbias = Reference.frozenBackward(host, grad, bn.scale.get(), bn.mean.get(), bn.var.get(), EPS)
+    np.testing.assert_allclose(bn.grad.get(), dx, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(bn.vars["scale"].grad.get().ravel(), dscale.ravel(), atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(bn.vars["bias"].grad.get().ravel(), dbias.ravel(), atol=1e-4, rtol=1e-5)
+
+
+def test_parameter_gradients_accumulate_with_scale_and_momentum():
+    bn = BatchNorm1D(3)
+    hosts = [np.random.randn(4, 3, 5).astype(np.float32) for _ in range(2)]
+    grads = [np.random.randn(4, 3, 5).astype(np.float32) for _ in range(2)]
+
+    expected = []
+    for host, grad in zip(hosts, grads, strict=True):
+        _, dscale, dbias = Reference.batchNormBackward(host, grad, bn.scale.get(), (0, 2), EPS)
+        expected.append((dscale.ravel(), dbias.ravel()))
+
+    bn(gpuarray.to_gpu(hosts[0]))
+    bn.backward(gpuarray.to_gpu(grads[0]))
+    bn(gpuarray.to_gpu(hosts[1]))
+    bn.backward(gpuarray.to_gpu(grads[1]), scale=0.5, momentum=2.0)
+
+    np.testing.assert_allclose(
+        bn.vars["scale"].grad.get().ravel(), 0.5 * expected[1][0] + 2.0 * expected[0][0], atol=2e-4
+    )
+    np.testing.assert_allclose(
+        bn.vars["bias"].grad.get().ravel(), 0.5 * expected[1][1] + 2.0 * expected[0][1], atol=2e-4
+    )
+
+    bn.zeroGradParams()
+    assert not np.any(bn.vars["scale"].grad.get()) and not np.any(bn.vars["bias"].grad.get())
+
+
+def test_backward_flags_skip_what_is_not_asked_for():
+    bn = BatchNorm(4)
+    host, grad = np.random.randn(5, 4).astype(np.float32), np.random.randn(5, 4).astype(np.float32)
+    bn(gpuarray.to_gpu(host))
+    bn.backward(gpuarray.to_gpu(grad), updParamGrads=False)
+    assert not np.any(bn.vars["scale"].grad.get()) and bn.grad is not None
+
+    bn.grad = None
+    bn.backward(gpuarray.to_gpu(grad), updGrad=False)
+    _, dscale, _ = Reference.batchNormBackward(host, grad, bn.scale.get().reshape(1, 4), (0,), EPS)
+    assert bn.grad is None
+    np.testing.assert_allclose(bn.vars["scale"].grad.get().ravel(), dscale.ravel(), atol=1e-5)
+
+
+def test_not_affine_has_no_trainable_parameters():
+    bn = BatchNorm2D(3, affine=False)
+    host, grad = np.random.randn(4, 3, 2, 2).astype(np.float32), np.random.randn(4, 3, 2, 2).astype(np.float32)
+    bn(gpuarray.to_gpu(host))
+    bn.backward(gpuarray.to_gpu(grad))
+    bn.updateParams(0.5)
+    assert bn.vars == {} and set(bn.attrs) == {"scale", "bias", "mean", "var"}
+    assert np.array_equal(bn.scale.get(), np.ones((1, 3, 1, 1), np.float32)) and not np.any(bn.bias.get())
+    dx, _, _ = Reference.batchNormBackward(host, grad, np.ones(3), (0, 2, 3), EPS)
+    np.testing.assert_allclose(bn.grad.get(), dx, atol=2e-5)
+
+
+def test_update_params_adds_the_scaled_gradient():
+    bn = BatchNorm(3)
+    host, grad = np.random.randn(4, 3).astype(np.float32), np.random.randn(4, 3).astype(np.float32)
+    scale0, bias0 = bn.scale.get().astype(np.float64), bn.bias.get().astype(np.float64)
+    bn(gpuarray.to_gpu(host))
+    bn.backward(gpuarray.to_gpu(grad))
+    _, dscale, dbias = Reference.batchNormBackward(host, grad, scale0.reshape(1, 3), (0,), EPS)
+    bn.updateParams(0.1)
+    np.testing.assert_allclose(bn.scale.get().ravel(), scale0.ravel() + 0.1 * dscale.ravel(), atol=1e-5)
+    np.testing.assert_allclose(bn.bias.get().ravel(), bias0.ravel() + 0.1 * dbias.ravel(), atol=1e-5)
+
+
+@pytest.mark.skipif(np.dtype(np.float64) not in Dnn.dataTypes, reason="float64 data needs the CPU backend")
+@pytest.mark.parametrize(
+    "kind, shape", [("perActivation", (5, 3)), ("spatial2D", (3, 2, 3, 2)), ("spatial1D", (2, 2, 4))]
+)
+def test_finite_difference_gradients_in_float64(kind, shape):
+    bn = makeModule(kind, shape[1])
+    bn.calcMode(np.float64)
+    host = np.random.normal(0.5, 1.5, size=shape)
+    grad = np.random.randn(*shape)
+
+    def forward(x):
+        return bn(gpuarray.to_gpu(x)).get()
+
+    numeric = numericGradient(forward, host, grad)
+    bn(gpuarray.to_gpu(host))
+    bn.backward(gpuarray.to_gpu(grad))
+    assert relativeError(bn.grad.get(), numeric) < 1e-6
+
+    axes = normalizedAxes(bn, len(shape))
+    scale, bias = bn.scale.get().astype(np.float64), bn.bias.get().astype(np.float64)
+    numericScale = numericGradient(lambda s: Reference.batchNormTrain(host, s, bias, axes, EPS).out, scale, grad)
+    assert relativeError(bn.vars["scale"].grad.get(), numericScale) < 1e-5
+
+
+def test_float16_calc_mode_keeps_float32_statistics():
+    bn = BatchNorm2D(3)
+    bn.calcMode(np.float16)
+    host = np.random.normal(1.0, 2.0, size=(4, 3, 5, 5)).astype(np.float16)
+    out = bn(gpuarray.to_gpu(host))
+    ref = Reference.batchNormTrain(host, bn.scale.get(), bn.bias.get(), (0, 2, 3), EPS)
+    assert out.dtype == np.float16 and bn.mean.dtype == np.float32 and bn.scale.dtype == np.float32
+    np.testing.assert_allclose(out.get().astype(np.float64), ref.out, atol=1e-2)
+    np.testing.assert_allclose(bn.var.get().ravel(), ref.unbiasedVar.ravel(), rtol=1e-3)
+
+
+def test_mode_switches_drop_cached_results():
+    bn = BatchNorm(3)
+    bn(gpuarray.to_gpu(np.random.randn(4, 3).astype(np.float32)))
+    bn.backward(gpuarray.to_gpu(np.random.randn(4, 3).astype(np.float32)))
+    bn.evalMode()
+    assert (bn.inData, bn.data, bn.grad, bn.savemean, bn.saveinvvar, bn.train) == (None, None, None, None, None, False)
+    bn.trainMode()
+    assert bn.train and bn.data is None
+    with pytest.raises(ModuleError, match="before forward"):
+        bn.backward(gpuarray.to_gpu(np.zeros((4, 3), np.float32)))
+
+
+# --- errors
+
+
+@pytest.mark.parametrize(
+    "make, shape, dtype, pattern",
+    [
+        (
+            lambda: BatchNorm2D(3),
+            (2, 3, 4),
+            np.float32,
+            r"4D data \(batch, maps, height, width\); got shape \(2, 3, 4\)",
+        ),
+        (lambda: BatchNorm2D(3), (2, 5, 4, 4), np.float32, r"data has 5 maps \(expected: 3\)"),
+        (lambda: BatchNorm(6), (2, 6, 1), np.float32, r"2D data \(batch, size\); got shape \(2, 6, 1\)"),
+        (lambda: BatchNorm(6), (2, 5), np.float32, r"5 features \(expected: 6\)"),
+        (lambda: BatchNorm1D(2), (2, 2, 3), np.float16, "dtype float32.*got float16"),
+        (lambda: BatchNorm3D(2), (2, 2, 3, 3), np.float32, "5D data"),
+    ],
+    ids=["rank", "maps", "bn_rank", "bn_size", "dtype", "rank_3d"],
+)
+def test_bad_data_is_a_module_error_that_changes_nothing(make, shape, dtype, pattern):
+    bn = make()
+    state = moduleState(bn)
+    with pytest.raises(ModuleError, match=pattern):
+        bn(gpuarray.to_gpu(np.ones(shape, dtype=dtype)))
+    assertSameState(bn, state)
+    assert bn.data is None and bn.inData is None
+
+
+def test_host_array_instead_of_gpuarray_is_a_module_error():
+    with pytest.raises(ModuleError, match="GPUArray; got ndarray"):
+        BatchNorm(3)(np.ones((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("shape", [(1, 4), (1, 4, 1, 1)], ids=["batch_of_one", "one_pixel_of_one"])
+def test_one_element_per_map_in_training_is_an_error_that_changes_nothing(shape):
+    bn = BatchNorm(4) if len(shape) == 2 else BatchNorm2D(4)
+    bn(gpuarray.to_gpu(np.random.randn(3, *shape[1:]).astype(np.float32)))
+    state = moduleState(bn)
+    with pytest.raises(ModuleError, match="at least 2 elements per map"):
+        bn(gpuarray.to_gpu(np.ones(shape, np.float32)))
+    assertSameState(bn, state)
+
+
+def test_grad_of_wrong_shape_or_dtype_is_a_module_error():
+    bn = BatchNorm(3)
+    bn(gpuarray.to_gpu(np.random.randn(4, 3).astype(np.float32)))
+    before = bn.vars["scale"].grad.get()
+    with pytest.raises(ModuleError, match=r"grad of shape \(4, 3\).*got shape \(3, 4\)"):
+        bn.backward(gpuarray.to_gpu(np.ones((3, 4), np.float32)))
+    with pytest.raises(ModuleError, match="dtype float32.*dtype float16"):
+        bn.backward(gpuarray.to_gpu(np.ones((4, 3), np.float16)))
+    assert bn.grad is None and np.array_equal(bn.vars["scale"].grad.get(), before)
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"epsilon": 0.0}, "epsilon must be > 0"),
+        ({"epsilon": -1e-5}, "epsilon must be > 0"),
+        ({"minFactor": 1.5}, r"minFactor must be in \[0, 1\]"),
+        ({"minFactor": -0.1}, r"minFactor must be in \[0, 1\]"),
+        ({"initFactor": 0.0}, "initFactor must be > 0"),
+    ],
+)
+def test_bad_constructor_arguments_are_value_errors(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        BatchNorm2D(3, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: BatchNorm(0),
+        lambda: BatchNorm(2.5),
+        lambda: BatchNormND(0, 3),
+        lambda: BatchNormND(2, -1),
+        lambda: BatchNorm2D(True),
+    ],
+)
+def test_sizes_must_be_positive_ints(make):
+    with pytest.raises(ValueError, match="must be a positive int"):
+        make()
+
+
+def test_unsupported_calc_mode_is_a_module_error():
+    bn = BatchNorm(3)
+    with pytest.raises(ModuleError, match="calc types .* got int32"):
+        bn.calcMode(np.int32)
+    assert bn.calctype == np.float32
+
+
+# --- empty modules and persistence
+
+
+def test_empty_module_has_no_arrays_until_loaded(tmp_path):
+    bn = BatchNorm2D(3, empty=True)
+    assert (bn.scale, bn.bias, bn.mean, bn.var, bn.vars, bn.attrs) == (None, None, None, None, {}, {})
+    with pytest.raises(ModuleError, match="empty"):
+        bn(gpuarray.to_gpu(np.ones((2, 3, 2, 2), np.float32)))
+    assert bn.numOfProps == 0
+
+    source = BatchNorm2D(3)
+    source(gpuarray.to_gpu(np.random.randn(4, 3, 2, 2).astype(np.float32)))
+    source.save(tmp_path / "bn.h5")
+    bn.load(tmp_path / "bn.h5", name="BatchNorm2D")
+    for name in ("scale", "bias", "mean", "var"):
+        assert np.array_equal(getattr(bn, name).get(), getattr(source, name).get())
+    assert set(bn.vars) == {"scale", "bias"}
+    bn.evalMode()
+    host = np.random.randn(2, 3, 2, 2).astype(np.float32)
+    np.testing.assert_allclose(
+        bn(gpuarray.to_gpu(host)).get(), source.evalMode() or source(gpuarray.to_gpu(host)).get()
+    )
+
+
+def test_save_writes_puzzlelib_layout_and_load_restores(tmp_path):
+    bn = BatchNorm2D(4, name="bn1")
+    for _ in range(2):
+        bn(gpuarray.to_gpu(np.random.normal(2.0, 1.0, size=(3, 4, 2, 2)).astype(np.float32)))
+    bn.save(str(tmp_path / "net.h5"))
+
+    with h5py.File(tmp_path / "net.h5", "r") as f:
+        assert set(f.keys()) == {"params", "links", "attrs"}
+        assert set(f["params"].keys()) == {"bn1.scale", "bn1.bias"}
+        assert set(f["attrs"].keys()) == {"bn1.mean", "bn1.var"}
+        assert np.array_equal(f["params"]["bn1.scale"][()], bn.scale.get())
+        assert np.array_equal(f["attrs"]["bn1.var"][()], bn.var.get())
+
+    other = BatchNorm2D(4, name="bn1")
+    other.load(tmp_path / "net.h5")
+    for name in ("scale", "bias", "mean", "var"):
+        assert np.array_equal(getattr(other, name).get(), getattr(bn, name).get())
+
+
+def test_not_affine_saves_scale_and_bias_as_attributes(tmp_path):
+    BatchNorm(3, affine=False, name="n").save(tmp_path / "n.h5")
+    with h5py.File(tmp_path / "n.h5", "r") as f:
+        assert set(f["attrs"].keys()) == {"n.scale", "n.bias", "n.mean", "n.var"} and len(f["params"]) == 0
+
+
+def test_load_errors_name_the_problem_and_change_nothing(tmp_path):
+    bn = BatchNorm2D(3, name="a")
+    state = moduleState(bn)
+
+    with pytest.raises(ModuleError, match="missing or not an HDF5 file"):
+        bn.load(tmp_path / "absent.h5")
+
+    (tmp_path / "corrupt.h5").write_bytes(b"definitely not hdf5" * 10)
+    with pytest.raises(ModuleError, match="missing or not an HDF5 file"):
+        bn.load(tmp_path / "corrupt.h5")
+
+    BatchNorm2D(4, name="a").save(tmp_path / "four.h5")
+    with pytest.raises(ModuleError, match=r"'a\.(scale|bias|mean|var)'.*shape \(1, 3, 1, 1\).*shape \(1, 4, 1, 1\)"):
+        bn.load(tmp_path / "four.h5")
+
+    BatchNorm2D(3, name="b").save(tmp_path / "other_name.h5")
+    with pytest.raises(ModuleError, match="no params entry 'a.scale'"):
+        bn.load(tmp_path / "other_name.h5")
+
+    good = BatchNorm2D(3, name="a")
+    good.save(tmp_path / "partial.h5")
+    with h5py.File(tmp_path / "partial.h5", "r+") as f:
+        del f["attrs"]["a.var"]
+        f["attrs"].create_dataset("a.var", data=np.ones((1, 3, 1, 1), np.float64))
+    with pytest.raises(ModuleError, match="'a.var'.*dtype float32.*float64"):
+        bn.load(tmp_path / "partial.h5")
+
+    assertSameState(bn, state)
+
+
+# --- memory
+
+
+def test_training_loop_stops_making_raw_allocations_after_warm_up():
+    bn = BatchNorm2D(8)
+    host = np.random.randn(16, 8, 12, 12).astype(np.float32)
+    grad = gpuarray.to_gpu(np.random.randn(16, 8, 12, 12).astype(np.float32))
+
+    def step():
+        bn(gpuarray.to_gpu(host))
+        bn.backward(grad)
+        bn.updateParams(1e-3)
+
+    # NOTE: warm-up takes two steps: during the second, the first step's outputs are still alive while new ones are made
+    step()
+    step()
+    gc.collect()
+    misses = gpuarray.memoryPool.stats()["misses"]
+    for _ in range(5):
+        step()
+    gc.collect()
+    stats = gpuarray.memoryPool.stats()
+    assert stats["misses"] == misses and stats["hits"] > 0

@@ -1,0 +1,97 @@
+"""The GPUArray interface of SPEC section 2, on the backend in use, checked against numpy."""
+
+import numpy as np
+import pytest
+
+from PuzzleLib.Backend import gpuarray
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, np.int32])
+def test_roundtrip_and_attributes(dtype):
+    host = (np.arange(24).reshape(2, 3, 4) * 3 - 7).astype(dtype)
+    ary = gpuarray.to_gpu(host)
+    assert isinstance(ary, gpuarray.GPUArray)
+    assert ary.shape == host.shape and ary.dtype == host.dtype and ary.size == host.size
+    assert ary.nbytes == host.nbytes and ary.ndim == 3 and ary.strides == host.strides
+    assert isinstance(ary.ptr, int) and ary.ptr == ary.ptr
+    assert np.array_equal(ary.get(), host)
+
+
+def test_get_returns_an_independent_copy():
+    ary = gpuarray.to_gpu(np.zeros(5, dtype=np.float32))
+    host = ary.get()
+    host[:] = 7
+    assert np.array_equal(ary.get(), np.zeros(5, dtype=np.float32))
+
+
+def test_to_gpu_makes_a_contiguous_copy_of_any_layout():
+    host = np.arange(12, dtype=np.float32).reshape(3, 4).T
+    ary = gpuarray.to_gpu(host)
+    assert ary.strides == (12, 4)
+    assert np.array_equal(ary.get(), host)
+
+
+def test_set_copies_and_checks_shape_and_dtype():
+    ary = gpuarray.zeros((2, 3), np.float32)
+    ary.set(np.full((2, 3), 2.5, dtype=np.float32))
+    assert np.array_equal(ary.get(), np.full((2, 3), 2.5, dtype=np.float32))
+
+    with pytest.raises(ValueError, match=r"shape \(2, 3\).*got shape \(3, 2\)"):
+        ary.set(np.ones((3, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="dtype float32.*dtype float64"):
+        ary.set(np.ones((2, 3), dtype=np.float64))
+    assert np.array_equal(ary.get(), np.full((2, 3), 2.5, dtype=np.float32))
+
+
+def test_fill_zeros_and_empty():
+    assert np.array_equal(gpuarray.zeros((4, 2), np.float16).get(), np.zeros((4, 2), np.float16))
+    ary = gpuarray.empty((3,), np.float32).fill(1.5)
+    assert np.array_equal(ary.get(), np.full(3, 1.5, np.float32))
+    assert gpuarray.empty(7).dtype == np.float32
+
+
+def test_copy_is_new_memory():
+    ary = gpuarray.to_gpu(np.arange(6, dtype=np.float32))
+    dup = ary.copy()
+    assert dup.ptr != ary.ptr
+    dup.fill(0)
+    assert np.array_equal(ary.get(), np.arange(6, dtype=np.float32))
+
+
+def test_reshape_and_ravel_are_views():
+    ary = gpuarray.to_gpu(np.arange(24, dtype=np.float32))
+    view = ary.reshape(2, 3, 4)
+    assert view.ptr == ary.ptr and view.shape == (2, 3, 4)
+    assert ary.reshape((4, -1)).shape == (4, 6)
+    assert view.ravel().ptr == ary.ptr and view.ravel().shape == (24,)
+
+    view.fill(3)
+    assert np.array_equal(ary.get(), np.full(24, 3, np.float32))
+    with pytest.raises(ValueError, match=r"\(24,\).*\(5, 5\)"):
+        ary.reshape(5, 5)
+
+
+def test_first_axis_slices_are_views():
+    host = np.arange(20, dtype=np.float32).reshape(5, 4)
+    ary = gpuarray.to_gpu(host)
+    part = ary[1:3]
+    assert part.shape == (2, 4) and part.ptr == ary.ptr + 1 * host.strides[0]
+    assert np.array_equal(part.get(), host[1:3])
+    assert np.array_equal(ary[-1].get(), host[-1]) and ary[4].ptr == ary.ptr + 4 * host.strides[0]
+
+    part.fill(-1)
+    expected = host.copy()
+    expected[1:3] = -1
+    assert np.array_equal(ary.get(), expected)
+
+    with pytest.raises(IndexError):
+        ary[::2]
+    with pytest.raises(IndexError):
+        ary[5]
+
+
+def test_printing_is_numpy_like():
+    host = np.arange(6, dtype=np.float32).reshape(1, 6, 1, 1)
+    ary = gpuarray.to_gpu(host)
+    assert str(ary) == str(host)
+    assert repr(ary).startswith("GPUArray(") and "float32" in repr(ary)

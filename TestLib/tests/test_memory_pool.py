@@ -1,0 +1,134 @@
+"""The memory pool's size classes, reuse, statistics and out-of-memory path (a pool on a limited numpy allocator)."""
+
+import gc
+
+import numpy as np
+import pytest
+
+from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Backend.MemoryPool import MemoryPool, NumpyAllocator, sizeClass
+
+
+@pytest.mark.parametrize(
+    "nbytes", [0, 1, 511, 512, 513, 4000, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3_000_001, 1 << 30]
+)
+def test_size_class_bounds(nbytes):
+    size = sizeClass(nbytes)
+    assert size >= max(nbytes, 1)
+    if nbytes < 1 << 20:
+        assert size % 512 == 0 and size - nbytes < 512 + (512 if nbytes == 0 else 0)
+    else:
+        assert (size - nbytes) / nbytes <= 0.25
+
+
+def test_size_classes_are_monotonic():
+    sizes = [sizeClass(n) for n in range(0, 5 << 20, 4099)]
+    assert sizes == sorted(sizes)
+
+
+def test_freed_block_is_reused_for_its_class():
+    pool = MemoryPool(NumpyAllocator())
+    block = pool.allocate(1000)
+    ptr = block.ptr
+    assert pool.stats()["misses"] == 1 and pool.stats()["activeBytes"] == 1024
+
+    del block
+    gc.collect()
+    assert pool.stats()["heldBytes"] == 1024 and pool.stats()["activeBytes"] == 0
+
+    again = pool.allocate(900)
+    assert again.ptr == ptr
+    stats = pool.stats()
+    assert (stats["allocations"], stats["hits"], stats["misses"]) == (2, 1, 1)
+    assert stats["heldBytes"] == 0 and stats["peakActiveBytes"] == 1024
+
+
+def test_other_class_is_a_miss_and_peak_tracks_the_maximum():
+    pool = MemoryPool(NumpyAllocator())
+    a, b = pool.allocate(100), pool.allocate(5000)
+    assert a.ptr % 256 == 0 and b.ptr % 256 == 0
+    assert pool.stats()["activeBytes"] == 512 + sizeClass(5000)
+    del a, b
+    gc.collect()
+    c = pool.allocate(100_000)
+    stats = pool.stats()
+    assert stats["misses"] == 3 and stats["hits"] == 0
+    assert stats["peakActiveBytes"] == max(512 + sizeClass(5000), sizeClass(100_000))
+    assert stats["rawBytes"] == stats["activeBytes"] + stats["heldBytes"] == sizeClass(100_000) + 512 + sizeClass(5000)
+    del c
+
+
+def test_free_held_returns_memory_to_the_allocator():
+    allocator = NumpyAllocator()
+    pool = MemoryPool(allocator)
+    blocks = [pool.allocate(2048) for _ in range(3)]
+    keep = pool.allocate(4096)
+    del blocks
+    gc.collect()
+
+    assert pool.freeHeld() == 3 * 2048
+    assert allocator.usedBytes == 4096
+    stats = pool.stats()
+    assert stats["heldBytes"] == 0 and stats["rawBytes"] == 4096 and stats["activeBytes"] == 4096
+    del keep
+
+
+def test_out_of_memory_frees_held_blocks_and_retries_once():
+    allocator = NumpyAllocator(limitBytes=8192)
+    pool = MemoryPool(allocator)
+    held = pool.allocate(4096)
+    del held
+    gc.collect()
+    assert pool.stats()["heldBytes"] == 4096
+
+    big = pool.allocate(6144)
+    stats = pool.stats()
+    assert big.size == 6144 and stats["heldBytes"] == 0 and allocator.usedBytes == 6144
+    assert stats["misses"] == 2
+
+
+def test_out_of_memory_error_names_the_request_and_changes_nothing():
+    pool = MemoryPool(NumpyAllocator(limitBytes=8192))
+    keep = pool.allocate(6144)
+    before = pool.stats()
+
+    with pytest.raises(MemoryError) as info:
+        pool.allocate(4000)
+    message = str(info.value)
+    assert "4000 bytes" in message and "size class 4096" in message and "activeBytes" in message
+    assert pool.stats() == before
+    del keep
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "8", None, True])
+def test_bad_request_is_a_value_error(bad):
+    pool = MemoryPool(NumpyAllocator())
+    with pytest.raises(ValueError, match="non-negative int"):
+        pool.allocate(bad)
+    assert pool.stats()["allocations"] == 0
+
+
+def test_views_keep_the_block_alive():
+    pool = gpuarray.memoryPool
+    gc.collect()
+    base = pool.stats()["activeBytes"]
+    ary = gpuarray.to_gpu(np.arange(1000, dtype=np.float32))
+    view = ary.reshape(10, 100)[2:5]
+    del ary
+    gc.collect()
+    assert pool.stats()["activeBytes"] == base + 4096
+    assert np.array_equal(view.get(), np.arange(200, 500, dtype=np.float32).reshape(3, 100))
+    del view
+    gc.collect()
+    assert pool.stats()["activeBytes"] == base
+
+
+def test_arrays_come_from_the_pool():
+    pool = gpuarray.memoryPool
+    gc.collect()
+    before = pool.stats()
+    arrays = [gpuarray.empty((64, 64), np.float32), gpuarray.zeros(10, np.float16), gpuarray.to_gpu(np.ones(3))]
+    after = pool.stats()
+    assert after["allocations"] - before["allocations"] == 3
+    assert after["activeBytes"] - before["activeBytes"] == sizeClass(64 * 64 * 4) + 512 + 512
+    del arrays
