@@ -1,0 +1,793 @@
+// Batch normalization kernels (Ioffe & Szegedy 2015, arXiv 1502.03167).
+//
+// Every tensor is viewed as (outer, maps, inner) in C order: element (o, c, i) lives at (o * maps + c) * inner + i.
+//   - "spatial" kernels serve inner > 1 (NCHW...): a channel is `outer` contiguous segments of `inner` elements;
+//   - "rows" kernels serve inner == 1 (per-activation (N, C) or channels-last): a channel is a column of an
+//     (outer, maps) matrix, so threads run across channels and rows are split over blocks.
+// Data is float (fp32) or __half (fp16); statistics, reductions and parameters are always fp32.
+//
+// Training forward = stats pass (partial Welford statistics per block) + finalize (Chan merge, running update)
+// + normalize pass: the input is read twice, the output written once.
+// Evaluation forward = one pass (read once, write once), in place when out == data, no workspace.
+// Backward = reduction pass (partial sums of dy and dy * (x - mean)) + finalize + dx pass.
+// Frozen backward (statistics are constants) = reduction pass + finalize + dx pass that reads dy only.
+//
+// Numerics: each thread keeps (count, mean, M2) of x - K, where K is the first element of its channel, using
+// Welford's update (Welford 1962) on small batches of loaded values; threads, then blocks, are merged with the
+// pairwise formula of Chan, Golub & LeVeque (1979). The shift K keeps fp32 exact enough when |mean| >> std.
+//
+// Index arithmetic is 64-bit: a tensor may hold more than 2^31 elements.
+//
+// Vector width VEC: loads and stores move VEC elements at once (16 bytes for VEC = 4 floats or 8 halves). The
+// host picks VEC > 1 only when the vectorized axis length is a multiple of VEC and every pointer is 16-byte aligned.
+
+#include <cuda_fp16.h>
+
+#ifndef BLOCK_SIZE
+#define BLOCK_SIZE 256
+#endif
+
+// Rows kernels use a 2D block: ROWS_BX threads across channel vectors, ROWS_BY threads across rows.
+#ifndef ROWS_BX
+#define ROWS_BX 32
+#endif
+#ifndef ROWS_BY
+#define ROWS_BY 8
+#endif
+
+// Finalize kernels: one warp per channel, FINALIZE_WARPS channels per block.
+#ifndef FINALIZE_WARPS
+#define FINALIZE_WARPS 8
+#endif
+
+#if BLOCK_SIZE % 32 != 0 || BLOCK_SIZE > 1024
+#error "BLOCK_SIZE must be a multiple of 32 and at most 1024"
+#endif
+#if ROWS_BX * ROWS_BY > 1024
+#error "ROWS_BX * ROWS_BY must be at most 1024"
+#endif
+
+typedef long long int64;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Loads and stores
+
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack
+{
+	T val[VEC];
+};
+
+__device__ __forceinline__ float toFloat(float v) { return v; }
+__device__ __forceinline__ float toFloat(__half v) { return __half2float(v); }
+
+template <typename T> __device__ __forceinline__ T fromFloat(float v);
+template <> __device__ __forceinline__ float fromFloat<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half fromFloat<__half>(float v) { return __float2half_rn(v); }
+
+template <typename T, int VEC>
+__device__ __forceinline__ void loadPack(const T *ptr, float (&v)[VEC])
+{
+	Pack<T, VEC> p = *reinterpret_cast<const Pack<T, VEC> *>(ptr);
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+		v[k] = toFloat(p.val[k]);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void storePack(T *ptr, const float (&v)[VEC])
+{
+	Pack<T, VEC> p;
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+		p.val[k] = fromFloat<T>(v[k]);
+
+	*reinterpret_cast<Pack<T, VEC> *>(ptr) = p;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Welford / Chan
+
+struct Moments
+{
+	float n, mean, m2;
+};
+
+__device__ __forceinline__ Moments emptyMoments()
+{
+	Moments r;
+	r.n = 0.0f; r.mean = 0.0f; r.m2 = 0.0f;
+	return r;
+}
+
+// Chan et al. pairwise merge; safe when either side is empty.
+__device__ __forceinline__ Moments mergeMoments(Moments a, Moments b)
+{
+	if (b.n == 0.0f)
+		return a;
+
+	float n = a.n + b.n;
+	float wb = b.n / n;
+	float delta = b.mean - a.mean;
+
+	Moments r;
+	r.n = n;
+	r.mean = a.mean + delta * wb;
+	r.m2 = a.m2 + b.m2 + delta * delta * a.n * wb;
+	return r;
+}
+
+// Moments of VEC values computed exactly in registers, then merged: one division per VEC elements.
+template <int VEC>
+__device__ __forceinline__ Moments addValues(Moments acc, const float (&v)[VEC], float shift)
+{
+	float s = 0.0f;
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+		s += v[k] - shift;
+
+	Moments b;
+	b.n = (float)VEC;
+	b.mean = s * (1.0f / (float)VEC);
+	b.m2 = 0.0f;
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		float d = v[k] - shift - b.mean;
+		b.m2 += d * d;
+	}
+
+	return mergeMoments(acc, b);
+}
+
+__device__ __forceinline__ Moments shflDownMoments(Moments a, int offset)
+{
+	Moments b;
+	b.n = __shfl_down_sync(0xffffffffu, a.n, offset);
+	b.mean = __shfl_down_sync(0xffffffffu, a.mean, offset);
+	b.m2 = __shfl_down_sync(0xffffffffu, a.m2, offset);
+	return b;
+}
+
+__device__ __forceinline__ Moments warpMergeMoments(Moments a)
+{
+#pragma unroll
+	for (int offset = 16; offset > 0; offset >>= 1)
+		a = mergeMoments(a, shflDownMoments(a, offset));
+
+	return a;
+}
+
+// Result is valid in thread 0 only.
+__device__ __forceinline__ Moments blockMergeMoments(Moments a)
+{
+	__shared__ float sn[BLOCK_SIZE / 32], smean[BLOCK_SIZE / 32], sm2[BLOCK_SIZE / 32];
+
+	int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+	a = warpMergeMoments(a);
+
+	if (lane == 0)
+	{
+		sn[warp] = a.n; smean[warp] = a.mean; sm2[warp] = a.m2;
+	}
+	__syncthreads();
+
+	if (warp == 0)
+	{
+		a = emptyMoments();
+		if (lane < BLOCK_SIZE / 32)
+		{
+			a.n = sn[lane]; a.mean = smean[lane]; a.m2 = sm2[lane];
+		}
+		a = warpMergeMoments(a);
+	}
+
+	return a;
+}
+
+__device__ __forceinline__ float warpSum(float v)
+{
+#pragma unroll
+	for (int offset = 16; offset > 0; offset >>= 1)
+		v += __shfl_down_sync(0xffffffffu, v, offset);
+
+	return v;
+}
+
+// Both sums are valid in thread 0 only.
+__device__ __forceinline__ void blockSum2(float &a, float &b)
+{
+	__shared__ float sa[BLOCK_SIZE / 32], sb[BLOCK_SIZE / 32];
+
+	int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+	a = warpSum(a); b = warpSum(b);
+
+	if (lane == 0)
+	{
+		sa[warp] = a; sb[warp] = b;
+	}
+	__syncthreads();
+
+	if (warp == 0)
+	{
+		a = (lane < BLOCK_SIZE / 32) ? sa[lane] : 0.0f;
+		b = (lane < BLOCK_SIZE / 32) ? sb[lane] : 0.0f;
+		a = warpSum(a); b = warpSum(b);
+	}
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Spatial walk: the channel's mV = outer * innerV vectors form one logical range; a block takes a contiguous slice of
+// it and its threads stride through the slice. (o, i) advance incrementally, so the loop body has no division.
+
+struct SpatialCursor
+{
+	int64 j, o, i, stepO, stepI;
+};
+
+__device__ __forceinline__ SpatialCursor spatialCursor(int64 j, int64 innerV, int64 step)
+{
+	SpatialCursor cur;
+	cur.j = j;
+	cur.o = j / innerV;
+	cur.i = j - cur.o * innerV;
+	cur.stepO = step / innerV;
+	cur.stepI = step - cur.stepO * innerV;
+	return cur;
+}
+
+__device__ __forceinline__ void advance(SpatialCursor &cur, int64 innerV, int64 step)
+{
+	cur.j += step;
+	cur.i += cur.stepI;
+	cur.o += cur.stepO;
+
+	if (cur.i >= innerV)
+	{
+		cur.i -= innerV;
+		cur.o += 1;
+	}
+}
+
+__device__ __forceinline__ void blockSlice(int64 total, int64 &begin, int64 &end)
+{
+	int64 per = (total + gridDim.y - 1) / gridDim.y;
+	begin = per * blockIdx.y;
+	end = min(total, begin + per);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Training statistics, stage 1: partial moments. Partials are laid out [split][channel] with split = blockIdx.y.
+
+// grid = (maps, splits), block = BLOCK_SIZE.
+template <typename T, int VEC>
+__device__ void statsSpatial(const T *x, int64 outer, int maps, int64 innerV, float *pn, float *pmean, float *pm2)
+{
+	int c = blockIdx.x;
+	float shift = toFloat(x[(int64)c * innerV * VEC]);
+
+	int64 begin, end;
+	blockSlice(outer * innerV, begin, end);
+
+	Moments acc = emptyMoments();
+	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE);
+
+#pragma unroll 2
+	for (; cur.j < end; advance(cur, innerV, BLOCK_SIZE))
+	{
+		float v[VEC];
+		loadPack<T, VEC>(x + ((cur.o * maps + c) * innerV + cur.i) * VEC, v);
+		acc = addValues<VEC>(acc, v, shift);
+	}
+
+	acc = blockMergeMoments(acc);
+
+	if (threadIdx.x == 0)
+	{
+		int64 k = (int64)blockIdx.y * maps + c;
+		pn[k] = acc.n; pmean[k] = acc.mean; pm2[k] = acc.m2;
+	}
+}
+
+// grid = (ceil(maps / (ROWS_BX * VEC)), splits), block = (ROWS_BX, ROWS_BY).
+template <typename T, int VEC>
+__device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pmean, float *pm2)
+{
+	__shared__ float sn[ROWS_BY][ROWS_BX * VEC], smean[ROWS_BY][ROWS_BX * VEC], sm2[ROWS_BY][ROWS_BX * VEC];
+
+	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	bool active = c0 < maps;
+
+	float shift[VEC];
+	Moments acc[VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+		acc[k] = emptyMoments();
+
+	if (active)
+	{
+		loadPack<T, VEC>(x + c0, shift);
+
+		int64 begin, end;
+		blockSlice(rows, begin, end);
+
+		for (int64 r = begin + threadIdx.y; r < end; r += ROWS_BY)
+		{
+			float v[VEC];
+			loadPack<T, VEC>(x + r * maps + c0, v);
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+			{
+				// NOTE: one value per channel here, so the single-value Welford update is the exact form.
+				Moments b;
+				b.n = 1.0f; b.mean = v[k] - shift[k]; b.m2 = 0.0f;
+				acc[k] = mergeMoments(acc[k], b);
+			}
+		}
+	}
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		sn[threadIdx.y][threadIdx.x * VEC + k] = acc[k].n;
+		smean[threadIdx.y][threadIdx.x * VEC + k] = acc[k].mean;
+		sm2[threadIdx.y][threadIdx.x * VEC + k] = acc[k].m2;
+	}
+	__syncthreads();
+
+	if (threadIdx.y == 0 && active)
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+		{
+			Moments m = acc[k];
+
+			for (int y = 1; y < ROWS_BY; y++)
+			{
+				Moments b;
+				b.n = sn[y][threadIdx.x * VEC + k];
+				b.mean = smean[y][threadIdx.x * VEC + k];
+				b.m2 = sm2[y][threadIdx.x * VEC + k];
+				m = mergeMoments(m, b);
+			}
+
+			int64 idx = (int64)blockIdx.y * maps + c0 + k;
+			pn[idx] = m.n; pmean[idx] = m.mean; pm2[idx] = m.m2;
+		}
+	}
+}
+
+// Training statistics, stage 2: merge the partials of each channel, then
+//   savemean = mu, saveinvvar = 1 / sqrt(sigma2 + eps),
+//   mean = (1 - factor) * mean + factor * mu, var = (1 - factor) * var + factor * sigma2 * m / (m - 1)
+// (the running variance is unbiased, as in Theano and cuDNN). runMean/runVar may be null (no running update).
+// shiftStride: distance between the first elements of consecutive channels (inner for spatial, 1 for rows).
+// grid = ceil(maps / FINALIZE_WARPS), block = (32, FINALIZE_WARPS).
+template <typename T>
+__device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2,
+							  int splits, int maps, int64 m, float epsilon, float factor,
+							  float *savemean, float *saveinvvar, float *runMean, float *runVar)
+{
+	int c = blockIdx.x * FINALIZE_WARPS + threadIdx.y;
+	if (c >= maps)
+		return;
+
+	Moments acc = emptyMoments();
+
+	for (int s = threadIdx.x; s < splits; s += 32)
+	{
+		int64 k = (int64)s * maps + c;
+
+		Moments b;
+		b.n = pn[k]; b.mean = pmean[k]; b.m2 = pm2[k];
+		acc = mergeMoments(acc, b);
+	}
+
+	acc = warpMergeMoments(acc);
+
+	if (threadIdx.x == 0)
+	{
+		float mu = toFloat(x[c * shiftStride]) + acc.mean;
+		float sigma2 = fmaxf(acc.m2 / (float)m, 0.0f);
+
+		savemean[c] = mu;
+		saveinvvar[c] = 1.0f / sqrtf(sigma2 + epsilon);
+
+		if (runMean != 0)
+		{
+			float unbias = (float)((double)m / (double)(m - 1));
+			runMean[c] = (1.0f - factor) * runMean[c] + factor * mu;
+			runVar[c] = (1.0f - factor) * runVar[c] + factor * sigma2 * unbias;
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward reduction, stage 1: partial sums of dy and dy * (x - mu) per channel. mu is savemean (training) or the
+// running mean (frozen); multiplying by invstd happens once per channel in stage 2.
+
+template <typename T, int VEC>
+__device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int64 innerV, const float *mean,
+							float *psum, float *pdot)
+{
+	int c = blockIdx.x;
+	float mu = mean[c];
+
+	int64 begin, end;
+	blockSlice(outer * innerV, begin, end);
+
+	float sum = 0.0f, dot = 0.0f;
+	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE);
+
+#pragma unroll 2
+	for (; cur.j < end; advance(cur, innerV, BLOCK_SIZE))
+	{
+		int64 off = ((cur.o * maps + c) * innerV + cur.i) * VEC;
+
+		float xv[VEC], gv[VEC];
+		loadPack<T, VEC>(x + off, xv);
+		loadPack<T, VEC>(dy + off, gv);
+
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+		{
+			sum += gv[k];
+			dot += gv[k] * (xv[k] - mu);
+		}
+	}
+
+	blockSum2(sum, dot);
+
+	if (threadIdx.x == 0)
+	{
+		int64 k = (int64)blockIdx.y * maps + c;
+		psum[k] = sum; pdot[k] = dot;
+	}
+}
+
+template <typename T, int VEC>
+__device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot)
+{
+	__shared__ float ssum[ROWS_BY][ROWS_BX * VEC], sdot[ROWS_BY][ROWS_BX * VEC];
+
+	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	bool active = c0 < maps;
+
+	float sum[VEC], dot[VEC], mu[VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		sum[k] = 0.0f; dot[k] = 0.0f;
+		mu[k] = active ? mean[c0 + k] : 0.0f;
+	}
+
+	if (active)
+	{
+		int64 begin, end;
+		blockSlice(rows, begin, end);
+
+		for (int64 r = begin + threadIdx.y; r < end; r += ROWS_BY)
+		{
+			float xv[VEC], gv[VEC];
+			loadPack<T, VEC>(x + r * maps + c0, xv);
+			loadPack<T, VEC>(dy + r * maps + c0, gv);
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+			{
+				sum[k] += gv[k];
+				dot[k] += gv[k] * (xv[k] - mu[k]);
+			}
+		}
+	}
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		ssum[threadIdx.y][threadIdx.x * VEC + k] = sum[k];
+		sdot[threadIdx.y][threadIdx.x * VEC + k] = dot[k];
+	}
+	__syncthreads();
+
+	if (threadIdx.y == 0 && active)
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+		{
+			float s = sum[k], d = dot[k];
+
+			for (int y = 1; y < ROWS_BY; y++)
+			{
+				s += ssum[y][threadIdx.x * VEC + k];
+				d += sdot[y][threadIdx.x * VEC + k];
+			}
+
+			int64 idx = (int64)blockIdx.y * maps + c0 + k;
+			psum[idx] = s; pdot[idx] = d;
+		}
+	}
+}
+
+// Backward reduction, stage 2: biasgrad = sum(dy), scalegrad = invstd * sum(dy * (x - mu)) (both overwritten).
+// invstd = inv[c] when fromVar == 0 (saveinvvar), else 1 / sqrt(inv[c] + epsilon) (inv holds the running var).
+// grid = ceil(maps / FINALIZE_WARPS), block = (32, FINALIZE_WARPS).
+extern "C" __global__ void bnGradFinalize(const float *psum, const float *pdot, int splits, int maps,
+										  const float *inv, int fromVar, float epsilon,
+										  float *scalegrad, float *biasgrad)
+{
+	int c = blockIdx.x * FINALIZE_WARPS + threadIdx.y;
+	if (c >= maps)
+		return;
+
+	float sum = 0.0f, dot = 0.0f;
+
+	for (int s = threadIdx.x; s < splits; s += 32)
+	{
+		sum += psum[(int64)s * maps + c];
+		dot += pdot[(int64)s * maps + c];
+	}
+
+	sum = warpSum(sum);
+	dot = warpSum(dot);
+
+	if (threadIdx.x == 0)
+	{
+		float invstd = fromVar ? 1.0f / sqrtf(inv[c] + epsilon) : inv[c];
+		biasgrad[c] = sum;
+		scalegrad[c] = dot * invstd;
+	}
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Elementwise passes. Per-channel coefficients depend on the mode:
+//   MODE_NORM        out = (x - savemean) * scale * saveinvvar + bias                         (training forward)
+//   MODE_NORM_VAR    out = (x - mean) * scale / sqrt(var + eps) + bias                         (evaluation forward)
+//   MODE_BACKWARD    dx = scale * invstd * (dy - biasgrad / m - (x - mu) * invstd * scalegrad / m)  (training)
+//   MODE_FROZEN      dx = dy * scale / sqrt(var + eps)                                        (frozen backward)
+// The training backward form equals scale * invstd / m * (m * dy - biasgrad - xhat * scalegrad) (Ioffe & Szegedy).
+// x and out may alias (in-place evaluation), so neither is declared __restrict__.
+
+#define MODE_NORM 0
+#define MODE_NORM_VAR 1
+#define MODE_BACKWARD 2
+#define MODE_FROZEN 3
+
+struct ChannelParams
+{
+	const float *mean, *inv, *scale, *bias, *scalegrad, *biasgrad;
+	float epsilon, invM;
+};
+
+struct Coef
+{
+	float mu, a, b, k;
+};
+
+template <int MODE>
+__device__ __forceinline__ Coef channelCoef(const ChannelParams &p, int c)
+{
+	Coef r;
+	r.mu = 0.0f; r.a = 0.0f; r.b = 0.0f; r.k = 0.0f;
+
+	if (MODE == MODE_NORM)
+	{
+		r.mu = p.mean[c];
+		r.a = p.scale[c] * p.inv[c];
+		r.b = p.bias[c];
+	}
+	else if (MODE == MODE_NORM_VAR)
+	{
+		r.mu = p.mean[c];
+		r.a = p.scale[c] * rsqrtf(p.inv[c] + p.epsilon);
+		r.b = p.bias[c];
+	}
+	else if (MODE == MODE_BACKWARD)
+	{
+		float invstd = p.inv[c];
+		r.mu = p.mean[c];
+		r.a = p.scale[c] * invstd;
+		r.b = p.biasgrad[c] * p.invM;
+		r.k = invstd * p.scalegrad[c] * p.invM;
+	}
+	else
+	{
+		r.a = p.scale[c] * rsqrtf(p.inv[c] + p.epsilon);
+	}
+
+	return r;
+}
+
+template <int MODE>
+__device__ __forceinline__ float applyCoef(const Coef &q, float x, float dy)
+{
+	if (MODE == MODE_NORM || MODE == MODE_NORM_VAR)
+		return (x - q.mu) * q.a + q.b;
+	else if (MODE == MODE_BACKWARD)
+		return q.a * (dy - q.b - (x - q.mu) * q.k);
+	else
+		return dy * q.a;
+}
+
+// Inputs the mode reads: x for the forward modes and the training backward, dy for both backward modes.
+#define MODE_READS_X(MODE) ((MODE) != MODE_FROZEN)
+#define MODE_READS_DY(MODE) ((MODE) == MODE_BACKWARD || (MODE) == MODE_FROZEN)
+
+// Flat grid-stride walk over all outer * maps * innerV vectors; (i, c) advance incrementally with no division in the
+// loop. Coefficients are reloaded only when the channel changes. grid = any, block = BLOCK_SIZE.
+template <typename T, int VEC, int MODE>
+__device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV, ChannelParams p)
+{
+	int64 total = outer * maps * innerV;
+	int64 step = (int64)gridDim.x * BLOCK_SIZE;
+	int64 j = (int64)blockIdx.x * BLOCK_SIZE + threadIdx.x;
+
+	if (j >= total)
+		return;
+
+	int64 row = j / innerV, i = j - row * innerV;
+	int c = (int)(row % maps);
+
+	int64 stepRow = step / innerV, stepI = step - stepRow * innerV;
+	int stepC = (int)(stepRow % maps);
+
+	int cached = c;
+	Coef q = channelCoef<MODE>(p, c);
+
+	for (; j < total; j += step)
+	{
+		if (c != cached)
+		{
+			q = channelCoef<MODE>(p, c);
+			cached = c;
+		}
+
+		float xv[VEC], gv[VEC], ov[VEC];
+
+		if (MODE_READS_X(MODE))
+			loadPack<T, VEC>(x + j * VEC, xv);
+		else
+		{
+#pragma unroll
+			for (int k = 0; k < VEC; k++) xv[k] = 0.0f;
+		}
+
+		if (MODE_READS_DY(MODE))
+			loadPack<T, VEC>(dy + j * VEC, gv);
+		else
+		{
+#pragma unroll
+			for (int k = 0; k < VEC; k++) gv[k] = 0.0f;
+		}
+
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			ov[k] = applyCoef<MODE>(q, xv[k], gv[k]);
+
+		storePack<T, VEC>(out + j * VEC, ov);
+
+		i += stepI;
+		int carry = (i >= innerV) ? 1 : 0;
+		i -= carry ? innerV : 0;
+
+		c += stepC + carry;
+		c -= (c >= maps) ? maps : 0;
+	}
+}
+
+// grid = (ceil(maps / (ROWS_BX * VEC)), any), block = (ROWS_BX, ROWS_BY).
+template <typename T, int VEC, int MODE>
+__device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p)
+{
+	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	if (c0 >= maps)
+		return;
+
+	Coef q[VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+		q[k] = channelCoef<MODE>(p, c0 + k);
+
+	for (int64 r = (int64)blockIdx.y * ROWS_BY + threadIdx.y; r < rows; r += (int64)gridDim.y * ROWS_BY)
+	{
+		int64 off = r * maps + c0;
+		float xv[VEC], gv[VEC], ov[VEC];
+
+		if (MODE_READS_X(MODE))
+			loadPack<T, VEC>(x + off, xv);
+		else
+		{
+#pragma unroll
+			for (int k = 0; k < VEC; k++) xv[k] = 0.0f;
+		}
+
+		if (MODE_READS_DY(MODE))
+			loadPack<T, VEC>(dy + off, gv);
+		else
+		{
+#pragma unroll
+			for (int k = 0; k < VEC; k++) gv[k] = 0.0f;
+		}
+
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			ov[k] = applyCoef<MODE>(q[k], xv[k], gv[k]);
+
+		storePack<T, VEC>(out + off, ov);
+	}
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// C entry points, one per (data type, vector width[, mode]): pycuda looks kernels up by these unmangled names.
+// Suffixes: f32 / f16 data; v1 scalar, v4 / v8 16-byte vectors.
+
+#define BN_PARAMS_DECL const float *mean, const float *inv, const float *scale, const float *bias, \
+	const float *scalegrad, const float *biasgrad, float epsilon, float invM
+
+#define BN_PARAMS_MAKE ChannelParams p; \
+	p.mean = mean; p.inv = inv; p.scale = scale; p.bias = bias; \
+	p.scalegrad = scalegrad; p.biasgrad = biasgrad; p.epsilon = epsilon; p.invM = invM
+
+#define BN_APPLY_ENTRIES(T, SUF, VEC, MSUF, MODE) \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplySpatial_##MSUF##_##SUF##_v##VEC( \
+		const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV, BN_PARAMS_DECL) \
+	{ \
+		BN_PARAMS_MAKE; \
+		applySpatial<T, VEC, MODE>(x, dy, out, outer, maps, innerV, p); \
+	} \
+	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnApplyRows_##MSUF##_##SUF##_v##VEC( \
+		const T *x, const T *dy, T *out, int64 rows, int maps, BN_PARAMS_DECL) \
+	{ \
+		BN_PARAMS_MAKE; \
+		applyRows<T, VEC, MODE>(x, dy, out, rows, maps, p); \
+	}
+
+#define BN_ENTRIES(T, SUF, VEC) \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnStatsSpatial_##SUF##_v##VEC( \
+		const T *x, int64 outer, int maps, int64 innerV, float *pn, float *pmean, float *pm2) \
+	{ \
+		statsSpatial<T, VEC>(x, outer, maps, innerV, pn, pmean, pm2); \
+	} \
+	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnStatsRows_##SUF##_v##VEC( \
+		const T *x, int64 rows, int maps, float *pn, float *pmean, float *pm2) \
+	{ \
+		statsRows<T, VEC>(x, rows, maps, pn, pmean, pm2); \
+	} \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradSpatial_##SUF##_v##VEC( \
+		const T *x, const T *dy, int64 outer, int maps, int64 innerV, const float *mean, float *psum, float *pdot) \
+	{ \
+		gradSpatial<T, VEC>(x, dy, outer, maps, innerV, mean, psum, pdot); \
+	} \
+	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnGradRows_##SUF##_v##VEC( \
+		const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot) \
+	{ \
+		gradRows<T, VEC>(x, dy, rows, maps, mean, psum, pdot); \
+	} \
+	BN_APPLY_ENTRIES(T, SUF, VEC, norm, MODE_NORM) \
+	BN_APPLY_ENTRIES(T, SUF, VEC, normVar, MODE_NORM_VAR) \
+	BN_APPLY_ENTRIES(T, SUF, VEC, backward, MODE_BACKWARD) \
+	BN_APPLY_ENTRIES(T, SUF, VEC, frozen, MODE_FROZEN)
+
+BN_ENTRIES(float, f32, 1)
+BN_ENTRIES(float, f32, 4)
+BN_ENTRIES(__half, f16, 1)
+BN_ENTRIES(__half, f16, 8)
+
+#define BN_FINALIZE_ENTRY(T, SUF) \
+	extern "C" __global__ void bnStatsFinalize_##SUF( \
+		const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2, int splits, int maps, \
+		int64 m, float epsilon, float factor, float *savemean, float *saveinvvar, float *runMean, float *runVar) \
+	{ \
+		statsFinalize<T>(x, shiftStride, pn, pmean, pm2, splits, maps, m, epsilon, factor, \
+						 savemean, saveinvvar, runMean, runVar); \
+	}
+
+BN_FINALIZE_ENTRY(float, f32)
+BN_FINALIZE_ENTRY(__half, f16)
