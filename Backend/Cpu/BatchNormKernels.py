@@ -3,66 +3,121 @@
 Every tensor is viewed as ``shape3 = (outer, maps, inner)`` and normalized per map over ``outer`` and ``inner``
 (``m = outer * inner`` elements per map): per-activation data ``(N, C)`` is ``(N, C, 1)``, spatial data
 ``(N, C, d1, ..., dk)`` is ``(N, C, d1 * ... * dk)``, channels-last data ``(N, d1, ..., C)`` is
-``(N * d1 * ..., C, 1)``.
-Data, output and gradients are float32, float16 (computed in float32) or float64 (computed in float64, for
-finite-difference gradient checks); per-map parameters and statistics are float32.
+``(N * d1 * ..., C, 1)``. Data, output and gradients are float32, float16 (computed in float32) or float64 (computed
+in float64, for finite-difference gradient checks); per-map parameters and statistics are float32.
 
-Statistics are two-pass (mean, then the mean of squared deviations) with float32 partial sums over short runs combined
-in float64, as PyTorch's CPU kernels accumulate in double: a map whose mean is 1e4 times its standard deviation keeps
-its variance to ~1e-6 relative. Formulas: Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1 and section 3.
+Like the CUDA kernels, the work is cut into chunks of rows of about `CHUNK_ELEMENTS` elements that are spread over
+the cores (numpy releases the GIL); every stage finishes a chunk while it is in cache, so a pass reads its inputs and
+writes its output once. Statistics are two-pass (mean, then the mean of squared deviations): float32 sums over one
+chunk or one row (numpy sums a row pairwise) are added in float64, as PyTorch's CPU kernels accumulate in double, so
+a map whose mean is 1e4 times its standard deviation keeps its variance to ~1e-6 relative.
+Formulas: Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1 and section 3.
 """
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from PuzzleLib.Backend.Cpu.GPUArray import empty, hostView
 
-ROWS_PER_CHUNK = 1024
+dataTypes = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
+
+CHUNK_ELEMENTS = 1 << 16
+THREADS = max(1, min(int(os.environ.get("PUZZLELIB_CPU_THREADS", os.cpu_count() or 1)), 16))
+
+_executor, _executorLock = None, threading.Lock()
 
 
-def view3(ary, shape3):
-    return hostView(ary).reshape(shape3)
+def executor():
+    global _executor
+    with _executorLock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(THREADS, thread_name_prefix="PuzzleLibCpu")
+        return _executor
+
+
+def computeType(dtype):
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+class Chunks:
+    """Rows of the (outer, maps, inner) view, cut into chunks for the cores.
+
+    With inner > 1 a row is one map's ``inner`` contiguous elements (rows = outer * maps, row i belongs to map
+    i % maps); with inner == 1 a row holds one element of every map (rows = outer).
+    """
+
+    def __init__(self, shape3):
+        self.outer, self.maps, self.inner = shape3
+        self.byMapRows = self.inner > 1
+        self.rows, self.rowLength = (self.outer * self.maps, self.inner) if self.byMapRows else (self.outer, self.maps)
+        step = max(1, CHUNK_ELEMENTS // max(self.rowLength, 1))
+        self.slices = [slice(start, min(start + step, self.rows)) for start in range(0, self.rows, step)]
+        self.chunkElements = step * self.rowLength
+
+    def view(self, ary):
+        return hostView(ary).reshape(self.rows, self.rowLength)
+
+    def perMap(self, vector, rows, dtype):
+        """A per-map float vector broadcast against the chunk `rows` of the view."""
+        if self.byMapRows:
+            return vector[np.arange(rows.start, rows.stop) % self.maps].astype(dtype)[:, None]
+        return vector.astype(dtype)[None, :]
+
+    def run(self, work, dtype=None):
+        """Calls ``work(rows, scratch)`` for every chunk, the chunks spread over the cores; `scratch` is a chunk-sized
+        buffer of `dtype` (from the pool) private to the calling thread, or None."""
+        groups = [self.slices[t::THREADS] for t in range(min(THREADS, len(self.slices)))]
+        workspace = None if dtype is None else empty((len(groups), self.chunkElements), dtype)
+
+        def runGroup(t):
+            scratch = None if workspace is None else hostView(workspace)[t]
+            for rows in groups[t]:
+                work(rows, None if scratch is None else scratch[: (rows.stop - rows.start) * self.rowLength])
+
+        if len(groups) == 1:
+            runGroup(0)
+        else:
+            list(executor().map(runGroup, range(len(groups))))
+
+    def mapTotals(self, partials):
+        """Per-map float64 totals from per-chunk partial sums collected by `sumRows`."""
+        if self.byMapRows:
+            return partials.reshape(self.outer, self.maps).sum(axis=0)
+        return partials.sum(axis=0)
+
+    def sums(self, x, y=None, center=None, dtype=np.float32):
+        """Per-map float64 sums of x, or of (x - center) * y, or of (x - center)^2 when y is x and center is given.
+
+        Each chunk sums in `dtype` (a row pairwise, or at most a chunk of rows); the partials are added in float64.
+        """
+        xv = x.reshape(self.rows, self.rowLength)
+        yv = None if y is None else y.reshape(self.rows, self.rowLength)
+        partials = np.empty((self.rows,) if self.byMapRows else (len(self.slices), self.maps), dtype=np.float64)
+        index = {rows.start: i for i, rows in enumerate(self.slices)}
+
+        def work(rows, scratch):
+            xs = xv[rows]
+            if center is not None:
+                deviation = scratch.reshape(xs.shape)
+                np.subtract(xs, self.perMap(center, rows, dtype), out=deviation, casting="same_kind")
+                xs = deviation
+            ys = xs if (y is x and center is not None) else (None if yv is None else yv[rows])
+
+            if self.byMapRows:
+                partials[rows] = np.add.reduce(xs, axis=1, dtype=dtype) if ys is None else np.einsum("ij,ij->i", xs, ys)
+            else:
+                partials[index[rows.start]] = np.add.reduce(xs, axis=0, dtype=dtype) if ys is None else (
+                    np.einsum("ij,ij->j", xs, ys))
+
+        self.run(work, dtype=None if center is None else dtype)
+        return self.mapTotals(partials)
 
 
 def mapVector(ary, maps):
     return hostView(ary).reshape(maps)
-
-
-dataTypes = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
-
-
-def computeType(dtype):
-    return np.float64 if dtype == np.float64 else np.float32
-
-
-def asCompute(x3):
-    ctype = computeType(x3.dtype)
-    return x3 if x3.dtype == ctype else x3.astype(ctype)
-
-
-def mapSums(x3, y3=None):
-    """Per-map float64 sums of x (or of x * y) over axes 0 and 2 of (outer, maps, inner) float32 arrays.
-
-    Runs of at most `ROWS_PER_CHUNK` rows (or one row of `inner` elements, summed pairwise by numpy) are added in
-    float32, and those partial sums in float64, which bounds the rounding error by the run length, not by m.
-    """
-    outer, maps, inner = x3.shape
-    if inner > 1:
-        rows = np.add.reduce(x3, axis=2) if y3 is None else np.einsum("ijk,ijk->ij", x3, y3)
-        return rows.sum(axis=0, dtype=np.float64)
-
-    x2 = x3.reshape(outer, maps)
-    y2 = None if y3 is None else y3.reshape(outer, maps)
-    total = np.zeros(maps, dtype=np.float64)
-    for start in range(0, outer, ROWS_PER_CHUNK):
-        xs = x2[start : start + ROWS_PER_CHUNK]
-        total += (
-            np.add.reduce(xs, axis=0) if y2 is None else np.einsum("ij,ij->j", xs, y2[start : start + ROWS_PER_CHUNK])
-        )
-    return total
-
-
-def perMap(vector, ctype=np.float32):
-    return vector.astype(ctype).reshape(1, -1, 1)
 
 
 def trainForward(data, out, shape3, scale, bias, mean, var, savemean, saveinvvar, epsilon, factor):
@@ -73,21 +128,24 @@ def trainForward(data, out, shape3, scale, bias, mean, var, savemean, saveinvvar
     is given too): mean = (1 - factor) * mean + factor * mu, var = (1 - factor) * var + factor * sigma2 * m / (m - 1)
     (unbiased, as Theano and cuDNN do). The caller guarantees m >= 2 and that `out` is not `data`.
     """
-    outer, maps, inner = shape3
-    m = outer * inner
-    x = asCompute(view3(data, shape3))
+    chunks = Chunks(shape3)
+    maps, m = shape3[1], shape3[0] * shape3[2]
+    x, y = chunks.view(data), chunks.view(out)
+    ctype = computeType(x.dtype)
 
-    mu = mapSums(x) / m
-    y = view3(out, shape3)
-    # NOTE: float32 output doubles as the workspace for the deviations; float16 output needs a float32 one
-    workspace = None if y.dtype == x.dtype else empty(shape3, x.dtype)
-    centered = y if workspace is None else hostView(workspace)
-    np.subtract(x, perMap(mu, x.dtype), out=centered)
-    sigma2 = mapSums(centered, centered) / m
+    mu = chunks.sums(x, dtype=ctype) / m
+    sigma2 = chunks.sums(x, x, center=mu, dtype=ctype) / m
     invstd = 1.0 / np.sqrt(sigma2 + epsilon)
+    gain = invstd * mapVector(scale, maps)
+    shift = mapVector(bias, maps).astype(np.float64)
 
-    centered *= perMap(invstd * mapVector(scale, maps), x.dtype)
-    np.add(centered, perMap(mapVector(bias, maps), x.dtype), out=y, casting="same_kind")
+    def normalize(rows, scratch):
+        deviation = scratch.reshape(y[rows].shape)
+        np.subtract(x[rows], chunks.perMap(mu, rows, ctype), out=deviation, casting="same_kind")
+        deviation *= chunks.perMap(gain, rows, ctype)
+        np.add(deviation, chunks.perMap(shift, rows, ctype), out=y[rows], casting="same_kind")
+
+    chunks.run(normalize, dtype=ctype)
 
     mapVector(savemean, maps)[...] = mu
     mapVector(saveinvvar, maps)[...] = invstd
@@ -100,28 +158,29 @@ def trainForward(data, out, shape3, scale, bias, mean, var, savemean, saveinvvar
 
 def evalForward(data, out, shape3, scale, bias, mean, var, epsilon):
     """Evaluation forward: out = (x - mean) / sqrt(var + epsilon) * scale + bias. `out` may be `data` (in place)."""
+    chunks = Chunks(shape3)
     maps = shape3[1]
+    x, y = chunks.view(data), chunks.view(out)
+    ctype = computeType(y.dtype)
+
     gain = mapVector(scale, maps) / np.sqrt(mapVector(var, maps).astype(np.float64) + epsilon)
     shift = mapVector(bias, maps) - mapVector(mean, maps) * gain
 
-    y = view3(out, shape3)
-    ctype = computeType(y.dtype)
-    np.multiply(view3(data, shape3), perMap(gain, ctype), out=y, casting="same_kind")
-    np.add(y, perMap(shift, ctype), out=y, casting="same_kind")
+    def affine(rows, scratch):
+        np.multiply(x[rows], chunks.perMap(gain, rows, ctype), out=y[rows], casting="same_kind")
+        np.add(y[rows], chunks.perMap(shift, rows, ctype), out=y[rows], casting="same_kind")
+
+    chunks.run(affine)
 
 
-def reduceGradients(x, g, shape3, center, invstd, scalegrad, biasgrad):
-    """biasgrad = sum(g), scalegrad = sum(g * (x - center) * invstd); returns (centered workspace, dbias, dscale)."""
-    maps = shape3[1]
-    workspace = empty(shape3, x.dtype)
-    centered = hostView(workspace)
-    np.subtract(x, perMap(center, x.dtype), out=centered)
-
-    dbias = mapSums(g)
-    dscale = mapSums(g, centered) * invstd
-    mapVector(biasgrad, maps)[...] = dbias
-    mapVector(scalegrad, maps)[...] = dscale
-    return workspace, dbias, dscale
+def gradientSums(chunks, x, g, center, invstd, scalegrad, biasgrad):
+    """biasgrad = sum(g), scalegrad = sum(g * (x - center) * invstd); returns (dbias, dscale) in float64."""
+    ctype = computeType(x.dtype)
+    dbias = chunks.sums(g, dtype=ctype)
+    dscale = chunks.sums(x, g, center=center, dtype=ctype) * invstd
+    mapVector(biasgrad, chunks.maps)[...] = dbias
+    mapVector(scalegrad, chunks.maps)[...] = dscale
+    return dbias, dscale
 
 
 def backward(data, grad, ingrad, shape3, scale, savemean, saveinvvar, scalegrad, biasgrad):
@@ -130,22 +189,31 @@ def backward(data, grad, ingrad, shape3, scale, savemean, saveinvvar, scalegrad,
     biasgrad = sum(grad), scalegrad = sum(grad * xhat) (both overwritten),
     ingrad = scale * invstd / m * (m * grad - biasgrad - xhat * scalegrad); `ingrad` may be None to skip it.
     """
-    outer, maps, inner = shape3
-    m = outer * inner
-    x, g = asCompute(view3(data, shape3)), asCompute(view3(grad, shape3))
+    chunks = Chunks(shape3)
+    maps, m = shape3[1], shape3[0] * shape3[2]
+    x, g = chunks.view(data), chunks.view(grad)
+    ctype = computeType(x.dtype)
     mu = mapVector(savemean, maps).astype(np.float64)
     invstd = mapVector(saveinvvar, maps).astype(np.float64)
 
-    workspace, dbias, dscale = reduceGradients(x, g, shape3, mu, invstd, scalegrad, biasgrad)
+    dbias, dscale = gradientSums(chunks, x, g, mu, invstd, scalegrad, biasgrad)
     if ingrad is None:
         return
 
+    dx = chunks.view(ingrad)
     gain = mapVector(scale, maps) * invstd
-    centered = hostView(workspace)
-    centered *= perMap(-gain * invstd * dscale / m, x.dtype)
-    centered += perMap(-gain * dbias / m, x.dtype)
-    np.multiply(g, perMap(gain, x.dtype), out=view3(ingrad, shape3), casting="same_kind")
-    np.add(view3(ingrad, shape3), centered, out=view3(ingrad, shape3), casting="same_kind")
+    # NOTE: ingrad = gain * grad + slope * (x - mu) + offset, with the per-map constants folded once here
+    slope, offset = -gain * invstd * dscale / m, -gain * dbias / m
+
+    def inputGradient(rows, scratch):
+        term = scratch.reshape(dx[rows].shape)
+        np.subtract(x[rows], chunks.perMap(mu, rows, ctype), out=term, casting="same_kind")
+        term *= chunks.perMap(slope, rows, ctype)
+        term += chunks.perMap(offset, rows, ctype)
+        np.multiply(g[rows], chunks.perMap(gain, rows, ctype), out=dx[rows], casting="same_kind")
+        np.add(dx[rows], term, out=dx[rows], casting="same_kind")
+
+    chunks.run(inputGradient, dtype=ctype)
 
 
 def frozenBackward(data, grad, ingrad, shape3, scale, mean, var, epsilon, scalegrad, biasgrad):
@@ -153,11 +221,20 @@ def frozenBackward(data, grad, ingrad, shape3, scale, mean, var, epsilon, scaleg
 
     biasgrad = sum(grad), scalegrad = sum(grad * (x - mean) * invstd), ingrad = grad * scale * invstd.
     """
+    chunks = Chunks(shape3)
     maps = shape3[1]
-    x, g = asCompute(view3(data, shape3)), asCompute(view3(grad, shape3))
+    x, g = chunks.view(data), chunks.view(grad)
+    ctype = computeType(x.dtype)
     invstd = 1.0 / np.sqrt(mapVector(var, maps).astype(np.float64) + epsilon)
 
-    reduceGradients(x, g, shape3, mapVector(mean, maps).astype(np.float64), invstd, scalegrad, biasgrad)
-    if ingrad is not None:
-        gain = perMap(mapVector(scale, maps) * invstd, x.dtype)
-        np.multiply(g, gain, out=view3(ingrad, shape3), casting="same_kind")
+    gradientSums(chunks, x, g, mapVector(mean, maps).astype(np.float64), invstd, scalegrad, biasgrad)
+    if ingrad is None:
+        return
+
+    dx = chunks.view(ingrad)
+    gain = mapVector(scale, maps) * invstd
+
+    def inputGradient(rows, scratch):
+        np.multiply(g[rows], chunks.perMap(gain, rows, ctype), out=dx[rows], casting="same_kind")
+
+    chunks.run(inputGradient)
