@@ -16,6 +16,8 @@ class BatchNorm(BatchNormND):
 
     Args:
         size (int): number of features.
+        axis (int): the features' axis, 1 or -1 (the same axis of 2D data; -1 is accepted for code written for
+            TensorFlow/Keras, whose default it is). Stored as 1.
         epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace: as in `BatchNormND`.
 
     Shape:
@@ -40,7 +42,12 @@ class BatchNorm(BatchNormND):
         name=None,
         empty=False,
         inplace=False,
+        axis=1,
     ):
+        if isinstance(axis, (bool, np.bool_)) or axis not in (1, -1):
+            raise ValueError(
+                "%s: axis must be 1 or -1 (the features of (batch, size) data); got %r" % (type(self).__name__, axis)
+            )
         super().__init__(2, size, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace)
         self.size = self.maps
 
@@ -49,6 +56,11 @@ class BatchNorm(BatchNormND):
             raise ModuleError("%s expects 2D data (batch, size); got shape %s" % (self.describe(), shape))
         if shape[1] != self.size:
             raise ModuleError("%s: data has %d features (expected: %d)" % (self.describe(), shape[1], self.size))
+
+    @property
+    def dnnAxes(self):
+        # NOTE: the data is viewed as (batch, size, 1, 1) so that parameters keep PuzzleLib's (1, size, 1, 1) shape
+        return (0,)
 
     def toDnn(self, ary):
         return ary.reshape(ary.shape[0], ary.shape[1], 1, 1)

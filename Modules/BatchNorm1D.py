@@ -9,11 +9,17 @@ class BatchNorm1D(BatchNormND):
     """`BatchNormND` with nd = 1: each map is normalized over the batch and its 1 spatial axes.
 
     Args:
-        maps (int): number of maps (axis 1); the other arguments as in `BatchNormND`.
+        maps (int): number of maps.
+        axis (int): the maps' axis: 1 (default, channels first) or -1 (channels last, e.g. sequence data
+            (batch, time, features) normalized over batch and time, Theano's axes (0, 1));
+            the other arguments as in `BatchNormND`.
 
     Shape:
-        data and output: (batch, maps, length); scale, bias, mean, var: (1, maps, 1), float32.
+        data and output: (batch, maps, length), or (batch, length, maps) with ``axis=-1``;
+        scale, bias, mean, var: (1, maps, 1), or (1, 1, maps) with ``axis=-1``; float32.
     """
+
+    spatialText = "length"
 
     def __init__(
         self,
@@ -26,11 +32,9 @@ class BatchNorm1D(BatchNormND):
         name=None,
         empty=False,
         inplace=False,
+        axis=1,
     ):
-        super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace)
-
-    def layoutText(self):
-        return "batch, maps, length"
+        super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis)
 
 
 def unittest():

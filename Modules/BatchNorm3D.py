@@ -9,11 +9,16 @@ class BatchNorm3D(BatchNormND):
     """`BatchNormND` with nd = 3: each map is normalized over the batch and its 3 spatial axes.
 
     Args:
-        maps (int): number of maps (axis 1); the other arguments as in `BatchNormND`.
+        maps (int): number of maps.
+        axis (int): the maps' axis: 1 (default, channels first) or -1 (channels last, e.g. NDHWC volumes);
+            the other arguments as in `BatchNormND`.
 
     Shape:
-        data and output: (batch, maps, depth, height, width); scale, bias, mean, var: (1, maps, 1, 1, 1), float32.
+        data and output: (batch, maps, depth, height, width), or (batch, depth, height, width, maps) with ``axis=-1``;
+        scale, bias, mean, var: (1, maps, 1, 1, 1), or (1, 1, 1, 1, maps) with ``axis=-1``; float32.
     """
+
+    spatialText = "depth, height, width"
 
     def __init__(
         self,
@@ -26,11 +31,9 @@ class BatchNorm3D(BatchNormND):
         name=None,
         empty=False,
         inplace=False,
+        axis=1,
     ):
-        super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace)
-
-    def layoutText(self):
-        return "batch, maps, depth, height, width"
+        super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis)
 
 
 def unittest():

@@ -1,4 +1,4 @@
-"""BatchNormND: batch normalization of maps over the batch and all spatial axes."""
+"""BatchNormND: batch normalization of maps over the batch and all spatial axes (channels first or last)."""
 
 import numpy as np
 
@@ -14,6 +14,10 @@ def checkPositiveInt(owner, name, value):
 
 class BatchNormND(Module):
     """Batch normalization over the batch and spatial axes, one mean and variance per map.
+
+    The maps sit on axis 1 by default, (batch, maps, d1, ..., dnd); ``axis=-1`` takes channels-last data
+    (batch, d1, ..., dnd, maps) as TensorFlow's ``axis`` does (any axis but the batch axis works). The backend views the
+    data as (outer, maps, inner) whichever the axis, so channels-last data is never transposed.
 
     Ioffe & Szegedy 2015, "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
     Shift", arXiv 1502.03167. In training mode, with m = batch * d1 * ... * dnd elements per map::
@@ -32,7 +36,7 @@ class BatchNormND(Module):
 
     Args:
         nd (int): number of spatial axes (>= 1).
-        maps (int): number of maps (channels), axis 1 of the data.
+        maps (int): number of maps (channels), on `axis` of the data.
         epsilon (float): > 0, added to the variance. Default 1e-5.
         initFactor (float): > 0, the factor of the first batch. Default 1.0.
         minFactor (float): in [0, 1], the smallest factor. Default 0.1; 0 gives a cumulative average of all batches.
@@ -42,15 +46,19 @@ class BatchNormND(Module):
         empty (bool): create no arrays (``scale``, ``bias``, ``mean``, ``var`` are None) for a later `load`.
         inplace (bool): in evaluation mode write the output over the input (no new memory). Training in place is an
             error.
+        axis (int): the maps' axis, 1 (channels first, the default) to nd + 1; negative values count from the end
+            (-1: channels last). Kept as the non-negative index in ``bn.axis``.
 
     Attributes:
-        scale, bias (GPUArray): float32, shape (1, maps, 1, ..., 1); trainable (``vars``) when `affine`.
+        scale, bias (GPUArray): float32, of the data's rank with `maps` on `axis` and 1 elsewhere: (1, maps, 1, ..., 1)
+            channels first, (1, ..., 1, maps) channels last; trainable (``vars``) when `affine`.
         mean, var (GPUArray): float32 running statistics of the same shape (``attrs``), initially 0 and 1.
         numOfProps (int): training forwards so far.
         savemean, saveinvvar (GPUArray): the last training batch's mean and 1 / sqrt(sigma2 + epsilon).
 
     Shape:
-        data and output: (batch, maps, d1, ..., dnd), dtype = calctype (float32 by default).
+        data and output: (batch, maps, d1, ..., dnd) with ``axis=1``, (batch, d1, ..., dnd, maps) with ``axis=-1``;
+        dtype = calctype (float32 by default).
 
     Raises:
         ValueError: at construction, for a bad argument (named with its value).
@@ -60,9 +68,12 @@ class BatchNormND(Module):
     Example:
         >>> bn = BatchNorm2D(16)
         >>> y = bn(gpuarray.to_gpu(np.random.randn(8, 16, 32, 32).astype(np.float32)))
+        >>> bnLast = BatchNorm2D(16, axis=-1)               # TensorFlow's channels-last layout
+        >>> y = bnLast(gpuarray.to_gpu(np.random.randn(8, 32, 32, 16).astype(np.float32)))
     """
 
     mode = "spatial"
+    spatialText = None
 
     def __init__(
         self,
@@ -76,10 +87,12 @@ class BatchNormND(Module):
         name=None,
         empty=False,
         inplace=False,
+        axis=1,
     ):
         owner = type(self).__name__
         checkPositiveInt(owner, "nd", nd)
         checkPositiveInt(owner, "maps", maps)
+        axis = self.checkAxis(owner, axis, int(nd) + 2)
         if not epsilon > 0:
             raise ValueError("%s: epsilon must be > 0; got %r" % (owner, epsilon))
         if not initFactor > 0:
@@ -90,7 +103,7 @@ class BatchNormND(Module):
             raise ValueError("%s: sscale must be >= 0; got %r" % (owner, sscale))
 
         super().__init__(name)
-        self.nd, self.maps = int(nd), int(maps)
+        self.nd, self.maps, self.axis = int(nd), int(maps), axis
         self.epsilon, self.initFactor, self.minFactor, self.sscale = epsilon, initFactor, minFactor, sscale
         self.affine, self.inplace = affine, inplace
         self.numOfProps = 0
@@ -101,9 +114,31 @@ class BatchNormND(Module):
         if not empty:
             self.initParams()
 
+    @staticmethod
+    def checkAxis(owner, axis, rank):
+        """The maps' axis as a non-negative index; the batch axis 0 cannot carry the maps."""
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise ValueError("%s: axis must be an int; got %r" % (owner, axis))
+        if not -rank < axis < rank or axis % rank == 0:
+            raise ValueError(
+                "%s: axis must be in [1, %d] or [%d, -1] for %dD data (axis 0 is the batch); got %r"
+                % (owner, rank - 1, -(rank - 1), rank, axis)
+            )
+        return int(axis) % rank
+
     @property
     def paramShape(self):
-        return (1, self.maps) + (1,) * self.nd
+        rank = self.nd + 2
+        return tuple(self.maps if axis == self.axis else 1 for axis in range(rank))
+
+    @property
+    def dnnAxes(self):
+        """The normalized axes: every axis but the maps'."""
+        return tuple(axis for axis in range(self.nd + 2) if axis != self.axis)
+
+    @property
+    def channelsLast(self):
+        return self.axis == self.nd + 1
 
     def initParams(self):
         shape = self.paramShape
@@ -133,11 +168,25 @@ class BatchNormND(Module):
             raise ModuleError(
                 "%s expects %dD data (%s); got shape %s" % (self.describe(), rank, self.layoutText(), shape)
             )
-        if shape[1] != self.maps:
+        if self.axis == 1 and shape[1] != self.maps:
             raise ModuleError("%s: data has %d maps (expected: %d)" % (self.describe(), shape[1], self.maps))
+        if shape[self.axis] != self.maps:
+            raise ModuleError(
+                "%s expects data with %d maps on axis %d%s; got %d"
+                % (
+                    self.describe(),
+                    self.maps,
+                    self.axis,
+                    " (channels-last)" if self.channelsLast else "",
+                    shape[self.axis],
+                )
+            )
 
     def layoutText(self):
-        return "batch, maps, " + ", ".join("d%d" % (i + 1) for i in range(self.nd))
+        spatial = self.spatialText or ", ".join("d%d" % (i + 1) for i in range(self.nd))
+        names = ["batch"] + [name.strip() for name in spatial.split(",")]
+        names.insert(self.axis, "maps")
+        return ", ".join(names)
 
     def toDnn(self, ary):
         """The view the Dnn functions take; identity for spatial data."""
@@ -183,6 +232,7 @@ class BatchNormND(Module):
                 test=test,
                 mode=self.mode,
                 out=out,
+                axes=self.dnnAxes,
             )
         except ValueError as e:
             raise ModuleError("%s: %s" % (self.describe(), e)) from None
@@ -213,6 +263,7 @@ class BatchNormND(Module):
             mean=self.mean,
             var=self.var,
             updGrad=updGrad,
+            axes=self.dnnAxes,
         )
         self.paramGrads = (scalegrad, biasgrad) if self.affine else None
         return ingrad
@@ -260,6 +311,15 @@ def unittest():
             hostData, bn.scale.get(), bn.bias.get(), bn.mean.get(), bn.var.get(), bn.epsilon
         )
         assert np.allclose(out, refEval, atol=1e-5)
+
+        # channels last: the same maps moved to the end give the same numbers, moved the same way
+        hostLast = np.ascontiguousarray(np.moveaxis(hostData, 1, -1))
+        bnLast = BatchNormND(nd, maps, axis=-1)
+        bnLast.scale.set(np.moveaxis(bn.scale.get(), 1, -1).copy())
+        out = bnLast(gpuarray.to_gpu(hostLast)).get()
+        assert bnLast.mean.shape == (1,) * (nd + 1) + (maps,)
+        assert np.allclose(out, np.moveaxis(ref.out, 1, -1), atol=1e-5)
+        assert np.allclose(bnLast.var.get().ravel(), ref.unbiasedVar.ravel(), rtol=1e-5)
 
 
 if __name__ == "__main__":
