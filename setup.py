@@ -31,6 +31,10 @@ setup(
         "cuda": ["pycuda>=2024.1", "scikit-cuda>=0.5.3"],
         "examples": ["scikit-learn>=1.3", "tqdm>=4.60"],
         "plot": ["matplotlib>=3.7"],
-        "test": ["pytest>=7.4", "scikit-learn>=1.3", "tqdm>=4.60", "ruff>=0.6"],
+        # NOTE: CUDA 12's NVRTC and ptxas let the compile test target sm_70, which CUDA 13's nvcc dropped
+        "test": ["pytest>=7.4", "scikit-learn>=1.3", "tqdm>=4.60", "ruff>=0.6"] + [
+            "%s==12.9.*; platform_system == 'Linux' and platform_machine == 'x86_64'" % name
+            for name in ("nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvcc-cu12", "nvidia-cuda-runtime-cu12")
+        ],
     },
 )
