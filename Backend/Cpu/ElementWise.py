@@ -1,0 +1,73 @@
+"""ElementWise primitives of the CPU backend, over numpy. Twin of `Backend.Cuda.ElementWise` (kernels in
+``Kernels/ElementWise.cu``): same functions, same arguments, same formulas. Arguments are checked by
+`Backend.ElementWise`; these functions only compute, in the data's own dtype (float32, or float64 for gradient checks).
+"""
+
+import numpy as np
+
+from PuzzleLib.Backend.Cpu.GPUArray import hostView
+
+dataTypes = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def sigmoid(x, out):
+    # NOTE: 1 / (1 + exp(-x)) overflows for x < -709 in float64; the tanh form is the same function and never does
+    np.tanh(0.5 * x, out=out)
+    out += 1.0
+    out *= 0.5
+
+
+def relu(x, out):
+    np.maximum(x, 0.0, out=out)
+
+
+def tanh(x, out):
+    np.tanh(x, out=out)
+
+
+forwards = {"sigmoid": sigmoid, "relu": relu, "tanh": tanh}
+
+backwards = {
+    "sigmoid": lambda g, y: g * y * (1.0 - y),
+    "relu": lambda g, y: np.where(y > 0.0, g, 0.0),
+    "tanh": lambda g, y: g * (1.0 - y * y),
+}
+
+
+def activation(act, data, out):
+    """out = act(data); `out` may be `data`."""
+    forwards[act](hostView(data), hostView(out))
+
+
+def activationBackward(act, grad, outdata, ingrad):
+    """ingrad = grad * act'(x), expressed through the forward's output y = `outdata`; `ingrad` may be `grad`."""
+    hostView(ingrad)[...] = backwards[act](hostView(grad), hostView(outdata))
+
+
+def addVectorToRows(data, vector, out):
+    """out[r, c] = data[r, c] + vector[c]; `out` may be `data`."""
+    np.add(hostView(data), hostView(vector), out=hostView(out))
+
+
+def softmaxCrossEntropy(scores, labels, grad, rowStats, gradScale):
+    """Per row of (rows, classes) scores with int32 labels: grad = (onehot - softmax) * gradScale, and rowStats[r] =
+    (-log softmax[label], 1 if argmax == label else 0, 1 if the label is out of range else 0)."""
+    s, lab = hostView(scores), hostView(labels)
+    rows, classes = s.shape
+
+    invalid = (lab < 0) | (lab >= classes)
+    safe = np.where(invalid, 0, lab)
+    index = np.arange(rows)
+
+    shifted = s - s.max(axis=1, keepdims=True)
+    logSum = np.log(np.exp(shifted).sum(axis=1))
+    prob = np.exp(shifted - logSum[:, None])
+
+    onehot = np.zeros_like(s)
+    onehot[index[~invalid], safe[~invalid]] = 1.0
+    np.multiply(onehot - prob, gradScale, out=hostView(grad))
+
+    stats = hostView(rowStats)
+    stats[:, 0] = np.where(invalid, 0.0, logSum - shifted[index, safe])
+    stats[:, 1] = (~invalid) & (np.argmax(s, axis=1) == lab)
+    stats[:, 2] = invalid

@@ -1,0 +1,126 @@
+"""Elementwise operations of the training stack (activations, bias add, softmax cross-entropy), on the backend in use.
+
+This file is backend-independent: it checks the arguments, allocates outputs from the memory pool and calls the
+backend's primitives (`Backend.Cpu.ElementWise` over numpy, `Backend.Cuda.ElementWise` with the kernels of
+``Kernels/ElementWise.cu``), so both backends agree on every check.
+
+- ``activation(data, act, out=None)``: ``out = act(data)`` for act in `activations`; `out` may be `data` (in place).
+- ``activationBackward(grad, outdata, act, out=None)``: the gradient of the input, from the forward's *output*
+  (sigmoid: ``grad * y * (1 - y)``, relu: ``grad * (y > 0)``, tanh: ``grad * (1 - y**2)``); `out` may be `grad`.
+- ``addVectorToRows(data, vector, out=None)``: ``out[r, c] = data[r, c] + vector[c]``; `out` may be `data`.
+- ``softmaxCrossEntropy(scores, labels, out=None)``: returns ``(grad, lossSum, correct)`` with
+  ``grad = (onehot(labels) - softmax(scores)) / batch`` (the negated gradient of the mean loss: PuzzleLib's sign
+  convention), ``lossSum = sum_r -log softmax(scores)[r, labels[r]]`` and ``correct`` the number of rows whose largest
+  score (first on ties) is at the label.
+
+`dataTypes` lists the float dtypes the backend computes in: float32 everywhere, plus float64 on the CPU backend (for
+finite-difference gradient checks).
+"""
+
+import numpy as np
+
+from PuzzleLib.Backend import Blas, gpuarray
+from PuzzleLib.Backend.Loader import backendModule
+
+_backend = backendModule("ElementWise")
+
+dataTypes = _backend.dataTypes
+activations = ("sigmoid", "relu", "tanh")
+
+__all__ = ["dataTypes", "activations", "activation", "activationBackward", "addVectorToRows", "softmaxCrossEntropy"]
+
+
+def checkArray(name, ary, dtypes=None, shape=None):
+    if not isinstance(ary, gpuarray.GPUArray):
+        raise TypeError("%s must be a GPUArray of the backend in use; got %s" % (name, type(ary).__name__))
+    if dtypes is not None and ary.dtype not in dtypes:
+        raise ValueError("%s must have dtype %s; got %s" % (name, " or ".join(str(d) for d in dtypes), ary.dtype))
+    if shape is not None and ary.shape != tuple(shape):
+        raise ValueError("%s must have shape %s; got %s" % (name, tuple(shape), ary.shape))
+
+
+def checkActivation(act):
+    if act not in activations:
+        raise ValueError("activation must be one of %s; got %r" % (", ".join(activations), act))
+
+
+def outputFor(out, like):
+    if out is None:
+        return gpuarray.empty(like.shape, like.dtype)
+    checkArray("out", out, dtypes=(like.dtype,), shape=like.shape)
+    return out
+
+
+def activation(data, act, out=None):
+    """out = act(data), elementwise; returns out (a new pool array when None; may be `data` for in place).
+
+    Raises:
+        TypeError, ValueError: an unknown activation, a non-GPUArray, a dtype not in `dataTypes`, an `out` of another
+            shape or dtype. Nothing is written then.
+    """
+    checkActivation(act)
+    checkArray("data", data, dtypes=dataTypes)
+    out = outputFor(out, data)
+    _backend.activation(act, data, out)
+    return out
+
+
+def activationBackward(grad, outdata, act, out=None):
+    """The gradient of an activation's input from the gradient of its output and its output `outdata`; returns out.
+
+    Raises:
+        TypeError, ValueError: as `activation`, and when `grad` and `outdata` differ in shape or dtype.
+    """
+    checkActivation(act)
+    checkArray("grad", grad, dtypes=dataTypes)
+    checkArray("outdata", outdata, dtypes=(grad.dtype,), shape=grad.shape)
+    out = outputFor(out, grad)
+    _backend.activationBackward(act, grad, outdata, out)
+    return out
+
+
+def addVectorToRows(data, vector, out=None):
+    """out[r, c] = data[r, c] + vector[c] for a 2D `data` and a `vector` of its column count; returns out.
+
+    Raises:
+        TypeError, ValueError: a non-2D `data`, a `vector` of another length or dtype, a bad `out`.
+    """
+    checkArray("data", data, dtypes=dataTypes)
+    if data.ndim != 2:
+        raise ValueError("data must be 2D (rows, cols); got shape %s" % (data.shape,))
+    checkArray("vector", vector, dtypes=(data.dtype,), shape=(data.shape[1],))
+    out = outputFor(out, data)
+    _backend.addVectorToRows(data, vector, out)
+    return out
+
+
+def softmaxCrossEntropy(scores, labels, out=None):
+    """Softmax over the classes of each row, cross-entropy against integer labels, its negated gradient and the hits.
+
+    Args:
+        scores (GPUArray): (batch, classes) unnormalized log-probabilities, a dtype of `dataTypes`.
+        labels (GPUArray): (batch,) int32 class indices in [0, classes).
+        out (GPUArray or None): where to write the gradient (shape and dtype of `scores`).
+
+    Returns:
+        ``(grad, lossSum, correct)``: grad = (onehot - softmax) / batch; lossSum (float) the summed loss; correct (int)
+        the rows whose first largest score is at the label.
+
+    Raises:
+        TypeError, ValueError: bad shapes or dtypes, an empty batch, or a label outside [0, classes) (the message gives
+            the count; the labels are checked on the device, so a given `out` has been written by then).
+    """
+    checkArray("scores", scores, dtypes=dataTypes)
+    if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ValueError("scores must be 2D (batch, classes) and non-empty; got shape %s" % (scores.shape,))
+    checkArray("labels", labels, dtypes=(np.dtype(np.int32),), shape=(scores.shape[0],))
+    grad = outputFor(out, scores)
+
+    batch, classes = scores.shape
+    rowStats = gpuarray.empty((batch, 3), scores.dtype)
+    _backend.softmaxCrossEntropy(scores, labels, grad, rowStats, 1.0 / batch)
+
+    lossSum, correct, invalid = (float(v) for v in Blas.sumOnMatrix(rowStats, cols=True).get())
+    if invalid > 0:
+        raise ValueError("labels must lie in [0, %d); %d of %d are outside" % (classes, round(invalid), batch))
+    return grad, lossSum, int(round(correct))

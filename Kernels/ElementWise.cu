@@ -1,0 +1,179 @@
+// Elementwise kernels of the training stack: activations (forward and backward from the output), a row-vector add
+// (the bias of a fully connected layer) and softmax cross-entropy. fp32 data, C-contiguous operands.
+//
+// Every function here has a numpy twin in Backend/Cpu/ElementWise.py with the same arguments and formulas.
+// Index arithmetic is 64-bit: a tensor may hold more than 2^31 elements.
+
+#ifndef BLOCK_SIZE
+#define BLOCK_SIZE 256
+#endif
+
+// Softmax cross-entropy: one warp per row, CE_WARPS rows per block.
+#ifndef CE_WARPS
+#define CE_WARPS 8
+#endif
+
+#if BLOCK_SIZE % 32 != 0 || BLOCK_SIZE > 1024
+#error "BLOCK_SIZE must be a multiple of 32 and at most 1024"
+#endif
+#if CE_WARPS * 32 > 1024
+#error "CE_WARPS * 32 must be at most 1024"
+#endif
+
+typedef long long int64;
+
+#define FULL_MASK 0xffffffffu
+
+// ---------------------------------------------------------------------------------------------------------------
+// Activations. The backward passes take the forward's *output* y, so an in-place forward loses nothing.
+
+enum Act
+{
+	ACT_SIGMOID = 0,
+	ACT_RELU = 1,
+	ACT_TANH = 2
+};
+
+template <int ACT> __device__ __forceinline__ float actForward(float x);
+template <int ACT> __device__ __forceinline__ float actBackward(float g, float y);
+
+// NOTE: expf(-x) overflows to inf for x < -88 and 1 / inf = 0, the correct limit, so no branch is needed
+template <> __device__ __forceinline__ float actForward<ACT_SIGMOID>(float x) { return 1.0f / (1.0f + expf(-x)); }
+template <> __device__ __forceinline__ float actForward<ACT_RELU>(float x) { return x > 0.0f ? x : 0.0f; }
+template <> __device__ __forceinline__ float actForward<ACT_TANH>(float x) { return tanhf(x); }
+
+template <> __device__ __forceinline__ float actBackward<ACT_SIGMOID>(float g, float y) { return g * y * (1.0f - y); }
+template <> __device__ __forceinline__ float actBackward<ACT_RELU>(float g, float y) { return y > 0.0f ? g : 0.0f; }
+template <> __device__ __forceinline__ float actBackward<ACT_TANH>(float g, float y) { return g * (1.0f - y * y); }
+
+// y = act(x); y may be x (in place), hence no __restrict__. grid = any, block = BLOCK_SIZE.
+template <int ACT>
+__device__ __forceinline__ void activationForward(const float *x, float *y, int64 n)
+{
+	for (int64 i = (int64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64)gridDim.x * blockDim.x)
+		y[i] = actForward<ACT>(x[i]);
+}
+
+// ingrad = grad * act'(x), written through the output y; ingrad may be grad (in place).
+template <int ACT>
+__device__ __forceinline__ void activationBackward(const float *grad, const float *y, float *ingrad, int64 n)
+{
+	for (int64 i = (int64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64)gridDim.x * blockDim.x)
+		ingrad[i] = actBackward<ACT>(grad[i], y[i]);
+}
+
+extern "C" __global__ void sigmoidForward(const float *x, float *y, int64 n)
+{
+	activationForward<ACT_SIGMOID>(x, y, n);
+}
+
+extern "C" __global__ void reluForward(const float *x, float *y, int64 n)
+{
+	activationForward<ACT_RELU>(x, y, n);
+}
+
+extern "C" __global__ void tanhForward(const float *x, float *y, int64 n)
+{
+	activationForward<ACT_TANH>(x, y, n);
+}
+
+extern "C" __global__ void sigmoidBackward(const float *grad, const float *y, float *ingrad, int64 n)
+{
+	activationBackward<ACT_SIGMOID>(grad, y, ingrad, n);
+}
+
+extern "C" __global__ void reluBackward(const float *grad, const float *y, float *ingrad, int64 n)
+{
+	activationBackward<ACT_RELU>(grad, y, ingrad, n);
+}
+
+extern "C" __global__ void tanhBackward(const float *grad, const float *y, float *ingrad, int64 n)
+{
+	activationBackward<ACT_TANH>(grad, y, ingrad, n);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// out[r, c] = data[r, c] + vector[c] for a (rows, cols) matrix; out may be data. grid = any, block = BLOCK_SIZE.
+
+extern "C" __global__ void addVectorToRows(const float *data, const float *vector, float *out, int64 rows, int64 cols)
+{
+	int64 n = rows * cols;
+	for (int64 i = (int64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64)gridDim.x * blockDim.x)
+		out[i] = data[i] + vector[i % cols];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Softmax cross-entropy over the classes of each row of a (rows, classes) score matrix, with integer labels.
+//
+//   p = softmax(s) computed as exp(s - max - log(sum(exp(s - max)))) (stable for any score range)
+//   grad[r, c]     = ((c == label) - p[r, c]) * gradScale     (the NEGATED gradient: PuzzleLib's sign convention)
+//   rowStats[r, 0] = -log p[r, label]                         (0 for an invalid label)
+//   rowStats[r, 1] = 1 when the first index of the largest score equals the label, else 0
+//   rowStats[r, 2] = 1 when the label is outside [0, classes) (the host then raises), else 0
+//
+// One warp per row: lanes stride over the classes, results merge with shuffles.
+// grid = ceil(rows / CE_WARPS), block = 32 * CE_WARPS.
+
+extern "C" __global__ void softmaxCrossEntropy(const float *scores, const int *labels, float *grad, float *rowStats,
+											   int64 rows, int classes, float gradScale)
+{
+	int lane = threadIdx.x % 32;
+	int64 row = (int64)blockIdx.x * CE_WARPS + threadIdx.x / 32;
+	if (row >= rows)
+		return;
+
+	const float *s = scores + row * classes;
+	float *g = grad + row * classes;
+
+	// NOTE: ties keep the smallest index, as numpy's argmax does, so both backends count the same hits
+	// NOTE: -inf spelled as bits: NVRTC has no math.h, hence no INFINITY macro
+	float best = __int_as_float(0xff800000);
+	int bestIdx = classes;
+	for (int c = lane; c < classes; c += 32)
+	{
+		float v = s[c];
+		if (v > best)
+		{
+			best = v;
+			bestIdx = c;
+		}
+	}
+
+#pragma unroll
+	for (int offset = 16; offset > 0; offset /= 2)
+	{
+		float v = __shfl_xor_sync(FULL_MASK, best, offset);
+		int idx = __shfl_xor_sync(FULL_MASK, bestIdx, offset);
+		if (v > best || (v == best && idx < bestIdx))
+		{
+			best = v;
+			bestIdx = idx;
+		}
+	}
+
+	float sum = 0.0f;
+	for (int c = lane; c < classes; c += 32)
+		sum += expf(s[c] - best);
+
+#pragma unroll
+	for (int offset = 16; offset > 0; offset /= 2)
+		sum += __shfl_xor_sync(FULL_MASK, sum, offset);
+
+	float logSum = logf(sum);
+	int label = labels[row];
+	bool valid = label >= 0 && label < classes;
+
+	for (int c = lane; c < classes; c += 32)
+	{
+		float p = expf(s[c] - best - logSum);
+		g[c] = ((valid && c == label) ? 1.0f - p : -p) * gradScale;
+	}
+
+	if (lane == 0)
+	{
+		float *stats = rowStats + row * 3;
+		stats[0] = valid ? logSum - (s[label] - best) : 0.0f;
+		stats[1] = (valid && bestIdx == label) ? 1.0f : 0.0f;
+		stats[2] = valid ? 0.0f : 1.0f;
+	}
+}

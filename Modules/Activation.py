@@ -1,0 +1,100 @@
+"""Activation: elementwise nonlinearities (sigmoid, relu, tanh)."""
+
+import numpy as np
+
+from PuzzleLib.Backend import ElementWise, gpuarray
+from PuzzleLib.Modules.Module import Module, ModuleError
+
+sigmoid = "sigmoid"
+relu = "relu"
+tanh = "tanh"
+
+
+class Activation(Module):
+    """Elementwise nonlinearity, ``out = f(data)``, as PuzzleLib's Activation module.
+
+    ``sigmoid``: f(x) = 1 / (1 + exp(-x)), f' = y * (1 - y); ``relu``: f(x) = max(x, 0), f' = (y > 0); ``tanh``:
+    f' = 1 - y**2. The derivative is taken from the output y, so an in-place forward loses nothing backward needs.
+
+    Args:
+        activation (str): ``"sigmoid"``, ``"relu"`` or ``"tanh"`` (also the constants of this file:
+            ``from PuzzleLib.Modules.Activation import sigmoid``).
+        inplace (bool): write the output over the input and, in backward, the input's gradient over the output's
+            (no new memory; the overwritten arrays belong to the neighbouring modules). Default False.
+        name (str or None): the module's name.
+
+    Shape:
+        data and output: any shape, dtype = calctype (float32 by default).
+
+    Raises:
+        ValueError: at construction, for an unknown activation.
+        ModuleError: on forward, for data of another dtype; on `calcMode`, for a dtype the backend cannot compute in.
+
+    Example:
+        >>> act = Activation(sigmoid)
+        >>> y = act(gpuarray.to_gpu(np.random.randn(60, 100).astype(np.float32)))
+    """
+
+    def __init__(self, activation, inplace=False, name=None):
+        if activation not in ElementWise.activations:
+            raise ValueError(
+                "Activation: activation must be one of %s; got %r" % (", ".join(ElementWise.activations), activation)
+            )
+        super().__init__(name)
+        self.activation, self.inplace = activation, inplace
+
+    def calcMode(self, T):
+        """Sets the data type of data and gradients.
+
+        Raises:
+            ModuleError: when the backend cannot compute in `T` (float32 everywhere, float64 on the CPU backend).
+        """
+        dtype = np.dtype(T)
+        if dtype not in ElementWise.dataTypes:
+            raise ModuleError(
+                "%s supports calc types %s on this backend; got %s"
+                % (self.describe(), ", ".join(str(t) for t in ElementWise.dataTypes), dtype)
+            )
+        self.calctype = dtype
+        self.reset()
+
+    def dataShapeFrom(self, shape):
+        return tuple(shape)
+
+    def updateData(self, data):
+        return ElementWise.activation(data, self.activation, out=data if self.inplace else None)
+
+    def updateGrad(self, grad):
+        return ElementWise.activationBackward(grad, self.data, self.activation, out=grad if self.inplace else None)
+
+    def accGradParams(self, grad, scale=1.0, momentum=0.0):
+        pass
+
+
+def unittest():
+    np.random.seed(0)
+    hostData = np.random.randn(3, 7).astype(np.float32) * 4
+    hostGrad = np.random.randn(3, 7).astype(np.float32)
+    x, g = hostData.astype(np.float64), hostGrad.astype(np.float64)
+
+    references = {
+        sigmoid: (1.0 / (1.0 + np.exp(-x)), lambda y: g * y * (1 - y)),
+        relu: (np.where(x > 0, x, 0.0), lambda y: g * (x > 0)),
+        tanh: (np.tanh(x), lambda y: g * (1 - y**2)),
+    }
+    for name, (ref, refGrad) in references.items():
+        for inplace in (False, True):
+            act = Activation(name, inplace=inplace)
+            data = gpuarray.to_gpu(hostData)
+            out = act(data)
+            assert np.allclose(out.get(), ref, atol=1e-6), name
+            assert (out.ptr == data.ptr) == inplace
+
+            grad = gpuarray.to_gpu(hostGrad)
+            ingrad = act.backward(grad)
+            assert np.allclose(ingrad.get(), refGrad(ref), atol=1e-6), name
+            assert (ingrad.ptr == grad.ptr) == inplace
+
+
+if __name__ == "__main__":
+    unittest()

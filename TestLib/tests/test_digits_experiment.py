@@ -1,0 +1,105 @@
+"""The main job's experiment (Ioffe & Szegedy 2015, Figure 1, on scikit-learn's digits): BatchNorm must make the same
+sigmoid network learn much faster, and the reported accuracies must be what the trained networks really score.
+Short runs of the same code path as ``python -m PuzzleLib``."""
+
+import json
+
+import numpy as np
+import pytest
+
+from PuzzleLib.Containers import Sequential
+from PuzzleLib.Modules import Activation, BatchNorm, Linear
+from PuzzleLib.TestLib import DigitsExperiment
+from PuzzleLib.TestLib.RunningStatistics import loadDigits
+
+pytest.importorskip("sklearn", reason="the digits set ships with scikit-learn (extra 'test')")
+
+
+@pytest.fixture(scope="module")
+def fiveEpochs():
+    return DigitsExperiment.runExperiment(epochs=5, keepNets=True)
+
+
+def referenceScores(net, x):
+    """A float64 numpy forward of a trained network in evaluation mode, from its parameters alone."""
+    h = x.astype(np.float64)
+    for module in net:
+        if isinstance(module, Linear):
+            h = h @ module.W.get().astype(np.float64) + module.b.get().astype(np.float64)
+        elif isinstance(module, BatchNorm):
+            mean, var = module.mean.get().ravel(), module.var.get().ravel()
+            scale, bias = module.scale.get().ravel(), module.bias.get().ravel()
+            h = (h - mean) / np.sqrt(var + module.epsilon) * scale + bias
+        elif isinstance(module, Activation):
+            h = 1.0 / (1.0 + np.exp(-h))
+        else:
+            raise AssertionError("unexpected module %r" % module)
+    return h
+
+
+def test_batchnorm_reaches_93_percent_within_5_epochs_with_defaults(fiveEpochs):
+    accuracy = fiveEpochs["networks"]["batchnorm"]["testAccuracy"]
+    assert len(accuracy) == 5
+    assert max(accuracy) >= 0.93, accuracy
+
+
+def test_batchnorm_gives_a_clear_gain(fiveEpochs):
+    plain = np.array(fiveEpochs["networks"]["plain"]["testAccuracy"])
+    bn = np.array(fiveEpochs["networks"]["batchnorm"]["testAccuracy"])
+    assert np.all(bn[1:] > plain[1:] + 0.3), (plain, bn)
+    assert fiveEpochs["networks"]["batchnorm"]["trainLoss"][-1] < 0.5 * fiveEpochs["networks"]["plain"]["trainLoss"][-1]
+
+
+def test_reported_accuracy_is_what_the_networks_score(fiveEpochs):
+    _, _, testX, testY = loadDigits(0)
+    for key, net in fiveEpochs["nets"].items():
+        scores = referenceScores(net, testX / 16.0)
+        accuracy = np.mean(np.argmax(scores, axis=1) == testY)
+        assert abs(accuracy - fiveEpochs["networks"][key]["testAccuracy"][-1]) < 1.5 / len(testY), key
+
+
+def test_both_networks_start_identical_and_batchnorm_state_is_consistent(fiveEpochs):
+    plain, bn = DigitsExperiment.buildPair(seed=3)
+    plainVars = {key.split(".", 1)[1]: var.data.get() for key, var in plain.namedVars().items()}
+    bnVars = {key.split(".", 1)[1]: var.data.get() for key, var in bn.namedVars().items()}
+    assert all(np.array_equal(bnVars[key], value) for key, value in plainVars.items())
+    assert abs(np.std(plainVars["fc0.W"]) - DigitsExperiment.WSCALE) < 0.01
+
+    batches = 5 * (1500 // 60)
+    for name, entry in fiveEpochs["batchNorm"].items():
+        assert entry["numOfProps"] == batches, name
+        assert entry["var"]["min"] > 0, name
+
+
+def test_main_job_is_deterministic_and_writes_json(tmp_path, capsys):
+    from PuzzleLib.__main__ import main
+
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path in paths:
+        main(["--epochs", "2", "--skip-demo", "--seed", "1", "--json", str(path)])
+    first, second = (json.loads(path.read_text()) for path in paths)
+    first["config"].pop("seconds")
+    second["config"].pop("seconds")
+    assert first == second
+    for key in ("plain", "batchnorm"):
+        assert len(first["networks"][key]["testAccuracy"]) == 2 and len(first["networks"][key]["trainLoss"]) == 2
+    assert "BN test acc" in capsys.readouterr().out
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+    import sys
+
+    from PuzzleLib.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit, match=r"PuzzleLib\[plot\]"):
+        main(["--epochs", "1", "--skip-demo", "--plot", str(tmp_path / "x.png")])
+    with pytest.raises(RuntimeError, match=r"PuzzleLib\[plot\]"):
+        DigitsExperiment.plotCurves({"networks": {}}, str(tmp_path / "x.png"))
+
+
+def test_build_net_layout():
+    net = DigitsExperiment.buildNet(True)
+    assert isinstance(net, Sequential)
+    assert net.names == ["fc0", "bn0", "act0", "fc1", "bn1", "act1", "fc2", "bn2", "act2", "fc3"]
+    assert [m.outsize for m in net if isinstance(m, Linear)] == [100, 100, 100, 10]
