@@ -24,7 +24,7 @@ from PuzzleLib.Backend.Cpu.GPUArray import empty, hostView
 
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
 
-CHUNK_ELEMENTS = 1 << 16
+CHUNK_ELEMENTS = 1 << 17
 THREADS = max(1, min(int(os.environ.get("PUZZLELIB_CPU_THREADS", os.cpu_count() or 1)), 16))
 
 _executor, _executorLock = None, threading.Lock()
@@ -60,11 +60,13 @@ class Chunks:
     def view(self, ary):
         return hostView(ary).reshape(self.rows, self.rowLength)
 
-    def perMap(self, vector, rows, dtype):
-        """A per-map float vector broadcast against the chunk `rows` of the view."""
-        if self.byMapRows:
-            return vector[np.arange(rows.start, rows.stop) % self.maps].astype(dtype)[:, None]
-        return vector.astype(dtype)[None, :]
+    def perMap(self, vector, dtype):
+        """A per-map float vector expanded once per call so that ``part(expanded, rows)`` broadcasts against rows."""
+        vector = np.asarray(vector).astype(dtype)
+        return np.tile(vector, self.outer)[:, None] if self.byMapRows else vector[None, :]
+
+    def part(self, expanded, rows):
+        return expanded[rows] if self.byMapRows else expanded
 
     def run(self, work, dtype=None):
         """Calls ``work(rows, scratch)`` for every chunk, the chunks spread over the cores; `scratch` is a chunk-sized
@@ -77,6 +79,7 @@ class Chunks:
             for rows in groups[t]:
                 work(rows, None if scratch is None else scratch[: (rows.stop - rows.start) * self.rowLength])
 
+        # NOTE: a single chunk runs on the calling thread; handing it to the pool would only add latency
         if len(groups) == 1:
             runGroup(0)
         else:
@@ -95,6 +98,7 @@ class Chunks:
         """
         xv = x.reshape(self.rows, self.rowLength)
         yv = None if y is None else y.reshape(self.rows, self.rowLength)
+        centers = None if center is None else self.perMap(center, dtype)
         partials = np.empty((self.rows,) if self.byMapRows else (len(self.slices), self.maps), dtype=np.float64)
         index = {rows.start: i for i, rows in enumerate(self.slices)}
 
@@ -102,7 +106,7 @@ class Chunks:
             xs = xv[rows]
             if center is not None:
                 deviation = scratch.reshape(xs.shape)
-                np.subtract(xs, self.perMap(center, rows, dtype), out=deviation, casting="same_kind")
+                np.subtract(xs, self.part(centers, rows), out=deviation, casting="same_kind")
                 xs = deviation
             ys = xs if (y is x and center is not None) else (None if yv is None else yv[rows])
 
@@ -136,14 +140,14 @@ def trainForward(data, out, shape3, scale, bias, mean, var, savemean, saveinvvar
     mu = chunks.sums(x, dtype=ctype) / m
     sigma2 = chunks.sums(x, x, center=mu, dtype=ctype) / m
     invstd = 1.0 / np.sqrt(sigma2 + epsilon)
-    gain = invstd * mapVector(scale, maps)
-    shift = mapVector(bias, maps).astype(np.float64)
+    centers, gains = chunks.perMap(mu, ctype), chunks.perMap(invstd * mapVector(scale, maps), ctype)
+    shifts = chunks.perMap(mapVector(bias, maps), ctype)
 
     def normalize(rows, scratch):
         deviation = scratch.reshape(y[rows].shape)
-        np.subtract(x[rows], chunks.perMap(mu, rows, ctype), out=deviation, casting="same_kind")
-        deviation *= chunks.perMap(gain, rows, ctype)
-        np.add(deviation, chunks.perMap(shift, rows, ctype), out=y[rows], casting="same_kind")
+        np.subtract(x[rows], chunks.part(centers, rows), out=deviation, casting="same_kind")
+        deviation *= chunks.part(gains, rows)
+        np.add(deviation, chunks.part(shifts, rows), out=y[rows], casting="same_kind")
 
     chunks.run(normalize, dtype=ctype)
 
@@ -165,10 +169,11 @@ def evalForward(data, out, shape3, scale, bias, mean, var, epsilon):
 
     gain = mapVector(scale, maps) / np.sqrt(mapVector(var, maps).astype(np.float64) + epsilon)
     shift = mapVector(bias, maps) - mapVector(mean, maps) * gain
+    gains, shifts = chunks.perMap(gain, ctype), chunks.perMap(shift, ctype)
 
     def affine(rows, scratch):
-        np.multiply(x[rows], chunks.perMap(gain, rows, ctype), out=y[rows], casting="same_kind")
-        np.add(y[rows], chunks.perMap(shift, rows, ctype), out=y[rows], casting="same_kind")
+        np.multiply(x[rows], chunks.part(gains, rows), out=y[rows], casting="same_kind")
+        np.add(y[rows], chunks.part(shifts, rows), out=y[rows], casting="same_kind")
 
     chunks.run(affine)
 
@@ -203,14 +208,15 @@ def backward(data, grad, ingrad, shape3, scale, savemean, saveinvvar, scalegrad,
     dx = chunks.view(ingrad)
     gain = mapVector(scale, maps) * invstd
     # NOTE: ingrad = gain * grad + slope * (x - mu) + offset, with the per-map constants folded once here
-    slope, offset = -gain * invstd * dscale / m, -gain * dbias / m
+    centers, gains = chunks.perMap(mu, ctype), chunks.perMap(gain, ctype)
+    slopes, offsets = chunks.perMap(-gain * invstd * dscale / m, ctype), chunks.perMap(-gain * dbias / m, ctype)
 
     def inputGradient(rows, scratch):
         term = scratch.reshape(dx[rows].shape)
-        np.subtract(x[rows], chunks.perMap(mu, rows, ctype), out=term, casting="same_kind")
-        term *= chunks.perMap(slope, rows, ctype)
-        term += chunks.perMap(offset, rows, ctype)
-        np.multiply(g[rows], chunks.perMap(gain, rows, ctype), out=dx[rows], casting="same_kind")
+        np.subtract(x[rows], chunks.part(centers, rows), out=term, casting="same_kind")
+        term *= chunks.part(slopes, rows)
+        term += chunks.part(offsets, rows)
+        np.multiply(g[rows], chunks.part(gains, rows), out=dx[rows], casting="same_kind")
         np.add(dx[rows], term, out=dx[rows], casting="same_kind")
 
     chunks.run(inputGradient, dtype=ctype)
@@ -232,9 +238,9 @@ def frozenBackward(data, grad, ingrad, shape3, scale, mean, var, epsilon, scaleg
         return
 
     dx = chunks.view(ingrad)
-    gain = mapVector(scale, maps) * invstd
+    gains = chunks.perMap(mapVector(scale, maps) * invstd, ctype)
 
     def inputGradient(rows, scratch):
-        np.multiply(g[rows], chunks.perMap(gain, rows, ctype), out=dx[rows], casting="same_kind")
+        np.multiply(g[rows], chunks.part(gains, rows), out=dx[rows], casting="same_kind")
 
     chunks.run(inputGradient)
