@@ -3,7 +3,8 @@
 Prints GB/s (bytes that must move: read x and write y for a forward; for forward + backward also read x and dy and
 write dx) for this library's CPU backend, a naive numpy version (``x.mean``, ``x.var``, arithmetic) and, when PyTorch
 is installed (it is not a dependency), ``torch.nn.functional.batch_norm`` on the CPU with autograd. Every figure is the
-median of several timed runs after a warm-up; the last lines give the geometric means and the ratio to PyTorch.
+median of several timed runs after a warm-up, each implementation timed in a phase of its own; the last lines give
+the geometric means and the ratio to PyTorch.
 
     python -m PuzzleLib.Benchmarks.CpuBenchmark [--repeats N] [--json FILE]
 """
@@ -148,10 +149,17 @@ def main(argv=None):
         if torch is not None:
             suites["PyTorch"] = torchCases(host, grad)
 
+        # NOTE: each implementation is timed in a phase of its own after a pause: PyTorch's OpenMP workers keep
+        # spinning for a while after a call and would take the cores from whatever is timed right after them
+        figures = {}
+        for name, cases in suites.items():
+            time.sleep(0.5)
+            for task in TASKS:
+                figures[name, task] = movedBytes(task, host.nbytes) / median(cases[task], args.repeats) / 1e9
+
         for task in TASKS:
             row = {"shape": list(shape), "task": task}
-            for name, cases in suites.items():
-                row[name] = movedBytes(task, host.nbytes) / median(cases[task], args.repeats) / 1e9
+            row.update({name: figures[name, task] for name in suites})
             rows.append(row)
             ratio = row["PuzzleLib"] / row["PyTorch"] if "PyTorch" in row else float("nan")
             print("%-18s %-15s %10.2f %10.2f %10s %14.2f" % (str(shape), task, row["PuzzleLib"], row["numpy"],
