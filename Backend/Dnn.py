@@ -28,6 +28,7 @@ Covariate Shift", arXiv 1502.03167, Algorithm 1; the running variance is unbiase
 import numpy as np
 
 from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Backend.Checks import checkArray
 from PuzzleLib.Backend.Loader import backendModule
 
 _kernels = backendModule("BatchNormKernels")
@@ -151,15 +152,6 @@ def modeAxes(mode, ndim):
     if ndim < 2:
         raise ValueError("batch normalization expects data of at least 2 dimensions (batch, maps, ...); got %dD" % ndim)
     return (0,) + tuple(range(2, ndim)) if mode == "spatial" else (0,)
-
-
-def checkArray(name, ary, dtypes=None, shape=None):
-    if not isinstance(ary, gpuarray.GPUArray):
-        raise TypeError("%s must be a GPUArray of the backend in use; got %s" % (name, type(ary).__name__))
-    if dtypes is not None and ary.dtype not in dtypes:
-        raise ValueError("%s must have dtype %s; got %s" % (name, " or ".join(str(d) for d in dtypes), ary.dtype))
-    if shape is not None and ary.shape != tuple(shape):
-        raise ValueError("%s must have shape %s; got %s" % (name, tuple(shape), ary.shape))
 
 
 def paramTypes(dtype):

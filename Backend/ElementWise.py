@@ -20,6 +20,7 @@ finite-difference gradient checks).
 import numpy as np
 
 from PuzzleLib.Backend import Blas, gpuarray
+from PuzzleLib.Backend.Checks import checkArray
 from PuzzleLib.Backend.Loader import backendModule
 
 _backend = backendModule("ElementWise")
@@ -28,15 +29,6 @@ dataTypes = _backend.dataTypes
 activations = ("sigmoid", "relu", "tanh")
 
 __all__ = ["dataTypes", "activations", "activation", "activationBackward", "addVectorToRows", "softmaxCrossEntropy"]
-
-
-def checkArray(name, ary, dtypes=None, shape=None):
-    if not isinstance(ary, gpuarray.GPUArray):
-        raise TypeError("%s must be a GPUArray of the backend in use; got %s" % (name, type(ary).__name__))
-    if dtypes is not None and ary.dtype not in dtypes:
-        raise ValueError("%s must have dtype %s; got %s" % (name, " or ".join(str(d) for d in dtypes), ary.dtype))
-    if shape is not None and ary.shape != tuple(shape):
-        raise ValueError("%s must have shape %s; got %s" % (name, tuple(shape), ary.shape))
 
 
 def checkActivation(act):

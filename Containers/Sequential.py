@@ -172,14 +172,7 @@ class Sequential(Module):
         Raises:
             ModuleError: before any forward, or for a `grad` unlike the output.
         """
-        if self.inData is None:
-            raise ModuleError("%s: backward called before forward (or after a mode change)" % self.describe())
-        self.checkArray(grad, "grad")
-        if grad.shape != self.data.shape or grad.dtype != self.data.dtype:
-            raise ModuleError(
-                "%s expects grad of shape %s and dtype %s (its output's); got shape %s and dtype %s"
-                % (self.describe(), self.data.shape, self.data.dtype, grad.shape, grad.dtype)
-            )
+        self.checkGrad(grad)
 
         for i in reversed(range(len(self.modules))):
             grad = self.modules[i].backward(

@@ -3,7 +3,7 @@
 import numpy as np
 
 from PuzzleLib.Backend import ElementWise, gpuarray
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import Module
 
 sigmoid = "sigmoid"
 relu = "relu"
@@ -43,20 +43,9 @@ class Activation(Module):
         super().__init__(name)
         self.activation, self.inplace = activation, inplace
 
-    def calcMode(self, T):
-        """Sets the data type of data and gradients.
-
-        Raises:
-            ModuleError: when the backend cannot compute in `T` (float32 everywhere, float64 on the CPU backend).
-        """
-        dtype = np.dtype(T)
-        if dtype not in ElementWise.dataTypes:
-            raise ModuleError(
-                "%s supports calc types %s on this backend; got %s"
-                % (self.describe(), ", ".join(str(t) for t in ElementWise.dataTypes), dtype)
-            )
-        self.calctype = dtype
-        self.reset()
+    def calcTypes(self):
+        """float32 everywhere, float64 on the CPU backend (`Backend.ElementWise.dataTypes`)."""
+        return ElementWise.dataTypes
 
     def dataShapeFrom(self, shape):
         return tuple(shape)

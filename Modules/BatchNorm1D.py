@@ -1,7 +1,5 @@
 """BatchNorm1D: batch normalization of 1D maps, (batch, maps, length)."""
 
-import numpy as np
-
 from PuzzleLib.Modules.BatchNormND import BatchNormND
 
 
@@ -38,16 +36,9 @@ class BatchNorm1D(BatchNormND):
 
 
 def unittest():
-    from PuzzleLib.Backend import gpuarray
-    from PuzzleLib.TestLib import Reference
+    from PuzzleLib.Modules.BatchNormND import checkAgainstReference
 
-    np.random.seed(1)
-    hostData = np.random.normal(-1.0, 2.0, size=(3, 4) + (6, 5, 2)[:1]).astype(np.float32)
-    bn = BatchNorm1D(4)
-    out = bn(gpuarray.to_gpu(hostData)).get()
-    ref = Reference.batchNormTrain(hostData, bn.scale.get(), bn.bias.get(), Reference.spatialAxes(1 + 2), bn.epsilon)
-    assert np.allclose(out, ref.out, atol=1e-5)
-    assert np.allclose(bn.var.get(), ref.unbiasedVar, rtol=1e-5)
+    checkAgainstReference(BatchNorm1D(4), (3, 4, 6), seed=1)
 
 
 if __name__ == "__main__":

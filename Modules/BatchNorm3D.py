@@ -1,7 +1,5 @@
 """BatchNorm3D: batch normalization of 3D maps, (batch, maps, depth, height, width)."""
 
-import numpy as np
-
 from PuzzleLib.Modules.BatchNormND import BatchNormND
 
 
@@ -37,16 +35,9 @@ class BatchNorm3D(BatchNormND):
 
 
 def unittest():
-    from PuzzleLib.Backend import gpuarray
-    from PuzzleLib.TestLib import Reference
+    from PuzzleLib.Modules.BatchNormND import checkAgainstReference
 
-    np.random.seed(3)
-    hostData = np.random.normal(-1.0, 2.0, size=(3, 4) + (6, 5, 2)[:3]).astype(np.float32)
-    bn = BatchNorm3D(4)
-    out = bn(gpuarray.to_gpu(hostData)).get()
-    ref = Reference.batchNormTrain(hostData, bn.scale.get(), bn.bias.get(), Reference.spatialAxes(3 + 2), bn.epsilon)
-    assert np.allclose(out, ref.out, atol=1e-5)
-    assert np.allclose(bn.var.get(), ref.unbiasedVar, rtol=1e-5)
+    checkAgainstReference(BatchNorm3D(4), (3, 4, 6, 5, 2), seed=3)
 
 
 if __name__ == "__main__":

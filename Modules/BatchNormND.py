@@ -280,37 +280,40 @@ class BatchNormND(Module):
         self.savemean, self.saveinvvar, self.paramGrads = None, None, None
 
 
-def unittest():
+def checkAgainstReference(bn, shape, seed):
+    """Self-test shared by the spatial modules: a training forward, backward and evaluation forward of `bn` (maps on
+    axis 1) on seeded data of `shape`, each against the float64 reference. Returns (data, training reference)."""
     from PuzzleLib.TestLib import Reference
 
+    np.random.seed(seed)
+    hostData = np.random.normal(2.0, 3.0, size=shape).astype(np.float32)
+    out = bn(gpuarray.to_gpu(hostData)).get()
+    ref = Reference.batchNormTrain(
+        hostData, bn.scale.get(), bn.bias.get(), Reference.spatialAxes(hostData.ndim), bn.epsilon
+    )
+    assert np.allclose(out, ref.out, atol=1e-5)
+    assert np.allclose(bn.mean.get(), ref.mean, rtol=1e-5)
+    assert np.allclose(bn.var.get(), ref.unbiasedVar, rtol=1e-5)
+
+    hostGrad = np.random.randn(*shape).astype(np.float32)
+    bn.backward(gpuarray.to_gpu(hostGrad))
+    dx, dscale, dbias = Reference.batchNormBackward(hostData, hostGrad, bn.scale.get(), ref.axes, bn.epsilon)
+    assert np.allclose(bn.grad.get(), dx, atol=1e-5)
+    assert np.allclose(bn.vars["scale"].grad.get(), dscale, atol=1e-4)
+    assert np.allclose(bn.vars["bias"].grad.get(), dbias, atol=1e-4)
+
+    bn.evalMode()
+    out = bn(gpuarray.to_gpu(hostData)).get()
+    refEval = Reference.batchNormEval(hostData, bn.scale.get(), bn.bias.get(), bn.mean.get(), bn.var.get(), bn.epsilon)
+    assert np.allclose(out, refEval, atol=1e-5)
+    return hostData, ref
+
+
+def unittest():
     for nd in (1, 2, 3):
-        np.random.seed(nd)
         maps = 3
-        shape = (4, maps) + (5, 3, 2)[:nd]
-        hostData = np.random.normal(2.0, 3.0, size=shape).astype(np.float32)
         bn = BatchNormND(nd, maps)
-
-        out = bn(gpuarray.to_gpu(hostData)).get()
-        ref = Reference.batchNormTrain(
-            hostData, bn.scale.get(), bn.bias.get(), Reference.spatialAxes(hostData.ndim), bn.epsilon
-        )
-        assert np.allclose(out, ref.out, atol=1e-5)
-        assert np.allclose(bn.mean.get(), ref.mean, rtol=1e-5)
-        assert np.allclose(bn.var.get(), ref.unbiasedVar, rtol=1e-5)
-
-        hostGrad = np.random.randn(*shape).astype(np.float32)
-        bn.backward(gpuarray.to_gpu(hostGrad))
-        dx, dscale, dbias = Reference.batchNormBackward(hostData, hostGrad, bn.scale.get(), ref.axes, bn.epsilon)
-        assert np.allclose(bn.grad.get(), dx, atol=1e-5)
-        assert np.allclose(bn.vars["scale"].grad.get(), dscale, atol=1e-4)
-        assert np.allclose(bn.vars["bias"].grad.get(), dbias, atol=1e-4)
-
-        bn.evalMode()
-        out = bn(gpuarray.to_gpu(hostData)).get()
-        refEval = Reference.batchNormEval(
-            hostData, bn.scale.get(), bn.bias.get(), bn.mean.get(), bn.var.get(), bn.epsilon
-        )
-        assert np.allclose(out, refEval, atol=1e-5)
+        hostData, ref = checkAgainstReference(bn, (4, maps) + (5, 3, 2)[:nd], seed=nd)
 
         # channels last: the same maps moved to the end give the same numbers, moved the same way
         hostLast = np.ascontiguousarray(np.moveaxis(hostData, 1, -1))

@@ -92,6 +92,10 @@ class Linear(Module):
 
     # --- calc type and persistence
 
+    def calcTypes(self):
+        """float32 everywhere, float64 on the CPU backend (`Backend.ElementWise.dataTypes`)."""
+        return ElementWise.dataTypes
+
     def calcMode(self, T):
         """Sets the data type of data, gradients and of W and b (converted, values kept; gradients zeroed).
 
@@ -100,12 +104,7 @@ class Linear(Module):
         Raises:
             ModuleError: when the backend cannot compute in `T` (float32 everywhere, float64 on the CPU backend).
         """
-        dtype = np.dtype(T)
-        if dtype not in ElementWise.dataTypes:
-            raise ModuleError(
-                "%s supports calc types %s on this backend; got %s"
-                % (self.describe(), ", ".join(str(t) for t in ElementWise.dataTypes), dtype)
-            )
+        dtype = self.checkCalcType(T)
         for name, var in list(self.vars.items()):
             if var.dtype != dtype:
                 # NOTE: a rare, explicit conversion; going through the host keeps the backends free of cast kernels

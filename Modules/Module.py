@@ -85,14 +85,22 @@ class Module:
             ModuleError: when the backend in use cannot compute in `T` (float32 and float16 everywhere; float64 on the
                 CPU backend).
         """
-        dtype = np.dtype(T)
-        if dtype not in Dnn.dataTypes:
+        self.calctype = self.checkCalcType(T)
+        self.reset()
+
+    def calcTypes(self):
+        """Data types the module computes in on the backend in use (those of `Backend.Dnn` by default)."""
+        return Dnn.dataTypes
+
+    def checkCalcType(self, T):
+        """Returns ``np.dtype(T)``; raises `ModuleError` when it is not one of `calcTypes()`."""
+        dtype, supported = np.dtype(T), self.calcTypes()
+        if dtype not in supported:
             raise ModuleError(
                 "%s supports calc types %s on this backend; got %s"
-                % (self.describe(), ", ".join(str(t) for t in Dnn.dataTypes), dtype)
+                % (self.describe(), ", ".join(str(t) for t in supported), dtype)
             )
-        self.calctype = dtype
-        self.reset()
+        return dtype
 
     # --- forward and backward
 
@@ -122,16 +130,7 @@ class Module:
         Raises:
             ModuleError: before any forward, or when `grad` does not match the output in shape or dtype.
         """
-        if self.inData is None:
-            raise ModuleError("%s: backward called before forward (or after a mode change)" % self.describe())
-
-        self.checkArray(grad, "grad")
-        if grad.shape != self.data.shape or grad.dtype != self.data.dtype:
-            raise ModuleError(
-                "%s expects grad of shape %s and dtype %s (its output's); got shape %s and dtype %s"
-                % (self.describe(), self.data.shape, self.data.dtype, grad.shape, grad.dtype)
-            )
-
+        self.checkGrad(grad)
         ingrad = self.updateGrad(grad) if updGrad else None
         if updParamGrads and self.vars:
             self.accGradParams(grad, scale=scale, momentum=momentum)
@@ -154,6 +153,18 @@ class Module:
         Blas.addVectorToVector(d.reshape(var.grad.shape), var.grad, out=var.grad, alpha=scale, beta=momentum)
 
     # --- checks
+
+    def checkGrad(self, grad):
+        """Raises `ModuleError` before any forward, or when `grad` differs from the output in shape or dtype."""
+        if self.inData is None:
+            raise ModuleError("%s: backward called before forward (or after a mode change)" % self.describe())
+
+        self.checkArray(grad, "grad")
+        if grad.shape != self.data.shape or grad.dtype != self.data.dtype:
+            raise ModuleError(
+                "%s expects grad of shape %s and dtype %s (its output's); got shape %s and dtype %s"
+                % (self.describe(), self.data.shape, self.data.dtype, grad.shape, grad.dtype)
+            )
 
     def describe(self):
         return type(self).__name__ if self.name is None else "%s %r" % (type(self).__name__, self.name)

@@ -1,26 +1,15 @@
 """Optimizers: update a network's parameters from their gradients (``SGD``, ``MomentumSGD``).
 
-Names load on first access (PEP 562), as in `PuzzleLib.Modules`.
+Names load on first access (`PuzzleLib.LazyPackage`), as in `PuzzleLib.Modules`.
 """
 
-import importlib
+from PuzzleLib.LazyPackage import makeLazy
 
-_modules = {
-    "Optimizer": "Optimizer",
-    "SGD": "SGD",
-    "MomentumSGD": "MomentumSGD",
-}
-
-__all__ = sorted(_modules)
-
-
-def __getattr__(name):
-    if name not in _modules:
-        raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    value = getattr(importlib.import_module("%s.%s" % (__name__, _modules[name])), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+makeLazy(
+    __name__,
+    {
+        "Optimizer": "Optimizer",
+        "SGD": "SGD",
+        "MomentumSGD": "MomentumSGD",
+    },
+)

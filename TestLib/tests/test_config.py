@@ -80,3 +80,19 @@ def test_set_backend_refuses_once_a_backend_is_in_use():
 
     with pytest.raises(Config.ConfigError, match="already in use"):
         Config.setBackend("cpu")
+
+
+@pytest.mark.parametrize("package", ["Modules", "Containers", "Cost", "Optimizers"])
+def test_package_names_are_the_classes_whatever_was_imported_first(package):
+    import importlib
+    import inspect
+
+    pkg = importlib.import_module("PuzzleLib.%s" % package)
+    assert pkg.__all__
+    for name in pkg.__all__:
+        importlib.import_module("PuzzleLib.%s.%s" % (package, type(pkg).names[name]))
+    for name in pkg.__all__:
+        value = getattr(pkg, name)
+        assert inspect.isclass(value) and value.__name__ == name, "%s.%s is %r" % (package, name, value)
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        _ = pkg.Nope
