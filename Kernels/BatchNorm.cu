@@ -676,8 +676,9 @@ __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int m
 		int carry = (i >= innerV) ? 1 : 0;
 		i -= carry ? innerV : 0;
 
-		c += stepC + carry;
-		c -= (c >= maps) ? maps : 0;
+		// NOTE: c + stepC + carry may exceed INT_MAX when maps > 2^30, so the wrap is decided before adding
+		int room = maps - stepC - carry;
+		c = (c >= room) ? c - room : c + stepC + carry;
 	}
 }
 

@@ -39,7 +39,8 @@ template <int ACT> __device__ __forceinline__ float actBackward(float g, float y
 
 // NOTE: expf(-x) overflows to inf for x < -88 and 1 / inf = 0, the correct limit, so no branch is needed
 template <> __device__ __forceinline__ float actForward<ACT_SIGMOID>(float x) { return 1.0f / (1.0f + expf(-x)); }
-template <> __device__ __forceinline__ float actForward<ACT_RELU>(float x) { return x > 0.0f ? x : 0.0f; }
+// NOTE: NaN passes through, as numpy's maximum (the CPU twin) lets it
+template <> __device__ __forceinline__ float actForward<ACT_RELU>(float x) { return x <= 0.0f ? 0.0f : x; }
 template <> __device__ __forceinline__ float actForward<ACT_TANH>(float x) { return tanhf(x); }
 
 template <> __device__ __forceinline__ float actBackward<ACT_SIGMOID>(float g, float y) { return g * y * (1.0f - y); }
@@ -163,6 +164,10 @@ extern "C" __global__ void softmaxCrossEntropy(const float *scores, const int *l
 	int label = labels[row];
 	bool valid = label >= 0 && label < classes;
 
+	// NOTE: the label's score is read before any lane writes, so grad may be scores (in place)
+	float labelScore = valid ? s[label] : 0.0f;
+	__syncwarp(FULL_MASK);
+
 	for (int c = lane; c < classes; c += 32)
 	{
 		float p = expf(s[c] - best - logSum);
@@ -172,7 +177,7 @@ extern "C" __global__ void softmaxCrossEntropy(const float *scores, const int *l
 	if (lane == 0)
 	{
 		float *stats = rowStats + row * 3;
-		stats[0] = valid ? logSum - (s[label] - best) : 0.0f;
+		stats[0] = valid ? logSum - (labelScore - best) : 0.0f;
 		stats[1] = (valid && bestIdx == label) ? 1.0f : 0.0f;
 		stats[2] = valid ? 0.0f : 1.0f;
 	}

@@ -63,11 +63,12 @@ def softmaxCrossEntropy(scores, labels, grad, rowStats, gradScale):
     logSum = np.log(np.exp(shifted).sum(axis=1))
     prob = np.exp(shifted - logSum[:, None])
 
-    onehot = np.zeros_like(s)
-    onehot[index[~invalid], safe[~invalid]] = 1.0
-    np.multiply(onehot - prob, gradScale, out=hostView(grad))
-
+    # NOTE: every statistic is taken before grad is written, since grad may be the scores' own memory
     stats = hostView(rowStats)
     stats[:, 0] = np.where(invalid, 0.0, logSum - shifted[index, safe])
     stats[:, 1] = (~invalid) & (np.argmax(s, axis=1) == lab)
     stats[:, 2] = invalid
+
+    onehot = np.zeros_like(s)
+    onehot[index[~invalid], safe[~invalid]] = 1.0
+    np.multiply(onehot - prob, gradScale, out=hostView(grad))

@@ -273,6 +273,11 @@ def backward(data, grad, ingrad, shape3, scale, savemean, saveinvvar, scalegrad,
     outer, maps, inner, dtype = checkData(shape3, data, grad, ingrad)
     checkParams(maps, scale=scale, savemean=savemean, saveinvvar=saveinvvar, scalegrad=scalegrad, biasgrad=biasgrad)
 
+    if outer == 0:
+        scalegrad.fill(0)
+        biasgrad.fill(0)
+        return
+
     m = outer * inner
     reduceGrad(dtype, data, grad, outer, maps, inner, savemean, saveinvvar, False, 0.0, scalegrad, biasgrad)
 

@@ -16,6 +16,7 @@ from PuzzleLib.Config import logger
 
 BLOCK_SIZE = 256
 GEMM_TILE = 16
+MAX_GRID_Y = 65535
 
 try:
     cublas = loadCublas()
@@ -120,10 +121,16 @@ def gemm(A, B, out=None, transpA=False, transpB=False, alpha=1.0, beta=0.0):
     else:
         sai, sak = (1, M) if transpA else (K, 1)
         sbk, sbj = (1, K) if transpB else (N, 1)
-        grid = (-(-N // GEMM_TILE), -(-M // GEMM_TILE), 1)
-        kernels.get("blasGemm", "PPPiiiqqqqff").prepared_call(
-            grid, (GEMM_TILE, GEMM_TILE, 1), A.ptr, B.ptr, out.ptr, M, N, K, sai, sak, sbk, sbj, alpha, beta
-        )
+        func = kernels.get("blasGemm", "PPPiiiqqqqff")
+        # NOTE: rows go on gridDim.y (at most 65535 blocks), so very tall products run in bands of rows
+        band = MAX_GRID_Y * GEMM_TILE
+        for row in range(0, M, band):
+            rows = min(band, M - row)
+            grid = (-(-N // GEMM_TILE), -(-rows // GEMM_TILE), 1)
+            func.prepared_call(
+                grid, (GEMM_TILE, GEMM_TILE, 1), A.ptr + 4 * row * sai, B.ptr, out.ptr + 4 * row * N, rows, N, K,
+                sai, sak, sbk, sbj, alpha, beta
+            )
     return out
 
 

@@ -229,5 +229,6 @@ def zeros(shape, dtype=np.float32):
 
 def to_gpu(ary):
     """Copies a host array (any layout) into a new C-contiguous GPUArray of the same shape and dtype."""
-    ary = np.ascontiguousarray(ary)
+    # NOTE: not np.ascontiguousarray, which makes a 0-d array 1-d; `set` copies from a contiguous version anyway
+    ary = np.asarray(ary)
     return empty(ary.shape, ary.dtype).set(ary)

@@ -95,6 +95,21 @@ def test_softmax_cross_entropy_large_scores_and_ties():
     assert correct >= 1
 
 
+def test_softmax_cross_entropy_may_write_its_gradient_over_the_scores():
+    rng = np.random.default_rng(4)
+    s = rng.standard_normal((30, 7)).astype(np.float32) * 3
+    labels = rng.integers(0, 7, size=30).astype(np.int32)
+    scores = gpuarray.to_gpu(s)
+
+    grad, lossSum, correct = ElementWise.softmaxCrossEntropy(scores, gpuarray.to_gpu(labels), out=scores)
+    sd = s.astype(np.float64)
+    p = refSoftmax(sd)
+    assert grad.ptr == scores.ptr
+    assert np.allclose(grad.get(), (np.eye(7)[labels] - p) / 30, atol=1e-6)
+    assert abs(lossSum - np.sum(-np.log(p[np.arange(30), labels]))) < 1e-4 * max(1.0, abs(lossSum))
+    assert correct == int(np.sum(np.argmax(sd, axis=1) == labels))
+
+
 def test_cross_entropy_rejects_bad_labels_and_accumulates_nothing():
     cost = CrossEntropy()
     scores = gpuarray.to_gpu(np.zeros((3, 4), dtype=np.float32))
