@@ -19,7 +19,7 @@ spatial, channels-last ``(N, d1, ..., C)`` with axes ``(0, ..., nd)``, ``(0, 1)`
 ``(N, C, T)``, the data is only *viewed* as ``(outer, maps, inner)``: no copy. When they are not adjacent (e.g. axes
 ``(1,)`` on ``(N, C, T)`` or ``(0, 2)`` on 4D data), no such view exists: the data (and the gradient) are permuted into
 a pool buffer of layout ``(kept axes..., normalized axes...)``, normalized as ``(1, maps, m)``, and the result is
-permuted back (`Backend.*.Permute`). That fallback costs two extra passes over the data; the modules never take it.
+permuted back (`Backend.Permute`). That fallback costs two extra passes over the data; the modules never take it.
 
 Formulas: Ioffe & Szegedy 2015, "Batch Normalization: Accelerating Deep Network Training by Reducing Internal
 Covariate Shift", arXiv 1502.03167, Algorithm 1; the running variance is unbiased (m / (m - 1)) as in Theano and cuDNN.
@@ -27,12 +27,11 @@ Covariate Shift", arXiv 1502.03167, Algorithm 1; the running variance is unbiase
 
 import numpy as np
 
-from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Backend import Permute, gpuarray
 from PuzzleLib.Backend.Checks import checkArray
 from PuzzleLib.Backend.Loader import backendModule
 
 _kernels = backendModule("BatchNormKernels")
-_permute = backendModule("Permute")
 
 # NOTE: float32 and float16 on every backend; the CPU backend adds float64 for finite-difference gradient checks
 dataTypes = _kernels.dataTypes
@@ -85,7 +84,7 @@ class BatchNormLayout:
 
     def toWork(self, ary):
         """The array the primitives read: `ary` itself, or its permuted copy (a new pool array)."""
-        return ary if self.perm is None else _permute.permute(ary, self.perm)
+        return ary if self.perm is None else Permute.permute(ary, self.perm)
 
     def workBuffer(self, out, dtype):
         """Where the primitives write: `out` itself when no permutation is needed, else a pool buffer."""
@@ -96,7 +95,7 @@ class BatchNormLayout:
     def fromWork(self, work, out):
         """Brings a result written into `workBuffer` back into `out`."""
         if self.perm is not None and work is not None:
-            _permute.permute(work, self.inverse, out=out)
+            Permute.permute(work, self.inverse, out=out)
         return out
 
 

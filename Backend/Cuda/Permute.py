@@ -1,16 +1,15 @@
-"""Axis permutation (generalized transpose) on the CUDA backend (kernels in ``Kernels/Permute.cu``). Twin of
-`Backend.Cpu.Permute`.
+"""Axis permutation of the CUDA backend (kernels in ``Kernels/Permute.cu``). Twin of `Backend.Cpu.Permute`;
+`Backend.Permute` checks the arguments and allocates the output.
 
-Used only by `Backend.Dnn` for batch normalization over axes whose kept axes are not adjacent (the one case the
-``(outer, maps, inner)`` view cannot express without moving data). One thread per output element gathers from the
-source, so the output is written coalesced; this path is a fallback, not a tuned transpose.
+One thread per output element gathers from the source, so the output is written coalesced; this path is the fallback
+of `Backend.Dnn` for axes whose kept axes are not adjacent, not a tuned transpose.
 """
 
 import struct
 
 import numpy as np
 
-from PuzzleLib.Backend.Cuda.GPUArray import GPUArray, empty
+from PuzzleLib.Backend.Cuda.GPUArray import GPUArray
 from PuzzleLib.Backend.Cuda.SourceModule import Kernels
 
 MAX_DIMS = 8
@@ -22,10 +21,6 @@ kernels = Kernels("Permute.cu", defines={"PERMUTE_MAX_DIMS": MAX_DIMS, "PERMUTE_
 # src, dst, size, then struct PermuteShape by value: ndim, outDims[MAX_DIMS], srcStrides[MAX_DIMS] (all int64)
 argTypes = "PPq" + "q" * (1 + 2 * MAX_DIMS)
 assert struct.calcsize(argTypes) == 8 * (3 + 1 + 2 * MAX_DIMS)
-
-
-def permutedShape(shape, perm):
-    return tuple(shape[axis] for axis in perm)
 
 
 def collapse(shape, perm):
@@ -49,18 +44,13 @@ def collapse(shape, perm):
     return dims or [1], srcStrides or [1]
 
 
-def permute(src, perm, out=None):
-    """Returns ``numpy.transpose(src, perm)`` as a new C-contiguous array (from the pool) or writes it into `out`.
-
-    Args:
-        src (GPUArray): element size 2, 4 or 8 bytes (float16, float32, float64, ints).
-        perm (tuple of int): a permutation of ``range(src.ndim)``; output axis i is source axis ``perm[i]``.
-        out (GPUArray or None): destination of the permuted shape and src's dtype; must not overlap `src`.
+def permute(src, perm, out):
+    """out = numpy.transpose(src, perm), for a valid permutation, a non-empty `src` and an `out` of the permuted shape
+    and src's dtype.
 
     Raises:
         TypeError: `src` is not a CUDA GPUArray, or its element size is not 2, 4 or 8.
-        ValueError: `perm` is not a permutation of the source's axes, `out` does not fit, or more than `MAX_DIMS`
-            axes remain after merging.
+        ValueError: more than `MAX_DIMS` axes remain after merging.
     """
     if not isinstance(src, GPUArray):
         raise TypeError("expected a CUDA GPUArray; got %s" % type(src).__name__)
@@ -68,22 +58,7 @@ def permute(src, perm, out=None):
     if itemsize not in (2, 4, 8):
         raise TypeError("permute supports elements of 2, 4 or 8 bytes; got %s" % src.dtype)
 
-    perm = tuple(int(axis) for axis in perm)
-    if sorted(perm) != list(range(src.ndim)):
-        raise ValueError("perm must be a permutation of range(%d); got %s" % (src.ndim, perm))
-
-    shape = permutedShape(src.shape, perm)
-    if out is None:
-        out = empty(shape, src.dtype)
-    elif out.shape != shape or out.dtype != src.dtype:
-        raise ValueError(
-            "out must have shape %s and dtype %s; got shape %s and dtype %s" % (shape, src.dtype, out.shape, out.dtype)
-        )
-
     size = int(src.size)
-    if size == 0:
-        return out
-
     dims, srcStrides = collapse(src.shape, perm)
     if len(dims) > MAX_DIMS:
         raise ValueError("permute supports at most %d non-trivial axes after merging; got %d" % (MAX_DIMS, len(dims)))

@@ -394,5 +394,20 @@ def test_cuda_permute_matches_numpy(shape, perm, dtype):
     from PuzzleLib.Backend.Cuda import GPUArray, Permute
 
     x = np.random.default_rng(14).normal(size=shape).astype(dtype)
-    out = Permute.permute(GPUArray.to_gpu(x), perm)
+    out = GPUArray.empty(np.transpose(x, perm).shape, dtype)
+    Permute.permute(GPUArray.to_gpu(x), perm, out)
     np.testing.assert_array_equal(out.get(), np.transpose(x, perm))
+
+
+@pytest.mark.parametrize("shape, perm", [((4, 3, 6), (0, 2, 1)), ((3, 4, 5, 6), (1, 3, 0, 2)), ((5,), (0,))])
+def test_permute_matches_numpy_and_checks_its_arguments(shape, perm):
+    from PuzzleLib.Backend import Permute
+
+    x = np.random.default_rng(15).normal(size=shape).astype(np.float32)
+    np.testing.assert_array_equal(Permute.permute(gpuarray.to_gpu(x), perm).get(), np.transpose(x, perm))
+
+    with pytest.raises(ValueError, match="permutation of range"):
+        Permute.permute(gpuarray.to_gpu(x), tuple(reversed(perm)) + (0,))
+    wrong = gpuarray.empty(shape[:-1] + (shape[-1] + 1,), np.float32)
+    with pytest.raises(ValueError, match="out must have shape"):
+        Permute.permute(gpuarray.to_gpu(x), perm, out=wrong)
