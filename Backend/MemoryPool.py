@@ -7,6 +7,9 @@ an allocation runs out of memory (the pool then frees what it holds and retries 
 
 The raw allocator is the only backend-specific part: `cuda.mem_alloc` on CUDA, an aligned numpy byte buffer on the CPU
 (`NumpyAllocator`), so the pool's accounting is tested on every machine.
+
+With ``poison = True`` every block the pool serves, new or reused, is first filled with 0xFF bytes, a NaN in float16,
+float32 and float64: code that reads memory it never wrote then produces NaN. The test suite runs that way.
 """
 
 import threading
@@ -17,6 +20,7 @@ import numpy as np
 ALIGNMENT = 256
 SMALL_LIMIT = 1 << 20
 SMALL_GRANULE = 512
+POISON_BYTE = 0xFF
 
 
 def sizeClass(nbytes):
@@ -63,15 +67,16 @@ class MemoryPool:
 
     Args:
         allocator: raw allocator with ``allocate(nbytes) -> raw`` (raises `MemoryError` when the device is full),
-            ``free(raw)``, ``address(raw) -> int`` and a ``name`` attribute.
+            ``free(raw)``, ``address(raw) -> int``, ``fill(raw, byte, nbytes)`` and a ``name`` attribute.
+        poison (bool): fill every served block with 0xFF bytes (NaN for floats), to expose reads of unwritten memory.
 
     Raises:
         MemoryError: from `allocate`, when the raw allocator fails even after the held blocks were freed; the message
             names the requested bytes, the size class and the pool's statistics.
     """
 
-    def __init__(self, allocator):
-        self.allocator = allocator
+    def __init__(self, allocator, poison=False):
+        self.allocator, self.poison = allocator, poison
         self.lock = threading.RLock()
         self.held = defaultdict(list)
         self.resetStats()
@@ -107,6 +112,8 @@ class MemoryPool:
             self.activeBytes += size
             self.peakActiveBytes = max(self.peakActiveBytes, self.activeBytes)
 
+        if self.poison:
+            self.allocator.fill(raw, POISON_BYTE, size)
         return Block(self, raw, self.allocator.address(raw), nbytes, size)
 
     def _rawAllocate(self, nbytes, size):
@@ -193,3 +200,7 @@ class NumpyAllocator:
     @staticmethod
     def address(raw):
         return raw.ctypes.data
+
+    @staticmethod
+    def fill(raw, byte, nbytes):
+        raw[:nbytes].fill(byte)

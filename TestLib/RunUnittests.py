@@ -2,7 +2,8 @@
 
 ``python -m PuzzleLib.TestLib.RunUnittests`` imports each module of the packages below, calls its ``unittest()`` once
 (a failure is reported, never retried) and ends with the line ``N passed, N failed``; the exit status is 1 on any
-failure. Set ``PUZZLELIB_BACKEND`` to choose the backend.
+failure. The memory pool is poisoned (every block served is NaN-filled) so that reads of unwritten memory show. Set
+``PUZZLELIB_BACKEND`` to choose the backend.
 """
 
 import importlib
@@ -31,7 +32,9 @@ def moduleNames():
 
 def main():
     from PuzzleLib import Config
+    from PuzzleLib.Backend import gpuarray
 
+    gpuarray.memoryPool.poison = True
     print("backend: %s" % Config.backend)
     passed, failed = 0, []
     for name in moduleNames():

@@ -43,6 +43,10 @@ class CudaAllocator:
     def address(raw):
         return int(raw)
 
+    @staticmethod
+    def fill(raw, byte, nbytes):
+        cuda.memset_d8(int(raw), byte, nbytes)
+
 
 memoryPool = MemoryPool(CudaAllocator())
 Driver.onExit(memoryPool.freeHeld)

@@ -132,3 +132,22 @@ def test_arrays_come_from_the_pool():
     assert after["allocations"] - before["allocations"] == 3
     assert after["activeBytes"] - before["activeBytes"] == sizeClass(64 * 64 * 4) + 512 + 512
     del arrays
+
+
+def test_poisoned_pool_serves_nan_filled_blocks_new_and_reused():
+    pool = MemoryPool(NumpyAllocator(), poison=True)
+    block = pool.allocate(4096)
+    assert np.all(block.raw[:4096] == 0xFF)
+    assert np.isnan(block.raw[:4096].view(np.float32)).all() and np.isnan(block.raw[:4096].view(np.float16)).all()
+
+    block.raw[:4096].fill(0)
+    ptr = block.ptr
+    del block
+    gc.collect()
+    again = pool.allocate(4000)
+    assert again.ptr == ptr and np.isnan(again.raw[:4000].view(np.float64)).all()
+
+
+def test_suite_runs_on_a_poisoned_pool():
+    assert gpuarray.memoryPool.poison
+    assert np.isnan(gpuarray.empty((3, 5), np.float32).get()).all()
