@@ -339,6 +339,10 @@ def backwardLayout(
     ingrad = gpuarray.empty(data.shape, data.dtype) if updGrad else None
     scalegrad, biasgrad = gpuarray.empty(scale.shape, gradType), gpuarray.empty(scale.shape, gradType)
 
+    # NOTE: sums over no elements are zero; handled here once, so the backends' primitives never see empty data
+    if data.size == 0:
+        return ingrad, scalegrad.fill(0), biasgrad.fill(0)
+
     x, dy = layout.toWork(data), layout.toWork(grad)
     work = layout.workBuffer(ingrad, data.dtype) if updGrad else None
     if test:
@@ -572,6 +576,28 @@ def hostParams(layout, arrays):
     return [np.broadcast_to(ary.get().astype(np.float64), layout.paramShape).reshape(layout.maps) for ary in arrays]
 
 
+def normalizationParams(inputs, gamma, beta, mean, std):
+    """Checks the arrays of `batchNormalization` and prepares them for the eval primitive.
+
+    Returns ``(layout, (g, b, mu, s), gain, toDevice, stype)``: the broadcast layout, the four arrays per map in
+    float64 on the host, gain = g / s, a function that puts a per-map vector on the device in the layout's keepdims
+    shape, and the per-map dtype.
+    """
+    checkArray("inputs", inputs, dtypes=dataTypes)
+    arrays = (gamma, beta, mean, std)
+    layout = broadcastLayout(inputs, arrays, ("gamma", "beta", "mean", "std"))
+    hostArrays = hostParams(layout, arrays)
+
+    stype = statType(inputs.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = hostArrays[0] / hostArrays[3]
+
+    def toDevice(vector):
+        return gpuarray.to_gpu(vector.astype(stype).reshape(layout.paramShape))
+
+    return layout, hostArrays, gain, toDevice, stype
+
+
 def reduceTo(vector, layout, like, dtype):
     """Sums a per-map vector of the layout's keepdims shape over the axes `like` broadcasts along; a device array."""
     full = vector.reshape(layout.paramShape)
@@ -601,16 +627,8 @@ def batchNormalization(inputs, gamma, beta, mean, std):
         TypeError: an argument is not a GPUArray of the backend in use.
         ValueError: a wrong dtype, or an array of another dimensionality or not broadcastable against `inputs`.
     """
-    checkArray("inputs", inputs, dtypes=dataTypes)
-    arrays = (gamma, beta, mean, std)
-    layout = broadcastLayout(inputs, arrays, ("gamma", "beta", "mean", "std"))
-    g, b, mu, s = hostParams(layout, arrays)
-
-    stype = statType(inputs.dtype)
-    toDevice = lambda vector: gpuarray.to_gpu(vector.astype(stype).reshape(layout.paramShape))
+    layout, (_, b, mu, _), gain, toDevice, stype = normalizationParams(inputs, gamma, beta, mean, std)
     zeros = gpuarray.zeros(layout.paramShape, stype)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gain = g / s
     return forward(inputs, toDevice(gain), toDevice(b), toDevice(mu), zeros, layout, 1.0, 0.0, True, None)
 
 
@@ -637,15 +655,8 @@ def batchNormalizationBackward(inputs, grad, gamma, beta, mean, std):
     Raises:
         TypeError, ValueError: as `batchNormalization`, and when `grad` differs from `inputs` in shape or dtype.
     """
-    checkArray("inputs", inputs, dtypes=dataTypes)
     arrays = (gamma, beta, mean, std)
-    layout = broadcastLayout(inputs, arrays, ("gamma", "beta", "mean", "std"))
-    g, _, mu, s = hostParams(layout, arrays)
-
-    stype = statType(inputs.dtype)
-    toDevice = lambda vector: gpuarray.to_gpu(vector.astype(stype).reshape(layout.paramShape))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gain = g / s
+    layout, (g, _, mu, s), gain, toDevice, stype = normalizationParams(inputs, *arrays)
     zeros = gpuarray.zeros(layout.paramShape, stype)
     # NOTE: variance 0 and epsilon 1 make the primitive's invstd exactly 1: the sums come back unscaled
     dinputs, sumXmu, sumGrad = backwardLayout(

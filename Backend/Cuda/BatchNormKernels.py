@@ -269,14 +269,10 @@ def backward(data, grad, ingrad, shape3, scale, savemean, saveinvvar, scalegrad,
 
     biasgrad = sum(grad), scalegrad = sum(grad * xhat) (both overwritten, not accumulated),
     ingrad = scale * invstd / m * (m * grad - biasgrad - xhat * scalegrad); `ingrad` may be None (no dx).
+    The caller (`Backend.Dnn`) guarantees non-empty data.
     """
     outer, maps, inner, dtype = checkData(shape3, data, grad, ingrad)
     checkParams(maps, scale=scale, savemean=savemean, saveinvvar=saveinvvar, scalegrad=scalegrad, biasgrad=biasgrad)
-
-    if outer == 0:
-        scalegrad.fill(0)
-        biasgrad.fill(0)
-        return
 
     m = outer * inner
     reduceGrad(dtype, data, grad, outer, maps, inner, savemean, saveinvvar, False, 0.0, scalegrad, biasgrad)
@@ -305,15 +301,10 @@ def backward(data, grad, ingrad, shape3, scale, savemean, saveinvvar, scalegrad,
 def frozenBackward(data, grad, ingrad, shape3, scale, mean, var, epsilon, scalegrad, biasgrad):
     """Backward after an evaluation forward (statistics are constants): invstd = 1 / sqrt(var + epsilon),
     xhat = (x - mean) * invstd, biasgrad = sum(grad), scalegrad = sum(grad * xhat), ingrad = grad * scale * invstd
-    (`ingrad` may be None). The dx pass reads grad only.
+    (`ingrad` may be None). The dx pass reads grad only. The caller (`Backend.Dnn`) guarantees non-empty data.
     """
     outer, maps, inner, dtype = checkData(shape3, data, grad, ingrad)
     checkParams(maps, scale=scale, mean=mean, var=var, scalegrad=scalegrad, biasgrad=biasgrad)
-
-    if outer == 0:
-        scalegrad.fill(0)
-        biasgrad.fill(0)
-        return
 
     reduceGrad(dtype, data, grad, outer, maps, inner, mean, var, True, epsilon, scalegrad, biasgrad)
 

@@ -536,3 +536,16 @@ def test_training_loop_stops_making_raw_allocations_after_warm_up():
     gc.collect()
     stats = gpuarray.memoryPool.stats()
     assert stats["misses"] == misses and stats["hits"] > 0
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("test", [False, True], ids=["after_training", "after_evaluation"])
+def test_backward_of_empty_data_gives_zero_parameter_gradients(test):
+    shape, stat = (0, 3, 4, 4), gpuarray.to_gpu(np.full((1, 3, 1, 1), 2.0, np.float32))
+    data, grad = gpuarray.empty(shape, np.float32), gpuarray.empty(shape, np.float32)
+    ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+        data, grad, stat, savemean=stat, saveinvvar=stat, mode="spatial", test=test, mean=stat, var=stat
+    )
+    assert ingrad.shape == shape
+    assert np.array_equal(scalegrad.get(), np.zeros((1, 3, 1, 1), np.float32))
+    assert np.array_equal(biasgrad.get(), np.zeros((1, 3, 1, 1), np.float32))
