@@ -106,13 +106,17 @@ def test_large_mean_channel_keeps_its_variance():
     np.testing.assert_allclose(out, ref.out, atol=2e-3)
 
 
-def test_large_mean_per_activation_over_many_rows():
+@pytest.mark.parametrize("shape", [(20000, 4), (65536, 2), (300000, 3)])
+def test_large_mean_per_activation_over_many_rows(shape):
     np.random.seed(6)
-    host = np.random.normal(1e4, 1.0, size=(20000, 4)).astype(np.float32)
-    bn = BatchNorm(4)
-    bn(gpuarray.to_gpu(host))
-    ref = Reference.batchNormTrain(host, bn.scale.get().reshape(1, 4), bn.bias.get().reshape(1, 4), (0,), EPS)
+    host = np.random.normal(1e4, 1.0, size=shape).astype(np.float32)
+    bn = BatchNorm(shape[1])
+    out = bn(gpuarray.to_gpu(host)).get()
+    params = [getattr(bn, name).get().reshape(1, shape[1]) for name in ("scale", "bias")]
+    ref = Reference.batchNormTrain(host, *params, (0,), EPS)
     assert np.max(np.abs(bn.var.get().ravel() - ref.unbiasedVar.ravel()) / ref.unbiasedVar.ravel()) < 1e-3
+    np.testing.assert_allclose(bn.mean.get().ravel(), ref.mean.ravel(), rtol=1e-6)
+    np.testing.assert_allclose(out, ref.out, atol=2e-3)
 
 
 def referenceSchedule(batches, initFactor, minFactor, axes):
