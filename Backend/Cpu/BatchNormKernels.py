@@ -8,11 +8,12 @@ in float64, for finite-difference gradient checks); per-map parameters and stati
 
 Like the CUDA kernels, the work is cut into chunks of rows of about `CHUNK_ELEMENTS` elements that are spread over
 the cores (numpy releases the GIL); every stage finishes a chunk while it is in cache, so a pass reads its inputs and
-writes its output once. Statistics are the corrected two-pass algorithm (mean, then the sums of the deviations and of
-their squares): float32 sums over one chunk or one row (numpy sums a row pairwise) are added in float64, as PyTorch's
-CPU kernels accumulate in double, so a map whose mean is 1e4 times its standard deviation keeps its variance well within
-SPEC section 3's 1e-3 relative: about 1e-6 where a map's elements are contiguous, about 1e-4 for a million rows of
-per-activation data (whose columns a chunk sums row after row).
+writes its output once. Statistics are two-pass (the mean, then the sum of squared deviations): float32 sums over one
+row (numpy sums it pairwise) or over a chunk's column are added in float64, as PyTorch's CPU kernels accumulate in
+double; where a chunk's columns are long (per-activation data of few features) the second pass also sums the deviations
+and corrects the mean (the corrected two-pass algorithm). A map whose mean is 1e4 times its standard deviation keeps its
+variance well within SPEC section 3's 1e-3 relative: about 1e-6 where a map's elements are contiguous, below 4e-4 for
+per-activation data.
 Formulas: Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1 and section 3.
 """
 
@@ -27,6 +28,10 @@ from PuzzleLib.Backend.Cpu.GPUArray import empty, hostView
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
 
 CHUNK_ELEMENTS = 1 << 17
+# NOTE: a float32 sum loses about one ulp of its running total per value it adds one after another; up to this many
+# values a mean of 1e4 times the standard deviation moves the variance by less than 4e-4 relative (32 * 2^-24 * 1e4
+# standard deviations, squared), within SPEC section 3's 1e-3
+MAX_SEQUENTIAL_TERMS = 32
 THREADS = max(1, min(int(os.environ.get("PUZZLELIB_CPU_THREADS", os.cpu_count() or 1)), 16))
 
 _executor, _executorLock = None, threading.Lock()
@@ -58,6 +63,8 @@ class Chunks:
         step = max(1, CHUNK_ELEMENTS // max(self.rowLength, 1))
         self.slices = [slice(start, min(start + step, self.rows)) for start in range(0, self.rows, step)]
         self.chunkElements = step * self.rowLength
+        # NOTE: numpy sums a row pairwise, but a column (inner == 1) row after row: that many terms per partial sum
+        self.sequentialTerms = 1 if self.byMapRows else min(step, self.rows)
 
     def view(self, ary):
         return hostView(ary).reshape(self.rows, self.rowLength)
@@ -144,13 +151,15 @@ def trainForward(data, out, shape3, scale, bias, mean, var, savemean, saveinvvar
     x, y = chunks.view(data), chunks.view(out)
     ctype = computeType(x.dtype)
 
-    # NOTE: the corrected two-pass algorithm (Chan, Golub & LeVeque 1983): the second pass also sums the deviations
-    # from the first pass's mean, which repairs that mean wherever its float32 partial sums lost digits (columns of many
-    # rows summed one after another when inner == 1, a mean of 1e4 times the standard deviation)
-    center = chunks.sums(x, dtype=ctype) / m
-    deviation, squares = chunks.sums(x, x, center=center, dtype=ctype, deviationSums=True)
-    mu = center + deviation / m
-    sigma2 = np.maximum(squares / m - (deviation / m) ** 2, 0.0)
+    mu = chunks.sums(x, dtype=ctype) / m
+    if chunks.sequentialTerms <= MAX_SEQUENTIAL_TERMS:
+        sigma2 = chunks.sums(x, x, center=mu, dtype=ctype) / m
+    else:
+        # NOTE: the corrected two-pass algorithm (Chan, Golub & LeVeque 1983): the second pass also sums the deviations
+        # from the first pass's mean, which repairs that mean where its float32 partial sums, long columns, lost digits
+        deviation, squares = chunks.sums(x, x, center=mu, dtype=ctype, deviationSums=True)
+        mu = mu + deviation / m
+        sigma2 = np.maximum(squares / m - (deviation / m) ** 2, 0.0)
     invstd = 1.0 / np.sqrt(sigma2 + epsilon)
     centers, gains = chunks.perMap(mu, ctype), chunks.perMap(invstd * mapVector(scale, maps), ctype)
     shifts = chunks.perMap(mapVector(bias, maps), ctype)

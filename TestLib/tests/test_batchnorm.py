@@ -106,7 +106,7 @@ def test_large_mean_channel_keeps_its_variance():
     np.testing.assert_allclose(out, ref.out, atol=2e-3)
 
 
-@pytest.mark.parametrize("shape", [(20000, 4), (65536, 2), (300000, 3)])
+@pytest.mark.parametrize("shape", [(20000, 4), (65536, 2), (300000, 3), (512, 4096)])
 def test_large_mean_per_activation_over_many_rows(shape):
     np.random.seed(6)
     host = np.random.normal(1e4, 1.0, size=shape).astype(np.float32)
