@@ -1,31 +1,36 @@
-"""Library-wide configuration: which backend runs, on which device.
+"""Library-wide configuration: which backend new arrays are created on, and on which CUDA device.
 
-`backend` is read from the environment variable ``PUZZLELIB_BACKEND`` the first time it is asked for:
+Arrays carry their backend (`PuzzleLib.Backend.Dispatch`), so the choice made here matters only where an array is
+*created* (``gpuarray.to_gpu``, ``gpuarray.empty``, a module's parameters); every later operation runs on the backend of
+the arrays it is given. Both backends can live in one process.
 
-- ``cpu``: the numpy backend, available everywhere;
-- ``cuda``: the pycuda backend; if it cannot work (pycuda not installed, no device, driver too old) asking for it
-  raises `ConfigError` that says what is missing, never a silent fallback;
-- ``auto`` (default): CUDA when pycuda imports and a device answers, else CPU, with one log line saying which and why.
+- `backend` (str): ``"cuda"``, ``"cpu"`` or ``"auto"``, read from the environment variable ``PUZZLELIB_BACKEND``
+  (default ``"auto"``) when this module is imported. ``"auto"`` is resolved at the first allocation: CUDA when pycuda
+  imports and a device answers, else the CPU, with one log line saying which and why; `backend` then holds the result.
+  Asking for ``"cuda"`` where it cannot work raises `ConfigError` at the first allocation, naming what is missing
+  (pycuda not installed, no device, driver too old), never a silent fallback.
+- `deviceIdx` (int): the CUDA device, from ``PUZZLELIB_DEVICE`` (default 0); set it before the first CUDA allocation.
+- `useBackend(name)`: picks the backend of the arrays created next, for the rest of the program (a call) or for a
+  ``with`` block (a context manager).
 
-Resolution is lazy (module ``__getattr__``), so importing this module touches no device. ``deviceIdx`` comes from
-``PUZZLELIB_DEVICE`` (default 0). Set the variables before the first use of a backend; `setBackend` does it from code.
+Importing this module touches no device. A malformed ``PUZZLELIB_BACKEND`` or ``PUZZLELIB_DEVICE`` raises `ConfigError`
+on import, naming the variable and its value.
 """
 
+import functools
 import logging
 import os
 
-__all__ = ["ConfigError", "setBackend", "cudaProblem", "logger"]  # plus the lazy `backend` and `deviceIdx`
+__all__ = [
+    "ConfigError", "backend", "backendNames", "currentBackend", "cudaProblem", "deviceIdx", "logger", "useBackend",
+]
 
 
 class ConfigError(RuntimeError):
-    """The requested backend cannot work on this machine."""
+    """A backend or device setting that is malformed, or a backend that cannot work on this machine."""
 
 
-class Backend:
-    cuda = "cuda"
-    cpu = "cpu"
-    auto = "auto"
-
+backendNames = ("auto", "cuda", "cpu")
 
 logger = logging.getLogger("PuzzleLib")
 if not logger.handlers:
@@ -35,29 +40,39 @@ if not logger.handlers:
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
-_resolved = None
+
+def checkedBackendName(value, source):
+    """`value` lower-cased and stripped when it names a backend; else `ConfigError` naming `source` and the value."""
+    name = str(value).strip().lower()
+    if name not in backendNames:
+        raise ConfigError("%s must be one of 'auto', 'cuda', 'cpu'; got %r" % (source, value))
+    return name
 
 
-def _requested():
-    value = os.environ.get("PUZZLELIB_BACKEND", Backend.auto).strip().lower()
-    if value not in (Backend.cuda, Backend.cpu, Backend.auto):
-        raise ConfigError("PUZZLELIB_BACKEND must be one of 'auto', 'cuda', 'cpu'; got %r" % value)
-    return value
-
-
-def _deviceIdx():
-    value = os.environ.get("PUZZLELIB_DEVICE", "0")
+def checkedDeviceIdx(value, source):
     try:
         idx = int(value)
-    except ValueError:
-        raise ConfigError("PUZZLELIB_DEVICE must be a non-negative integer; got %r" % value) from None
+    except (TypeError, ValueError):
+        raise ConfigError("%s must be a non-negative integer; got %r" % (source, value)) from None
     if idx < 0:
-        raise ConfigError("PUZZLELIB_DEVICE must be a non-negative integer; got %r" % value)
+        raise ConfigError("%s must be a non-negative integer; got %r" % (source, value))
     return idx
 
 
+backend = checkedBackendName(os.environ.get("PUZZLELIB_BACKEND", "auto"), "PUZZLELIB_BACKEND")
+deviceIdx = checkedDeviceIdx(os.environ.get("PUZZLELIB_DEVICE", "0"), "PUZZLELIB_DEVICE")
+
+
 def cudaProblem():
-    """Returns None when the CUDA backend can work here, else a sentence saying what is missing."""
+    """None when the CUDA backend can work here (on device `deviceIdx`), else a sentence saying what is missing.
+
+    The probe initialises the CUDA driver (no context is created); its answer is kept for the life of the process.
+    """
+    return probeCuda(deviceIdx)
+
+
+@functools.cache
+def probeCuda(idx):
     try:
         import pycuda.driver as cuda
     except ImportError as e:
@@ -74,7 +89,6 @@ def cudaProblem():
             return "the CUDA driver is too old for this pycuda build (%s)" % text
         return "the CUDA driver could not be initialised (%s)" % text
 
-    idx = _deviceIdx()
     if count == 0:
         return "no CUDA device is present"
     if idx >= count:
@@ -82,50 +96,56 @@ def cudaProblem():
     return None
 
 
-def _resolve():
-    requested = _requested()
-    if requested == Backend.cpu:
-        return Backend.cpu
+def currentBackend():
+    """The name of the backend new arrays are created on, ``"cuda"`` or ``"cpu"``.
 
-    problem = cudaProblem()
-    if requested == Backend.cuda:
-        if problem is not None:
-            raise ConfigError("PUZZLELIB_BACKEND=cuda cannot work: %s" % problem)
-        return Backend.cuda
-
-    if problem is None:
-        logger.info("backend auto -> cuda (device %d answered)", _deviceIdx())
-        return Backend.cuda
-
-    logger.info("backend auto -> cpu, because %s", problem)
-    return Backend.cpu
-
-
-def setBackend(name):
-    """Chooses the backend from code (same values as PUZZLELIB_BACKEND); only before any backend module is imported.
+    Resolves ``"auto"`` (once: the result is stored in `backend`, with one log line saying which and why).
 
     Raises:
-        ConfigError: for an unknown name, or when a backend is already in use.
+        ConfigError: `backend` is ``"cuda"`` and the CUDA backend cannot work here; the message says what is missing.
     """
-    global _resolved
-    import sys
+    global backend
+    if backend == "auto":
+        problem = cudaProblem()
+        if problem is None:
+            logger.info("backend auto -> cuda (device %d answered)", deviceIdx)
+            backend = "cuda"
+        else:
+            logger.info("backend auto -> cpu, because %s", problem)
+            backend = "cpu"
+    elif backend == "cuda":
+        problem = cudaProblem()
+        if problem is not None:
+            raise ConfigError(
+                "the CUDA backend cannot work here (asked for by PUZZLELIB_BACKEND or useBackend): %s" % problem
+            )
+    return backend
 
-    if any(mod.startswith("PuzzleLib.Backend.Cpu") or mod.startswith("PuzzleLib.Backend.Cuda") for mod in sys.modules):
-        raise ConfigError(
-            "the backend is already in use (%s); choose it before importing PuzzleLib.Backend" % _resolved
-        )
 
-    os.environ["PUZZLELIB_BACKEND"] = name
-    _resolved = None
-    _requested()
+class useBackend:
+    """Picks the backend (``"cuda"``, ``"cpu"`` or ``"auto"``) of the arrays created next.
 
+    Called, it sets `backend` for the rest of the program; used as a context manager it restores the previous choice
+    when the block ends. Arrays created before keep their own backend, so both kinds can live in one process (mixing
+    them in one call is an error that names both). The choice is process-wide, not per thread.
 
-def __getattr__(name):
-    global _resolved
-    if name == "backend":
-        if _resolved is None:
-            _resolved = _resolve()
-        return _resolved
-    if name == "deviceIdx":
-        return _deviceIdx()
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    Raises:
+        ConfigError: for a name other than the three.
+
+    Example:
+        >>> with Config.useBackend("cpu"):
+        ...     x = gpuarray.to_gpu(np.ones((2, 3), np.float32))        # a CPU array, whatever the default
+    """
+
+    def __init__(self, name):
+        global backend
+        self.previous = backend
+        backend = checkedBackendName(name, "useBackend's name")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global backend
+        backend = self.previous
+        return False

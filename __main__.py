@@ -9,7 +9,6 @@ Figure 1: two identical sigmoid networks, one with BatchNorm, trained side by si
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -41,8 +40,6 @@ def parseArgs(argv=None):
 
 def main(argv=None):
     args = parseArgs(argv)
-    if args.backend is not None:
-        os.environ["PUZZLELIB_BACKEND"] = args.backend
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -52,7 +49,9 @@ def main(argv=None):
     from PuzzleLib import Config
     from PuzzleLib.TestLib import DigitsExperiment, RunningStatistics
 
-    print("PuzzleLib backend in use: %s\n" % Config.backend)
+    if args.backend is not None:
+        Config.useBackend(args.backend)
+    print("PuzzleLib backend in use: %s\n" % Config.currentBackend())
 
     if not args.skip_demo:
         print("== The seed example: BatchNorm(6) on arange(18) as (3, 6) ==")

@@ -1,14 +1,52 @@
-"""Argument checks shared by the backend-independent facades (`Backend.Dnn`, `Backend.ElementWise`)."""
+"""Argument checks of the front modules (`Backend.Dnn`, `Backend.TheanoBatchNorm`, `Backend.Blas`,
+`Backend.ElementWise`, `Backend.Permute`), so that both backends reject the same mistakes with the same words.
+
+One exception type per kind of mistake: an argument that is not a GPUArray, or arrays of two backends in one call,
+raise TypeError; a wrong dtype, shape or value raises ValueError. The messages name the argument, what was expected
+and what came.
+"""
 
 from PuzzleLib.Backend import gpuarray
 
 
 def checkArray(name, ary, dtypes=None, shape=None):
-    """Raises TypeError unless `ary` is a GPUArray of the backend in use, ValueError unless its dtype is one of
-    `dtypes` and its shape is `shape` (each when given); the messages name what was expected and what came."""
+    """Raises TypeError unless `ary` is a GPUArray, ValueError unless its dtype is one of `dtypes` and its shape is
+    `shape` (each when given)."""
     if not isinstance(ary, gpuarray.GPUArray):
-        raise TypeError("%s must be a GPUArray of the backend in use; got %s" % (name, type(ary).__name__))
+        raise TypeError("%s must be a GPUArray; got %s" % (name, type(ary).__name__))
     if dtypes is not None and ary.dtype not in dtypes:
         raise ValueError("%s must have dtype %s; got %s" % (name, " or ".join(str(d) for d in dtypes), ary.dtype))
     if shape is not None and ary.shape != tuple(shape):
         raise ValueError("%s must have shape %s; got %s" % (name, tuple(shape), ary.shape))
+
+
+def commonBackend(**arrays):
+    """The backend of the given arrays (None values are skipped), each checked to be a GPUArray.
+
+    Raises:
+        TypeError: an argument is not a GPUArray, or two arrays live on different backends (both are named).
+    """
+    found = None
+    for name, ary in arrays.items():
+        if ary is None:
+            continue
+        checkArray(name, ary)
+        backend = ary.backend
+        if found is None:
+            found = (name, backend)
+        elif backend is not found[1]:
+            raise TypeError(
+                "arrays of one backend expected in one call; %s is a %s array but %s is a %s array (copy it over with "
+                "gpuarray.to_gpu(x.get()) under Config.useBackend)" % (found[0], found[1].name, name, backend.name)
+            )
+    return None if found is None else found[1]
+
+
+def checkEpsilon(epsilon):
+    if not epsilon > 0:
+        raise ValueError("epsilon must be > 0; got %r" % (epsilon,))
+
+
+def checkFactor(factor, name="factor"):
+    if not 0.0 <= factor <= 1.0:
+        raise ValueError("%s must be in [0, 1]; got %r" % (name, factor))

@@ -1,6 +1,7 @@
-"""Elementwise operations of the training stack (activations, bias add, softmax cross-entropy), on the backend in use.
+"""Elementwise operations of the training stack (activations, bias add, softmax cross-entropy), on the backend of the
+arrays they are given.
 
-This file is backend-independent: it checks the arguments, allocates outputs from the memory pool and calls the
+This file is backend-independent: it checks the arguments, allocates outputs from the operands' pool and calls the
 backend's primitives (`Backend.Cpu.ElementWise` over numpy, `Backend.Cuda.ElementWise` with the kernels of
 ``Kernels/ElementWise.cu``), so both backends agree on every check.
 
@@ -13,22 +14,24 @@ backend's primitives (`Backend.Cpu.ElementWise` over numpy, `Backend.Cuda.Elemen
   convention), ``lossSum = sum_r -log softmax(scores)[r, labels[r]]`` and ``correct`` the number of rows whose largest
   score (first on ties) is at the label.
 
-`dataTypes` lists the float dtypes the backend computes in: float32 everywhere, plus float64 on the CPU backend (for
-finite-difference gradient checks).
+`dataTypes(backend)` lists the float dtypes a backend computes these in: float32 everywhere, plus float64 on the CPU
+backend (for finite-difference gradient checks).
 """
 
 import numpy as np
 
-from PuzzleLib.Backend import Blas, gpuarray
-from PuzzleLib.Backend.Checks import checkArray
-from PuzzleLib.Backend.Loader import backendModule
+from PuzzleLib.Backend import Blas
+from PuzzleLib.Backend.Checks import checkArray, commonBackend
+from PuzzleLib.Backend.Dispatch import currentBackend
 
-_backend = backendModule("ElementWise")
-
-dataTypes = _backend.dataTypes
 activations = ("sigmoid", "relu", "tanh")
 
 __all__ = ["dataTypes", "activations", "activation", "activationBackward", "addVectorToRows", "softmaxCrossEntropy"]
+
+
+def dataTypes(backend=None):
+    """The data dtypes `backend` (a `Contract.Backend`; default: the backend in use) computes these operations in."""
+    return (backend or currentBackend()).elementWise.dataTypes
 
 
 def checkActivation(act):
@@ -36,9 +39,9 @@ def checkActivation(act):
         raise ValueError("activation must be one of %s; got %r" % (", ".join(activations), act))
 
 
-def outputFor(out, like):
+def outputFor(backend, out, like):
     if out is None:
-        return gpuarray.empty(like.shape, like.dtype)
+        return backend.gpuarray.empty(like.shape, like.dtype)
     checkArray("out", out, dtypes=(like.dtype,), shape=like.shape)
     return out
 
@@ -47,13 +50,16 @@ def activation(data, act, out=None):
     """out = act(data), elementwise; returns out (a new pool array when None; may be `data` for in place).
 
     Raises:
-        TypeError, ValueError: an unknown activation, a non-GPUArray, a dtype not in `dataTypes`, an `out` of another
-            shape or dtype. Nothing is written then.
+        TypeError: a non-GPUArray, or arrays of two backends.
+        ValueError: an unknown activation, a dtype not in `dataTypes`, an `out` of another shape or dtype.
+        Nothing is written then.
     """
     checkActivation(act)
-    checkArray("data", data, dtypes=dataTypes)
-    out = outputFor(out, data)
-    _backend.activation(act, data, out)
+    backend = commonBackend(data=data, out=out)
+    checkArray("data", data, dtypes=backend.elementWise.dataTypes)
+    out = outputFor(backend, out, data)
+    if data.size:
+        backend.elementWise.activation(act, data, out)
     return out
 
 
@@ -64,10 +70,12 @@ def activationBackward(grad, outdata, act, out=None):
         TypeError, ValueError: as `activation`, and when `grad` and `outdata` differ in shape or dtype.
     """
     checkActivation(act)
-    checkArray("grad", grad, dtypes=dataTypes)
+    backend = commonBackend(grad=grad, outdata=outdata, out=out)
+    checkArray("grad", grad, dtypes=backend.elementWise.dataTypes)
     checkArray("outdata", outdata, dtypes=(grad.dtype,), shape=grad.shape)
-    out = outputFor(out, grad)
-    _backend.activationBackward(act, grad, outdata, out)
+    out = outputFor(backend, out, grad)
+    if grad.size:
+        backend.elementWise.activationBackward(act, grad, outdata, out)
     return out
 
 
@@ -77,12 +85,14 @@ def addVectorToRows(data, vector, out=None):
     Raises:
         TypeError, ValueError: a non-2D `data`, a `vector` of another length or dtype, a bad `out`.
     """
-    checkArray("data", data, dtypes=dataTypes)
+    backend = commonBackend(data=data, vector=vector, out=out)
+    checkArray("data", data, dtypes=backend.elementWise.dataTypes)
     if data.ndim != 2:
         raise ValueError("data must be 2D (rows, cols); got shape %s" % (data.shape,))
     checkArray("vector", vector, dtypes=(data.dtype,), shape=(data.shape[1],))
-    out = outputFor(out, data)
-    _backend.addVectorToRows(data, vector, out)
+    out = outputFor(backend, out, data)
+    if data.size:
+        backend.elementWise.addVectorToRows(data, vector, out)
     return out
 
 
@@ -102,15 +112,16 @@ def softmaxCrossEntropy(scores, labels, out=None):
         TypeError, ValueError: bad shapes or dtypes, an empty batch, or a label outside [0, classes) (the message gives
             the count; the labels are checked on the device, so a given `out` has been written by then).
     """
-    checkArray("scores", scores, dtypes=dataTypes)
+    backend = commonBackend(scores=scores, labels=labels, out=out)
+    checkArray("scores", scores, dtypes=backend.elementWise.dataTypes)
     if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
         raise ValueError("scores must be 2D (batch, classes) and non-empty; got shape %s" % (scores.shape,))
     checkArray("labels", labels, dtypes=(np.dtype(np.int32),), shape=(scores.shape[0],))
-    grad = outputFor(out, scores)
+    grad = outputFor(backend, out, scores)
 
     batch, classes = scores.shape
-    rowStats = gpuarray.empty((batch, 3), scores.dtype)
-    _backend.softmaxCrossEntropy(scores, labels, grad, rowStats, 1.0 / batch)
+    rowStats = backend.gpuarray.empty((batch, 3), scores.dtype)
+    backend.elementWise.softmaxCrossEntropy(scores, labels, grad, rowStats, 1.0 / batch)
 
     lossSum, correct, invalid = (float(v) for v in Blas.sumOnMatrix(rowStats, cols=True).get())
     if invalid > 0:

@@ -1,5 +1,6 @@
-"""Backend: one interface (gpuarray, Dnn, Blas) over CUDA (pycuda) or the CPU (numpy).
+"""Backend: arrays (`gpuarray`) and the operations modules need (`Dnn`, `Blas`, `ElementWise`, `Permute`), over
+CUDA (`Backend.Cuda`: pycuda, hand-written kernels, cuBLAS) or the CPU (`Backend.Cpu`: numpy).
 
-Modules import only `PuzzleLib.Backend.*`; `Loader.backendModule` picks `Backend.Cuda.<name>` or `Backend.Cpu.<name>`
-by `PuzzleLib.Config.backend`. Importing this package alone touches no device.
+Every array carries its backend, and these front modules run an operation on the backend of the arrays they are given
+(`Dispatch`); the contract both backends follow is `Contract`. Importing any of them touches no device.
 """

@@ -1,17 +1,190 @@
-"""Arrays in device memory: `GPUArray`, `to_gpu`, `empty`, `zeros` and the `memoryPool` they all come from.
+"""Arrays in device memory: `GPUArray`, the constructors `to_gpu`, `empty`, `zeros`, and `memoryPool` (SPEC section 2).
 
-The names are filled from the backend in use (`PuzzleLib.Config.backend`): pycuda arrays on CUDA, numpy views on the
-CPU, with one interface (SPEC section 2).
+`GPUArray` is the class both backends' arrays derive from (``isinstance(x, gpuarray.GPUArray)`` holds for either);
+it implements the half of the interface that needs no device (shape checks, views, printing) over two hooks each
+backend provides. Every array carries its backend (``x.backend``). The constructors create arrays on the backend that
+`PuzzleLib.Config` picks (`Config.useBackend`, ``PUZZLELIB_BACKEND``); the first of them resolves ``"auto"``.
 """
 
-from PuzzleLib.Backend.Loader import backendModule
+import math
 
-_backend = backendModule("GPUArray")
+import numpy as np
 
-GPUArray = _backend.GPUArray
-to_gpu = _backend.to_gpu
-empty = _backend.empty
-zeros = _backend.zeros
-memoryPool = _backend.memoryPool
+from PuzzleLib.Backend.Dispatch import currentBackend
 
 __all__ = ["GPUArray", "to_gpu", "empty", "zeros", "memoryPool"]
+
+
+def normalizeShape(shape):
+    """Accepts ``(2, 3)``, ``[2, 3]``, ``2`` or numpy ints and returns a tuple of Python ints."""
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    return tuple(map(int, shape))
+
+
+def elementCount(shape):
+    """The number of elements of `shape` (exact: Python ints; faster than numpy on short shapes)."""
+    return math.prod(shape)
+
+
+class GPUArray:
+    """C-contiguous array in the memory pool of its backend.
+
+    Attributes (provided by each backend's subclass):
+        shape (tuple of int), dtype (numpy.dtype), size (elements), nbytes (bytes), ndim, strides (bytes per step).
+        ptr (int): address of the first element, stable for the array's life.
+        backend (`PuzzleLib.Backend.Contract.Backend`): the backend whose memory holds the array.
+
+    Views (`reshape`, `ravel`, ``a[i]`` and ``a[i:j]`` on the first axis) share the memory and keep it alive.
+    A subclass implements ``get()``, ``fill(value)``, ``copy()`` and the two hooks ``_view(shape, offset)`` (a view of
+    `shape` starting `offset` bytes into this array) and ``_setFromHost(ary)`` (copy a host array of this shape and
+    dtype in).
+    """
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-dimensional GPUArray")
+        return self.shape[0]
+
+    def set(self, ary):
+        """Copies a host ndarray of the same shape and dtype into this array; returns self.
+
+        Raises:
+            ValueError: on a shape or dtype mismatch (nothing is copied, nothing is cast).
+        """
+        ary = np.asarray(ary)
+        if ary.shape != self.shape or ary.dtype != self.dtype:
+            raise ValueError(
+                "GPUArray.set expects an array of shape %s and dtype %s; got shape %s and dtype %s"
+                % (self.shape, self.dtype, ary.shape, ary.dtype)
+            )
+        if self.size:
+            self._setFromHost(ary)
+        return self
+
+    def reshape(self, *shape):
+        """Returns a view of another shape (one dimension may be -1).
+
+        Raises:
+            ValueError: when the sizes differ, or more than one dimension is -1, or one is below -1.
+        """
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = shape[0]
+        shape = list(normalizeShape(shape))
+
+        if shape.count(-1) > 1 or any(dim < -1 for dim in shape):
+            raise ValueError("can only specify one unknown dimension (-1), and no other negative one; got %s"
+                             % (tuple(shape),))
+        mismatch = "cannot reshape GPUArray of shape %s (size %d) to %s" % (self.shape, self.size, tuple(shape))
+        if -1 in shape:
+            known = elementCount([dim for dim in shape if dim != -1])
+            if known == 0 or self.size % known != 0:
+                raise ValueError(mismatch)
+            shape[shape.index(-1)] = self.size // known
+
+        if elementCount(shape) != self.size:
+            raise ValueError(mismatch)
+        return self._view(tuple(shape), 0)
+
+    def ravel(self):
+        """Returns a one-dimensional view."""
+        return self._view((self.size,), 0)
+
+    def __getitem__(self, key):
+        """``a[i]`` (a view of one row) or ``a[i:j]`` (a view of rows i to j); nothing else.
+
+        Raises:
+            IndexError: for an index out of range, a step other than 1, another kind of key, or a 0-d array.
+        """
+        if self.ndim == 0:
+            raise IndexError("a 0-dimensional GPUArray cannot be indexed")
+
+        rowBytes = elementCount(self.shape[1:]) * self.dtype.itemsize
+        if isinstance(key, (int, np.integer)):
+            index = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= index < self.shape[0]:
+                raise IndexError("index %d is out of range for axis 0 of size %d" % (key, self.shape[0]))
+            return self._view(self.shape[1:], index * rowBytes)
+
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            stop = max(start, stop)
+            return self._view((stop - start,) + self.shape[1:], start * rowBytes)
+
+        raise IndexError(
+            "GPUArray supports only contiguous slices of the first axis (a[i:j]) and a[i]; got %r" % (key,)
+        )
+
+    def __setitem__(self, key, value):
+        raise TypeError("GPUArray does not support item assignment; use a[i:j].set(ndarray) or .fill(value)")
+
+    def __str__(self):
+        return str(self.get())
+
+    def __repr__(self):
+        return "GPUArray(%s, dtype=%s)" % (np.array2string(self.get(), separator=", ", prefix="GPUArray("), self.dtype)
+
+
+def empty(shape, dtype=np.float32):
+    """Returns an uninitialized array of `shape` and `dtype` from the memory pool of the backend in use.
+
+    Raises:
+        ValueError: for a negative dimension.
+        PuzzleLib.Config.ConfigError: the CUDA backend was asked for and cannot work here.
+    """
+    return currentBackend().gpuarray.empty(shape, dtype)
+
+
+def zeros(shape, dtype=np.float32):
+    """Returns an array of zeros of `shape` and `dtype` from the memory pool of the backend in use."""
+    return currentBackend().gpuarray.zeros(shape, dtype)
+
+
+def to_gpu(ary):
+    """Copies a host array (any layout) into a new C-contiguous GPUArray of the same shape and dtype, on the backend in
+    use."""
+    return currentBackend().gpuarray.to_gpu(ary)
+
+
+class CurrentPool:
+    """The memory pool of the backend in use (`PuzzleLib.Config.backend`), as `memoryPool`.
+
+    Each backend has its own `PuzzleLib.Backend.MemoryPool.MemoryPool` (``array.backend.gpuarray.memoryPool``); this
+    object forwards to the pool of the backend new arrays are created on, so ``gpuarray.memoryPool.stats()`` speaks of
+    the arrays a program makes.
+    """
+
+    @staticmethod
+    def pool():
+        return currentBackend().gpuarray.memoryPool
+
+    def allocate(self, nbytes):
+        """A `Block` of at least `nbytes` bytes (see `MemoryPool.allocate`)."""
+        return self.pool().allocate(nbytes)
+
+    def stats(self):
+        """``activeBytes``, ``heldBytes``, ``peakActiveBytes``, ``rawBytes``, ``allocations``, ``hits``, ``misses``."""
+        return self.pool().stats()
+
+    def resetStats(self):
+        """Zeroes the counters and sets the peak to the bytes now active."""
+        self.pool().resetStats()
+
+    def freeHeld(self):
+        """Gives every held block back to the device; returns the number of bytes freed."""
+        return self.pool().freeHeld()
+
+    @property
+    def poison(self):
+        """Whether every block served is first filled with 0xFF bytes (NaN in every float type)."""
+        return self.pool().poison
+
+    @poison.setter
+    def poison(self, value):
+        self.pool().poison = bool(value)
+
+    def __repr__(self):
+        return repr(self.pool())
+
+
+memoryPool = CurrentPool()

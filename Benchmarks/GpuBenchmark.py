@@ -79,6 +79,8 @@ def shape3Of(shape):
 
 
 def benchmarkOurs(gpu, bn, timer, shape, dtype, repeats):
+    from PuzzleLib.Backend.Contract import BatchStatistics, RunningStatistics
+
     shape3 = shape3Of(shape)
     maps = shape3[1]
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -90,22 +92,23 @@ def benchmarkOurs(gpu, bn, timer, shape, dtype, repeats):
     xs = [filled(1.0 + 0.1 * i) for i in range(nbuf)]
     ys = [gpu.empty(shape3, dtype) for _ in range(nbuf)]
     scale, bias = gpu.zeros((maps,)).fill(1.0), gpu.zeros((maps,))
-    mean, var = gpu.zeros((maps,)), gpu.zeros((maps,)).fill(1.0)
-    savemean, saveinvvar = gpu.empty((maps,)), gpu.empty((maps,))
+    running = RunningStatistics(gpu.zeros((maps,)), gpu.zeros((maps,)).fill(1.0))
+    saved = BatchStatistics(gpu.empty((maps,)), gpu.empty((maps,)))
     scalegrad, biasgrad = gpu.empty((maps,)), gpu.empty((maps,))
 
     results = {}
     results["train forward"] = (timer.median(lambda i: bn.trainForward(
-        xs[i % nbuf], ys[i % nbuf], shape3, scale, bias, mean, var, savemean, saveinvvar, 1e-5, 0.1), repeats),
-        2 * nbytes)
+        xs[i % nbuf], ys[i % nbuf], shape3, scale=scale, bias=bias, running=running, saved=saved, epsilon=1e-5,
+        factor=0.1), repeats), 2 * nbytes)
     results["eval forward"] = (timer.median(lambda i: bn.evalForward(
-        xs[i % nbuf], ys[i % nbuf], shape3, scale, bias, mean, var, 1e-5), repeats), 2 * nbytes)
+        xs[i % nbuf], ys[i % nbuf], shape3, scale=scale, bias=bias, running=running, epsilon=1e-5), repeats),
+        2 * nbytes)
 
     # NOTE: the output buffers double as the incoming gradients; a third set holds dx
     dxs = [gpu.empty(shape3, dtype) for _ in range(nbuf)]
     results["backward"] = (timer.median(lambda i: bn.backward(
-        xs[i % nbuf], ys[i % nbuf], dxs[i % nbuf], shape3, scale, savemean, saveinvvar, scalegrad, biasgrad), repeats),
-        3 * nbytes)
+        xs[i % nbuf], ys[i % nbuf], dxs[i % nbuf], shape3, scale=scale, saved=saved, scalegrad=scalegrad,
+        biasgrad=biasgrad), repeats), 3 * nbytes)
     return results
 
 

@@ -24,8 +24,9 @@ class Sequential(Module):
     applies any, so a failed load changes nothing. `trainMode`, `evalMode`, `calcMode`, `reset`, `zeroGradParams` and
     `updateParams` reach every child.
 
-    Before a forward, the whole chain checks the data's shape and dtype (each child's `checkDataShape`, shapes passed on
-    with `dataShapeFrom`), so bad input is rejected before any child runs or updates a statistic.
+    Before a forward, the whole chain checks the data's shape and dtype and that every child can run (each child's
+    `checkReady` and `checkDataShape`, shapes passed on with `dataShapeFrom`), so bad input or an empty child is
+    rejected before any child runs or updates a statistic.
 
     Args:
         name (str or None): the container's name (prefix of saved entries; ``"Sequential"`` when None).
@@ -97,6 +98,14 @@ class Sequential(Module):
                 result.update({"%s.%s" % (childPrefix, entry): var for entry, var in module.vars.items()})
         return result
 
+    @property
+    def backend(self):
+        """The backend of the first child that has arrays (None when none has)."""
+        for module in self.modules:
+            if module.backend is not None:
+                return module.backend
+        return None
+
     # --- state and modes
 
     def zeroGradParams(self):
@@ -149,6 +158,7 @@ class Sequential(Module):
         if not self.modules:
             raise ModuleError("%s is empty: append modules before calling it" % self.describe())
         for module in self.modules:
+            module.checkReady()
             shape = outShape(module, shape)
         return shape
 

@@ -1,13 +1,5 @@
-"""Containers: modules made of modules (``Sequential``).
+"""Containers: modules made of modules (``Sequential``)."""
 
-Names load on first access (`PuzzleLib.LazyPackage`), as in `PuzzleLib.Modules`.
-"""
+from PuzzleLib.Containers.Sequential import Sequential
 
-from PuzzleLib.LazyPackage import makeLazy
-
-makeLazy(
-    __name__,
-    {
-        "Sequential": "Sequential",
-    },
-)
+__all__ = ["Sequential"]

@@ -35,8 +35,8 @@ class CrossEntropy:
         labels: (batch,) int32 in [0, classes); grad: like scores.
 
     Raises:
-        ModuleError: for arrays that are not GPUArrays, shapes that do not match, a wrong dtype, an empty batch or
-            labels outside [0, classes); nothing is accumulated then.
+        ModuleError: for arrays that are not GPUArrays or live on two backends, shapes that do not match, a wrong
+            dtype, an empty batch or labels outside [0, classes); nothing is accumulated then.
 
     Example:
         >>> cost = CrossEntropy()
@@ -94,12 +94,18 @@ class CrossEntropy:
         for what, ary in (("scores", scores), ("labels", labels)):
             if not isinstance(ary, gpuarray.GPUArray):
                 raise ModuleError("%s expects %s as a GPUArray; got %s" % (self.describe(), what, type(ary).__name__))
+        if labels.backend is not scores.backend:
+            raise ModuleError(
+                "%s expects scores and labels on one backend; got a %s and a %s array"
+                % (self.describe(), scores.backend.name, labels.backend.name)
+            )
         if scores.ndim != 2 or scores.shape[0] == 0:
             raise ModuleError("%s expects 2D scores (batch, classes); got shape %s" % (self.describe(), scores.shape))
-        if scores.dtype not in ElementWise.dataTypes:
+        dataTypes = ElementWise.dataTypes(scores.backend)
+        if scores.dtype not in dataTypes:
             raise ModuleError(
                 "%s expects scores of dtype %s; got %s"
-                % (self.describe(), " or ".join(str(t) for t in ElementWise.dataTypes), scores.dtype)
+                % (self.describe(), " or ".join(str(t) for t in dataTypes), scores.dtype)
             )
         if labels.shape != (scores.shape[0],) or labels.dtype != np.int32:
             raise ModuleError(

@@ -1,13 +1,5 @@
-"""Cost: losses that hand back the error and the negated gradient (PuzzleLib's sign convention).
+"""Cost: losses that hand back the error and the negated gradient (PuzzleLib's sign convention)."""
 
-Names load on first access (`PuzzleLib.LazyPackage`), as in `PuzzleLib.Modules`.
-"""
+from PuzzleLib.Cost.CrossEntropy import CrossEntropy
 
-from PuzzleLib.LazyPackage import makeLazy
-
-makeLazy(
-    __name__,
-    {
-        "CrossEntropy": "CrossEntropy",
-    },
-)
+__all__ = ["CrossEntropy"]

@@ -8,6 +8,9 @@
 //
 // Training forward = stats pass (partial Welford statistics per block) + finalize (Chan merge, running update)
 // + normalize pass: the input is read twice, the output written once.
+// Names: `mean` is the per-channel mean the data is centred on (the batch's in training, the running one in
+// evaluation and frozen backward), `invstd` = 1 / sqrt(sigma2 + epsilon) of the batch, `var` the running variance.
+// The Python side declares every entry point's parameters once, in Kernels/BatchNorm.py.
 // Evaluation forward = one pass (read once, write once), in place when out == data, no workspace.
 // Backward = reduction pass (partial sums of dy and dy * (x - mean)) + finalize + dx pass.
 // Frozen backward (statistics are constants) = reduction pass + finalize + dx pass that reads dy only.
@@ -364,15 +367,16 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 }
 
 // Training statistics, stage 2: merge the partials of each channel, then
-//   savemean = mu, saveinvvar = 1 / sqrt(sigma2 + eps),
-//   mean = (1 - factor) * mean + factor * mu, var = (1 - factor) * var + factor * sigma2 * m / (m - 1)
-// (the running variance is unbiased, as in Theano and cuDNN). runMean/runVar may be null (no running update).
+//   savedMean = mu, savedInvstd = 1 / sqrt(sigma2 + eps),
+//   runningMean = (1 - factor) * runningMean + factor * mu,
+//   runningVar = (1 - factor) * runningVar + factor * sigma2 * m / (m - 1)
+// (the running variance is unbiased, as in Theano and cuDNN). runningMean/runningVar may be null (no running update).
 // shiftStride: distance between the first elements of consecutive channels (inner for spatial, 1 for rows).
 // grid = ceil(maps / FINALIZE_WARPS), block = (32, FINALIZE_WARPS).
 template <typename T>
 __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2,
 							  int splits, int maps, int64 m, float epsilon, float factor,
-							  float *savemean, float *saveinvvar, float *runMean, float *runVar)
+							  float *savedMean, float *savedInvstd, float *runningMean, float *runningVar)
 {
 	int c = blockIdx.x * FINALIZE_WARPS + threadIdx.y;
 	if (c >= maps)
@@ -396,21 +400,21 @@ __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, co
 		float mu = toFloat(x[c * shiftStride]) + acc.mean;
 		float sigma2 = fmaxf(acc.m2 / (float)m, 0.0f);
 
-		savemean[c] = mu;
-		saveinvvar[c] = 1.0f / sqrtf(sigma2 + epsilon);
+		savedMean[c] = mu;
+		savedInvstd[c] = 1.0f / sqrtf(sigma2 + epsilon);
 
-		if (runMean != 0)
+		if (runningMean != 0)
 		{
 			float unbias = (float)((double)m / (double)(m - 1));
-			runMean[c] = (1.0f - factor) * runMean[c] + factor * mu;
-			runVar[c] = (1.0f - factor) * runVar[c] + factor * sigma2 * unbias;
+			runningMean[c] = (1.0f - factor) * runningMean[c] + factor * mu;
+			runningVar[c] = (1.0f - factor) * runningVar[c] + factor * sigma2 * unbias;
 		}
 	}
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Backward reduction, stage 1: partial sums of dy and dy * (x - mu) per channel. mu is savemean (training) or the
-// running mean (frozen); multiplying by invstd happens once per channel in stage 2.
+// Backward reduction, stage 1: partial sums of dy and dy * (x - mean) per channel; mean is the batch mean (training)
+// or the running mean (frozen); multiplying by invstd happens once per channel in stage 2.
 
 template <typename T, int VEC>
 __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int64 innerV, const float *mean,
@@ -515,12 +519,13 @@ __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const fl
 	}
 }
 
-// Backward reduction, stage 2: biasgrad = sum(dy), scalegrad = invstd * sum(dy * (x - mu)) (both overwritten).
-// invstd = inv[c] when fromVar == 0 (saveinvvar), else 1 / sqrt(inv[c] + epsilon) (inv holds the running var).
+// Backward reduction, stage 2: biasgrad = sum(dy), scalegrad = invstd * sum(dy * (x - mu)) (both overwritten), with
+// invstd = invstd[c] of the batch after a training forward (FROZEN = false), or 1 / sqrt(var[c] + epsilon) of the
+// running variance after an evaluation forward (FROZEN = true).
 // grid = ceil(maps / FINALIZE_WARPS), block = (32, FINALIZE_WARPS).
-extern "C" __global__ void bnGradFinalize(const float *psum, const float *pdot, int splits, int maps,
-										  const float *inv, int fromVar, float epsilon,
-										  float *scalegrad, float *biasgrad)
+template <bool FROZEN>
+__device__ void gradFinalize(const float *psum, const float *pdot, int splits, int maps, const float *invstd,
+							 const float *var, float epsilon, float *scalegrad, float *biasgrad)
 {
 	int c = blockIdx.x * FINALIZE_WARPS + threadIdx.y;
 	if (c >= maps)
@@ -539,29 +544,42 @@ extern "C" __global__ void bnGradFinalize(const float *psum, const float *pdot, 
 
 	if (threadIdx.x == 0)
 	{
-		float invstd = fromVar ? 1.0f / sqrtf(inv[c] + epsilon) : inv[c];
 		biasgrad[c] = sum;
-		scalegrad[c] = dot * invstd;
+		scalegrad[c] = dot * (FROZEN ? 1.0f / sqrtf(var[c] + epsilon) : invstd[c]);
 	}
+}
+
+extern "C" __global__ void bnGradFinalize(const float *psum, const float *pdot, int splits, int maps,
+										  const float *invstd, float *scalegrad, float *biasgrad)
+{
+	gradFinalize<false>(psum, pdot, splits, maps, invstd, 0, 0.0f, scalegrad, biasgrad);
+}
+
+extern "C" __global__ void bnGradFinalizeFrozen(const float *psum, const float *pdot, int splits, int maps,
+												const float *var, float epsilon, float *scalegrad, float *biasgrad)
+{
+	gradFinalize<true>(psum, pdot, splits, maps, 0, var, epsilon, scalegrad, biasgrad);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Elementwise passes. Per-channel coefficients depend on the mode:
-//   MODE_NORM        out = (x - savemean) * scale * saveinvvar + bias                         (training forward)
-//   MODE_NORM_VAR    out = (x - mean) * scale / sqrt(var + eps) + bias                         (evaluation forward)
-//   MODE_BACKWARD    dx = scale * invstd * (dy - biasgrad / m - (x - mu) * invstd * scalegrad / m)  (training)
-//   MODE_FROZEN      dx = dy * scale / sqrt(var + eps)                                        (frozen backward)
+//   MODE_TRAIN_FORWARD    out = (x - mean) * scale * invstd + bias                                   (batch mean)
+//   MODE_EVAL_FORWARD     out = (x - mean) * scale / sqrt(var + eps) + bias                          (running mean)
+//   MODE_BACKWARD         dx = scale * invstd * (dy - biasgrad / m - (x - mean) * invstd * scalegrad / m)
+//   MODE_FROZEN_BACKWARD  dx = dy * scale / sqrt(var + eps)
 // The training backward form equals scale * invstd / m * (m * dy - biasgrad - xhat * scalegrad) (Ioffe & Szegedy).
 // x and out may alias (in-place evaluation), so neither is declared __restrict__.
 
-#define MODE_NORM 0
-#define MODE_NORM_VAR 1
+#define MODE_TRAIN_FORWARD 0
+#define MODE_EVAL_FORWARD 1
 #define MODE_BACKWARD 2
-#define MODE_FROZEN 3
+#define MODE_FROZEN_BACKWARD 3
 
+// Passed by value to the elementwise entry points; Kernels/BatchNorm.py mirrors it field by field. A mode reads only
+// the fields its formula names; the others may be null.
 struct ChannelParams
 {
-	const float *mean, *inv, *scale, *bias, *scalegrad, *biasgrad;
+	const float *mean, *invstd, *var, *scale, *bias, *scalegrad, *biasgrad;
 	float epsilon, invM;
 };
 
@@ -576,21 +594,21 @@ __device__ __forceinline__ Coef channelCoef(const ChannelParams &p, int c)
 	Coef r;
 	r.mu = 0.0f; r.a = 0.0f; r.b = 0.0f; r.k = 0.0f;
 
-	if (MODE == MODE_NORM)
+	if (MODE == MODE_TRAIN_FORWARD)
 	{
 		r.mu = p.mean[c];
-		r.a = p.scale[c] * p.inv[c];
+		r.a = p.scale[c] * p.invstd[c];
 		r.b = p.bias[c];
 	}
-	else if (MODE == MODE_NORM_VAR)
+	else if (MODE == MODE_EVAL_FORWARD)
 	{
 		r.mu = p.mean[c];
-		r.a = p.scale[c] * rsqrtf(p.inv[c] + p.epsilon);
+		r.a = p.scale[c] * rsqrtf(p.var[c] + p.epsilon);
 		r.b = p.bias[c];
 	}
 	else if (MODE == MODE_BACKWARD)
 	{
-		float invstd = p.inv[c];
+		float invstd = p.invstd[c];
 		r.mu = p.mean[c];
 		r.a = p.scale[c] * invstd;
 		r.b = p.biasgrad[c] * p.invM;
@@ -598,7 +616,7 @@ __device__ __forceinline__ Coef channelCoef(const ChannelParams &p, int c)
 	}
 	else
 	{
-		r.a = p.scale[c] * rsqrtf(p.inv[c] + p.epsilon);
+		r.a = p.scale[c] * rsqrtf(p.var[c] + p.epsilon);
 	}
 
 	return r;
@@ -607,7 +625,7 @@ __device__ __forceinline__ Coef channelCoef(const ChannelParams &p, int c)
 template <int MODE>
 __device__ __forceinline__ float applyCoef(const Coef &q, float x, float dy)
 {
-	if (MODE == MODE_NORM || MODE == MODE_NORM_VAR)
+	if (MODE == MODE_TRAIN_FORWARD || MODE == MODE_EVAL_FORWARD)
 		return (x - q.mu) * q.a + q.b;
 	else if (MODE == MODE_BACKWARD)
 		return q.a * (dy - q.b - (x - q.mu) * q.k);
@@ -616,8 +634,8 @@ __device__ __forceinline__ float applyCoef(const Coef &q, float x, float dy)
 }
 
 // Inputs the mode reads: x for the forward modes and the training backward, dy for both backward modes.
-#define MODE_READS_X(MODE) ((MODE) != MODE_FROZEN)
-#define MODE_READS_DY(MODE) ((MODE) == MODE_BACKWARD || (MODE) == MODE_FROZEN)
+#define MODE_READS_X(MODE) ((MODE) != MODE_FROZEN_BACKWARD)
+#define MODE_READS_DY(MODE) ((MODE) == MODE_BACKWARD || (MODE) == MODE_FROZEN_BACKWARD)
 
 // Flat grid-stride walk over all outer * maps * innerV vectors; (i, c) advance incrementally with no division in the
 // loop. Coefficients are reloaded only when the channel changes. grid = any, block = BLOCK_SIZE.
@@ -726,27 +744,19 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// C entry points, one per (data type, vector width[, mode]): pycuda looks kernels up by these unmangled names.
-// Suffixes: f32 / f16 data; v1 scalar, v4 / v8 16-byte vectors.
-
-#define BN_PARAMS_DECL const float *mean, const float *inv, const float *scale, const float *bias, \
-	const float *scalegrad, const float *biasgrad, float epsilon, float invM
-
-#define BN_PARAMS_MAKE ChannelParams p; \
-	p.mean = mean; p.inv = inv; p.scale = scale; p.bias = bias; \
-	p.scalegrad = scalegrad; p.biasgrad = biasgrad; p.epsilon = epsilon; p.invM = invM
+// C entry points, one per (data type, vector width[, mode]): pycuda looks kernels up by these unmangled names, and
+// Kernels/BatchNorm.py declares each one's parameters. Suffixes: f32 / f16 data; v1 scalar, v4 / v8 16-byte vectors;
+// the elementwise modes trainForward, evalForward, backward, frozenBackward.
 
 #define BN_APPLY_ENTRIES(T, SUF, VEC, MSUF, MODE) \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplySpatial_##MSUF##_##SUF##_v##VEC( \
-		const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV, BN_PARAMS_DECL) \
+		const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV, ChannelParams p) \
 	{ \
-		BN_PARAMS_MAKE; \
 		applySpatial<T, VEC, MODE>(x, dy, out, outer, maps, innerV, p); \
 	} \
 	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnApplyRows_##MSUF##_##SUF##_v##VEC( \
-		const T *x, const T *dy, T *out, int64 rows, int maps, BN_PARAMS_DECL) \
+		const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p) \
 	{ \
-		BN_PARAMS_MAKE; \
 		applyRows<T, VEC, MODE>(x, dy, out, rows, maps, p); \
 	}
 
@@ -771,10 +781,10 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 	{ \
 		gradRows<T, VEC>(x, dy, rows, maps, mean, psum, pdot); \
 	} \
-	BN_APPLY_ENTRIES(T, SUF, VEC, norm, MODE_NORM) \
-	BN_APPLY_ENTRIES(T, SUF, VEC, normVar, MODE_NORM_VAR) \
+	BN_APPLY_ENTRIES(T, SUF, VEC, trainForward, MODE_TRAIN_FORWARD) \
+	BN_APPLY_ENTRIES(T, SUF, VEC, evalForward, MODE_EVAL_FORWARD) \
 	BN_APPLY_ENTRIES(T, SUF, VEC, backward, MODE_BACKWARD) \
-	BN_APPLY_ENTRIES(T, SUF, VEC, frozen, MODE_FROZEN)
+	BN_APPLY_ENTRIES(T, SUF, VEC, frozenBackward, MODE_FROZEN_BACKWARD)
 
 BN_ENTRIES(float, f32, 1)
 BN_ENTRIES(float, f32, 4)
@@ -784,10 +794,11 @@ BN_ENTRIES(__half, f16, 8)
 #define BN_FINALIZE_ENTRY(T, SUF) \
 	extern "C" __global__ void bnStatsFinalize_##SUF( \
 		const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2, int splits, int maps, \
-		int64 m, float epsilon, float factor, float *savemean, float *saveinvvar, float *runMean, float *runVar) \
+		int64 m, float epsilon, float factor, float *savedMean, float *savedInvstd, float *runningMean, \
+		float *runningVar) \
 	{ \
 		statsFinalize<T>(x, shiftStride, pn, pmean, pm2, splits, maps, m, epsilon, factor, \
-						 savemean, saveinvvar, runMean, runVar); \
+						 savedMean, savedInvstd, runningMean, runningVar); \
 	}
 
 BN_FINALIZE_ENTRY(float, f32)

@@ -45,7 +45,7 @@ class Activation(Module):
 
     def calcTypes(self):
         """float32 everywhere, float64 on the CPU backend (`Backend.ElementWise.dataTypes`)."""
-        return ElementWise.dataTypes
+        return ElementWise.dataTypes(self.backend)
 
     def dataShapeFrom(self, shape):
         return tuple(shape)

@@ -29,8 +29,6 @@ class BatchNorm(BatchNormND):
         >>> bn(data)                  # bn.mean: 6 ... 11, bn.var: 36 (the unbiased variance of each column)
     """
 
-    mode = "perActivation"
-
     def __init__(
         self,
         size,
@@ -56,6 +54,7 @@ class BatchNorm(BatchNormND):
             raise ModuleError("%s expects 2D data (batch, size); got shape %s" % (self.describe(), shape))
         if shape[1] != self.size:
             raise ModuleError("%s: data has %d features (expected: %d)" % (self.describe(), shape[1], self.size))
+        self.checkElementsPerMap(shape)
 
     @property
     def dnnAxes(self):

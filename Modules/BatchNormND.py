@@ -1,15 +1,12 @@
 """BatchNormND: batch normalization of maps over the batch and all spatial axes (channels first or last)."""
 
+import math
+
 import numpy as np
 
 from PuzzleLib.Backend import Dnn, gpuarray
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import Module, ModuleError, checkPositiveInt
 from PuzzleLib.Modules.Variable import Variable
-
-
-def checkPositiveInt(owner, name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError("%s: %s must be a positive int; got %r" % (owner, name, value))
 
 
 class BatchNormND(Module):
@@ -72,7 +69,6 @@ class BatchNormND(Module):
         >>> y = bnLast(gpuarray.to_gpu(np.random.randn(8, 32, 32, 16).astype(np.float32)))
     """
 
-    mode = "spatial"
     spatialText = None
 
     def __init__(
@@ -108,7 +104,6 @@ class BatchNormND(Module):
         self.affine, self.inplace = affine, inplace
         self.numOfProps = 0
         self.savemean, self.saveinvvar = None, None
-        self.paramGrads = None
 
         self.scale, self.bias, self.mean, self.var = None, None, None, None
         if not empty:
@@ -155,6 +150,10 @@ class BatchNormND(Module):
         self.setAttr("mean", gpuarray.zeros(shape, np.float32))
         self.setAttr("var", gpuarray.to_gpu(np.ones(shape, dtype=np.float32)))
 
+    def calcTypes(self):
+        """float32 and float16 everywhere, float64 too on the CPU backend (`Backend.Dnn.dataTypes`)."""
+        return Dnn.dataTypes(self.backend)
+
     def paramSpecs(self):
         group = "params" if self.affine else "attrs"
         shape = self.paramShape
@@ -181,6 +180,16 @@ class BatchNormND(Module):
                     shape[self.axis],
                 )
             )
+        self.checkElementsPerMap(shape)
+
+    def checkElementsPerMap(self, shape):
+        """In training, a map needs at least 2 elements to estimate a variance (SPEC section 4.2)."""
+        m = math.prod(shape[axis] for axis in self.dnnAxes)
+        if self.train and m < 2:
+            raise ModuleError(
+                "%s: training needs at least 2 elements per map to estimate a variance; data of shape %s has %d"
+                % (self.describe(), shape, m)
+            )
 
     def layoutText(self):
         spatial = self.spatialText or ", ".join("d%d" % (i + 1) for i in range(self.nd))
@@ -197,87 +206,62 @@ class BatchNormND(Module):
 
     # --- forward and backward
 
-    def updateData(self, data):
+    def checkReady(self):
         if self.scale is None:
             raise ModuleError("%s is empty: set or load its parameters before calling it" % self.describe())
-
-        if not self.train:
-            out = self.toDnn(data) if self.inplace else None
-            result = self.dnnForward(data, test=True, out=out)
-            self.savemean, self.saveinvvar = None, None
-            return self.fromDnn(result, data)
-
-        if self.inplace:
+        if self.inplace and self.train:
             raise ModuleError(
                 "%s: in-place operation is supported in evaluation mode only (call evalMode())" % self.describe()
             )
 
-        factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
-        result, savemean, saveinvvar = self.dnnForward(data, test=False, factor=factor)
+    def updateData(self, data):
+        try:
+            if not self.train:
+                out = self.toDnn(data) if self.inplace else None
+                result = Dnn.batchNormNd(
+                    self.toDnn(data), self.scale, self.bias, self.mean, self.var, self.epsilon, test=True,
+                    mode=self.dnnAxes, out=out,
+                )
+                return self.fromDnn(result, data)
+
+            factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
+            result, savemean, saveinvvar = Dnn.batchNormNd(
+                self.toDnn(data), self.scale, self.bias, self.mean, self.var, self.epsilon, factor, mode=self.dnnAxes
+            )
+        except ValueError as e:
+            raise ModuleError("%s: %s" % (self.describe(), e)) from None
 
         self.numOfProps += 1
         self.savemean, self.saveinvvar = savemean, saveinvvar
         return self.fromDnn(result, data)
 
-    def dnnForward(self, data, test, factor=1.0, out=None):
-        try:
-            return Dnn.batchNormNd(
-                self.toDnn(data),
-                self.scale,
-                self.bias,
-                self.mean,
-                self.var,
-                self.epsilon,
-                factor,
-                test=test,
-                mode=self.mode,
-                out=out,
-                axes=self.dnnAxes,
-            )
-        except ValueError as e:
-            raise ModuleError("%s: %s" % (self.describe(), e)) from None
-
-    def updateGrad(self, grad):
-        ingrad = self.computeGradients(grad, updGrad=True)
-        return self.fromDnn(ingrad, grad)
-
-    def accGradParams(self, grad, scale=1.0, momentum=0.0):
-        if self.paramGrads is None:
-            self.computeGradients(grad, updGrad=False)
-
-        scalegrad, biasgrad = self.paramGrads
-        self.paramGrads = None
-        self.accumulate(self.vars["scale"], scalegrad, scale, momentum)
-        self.accumulate(self.vars["bias"], biasgrad, scale, momentum)
-
-    def computeGradients(self, grad, updGrad):
-        ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
-            self.toDnn(self.inData),
-            self.toDnn(grad),
-            self.scale,
-            self.savemean,
-            self.saveinvvar,
-            self.epsilon,
-            mode=self.mode,
-            test=not self.train,
-            mean=self.mean,
-            var=self.var,
-            updGrad=updGrad,
-            axes=self.dnnAxes,
-        )
-        self.paramGrads = (scalegrad, biasgrad) if self.affine else None
-        return ingrad
-
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
-        self.paramGrads = None
-        try:
-            return super().backward(grad, updParamGrads, updGrad, scale, momentum)
-        finally:
-            self.paramGrads = None
+        """Backpropagates `grad` in one call of `Backend.Dnn.batchNormNdBackward`: the batch statistics after a training
+        forward, the running ones (constants) after an evaluation forward. See `Module.backward`."""
+        self.checkGrad(grad)
+        updParamGrads = updParamGrads and bool(self.vars)
+        if not (updGrad or updParamGrads):
+            return None
+
+        ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+            self.toDnn(self.inData), self.toDnn(grad), self.scale, self.savemean, self.saveinvvar, self.epsilon,
+            self.dnnAxes, test=not self.train, mean=self.mean, var=self.var, updGrad=updGrad,
+        )
+        if updParamGrads:
+            self.accumulate(self.vars["scale"], scalegrad, scale, momentum)
+            self.accumulate(self.vars["bias"], biasgrad, scale, momentum)
+        if updGrad:
+            self.grad = self.fromDnn(ingrad, grad)
+            return self.grad
+        return None
+
+    def releaseResults(self):
+        super().releaseResults()
+        self.savemean, self.saveinvvar = None, None
 
     def reset(self):
         super().reset()
-        self.savemean, self.saveinvvar, self.paramGrads = None, None, None
+        self.savemean, self.saveinvvar = None, None
 
 
 def checkAgainstReference(bn, shape, seed):

@@ -3,8 +3,7 @@
 import numpy as np
 
 from PuzzleLib.Backend import Blas, ElementWise, gpuarray
-from PuzzleLib.Modules.BatchNormND import checkPositiveInt
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import Module, ModuleError, checkPositiveInt
 from PuzzleLib.Modules.Variable import Variable
 
 initSchemes = ("xavier", "he", "gaussian", "uniform")
@@ -94,7 +93,7 @@ class Linear(Module):
 
     def calcTypes(self):
         """float32 everywhere, float64 on the CPU backend (`Backend.ElementWise.dataTypes`)."""
-        return ElementWise.dataTypes
+        return ElementWise.dataTypes(self.backend)
 
     def calcMode(self, T):
         """Sets the data type of data, gradients and of W and b (converted, values kept; gradients zeroed).
@@ -108,7 +107,8 @@ class Linear(Module):
         for name, var in list(self.vars.items()):
             if var.dtype != dtype:
                 # NOTE: a rare, explicit conversion; going through the host keeps the backends free of cast kernels
-                self.setVar(name, Variable(gpuarray.to_gpu(var.data.get().astype(dtype)), name=name))
+                converted = var.data.backend.gpuarray.to_gpu(var.data.get().astype(dtype))
+                self.setVar(name, Variable(converted, name=name))
         self.calctype = dtype
         self.reset()
 

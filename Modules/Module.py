@@ -5,12 +5,18 @@ import os
 import h5py
 import numpy as np
 
-from PuzzleLib.Backend import Blas, Dnn, gpuarray
+from PuzzleLib.Backend import Blas, gpuarray
 from PuzzleLib.Modules.Variable import Variable
 
 
 class ModuleError(Exception):
     """Bad input to a module (shape, dtype, state or file); the module is left exactly as it was."""
+
+
+def checkPositiveInt(owner, name, value):
+    """Raises ValueError naming `owner` and `name` unless `value` is a positive int (bools are not ints here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError("%s: %s must be a positive int; got %r" % (owner, name, value))
 
 
 class Module:
@@ -54,6 +60,13 @@ class Module:
     def getAttr(self, name):
         return self.attrs[name]
 
+    @property
+    def backend(self):
+        """The backend (`PuzzleLib.Backend.Contract.Backend`) holding the module's parameters and attributes, or None
+        for a module that has none (yet); data must live there too."""
+        arrays = [var.data for var in self.vars.values()] + list(self.attrs.values())
+        return arrays[0].backend if arrays else None
+
     def zeroGradParams(self):
         """Sets the gradient of every parameter to zero."""
         for var in self.vars.values():
@@ -89,8 +102,8 @@ class Module:
         self.reset()
 
     def calcTypes(self):
-        """Data types the module computes in on the backend in use (those of `Backend.Dnn` by default)."""
-        return Dnn.dataTypes
+        """Data types the module computes in on its backend: float32 unless a subclass says more."""
+        return (np.dtype(np.float32),)
 
     def checkCalcType(self, T):
         """Returns ``np.dtype(T)``; raises `ModuleError` when it is not one of `calcTypes()`."""
@@ -110,16 +123,28 @@ class Module:
     def forward(self, data):
         """Checks `data`, computes the output, and keeps both; returns the output (``self.data``).
 
+        The previous call's results are dropped once the checks pass and before the new output is allocated, so the
+        pool hands their blocks back to this call wherever nothing else holds them (an evaluation loop reuses one
+        output block). An error past the checks (the device out of memory) leaves parameters and statistics as they
+        were, without the previous results.
+
         Raises:
-            ModuleError: when `data` is not a GPUArray, or its shape or dtype does not fit the module.
+            ModuleError: when `data` is not a GPUArray of the module's backend, its shape or dtype does not fit the
+                module, or the module cannot run (`checkReady`); the module is left as it was.
         """
         self.checkArray(data, "data")
+        self.checkReady()
         self.checkDataShape(data.shape)
         self.checkDataType(data.dtype)
 
+        self.releaseResults()
         out = self.updateData(data)
         self.inData, self.data = data, out
         return out
+
+    def releaseResults(self):
+        """Drops the references to the previous forward's results (``inData``, ``data``)."""
+        self.inData, self.data = None, None
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
         """Backpropagates `grad` (the gradient of the output; shape and dtype of ``self.data``).
@@ -170,8 +195,19 @@ class Module:
         return type(self).__name__ if self.name is None else "%s %r" % (type(self).__name__, self.name)
 
     def checkArray(self, ary, what):
+        """Raises `ModuleError` unless `ary` is a GPUArray on the module's backend (any backend, for a module without
+        arrays)."""
         if not isinstance(ary, gpuarray.GPUArray):
             raise ModuleError("%s expects %s as a GPUArray; got %s" % (self.describe(), what, type(ary).__name__))
+        backend = self.backend
+        if backend is not None and ary.backend is not backend:
+            raise ModuleError(
+                "%s has its parameters on the %s backend; got %s as a %s array"
+                % (self.describe(), backend.name, what, ary.backend.name)
+            )
+
+    def checkReady(self):
+        """Raises `ModuleError` when the module cannot run in its present state (e.g. created empty); no-op here."""
 
     def checkDataShape(self, shape):
         pass

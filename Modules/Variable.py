@@ -6,7 +6,8 @@ from PuzzleLib.Backend import gpuarray
 
 
 class Variable:
-    """A trainable parameter: `data` and its accumulated gradient `grad` (same shape and dtype, zero at creation).
+    """A trainable parameter: `data` and its accumulated gradient `grad` (same shape, dtype and backend; zero at
+    creation).
 
     Args:
         data (GPUArray): the parameter's values.
@@ -14,14 +15,14 @@ class Variable:
         withgrad (bool): allocate `grad`; False for constants.
 
     Raises:
-        TypeError: when `data` is not a GPUArray of the backend in use.
+        TypeError: when `data` is not a GPUArray.
     """
 
     def __init__(self, data, name=None, withgrad=True):
         if not isinstance(data, gpuarray.GPUArray):
             raise TypeError("Variable expects a GPUArray; got %s" % type(data).__name__)
         self.data, self.name = data, name
-        self.grad = gpuarray.zeros(data.shape, data.dtype) if withgrad else None
+        self.grad = data.backend.gpuarray.zeros(data.shape, data.dtype) if withgrad else None
 
     @property
     def shape(self):

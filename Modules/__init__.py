@@ -1,23 +1,16 @@
-"""Modules: layers called on GPUArrays (``y = module(x)``; ``module.backward(grad)``).
+"""Modules: layers called on GPUArrays (``y = module(x)``; ``module.backward(grad)``), one class per file."""
 
-Names load on first access (`PuzzleLib.LazyPackage`), so ``python -m PuzzleLib.Modules.BatchNorm`` runs that file's
-self-test without importing it twice.
-"""
+from PuzzleLib.Modules.Activation import Activation
+from PuzzleLib.Modules.BatchNorm import BatchNorm
+from PuzzleLib.Modules.BatchNorm1D import BatchNorm1D
+from PuzzleLib.Modules.BatchNorm2D import BatchNorm2D
+from PuzzleLib.Modules.BatchNorm3D import BatchNorm3D
+from PuzzleLib.Modules.BatchNormND import BatchNormND
+from PuzzleLib.Modules.Linear import Linear
+from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Variable import Variable
 
-from PuzzleLib.LazyPackage import makeLazy
-
-makeLazy(
-    __name__,
-    {
-        "Module": "Module",
-        "ModuleError": "Module",
-        "Variable": "Variable",
-        "BatchNorm": "BatchNorm",
-        "BatchNormND": "BatchNormND",
-        "BatchNorm1D": "BatchNorm1D",
-        "BatchNorm2D": "BatchNorm2D",
-        "BatchNorm3D": "BatchNorm3D",
-        "Linear": "Linear",
-        "Activation": "Activation",
-    },
-)
+__all__ = [
+    "Module", "ModuleError", "Variable", "BatchNormND", "BatchNorm", "BatchNorm1D", "BatchNorm2D", "BatchNorm3D",
+    "Linear", "Activation",
+]

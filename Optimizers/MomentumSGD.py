@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from PuzzleLib.Backend import Blas, gpuarray
+from PuzzleLib.Backend import Blas
 from PuzzleLib.Optimizers.Optimizer import Optimizer
 
 
@@ -13,7 +13,7 @@ class MomentumSGD(Optimizer):
         param = param + v
 
     `grad` is the negated gradient of the loss (PuzzleLib's sign convention), so the step descends. Each velocity is
-    a pool array of the parameter's shape and dtype, zero at `setupOn`.
+    a pool array of the parameter's shape, dtype and backend, zero at `setupOn`.
 
     Args:
         learnRate (float): >= 0, the step size. Default 1e-3.
@@ -36,7 +36,7 @@ class MomentumSGD(Optimizer):
         self.momRate = momRate
 
     def setupState(self, var):
-        return gpuarray.zeros(var.shape, var.dtype)
+        return var.data.backend.gpuarray.zeros(var.shape, var.dtype)
 
     def updateVar(self, var, state):
         Blas.addVectorToVector(var.grad, state, out=state, alpha=self.learnRate, beta=self.momRate)

@@ -1,15 +1,7 @@
-"""Optimizers: update a network's parameters from their gradients (``SGD``, ``MomentumSGD``).
+"""Optimizers: update a network's parameters from their gradients (``SGD``, ``MomentumSGD``)."""
 
-Names load on first access (`PuzzleLib.LazyPackage`), as in `PuzzleLib.Modules`.
-"""
+from PuzzleLib.Optimizers.MomentumSGD import MomentumSGD
+from PuzzleLib.Optimizers.Optimizer import Optimizer
+from PuzzleLib.Optimizers.SGD import SGD
 
-from PuzzleLib.LazyPackage import makeLazy
-
-makeLazy(
-    __name__,
-    {
-        "Optimizer": "Optimizer",
-        "SGD": "SGD",
-        "MomentumSGD": "MomentumSGD",
-    },
-)
+__all__ = ["Optimizer", "SGD", "MomentumSGD"]

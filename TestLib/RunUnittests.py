@@ -3,7 +3,8 @@
 ``python -m PuzzleLib.TestLib.RunUnittests`` imports each module of the packages below, calls its ``unittest()`` once
 (a failure is reported, never retried) and ends with the line ``N passed, N failed``; the exit status is 1 on any
 failure. The memory pool is poisoned (every block served is NaN-filled) so that reads of unwritten memory show. Set
-``PUZZLELIB_BACKEND`` to choose the backend.
+``PUZZLELIB_BACKEND`` to choose the backend; the pytest suite runs the same self-tests on every backend
+(``TestLib/tests/test_unittests.py``).
 """
 
 import importlib
@@ -16,16 +17,11 @@ PACKAGES = ("Modules", "Containers", "Cost", "Optimizers")
 
 def moduleNames():
     """Names of every module (not package) under PACKAGES that defines a callable ``unittest``."""
-    import PuzzleLib
-
     names = []
     for package in PACKAGES:
-        try:
-            pkg = importlib.import_module("PuzzleLib.%s" % package)
-        except ModuleNotFoundError:
-            continue
-        for info in pkgutil.iter_modules(pkg.__path__, prefix="%s.%s." % (PuzzleLib.__name__, package)):
-            if not info.ispkg:
+        pkg = importlib.import_module("PuzzleLib.%s" % package)
+        for info in pkgutil.iter_modules(pkg.__path__, prefix="PuzzleLib.%s." % package):
+            if not info.ispkg and callable(getattr(importlib.import_module(info.name), "unittest", None)):
                 names.append(info.name)
     return sorted(names)
 
@@ -35,15 +31,11 @@ def main():
     from PuzzleLib.Backend import gpuarray
 
     gpuarray.memoryPool.poison = True
-    print("backend: %s" % Config.backend)
+    print("backend: %s" % Config.currentBackend())
     passed, failed = 0, []
     for name in moduleNames():
-        module = importlib.import_module(name)
-        test = getattr(module, "unittest", None)
-        if not callable(test):
-            continue
         try:
-            test()
+            importlib.import_module(name).unittest()
         except Exception:
             failed.append(name)
             print("FAILED %s\n%s" % (name, traceback.format_exc()))

@@ -1,10 +1,8 @@
-"""Batch-normalization primitives of the CPU backend, over numpy. Twin of `Backend.Cuda.BatchNormKernels`.
+"""Batch-normalization primitives of the CPU backend (`BatchNormPrimitives` of `Backend.Contract`, which states what
+each function computes), over numpy. Twin of `Backend.Cuda.BatchNormKernels`.
 
-Every tensor is viewed as ``shape3 = (outer, maps, inner)`` and normalized per map over ``outer`` and ``inner``
-(``m = outer * inner`` elements per map): per-activation data ``(N, C)`` is ``(N, C, 1)``, spatial data
-``(N, C, d1, ..., dk)`` is ``(N, C, d1 * ... * dk)``, channels-last data ``(N, d1, ..., C)`` is
-``(N * d1 * ..., C, 1)``. Data, output and gradients are float32, float16 (computed in float32) or float64 (computed
-in float64, for finite-difference gradient checks); per-map parameters and statistics are float32.
+Data, output and gradients are float32, float16 (computed in float32) or float64 (computed in float64, for
+finite-difference gradient checks); per-map parameters and statistics are float32 (float64 with float64 data).
 
 Like the CUDA kernels, the work is cut into chunks of rows of about `CHUNK_ELEMENTS` elements that are spread over
 the cores (numpy releases the GIL); every stage finishes a chunk while it is in cache, so a pass reads its inputs and
@@ -95,7 +93,7 @@ class Chunks:
             list(executor().map(runGroup, range(len(groups))))
 
     def mapTotals(self, partials):
-        """Per-map float64 totals from per-chunk partial sums collected by `sumRows`."""
+        """Per-map float64 totals from per-chunk partial sums collected by `sums`."""
         if self.byMapRows:
             return partials.reshape(self.outer, self.maps).sum(axis=0)
         return partials.sum(axis=0)
@@ -138,14 +136,8 @@ def mapVector(ary, maps):
     return hostView(ary).reshape(maps)
 
 
-def trainForward(data, out, shape3, scale, bias, mean, var, savemean, saveinvvar, epsilon, factor):
-    """Training forward: batch statistics, normalization, running-statistics update.
-
-    mu = mean(x), sigma2 = mean((x - mu)^2) (biased, divide by m), invstd = 1 / sqrt(sigma2 + epsilon),
-    out = (x - mu) * invstd * scale + bias; savemean = mu, saveinvvar = invstd; when `mean` is not None (then `var`
-    is given too): mean = (1 - factor) * mean + factor * mu, var = (1 - factor) * var + factor * sigma2 * m / (m - 1)
-    (unbiased, as Theano and cuDNN do). The caller guarantees m >= 2 and that `out` is not `data`.
-    """
+def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
+    """Two-pass statistics (corrected where columns are long; see the file's docstring), then one normalization pass."""
     chunks = Chunks(shape3)
     maps, m = shape3[1], shape3[0] * shape3[2]
     x, y = chunks.view(data), chunks.view(out)
@@ -172,24 +164,24 @@ def trainForward(data, out, shape3, scale, bias, mean, var, savemean, saveinvvar
 
     chunks.run(normalize, dtype=ctype)
 
-    mapVector(savemean, maps)[...] = mu
-    mapVector(saveinvvar, maps)[...] = invstd
+    mapVector(saved.mean, maps)[...] = mu
+    mapVector(saved.invstd, maps)[...] = invstd
 
-    if mean is not None:
-        runningMean, runningVar = mapVector(mean, maps), mapVector(var, maps)
+    if running is not None:
+        runningMean, runningVar = mapVector(running.mean, maps), mapVector(running.var, maps)
         runningMean[...] = (1.0 - factor) * runningMean + factor * mu
         runningVar[...] = (1.0 - factor) * runningVar + factor * sigma2 * (m / (m - 1))
 
 
-def evalForward(data, out, shape3, scale, bias, mean, var, epsilon):
-    """Evaluation forward: out = (x - mean) / sqrt(var + epsilon) * scale + bias. `out` may be `data` (in place)."""
+def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
+    """One pass: the per-map affine map gain * x + shift, folded in float64 once per call."""
     chunks = Chunks(shape3)
     maps = shape3[1]
     x, y = chunks.view(data), chunks.view(out)
     ctype = computeType(y.dtype)
 
-    gain = mapVector(scale, maps) / np.sqrt(mapVector(var, maps).astype(np.float64) + epsilon)
-    shift = mapVector(bias, maps) - mapVector(mean, maps) * gain
+    gain = mapVector(scale, maps) / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
+    shift = mapVector(bias, maps) - mapVector(running.mean, maps) * gain
     gains, shifts = chunks.perMap(gain, ctype), chunks.perMap(shift, ctype)
 
     def affine(rows, scratch):
@@ -209,18 +201,14 @@ def gradientSums(chunks, x, g, center, invstd, scalegrad, biasgrad):
     return dbias, dscale
 
 
-def backward(data, grad, ingrad, shape3, scale, savemean, saveinvvar, scalegrad, biasgrad):
-    """Backward after a training forward, with xhat = (x - savemean) * saveinvvar:
-
-    biasgrad = sum(grad), scalegrad = sum(grad * xhat) (both overwritten),
-    ingrad = scale * invstd / m * (m * grad - biasgrad - xhat * scalegrad); `ingrad` may be None to skip it.
-    """
+def backward(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
+    """The two sums in one pass each, then ingrad as ``gain * grad + slope * (x - mu) + offset`` per map."""
     chunks = Chunks(shape3)
     maps, m = shape3[1], shape3[0] * shape3[2]
     x, g = chunks.view(data), chunks.view(grad)
     ctype = computeType(x.dtype)
-    mu = mapVector(savemean, maps).astype(np.float64)
-    invstd = mapVector(saveinvvar, maps).astype(np.float64)
+    mu = mapVector(saved.mean, maps).astype(np.float64)
+    invstd = mapVector(saved.invstd, maps).astype(np.float64)
 
     dbias, dscale = gradientSums(chunks, x, g, mu, invstd, scalegrad, biasgrad)
     if ingrad is None:
@@ -228,7 +216,6 @@ def backward(data, grad, ingrad, shape3, scale, savemean, saveinvvar, scalegrad,
 
     dx = chunks.view(ingrad)
     gain = mapVector(scale, maps) * invstd
-    # NOTE: ingrad = gain * grad + slope * (x - mu) + offset, with the per-map constants folded once here
     centers, gains = chunks.perMap(mu, ctype), chunks.perMap(gain, ctype)
     slopes, offsets = chunks.perMap(-gain * invstd * dscale / m, ctype), chunks.perMap(-gain * dbias / m, ctype)
 
@@ -243,18 +230,15 @@ def backward(data, grad, ingrad, shape3, scale, savemean, saveinvvar, scalegrad,
     chunks.run(inputGradient, dtype=ctype)
 
 
-def frozenBackward(data, grad, ingrad, shape3, scale, mean, var, epsilon, scalegrad, biasgrad):
-    """Backward after an evaluation forward (statistics are constants), invstd = 1 / sqrt(var + epsilon):
-
-    biasgrad = sum(grad), scalegrad = sum(grad * (x - mean) * invstd), ingrad = grad * scale * invstd.
-    """
+def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
+    """The two sums, then ingrad = grad * (scale * invstd) per map (the data is not read for it)."""
     chunks = Chunks(shape3)
     maps = shape3[1]
     x, g = chunks.view(data), chunks.view(grad)
     ctype = computeType(x.dtype)
-    invstd = 1.0 / np.sqrt(mapVector(var, maps).astype(np.float64) + epsilon)
+    invstd = 1.0 / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
 
-    gradientSums(chunks, x, g, mapVector(mean, maps).astype(np.float64), invstd, scalegrad, biasgrad)
+    gradientSums(chunks, x, g, mapVector(running.mean, maps).astype(np.float64), invstd, scalegrad, biasgrad)
     if ingrad is None:
         return
 

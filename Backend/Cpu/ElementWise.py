@@ -1,6 +1,7 @@
-"""ElementWise primitives of the CPU backend, over numpy. Twin of `Backend.Cuda.ElementWise` (kernels in
-``Kernels/ElementWise.cu``): same functions, same arguments, same formulas. Arguments are checked by
-`Backend.ElementWise`; these functions only compute, in the data's own dtype (float32, or float64 for gradient checks).
+"""ElementWise primitives of the CPU backend (`ElementWisePrimitives` of `Backend.Contract`, which states what each
+function computes), over numpy. Twin of `Backend.Cuda.ElementWise` (kernels in ``Kernels/ElementWise.cu``); arguments
+are checked by `Backend.ElementWise`. These functions compute in the data's own dtype (float32, or float64 for
+gradient checks).
 """
 
 import numpy as np
@@ -35,23 +36,18 @@ backwards = {
 
 
 def activation(act, data, out):
-    """out = act(data); `out` may be `data`."""
     forwards[act](hostView(data), hostView(out))
 
 
 def activationBackward(act, grad, outdata, ingrad):
-    """ingrad = grad * act'(x), expressed through the forward's output y = `outdata`; `ingrad` may be `grad`."""
     hostView(ingrad)[...] = backwards[act](hostView(grad), hostView(outdata))
 
 
 def addVectorToRows(data, vector, out):
-    """out[r, c] = data[r, c] + vector[c]; `out` may be `data`."""
     np.add(hostView(data), hostView(vector), out=hostView(out))
 
 
 def softmaxCrossEntropy(scores, labels, grad, rowStats, gradScale):
-    """Per row of (rows, classes) scores with int32 labels: grad = (onehot - softmax) * gradScale, and rowStats[r] =
-    (-log softmax[label], 1 if argmax == label else 0, 1 if the label is out of range else 0)."""
     s, lab = hostView(scores), hostView(labels)
     rows, classes = s.shape
 

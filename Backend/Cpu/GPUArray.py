@@ -1,37 +1,29 @@
-"""GPUArray of the CPU backend: a numpy view onto a block of the memory pool.
+"""Arrays of the CPU backend: numpy views onto blocks of the backend's memory pool (`GPUArrayModule` of the contract).
 
-It has exactly the interface of the CUDA backend's array (SPEC section 2), so module code runs unchanged on both.
+Every array has the interface of `PuzzleLib.Backend.gpuarray.GPUArray` (SPEC section 2), the same as the CUDA
+backend's, so module code runs unchanged on both.
 """
 
 import numpy as np
 
+from PuzzleLib.Backend import gpuarray
 from PuzzleLib.Backend.MemoryPool import MemoryPool, NumpyAllocator
 
 memoryPool = MemoryPool(NumpyAllocator())
 
 
-def normalizeShape(shape):
-    """Accepts ``(2, 3)``, ``[2, 3]``, ``2`` or numpy ints and returns a tuple of Python ints."""
-    if isinstance(shape, (int, np.integer)):
-        shape = (shape,)
-    return tuple(int(dim) for dim in shape)
-
-
-class GPUArray:
-    """C-contiguous array in pool memory.
-
-    Attributes:
-        shape (tuple of int), dtype (numpy.dtype), size (elements), nbytes (bytes), ndim, strides (bytes per step),
-        ptr (int): address of the first element, stable for the array's life.
-
-    Views (`reshape`, `ravel`, first-axis slices) share the memory and keep its block alive.
-    """
+class GPUArray(gpuarray.GPUArray):
+    """C-contiguous array in the CPU backend's pool memory (a numpy view onto a pool block)."""
 
     __array_priority__ = -1
 
     def __init__(self, ndarray, block):
         self._ndarray = ndarray
         self._block = block
+
+    # NOTE: the CPU `Backend`, set by the package `PuzzleLib.Backend.Cpu` once it has bundled this module with its
+    # primitives (a class attribute: the front modules read it on every call)
+    backend = None
 
     @property
     def shape(self):
@@ -61,27 +53,9 @@ class GPUArray:
     def ptr(self):
         return self._ndarray.ctypes.data
 
-    def __len__(self):
-        return self.shape[0]
-
     def get(self):
         """Returns a new host ndarray with the contents."""
         return self._ndarray.copy()
-
-    def set(self, ary):
-        """Copies a host ndarray of the same shape and dtype into this array.
-
-        Raises:
-            ValueError: on a shape or dtype mismatch (nothing is copied, nothing is cast).
-        """
-        ary = np.asarray(ary)
-        if ary.shape != self.shape or ary.dtype != self.dtype:
-            raise ValueError(
-                "GPUArray.set expects an array of shape %s and dtype %s; got shape %s and dtype %s"
-                % (self.shape, self.dtype, ary.shape, ary.dtype)
-            )
-        np.copyto(self._ndarray, ary)
-        return self
 
     def fill(self, value):
         """Sets every element to `value`; returns self."""
@@ -94,65 +68,32 @@ class GPUArray:
         np.copyto(out._ndarray, self._ndarray)
         return out
 
-    def reshape(self, *shape):
-        """Returns a view of another shape (one dimension may be -1).
+    def _view(self, shape, offset):
+        start = offset // self.dtype.itemsize
+        flat = self._ndarray.reshape(-1)[start : start + gpuarray.elementCount(shape)]
+        return GPUArray(flat.reshape(shape), self._block)
 
-        Raises:
-            ValueError: when the sizes differ.
-        """
-        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
-            shape = shape[0]
-        shape = normalizeShape(shape)
-        try:
-            view = self._ndarray.reshape(shape)
-        except ValueError:
-            raise ValueError(
-                "cannot reshape GPUArray of shape %s (size %d) to %s" % (self.shape, self.size, shape)
-            ) from None
-        return GPUArray(view, self._block)
-
-    def ravel(self):
-        """Returns a one-dimensional view."""
-        return GPUArray(self._ndarray.reshape(self.size), self._block)
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)) and self.ndim > 0:
-            index = int(key) + (self.shape[0] if key < 0 else 0)
-            if not 0 <= index < self.shape[0]:
-                raise IndexError("index %d is out of range for axis 0 of size %d" % (key, self.shape[0]))
-            return GPUArray(self._ndarray[index], self._block)
-
-        if isinstance(key, slice) and key.step in (None, 1) and self.ndim > 0:
-            return GPUArray(self._ndarray[key], self._block)
-
-        raise IndexError(
-            "GPUArray supports only contiguous slices of the first axis (a[i:j]) and a[i]; got %r" % (key,)
-        )
-
-    def __str__(self):
-        return str(self._ndarray)
-
-    def __repr__(self):
-        return "GPUArray(%s, dtype=%s)" % (
-            np.array2string(self._ndarray, separator=", ", prefix="GPUArray("),
-            self.dtype,
-        )
+    def _setFromHost(self, ary):
+        np.copyto(self._ndarray, ary)
 
 
 def hostView(ary):
-    """Backend-internal: the numpy view of a CPU GPUArray, for the CPU kernels. Not part of the public interface."""
-    if not isinstance(ary, GPUArray):
-        raise TypeError("expected a PuzzleLib GPUArray; got %s" % type(ary).__name__)
+    """Backend-internal: the numpy view of a CPU GPUArray, for the CPU primitives. Not part of the public interface."""
+    assert isinstance(ary, GPUArray), type(ary)
     return ary._ndarray
 
 
 def empty(shape, dtype=np.float32):
-    """Returns an uninitialized array of `shape` and `dtype` from the memory pool."""
-    shape, dtype = normalizeShape(shape), np.dtype(dtype)
+    """Returns an uninitialized array of `shape` and `dtype` from the memory pool.
+
+    Raises:
+        ValueError: for a negative dimension.
+    """
+    shape, dtype = gpuarray.normalizeShape(shape), np.dtype(dtype)
     if any(dim < 0 for dim in shape):
         raise ValueError("GPUArray dimensions must be non-negative; got shape %s" % (shape,))
 
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = gpuarray.elementCount(shape) * dtype.itemsize
     block = memoryPool.allocate(nbytes)
     return GPUArray(block.raw[:nbytes].view(dtype).reshape(shape), block)
 

@@ -1,12 +1,14 @@
-"""Axis permutation of the CPU backend, over numpy. Twin of `Backend.Cuda.Permute`; `Backend.Permute` checks the
-arguments and allocates the output.
+"""Axis permutation of the CPU backend (`PermutePrimitives` of the contract), over numpy. Twin of
+`Backend.Cuda.Permute`; `Backend.Permute` checks the arguments and allocates the output.
 """
 
 import numpy as np
 
 from PuzzleLib.Backend.Cpu.GPUArray import hostView
 
+# NOTE: numpy moves elements of any size
+itemSizes = None
+
 
 def permute(src, perm, out):
-    """out = numpy.transpose(src, perm), for a valid permutation and an `out` of the permuted shape and src's dtype."""
     np.copyto(hostView(out), np.transpose(hostView(src), perm))

@@ -1,30 +1,42 @@
 """The CUDA device and context the backend runs on.
 
-Importing this module initialises the driver, takes device `PuzzleLib.Config.deviceIdx` and pushes its *primary*
-context (the one the CUDA runtime, cuBLAS and PyTorch share), so memory and kernels of every library in the process
-live in one context. At interpreter exit the memory pool gives its held blocks back, then the context is popped.
-
-Raises (on import):
-    PuzzleLib.Config.ConfigError: when no device answers (via `Config.cudaProblem`).
+Nothing is touched at import. The first call of `context()` (made by the first allocation) initialises the driver, takes
+device `PuzzleLib.Config.deviceIdx` and pushes its *primary* context (the one the CUDA runtime, cuBLAS and PyTorch
+share), so memory and kernels of every library in the process live in one context. At interpreter exit the hooks
+registered with `onExit` run (the memory pool gives its held blocks back, cuBLAS drops its handle), then the context is
+popped.
 """
 
 import atexit
+import threading
 
 import pycuda.driver as cuda
 
 from PuzzleLib import Config
 
-problem = Config.cudaProblem()
-if problem is not None:
-    raise Config.ConfigError("the CUDA backend cannot work: %s" % problem)
-
-cuda.init()
-deviceIdx = Config.deviceIdx
-device = cuda.Device(deviceIdx)
-context = device.retain_primary_context()
-context.push()
-
+lock = threading.Lock()
+device, primary = None, None
 exitHooks = []
+
+
+def context():
+    """The primary context of device `Config.deviceIdx`, retained and pushed on the first call.
+
+    Raises:
+        PuzzleLib.Config.ConfigError: no device answers (the message says what is missing).
+    """
+    global device, primary
+    with lock:
+        if primary is None:
+            problem = Config.cudaProblem()
+            if problem is not None:
+                raise Config.ConfigError("the CUDA backend cannot work: %s" % problem)
+            cuda.init()
+            device = cuda.Device(Config.deviceIdx)
+            primary = device.retain_primary_context()
+            primary.push()
+            atexit.register(shutdown)
+        return primary
 
 
 def onExit(hook):
@@ -34,8 +46,8 @@ def onExit(hook):
 
 
 def shutdown():
-    global context
-    if context is None:
+    global primary
+    if primary is None:
         return
 
     while exitHooks:
@@ -48,19 +60,22 @@ def shutdown():
             pass
 
     try:
-        context.pop()
-        context.detach()
+        primary.pop()
+        primary.detach()
     except cuda.Error:
         pass
-    context = None
+    primary = None
 
 
-atexit.register(shutdown)
+def currentDevice():
+    """The `pycuda.driver.Device` in use (taking it on the first call)."""
+    context()
+    return device
 
 
 def computeCapability():
     """Returns (major, minor) of the device, e.g. (9, 0) for an H100."""
-    return device.compute_capability()
+    return currentDevice().compute_capability()
 
 
 def arch():
@@ -70,16 +85,16 @@ def arch():
 
 
 def multiprocessorCount():
-    return device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
+    return currentDevice().get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
 
 
 def maxThreadsPerMultiprocessor():
-    return device.get_attribute(cuda.device_attribute.MAX_THREADS_PER_MULTIPROCESSOR)
+    return currentDevice().get_attribute(cuda.device_attribute.MAX_THREADS_PER_MULTIPROCESSOR)
 
 
 def deviceName():
-    return device.name()
+    return currentDevice().name()
 
 
 def synchronize():
-    context.synchronize()
+    context().synchronize()

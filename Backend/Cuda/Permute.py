@@ -1,26 +1,16 @@
-"""Axis permutation of the CUDA backend (kernels in ``Kernels/Permute.cu``). Twin of `Backend.Cpu.Permute`;
-`Backend.Permute` checks the arguments and allocates the output.
+"""Axis permutation of the CUDA backend (`PermutePrimitives` of `Backend.Contract`), with the kernels of
+``Kernels/Permute.cu``. Twin of `Backend.Cpu.Permute`; `Backend.Permute` checks the arguments and allocates the output.
 
 One thread per output element gathers from the source, so the output is written coalesced; this path is the fallback
-of `Backend.Dnn` for axes whose kept axes are not adjacent, not a tuned transpose.
+of batch normalization for axes whose kept axes are not adjacent, not a tuned transpose.
 """
 
-import struct
+from PuzzleLib.Backend.Cuda.Launch import KernelSource, grid1d
+from PuzzleLib.Kernels import Permute as declared
 
-import numpy as np
+itemSizes = declared.itemSizes
 
-from PuzzleLib.Backend.Cuda.GPUArray import GPUArray
-from PuzzleLib.Backend.Cuda.SourceModule import Kernels
-
-MAX_DIMS = 8
-BLOCK_SIZE = 256
-MAX_BLOCKS = 65535
-
-kernels = Kernels("Permute.cu", defines={"PERMUTE_MAX_DIMS": MAX_DIMS, "PERMUTE_BLOCK_SIZE": BLOCK_SIZE})
-
-# src, dst, size, then struct PermuteShape by value: ndim, outDims[MAX_DIMS], srcStrides[MAX_DIMS] (all int64)
-argTypes = "PPq" + "q" * (1 + 2 * MAX_DIMS)
-assert struct.calcsize(argTypes) == 8 * (3 + 1 + 2 * MAX_DIMS)
+kernels = KernelSource(declared)
 
 
 def collapse(shape, perm):
@@ -45,26 +35,16 @@ def collapse(shape, perm):
 
 
 def permute(src, perm, out):
-    """out = numpy.transpose(src, perm), for a valid permutation, a non-empty `src` and an `out` of the permuted shape
-    and src's dtype.
-
-    Raises:
-        TypeError: `src` is not a CUDA GPUArray, or its element size is not 2, 4 or 8.
-        ValueError: more than `MAX_DIMS` axes remain after merging.
-    """
-    if not isinstance(src, GPUArray):
-        raise TypeError("expected a CUDA GPUArray; got %s" % type(src).__name__)
-    itemsize = np.dtype(src.dtype).itemsize
-    if itemsize not in (2, 4, 8):
-        raise TypeError("permute supports elements of 2, 4 or 8 bytes; got %s" % src.dtype)
+    """Raises ValueError when more than ``MAX_DIMS`` axes remain after merging (the kernel's fixed shape)."""
+    dims, srcStrides = collapse(src.shape, perm)
+    if len(dims) > declared.MAX_DIMS:
+        raise ValueError(
+            "permute supports at most %d non-trivial axes after merging; got %d" % (declared.MAX_DIMS, len(dims))
+        )
+    pad = [1] * (declared.MAX_DIMS - len(dims))
 
     size = int(src.size)
-    dims, srcStrides = collapse(src.shape, perm)
-    if len(dims) > MAX_DIMS:
-        raise ValueError("permute supports at most %d non-trivial axes after merging; got %d" % (MAX_DIMS, len(dims)))
-    pad = [1] * (MAX_DIMS - len(dims))
-
-    grid = (max(1, min(-(-size // BLOCK_SIZE), MAX_BLOCKS)), 1, 1)
-    func = kernels.get("permute_b%d" % itemsize, argTypes)
-    func.prepared_call(grid, (BLOCK_SIZE, 1, 1), src.ptr, out.ptr, size, len(dims), *(dims + pad), *(srcStrides + pad))
-    return out
+    grid, block = grid1d(size, declared.BLOCK_SIZE)
+    shape = {"ndim": len(dims), "outDims": dims + pad, "srcStrides": srcStrides + pad}
+    kernels.launch(declared.permute, grid, block, {"itemsize": src.dtype.itemsize}, src=src, dst=out, size=size,
+                   shape=shape)

@@ -1,22 +1,22 @@
-"""Run-time compilation of the project's CUDA sources (`Kernels/*.cu`) with pycuda.
+"""Run-time compilation of the project's CUDA sources (`PuzzleLib.Kernels`) with pycuda.
 
 A source is compiled once per process and context (memoized on file, options and context) and once per machine
-thanks to pycuda's disk cache (keyed on the source text, options and architecture). `NVCC_OPTIONS` are also the
-options `TestLib/test_kernels_compile.py` compiles with, so a file that passes that test compiles here too.
+thanks to pycuda's disk cache (keyed on the source text, options and architecture), with `Kernels.NVCC_OPTIONS` (the
+options the compile test uses too, so a source that passes that test compiles here) and its declaration's defines.
 
 Debugging: with ``PUZZLELIB_CUDA_DEBUG=1`` sources compile with ``-G -lineinfo`` (device debug info, no
 optimization), and a compile error prints the numbered source before the error propagates.
-
-pycuda is imported lazily, so this module can be imported (for its constants) where no device exists.
 """
 
 import os
 import sys
 import threading
 
-KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "Kernels")
+from pycuda.compiler import SourceModule
 
-NVCC_OPTIONS = ("-O3", "-Xptxas", "-warn-spills")
+from PuzzleLib.Backend.Cuda import Driver
+from PuzzleLib.Kernels import KERNELS_DIR, NVCC_OPTIONS, sourcePath
+
 DEBUG_OPTIONS = ("-G", "-lineinfo")
 
 modules = {}
@@ -25,10 +25,6 @@ lock = threading.Lock()
 
 def debugEnabled():
     return os.environ.get("PUZZLELIB_CUDA_DEBUG", "0").strip().lower() not in ("", "0", "false", "no")
-
-
-def kernelPath(fileName):
-    return os.path.join(KERNELS_DIR, fileName)
 
 
 def numberedSource(source):
@@ -49,25 +45,21 @@ def getModule(fileName, defines=None):
     """Returns the compiled pycuda module of ``Kernels/<fileName>`` for the current context.
 
     Args:
-        fileName (str): a file in `KERNELS_DIR`, e.g. ``"BatchNorm.cu"``.
+        fileName (str): a source of `PuzzleLib.Kernels`, e.g. ``"BatchNorm.cu"``.
         defines (dict or None): preprocessor macros (``{"BLOCK_SIZE": 256}``) that specialise the build.
 
     Raises:
         pycuda.driver.CompileError: when nvcc rejects the source (the numbered source is printed first in debug mode).
     """
-    from pycuda.compiler import SourceModule
-
-    from PuzzleLib.Backend.Cuda import Driver
-
     options = nvccOptions(defines)
-    key = (fileName, tuple(options), id(Driver.context))
+    key = (fileName, tuple(options), id(Driver.context()))
 
     with lock:
         module = modules.get(key)
         if module is not None:
             return module
 
-        with open(kernelPath(fileName)) as f:
+        with open(sourcePath(fileName)) as f:
             source = f.read()
 
         try:
@@ -81,23 +73,3 @@ def getModule(fileName, defines=None):
 
         modules[key] = module
         return module
-
-
-class Kernels:
-    """Function handles of one compiled source, prepared once and cached by name.
-
-    `get(name, argTypes)` returns a pycuda function prepared with the `struct` format `argTypes` (``"P"`` pointer,
-    ``"i"`` int32, ``"q"`` int64, ``"f"`` float32), ready for ``func.prepared_call(grid, block, *args)``.
-    """
-
-    def __init__(self, fileName, defines=None):
-        self.fileName, self.defines = fileName, dict(defines or {})
-        self.functions = {}
-
-    def get(self, name, argTypes):
-        func = self.functions.get(name)
-        if func is None:
-            func = getModule(self.fileName, self.defines).get_function(name)
-            func.prepare(argTypes)
-            self.functions[name] = func
-        return func

@@ -1,5 +1,15 @@
-"""CUDA backend: the Backend interface over pycuda, mirroring the CPU backend name for name.
+"""The CUDA backend: arrays in device memory (pycuda) and the primitives of `PuzzleLib.Backend.Contract` as kernels
+(``Kernels/*.cu``), cuBLAS where it loads.
 
-Importing this package alone touches no device; the device and its primary context are taken on the first import of
-`Driver` (which every other module of the package imports).
+`backend` is what every CUDA array's ``backend`` attribute returns. Importing the package imports pycuda but touches no
+device: the driver, the device and its primary context are taken at the first allocation (`Driver.context`), kernels
+compile at their first launch and cuBLAS loads at the first Blas call.
 """
+
+from PuzzleLib.Backend.Contract import Backend
+from PuzzleLib.Backend.Cuda import BatchNormKernels, Blas, ElementWise, GPUArray, Permute
+
+backend = Backend(
+    name="cuda", gpuarray=GPUArray, batchNorm=BatchNormKernels, blas=Blas, elementWise=ElementWise, permute=Permute
+)
+GPUArray.GPUArray.backend = backend

@@ -1,5 +1,5 @@
-"""SPEC section 4 on the backend in use: numbers against the float64 reference, the factor rule, evaluation and
-in-place evaluation, backward in both modes, accumulation, empty modules, persistence and every error path."""
+"""SPEC section 4 on every backend: numbers against the float64 reference, the factor rule, evaluation and in-place
+evaluation, backward in both modes, accumulation, empty modules, persistence and every error path."""
 
 import gc
 
@@ -9,7 +9,7 @@ import pytest
 
 from PuzzleLib.Backend import Dnn, gpuarray
 from PuzzleLib.Modules import BatchNorm, BatchNorm1D, BatchNorm2D, BatchNorm3D, BatchNormND, ModuleError
-from PuzzleLib.TestLib import Reference
+from PuzzleLib.TestLib import Backends, Reference
 from PuzzleLib.TestLib.GradientCheck import numericGradient, relativeError
 
 EPS = 1e-5
@@ -299,11 +299,11 @@ def test_update_params_adds_the_scaled_gradient():
     np.testing.assert_allclose(bn.bias.get().ravel(), bias0.ravel() + 0.1 * dbias.ravel(), atol=1e-5)
 
 
-@pytest.mark.skipif(np.dtype(np.float64) not in Dnn.dataTypes, reason="float64 data needs the CPU backend")
 @pytest.mark.parametrize(
     "kind, shape", [("perActivation", (5, 3)), ("spatial2D", (3, 2, 3, 2)), ("spatial1D", (2, 2, 4))]
 )
-def test_finite_difference_gradients_in_float64(kind, shape):
+def test_finite_difference_gradients_in_float64(kind, shape, backend):
+    Backends.skipUnless(backend.name, np.float64, Dnn.dataTypes(backend))
     bn = makeModule(kind, shape[1])
     bn.calcMode(np.float64)
     host = np.random.normal(0.5, 1.5, size=shape)
@@ -540,6 +540,30 @@ def test_training_loop_stops_making_raw_allocations_after_warm_up():
     gc.collect()
     stats = gpuarray.memoryPool.stats()
     assert stats["misses"] == misses and stats["hits"] > 0
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["evaluation", "training"])
+def test_repeated_forwards_reuse_the_previous_output_block_unless_it_is_held(train):
+    bn = BatchNorm2D(4)
+    if not train:
+        bn.evalMode()
+    host = np.random.randn(8, 4, 6, 6).astype(np.float32)
+    data = gpuarray.to_gpu(host)
+    bn(data)
+    first = bn.data.ptr
+
+    gc.collect()
+    misses = gpuarray.memoryPool.stats()["misses"]
+    for _ in range(3):
+        bn(data)
+        assert bn.data.ptr == first
+    assert gpuarray.memoryPool.stats()["misses"] == misses
+
+    held = bn.data
+    expected = held.get()
+    bn(gpuarray.to_gpu(2 * host))
+    assert bn.data.ptr != held.ptr
+    np.testing.assert_array_equal(held.get(), expected)
 
 
 @pytest.mark.filterwarnings("error")

@@ -95,3 +95,27 @@ def test_printing_is_numpy_like():
     ary = gpuarray.to_gpu(host)
     assert str(ary) == str(host)
     assert repr(ary).startswith("GPUArray(") and "float32" in repr(ary)
+
+
+def test_every_array_carries_the_backend_it_was_created_on(backend):
+    arrays = [gpuarray.empty(3), gpuarray.zeros((2, 2)), gpuarray.to_gpu(np.ones(4))]
+    arrays += [arrays[1].reshape(4), arrays[1][1], arrays[2].copy()]
+    assert all(ary.backend is backend for ary in arrays)
+    assert gpuarray.memoryPool.stats() == backend.gpuarray.memoryPool.stats()
+
+
+def test_zero_dimensional_arrays_and_views_of_one_element():
+    scalar = gpuarray.to_gpu(np.float32(2.5))
+    assert scalar.shape == () and scalar.get() == np.float32(2.5)
+    with pytest.raises(TypeError, match="0-dimensional"):
+        len(scalar)
+    with pytest.raises(IndexError, match="0-dimensional"):
+        scalar[0]
+
+    vector = gpuarray.to_gpu(np.arange(4, dtype=np.float32))
+    assert vector[2].shape == () and vector[2].get() == 2.0 and vector[2].ptr == vector.ptr + 8
+    assert vector.reshape(-1, 2).shape == (2, 2) and len(vector) == 4
+    with pytest.raises(ValueError, match="one unknown dimension"):
+        vector.reshape(-1, -1)
+    with pytest.raises(TypeError, match="item assignment"):
+        vector[0] = 1.0

@@ -18,13 +18,16 @@ import subprocess
 
 import pytest
 
-from PuzzleLib.Backend.Cuda.SourceModule import KERNELS_DIR, NVCC_OPTIONS
+from PuzzleLib.Kernels import KERNELS_DIR, NVCC_OPTIONS
 
 ARCHS = ("sm_70", "sm_75", "sm_80", "sm_90")
 SOURCES = sorted(os.path.basename(path) for path in glob.glob(os.path.join(KERNELS_DIR, "*.cu")))
 
 nvcc = shutil.which("nvcc")
-pytestmark = pytest.mark.skipif(nvcc is None, reason="nvcc is not installed on this machine")
+pytestmark = [
+    pytest.mark.backendIndependent,
+    pytest.mark.skipif(nvcc is None, reason="nvcc is not installed on this machine"),
+]
 
 
 @functools.lru_cache(maxsize=None)

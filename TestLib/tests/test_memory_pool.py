@@ -1,4 +1,5 @@
-"""The memory pool's size classes, reuse, statistics and out-of-memory path (a pool on a limited numpy allocator)."""
+"""The memory pool's size classes, reuse, statistics and out-of-memory path (the class itself, on a limited numpy
+allocator, once), and each backend's pool behind its arrays (on every backend)."""
 
 import gc
 
@@ -8,7 +9,10 @@ import pytest
 from PuzzleLib.Backend import gpuarray
 from PuzzleLib.Backend.MemoryPool import MemoryPool, NumpyAllocator, sizeClass
 
+poolClass = pytest.mark.backendIndependent
 
+
+@poolClass
 @pytest.mark.parametrize(
     "nbytes", [0, 1, 511, 512, 513, 4000, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3_000_001, 1 << 30]
 )
@@ -21,11 +25,13 @@ def test_size_class_bounds(nbytes):
         assert (size - nbytes) / nbytes <= 0.25
 
 
+@poolClass
 def test_size_classes_are_monotonic():
     sizes = [sizeClass(n) for n in range(0, 5 << 20, 4099)]
     assert sizes == sorted(sizes)
 
 
+@poolClass
 def test_freed_block_is_reused_for_its_class():
     pool = MemoryPool(NumpyAllocator())
     block = pool.allocate(1000)
@@ -43,6 +49,7 @@ def test_freed_block_is_reused_for_its_class():
     assert stats["heldBytes"] == 0 and stats["peakActiveBytes"] == 1024
 
 
+@poolClass
 def test_other_class_is_a_miss_and_peak_tracks_the_maximum():
     pool = MemoryPool(NumpyAllocator())
     a, b = pool.allocate(100), pool.allocate(5000)
@@ -58,6 +65,7 @@ def test_other_class_is_a_miss_and_peak_tracks_the_maximum():
     del c
 
 
+@poolClass
 def test_free_held_returns_memory_to_the_allocator():
     allocator = NumpyAllocator()
     pool = MemoryPool(allocator)
@@ -73,6 +81,7 @@ def test_free_held_returns_memory_to_the_allocator():
     del keep
 
 
+@poolClass
 def test_out_of_memory_frees_held_blocks_and_retries_once():
     allocator = NumpyAllocator(limitBytes=8192)
     pool = MemoryPool(allocator)
@@ -87,6 +96,7 @@ def test_out_of_memory_frees_held_blocks_and_retries_once():
     assert stats["misses"] == 2
 
 
+@poolClass
 def test_out_of_memory_error_names_the_request_and_changes_nothing():
     pool = MemoryPool(NumpyAllocator(limitBytes=8192))
     keep = pool.allocate(6144)
@@ -100,6 +110,7 @@ def test_out_of_memory_error_names_the_request_and_changes_nothing():
     del keep
 
 
+@poolClass
 @pytest.mark.parametrize("bad", [-1, 1.5, "8", None, True])
 def test_bad_request_is_a_value_error(bad):
     pool = MemoryPool(NumpyAllocator())
@@ -134,6 +145,7 @@ def test_arrays_come_from_the_pool():
     del arrays
 
 
+@poolClass
 def test_poisoned_pool_serves_nan_filled_blocks_new_and_reused():
     pool = MemoryPool(NumpyAllocator(), poison=True)
     block = pool.allocate(4096)

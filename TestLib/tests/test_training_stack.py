@@ -1,5 +1,5 @@
 """The training stack (Linear, Activation, Sequential, CrossEntropy, SGD, MomentumSGD, Backend.ElementWise) against
-float64 numpy references and float64 finite differences, on the backend in use.
+float64 numpy references and float64 finite differences, on every backend.
 
 Float64 gradient checks run where the backend computes in float64 (the CPU backend) and skip with the reason elsewhere.
 """
@@ -13,12 +13,13 @@ from PuzzleLib.Containers import Sequential
 from PuzzleLib.Cost import CrossEntropy
 from PuzzleLib.Modules import Activation, BatchNorm, Linear, ModuleError
 from PuzzleLib.Optimizers import SGD, MomentumSGD
+from PuzzleLib.TestLib import Backends
 from PuzzleLib.TestLib.GradientCheck import numericGradient, relativeError
 
-float64 = pytest.mark.skipif(
-    np.dtype(np.float64) not in ElementWise.dataTypes,
-    reason="float64 gradient checks need a backend that computes in float64 (the CPU backend)",
-)
+
+def requireFloat64(backend):
+    """Float64 gradient checks need a backend that computes in float64 (the CPU backend)."""
+    Backends.skipUnless(backend.name, np.float64, ElementWise.dataTypes(backend))
 
 
 def refSigmoid(x):
@@ -33,12 +34,14 @@ def refSoftmax(s):
 # --- Backend.ElementWise against numpy
 
 
+@pytest.mark.parametrize("inplace", [False, True], ids=["new_output", "inplace"])
+@pytest.mark.parametrize("shape", [(7, 33), (300, 257)], ids=["small", "many_blocks"])
 @pytest.mark.parametrize("act", ["sigmoid", "relu", "tanh"])
-def test_activation_forward_backward(act):
+def test_activation_forward_backward(act, shape, inplace):
     rng = np.random.default_rng(1)
-    x = (rng.standard_normal((7, 33)) * 5).astype(np.float32)
+    x = (rng.standard_normal(shape) * 5).astype(np.float32)
     x[0, :3] = (-100.0, 100.0, 0.0)
-    g = rng.standard_normal((7, 33)).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
     xd, gd = x.astype(np.float64), g.astype(np.float64)
 
     ref = {"sigmoid": refSigmoid(xd), "relu": np.maximum(xd, 0.0), "tanh": np.tanh(xd)}[act]
@@ -49,10 +52,11 @@ def test_activation_forward_backward(act):
         "tanh": gd / np.cosh(np.clip(xd, -50, 50)) ** 2,
     }[act]
 
-    y = ElementWise.activation(gpuarray.to_gpu(x), act)
-    assert np.allclose(y.get(), ref, atol=1e-6, rtol=1e-5)
-    ingrad = ElementWise.activationBackward(gpuarray.to_gpu(g), y, act)
-    assert np.allclose(ingrad.get(), refGrad, atol=1e-6, rtol=1e-4)
+    data, grad = gpuarray.to_gpu(x), gpuarray.to_gpu(g)
+    y = ElementWise.activation(data, act, out=data if inplace else None)
+    assert np.allclose(y.get(), ref, atol=1e-6, rtol=1e-5) and (y.ptr == data.ptr) == inplace
+    ingrad = ElementWise.activationBackward(grad, y, act, out=grad if inplace else None)
+    assert np.allclose(ingrad.get(), refGrad, atol=1e-6, rtol=1e-4) and (ingrad.ptr == grad.ptr) == inplace
 
 
 def test_activation_rejects_bad_input():
@@ -67,22 +71,27 @@ def test_activation_rejects_bad_input():
         Activation("softplus")
 
 
-def test_add_vector_to_rows():
+@pytest.mark.parametrize("shape", [(5, 9), (129, 333)], ids=["small", "many_blocks"])
+def test_add_vector_to_rows(shape):
     rng = np.random.default_rng(2)
-    x, v = rng.standard_normal((5, 9)).astype(np.float32), rng.standard_normal(9).astype(np.float32)
+    x, v = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape[1]).astype(np.float32)
+    np.testing.assert_allclose(
+        ElementWise.addVectorToRows(gpuarray.to_gpu(x), gpuarray.to_gpu(v)).get(), x.astype(np.float64) + v, atol=1e-6
+    )
     data = gpuarray.to_gpu(x)
     out = ElementWise.addVectorToRows(data, gpuarray.to_gpu(v), out=data)
     assert out.ptr == data.ptr
     assert np.allclose(out.get(), x.astype(np.float64) + v, atol=1e-6)
-    with pytest.raises(ValueError, match=r"\(9,\)"):
-        ElementWise.addVectorToRows(data, gpuarray.to_gpu(v[:8]))
+    with pytest.raises(ValueError, match=r"\(%d,\)" % shape[1]):
+        ElementWise.addVectorToRows(data, gpuarray.to_gpu(v[:-1]))
 
 
-def test_softmax_cross_entropy_large_scores_and_ties():
-    rng = np.random.default_rng(3)
-    s = (rng.standard_normal((50, 40)) * 30 + 1000).astype(np.float32)
+@pytest.mark.parametrize("classes", [3, 10, 40, 1000])
+def test_softmax_cross_entropy_large_scores_and_ties(classes):
+    rng = np.random.default_rng(classes)
+    s = (rng.standard_normal((50, classes)) * 30 + 1000).astype(np.float32)
     s[0, :] = 5.0  # a full tie: the first class is the prediction
-    labels = rng.integers(0, 40, size=50).astype(np.int32)
+    labels = rng.integers(0, classes, size=50).astype(np.int32)
     labels[0] = 0
 
     grad, lossSum, correct = ElementWise.softmaxCrossEntropy(gpuarray.to_gpu(s), gpuarray.to_gpu(labels))
@@ -90,7 +99,7 @@ def test_softmax_cross_entropy_large_scores_and_ties():
     p = refSoftmax(sd)
     rows = np.arange(50)
     assert abs(lossSum - np.sum(-np.log(p[rows, labels]))) < 1e-3 * max(1.0, abs(lossSum))
-    assert np.allclose(grad.get(), (np.eye(40)[labels] - p) / 50, atol=1e-6)
+    assert np.allclose(grad.get(), (np.eye(classes)[labels] - p) / 50, atol=1e-6)
     assert correct == int(np.sum(np.argmax(sd, axis=1) == labels))
     assert correct >= 1
 
@@ -166,8 +175,8 @@ def test_linear_without_bias_and_errors():
         Linear(4, 3, empty=True)(gpuarray.to_gpu(x))
 
 
-@float64
-def test_linear_gradient_check():
+def test_linear_gradient_check(backend):
+    requireFloat64(backend)
     rng = np.random.default_rng(7)
     np.random.seed(7)
     fc = Linear(6, 4, initscheme="gaussian", wscale=0.5)
@@ -192,9 +201,9 @@ def test_linear_gradient_check():
         assert relativeError(analytic, numeric) < 1e-8, name
 
 
-@float64
 @pytest.mark.parametrize("act", ["sigmoid", "relu", "tanh"])
-def test_activation_gradient_check(act):
+def test_activation_gradient_check(act, backend):
+    requireFloat64(backend)
     rng = np.random.default_rng(8)
     x, g = rng.standard_normal((4, 5)) * 2, rng.standard_normal((4, 5))
     x[np.abs(x) < 1e-3] = 0.5  # keep relu's kink away from the finite-difference step
@@ -218,10 +227,10 @@ def buildNet(name="net", hidden=5):
     return net
 
 
-@float64
-def test_sequential_with_batchnorm_gradient_check():
+def test_sequential_with_batchnorm_gradient_check(backend):
     """The loss of Linear -> BatchNorm -> sigmoid -> Linear -> CrossEntropy, differentiated by finite differences
     with respect to the input and to the first layer's weights (whose gradient flows back through BatchNorm)."""
+    requireFloat64(backend)
     rng = np.random.default_rng(9)
     np.random.seed(9)
     net = buildNet()
@@ -276,7 +285,7 @@ def test_sequential_modes_propagate_and_calcmode_is_atomic():
     assert all(module.train for module in net)
 
     # NOTE: float16 is a BatchNorm calc type but not Linear's, so the chain refuses and BatchNorm is changed back
-    unsupported = [t for t in (np.float16, np.int32) if np.dtype(t) not in ElementWise.dataTypes][0]
+    unsupported = [t for t in (np.float16, np.int32) if np.dtype(t) not in ElementWise.dataTypes(net.backend)][0]
     with pytest.raises(ModuleError):
         net.calcMode(unsupported)
     assert all(module.calctype == np.float32 for module in net)
@@ -312,9 +321,8 @@ def test_sequential_save_load_roundtrip_and_failed_load(tmp_path):
         assert np.array_equal(var.data.get(), before[key]), key
 
 
-def test_sequential_loads_into_float64_net(tmp_path):
-    if np.dtype(np.float64) not in ElementWise.dataTypes:
-        pytest.skip("float64 data needs the CPU backend")
+def test_sequential_loads_into_float64_net(tmp_path, backend):
+    requireFloat64(backend)
     np.random.seed(14)
     net = buildNet()
     net.save(tmp_path / "net.hdf")
@@ -357,9 +365,8 @@ def test_sgd_and_momentum_against_numpy():
         assert all(not var.grad.get().any() for var in net.namedVars().values())
 
 
-def test_optimizer_notices_replaced_parameters():
-    if np.dtype(np.float64) not in ElementWise.dataTypes:
-        pytest.skip("float64 data needs the CPU backend")
+def test_optimizer_notices_replaced_parameters(backend):
+    requireFloat64(backend)
     net = buildNet()
     optimizer = MomentumSGD(0.1)
     optimizer.setupOn(net)

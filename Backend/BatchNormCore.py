@@ -1,0 +1,117 @@
+"""The four batch-normalization passes over any layout, shared by the cuDNN-like entry points (`Backend.Dnn`) and the
+Theano-like ones (`Backend.TheanoBatchNorm`).
+
+The entry points check their arguments (with `BatchNormLayout.checkPerMap` and the helpers below) and call these
+functions, which allocate the outputs from the data's pool, permute the data when the layout has no
+``(outer, maps, inner)`` view (`BatchNormLayout.perm`; two extra passes), and call the primitives of the data's backend
+(`Contract.BatchNormPrimitives`). Per-map statistics are `Contract.RunningStatistics` and `Contract.BatchStatistics`.
+"""
+
+import numpy as np
+
+from PuzzleLib.Backend import Permute
+from PuzzleLib.Backend.BatchNormLayout import BatchNormLayout
+from PuzzleLib.Backend.Checks import checkArray
+from PuzzleLib.Backend.Contract import BatchStatistics
+
+float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def checkData(name, data, backend, axes):
+    """The layout of `data` (a GPUArray of `backend`, of one of its batch-norm data types) for the normalized `axes`."""
+    checkArray(name, data, dtypes=backend.batchNorm.dataTypes)
+    return BatchNormLayout(data.shape, axes)
+
+
+def perMapTypes(dtype):
+    """Dtypes allowed for per-map arrays with data of `dtype`: float32; float64 too for float64 data (CPU backend)."""
+    return (float32, float64) if dtype == float64 else (float32,)
+
+
+def statType(dtype):
+    """Dtype of the statistics and parameter gradients the Theano-like functions return for data of `dtype`."""
+    return float64 if dtype == float64 else float32
+
+
+def workInput(layout, ary):
+    """The array the primitives read: `ary` itself, or its permuted copy (a new pool array)."""
+    return ary if layout.perm is None else Permute.permute(ary, layout.perm)
+
+
+def workOutput(layout, out):
+    """Where the primitives write: `out` itself, or a pool buffer of the permuted shape."""
+    return out if layout.perm is None else out.backend.gpuarray.empty(layout.permutedShape, out.dtype)
+
+
+def finishOutput(layout, work, out):
+    """Brings a result written into `workOutput` back into `out`; returns out."""
+    if layout.perm is not None and work is not None:
+        Permute.permute(work, layout.inverse, out=out)
+    return out
+
+
+def trainForward(data, layout, *, scale, bias, running, epsilon, factor, out, statShape, statType):
+    """Normalizes with the batch statistics; updates `running` (a `RunningStatistics`, or None) in place.
+
+    Returns ``(out, saved)``: the output (written into `out`, or a new pool array when None) and the
+    `BatchStatistics` of the batch, new arrays of `statShape` and `statType`.
+    """
+    arrays = data.backend.gpuarray
+    out = arrays.empty(data.shape, data.dtype) if out is None else out
+    saved = BatchStatistics(arrays.empty(statShape, statType), arrays.empty(statShape, statType))
+    if data.size == 0:
+        # NOTE: with m >= 2 elements per map only data without maps is empty: nothing to compute or update
+        return out, saved
+
+    work = workOutput(layout, out)
+    data.backend.batchNorm.trainForward(
+        workInput(layout, data), work, layout.shape3, scale=scale, bias=bias, running=running, saved=saved,
+        epsilon=epsilon, factor=factor,
+    )
+    return finishOutput(layout, work, out), saved
+
+
+def evalForward(data, layout, *, scale, bias, running, epsilon, out):
+    """Normalizes with the given statistics (a `RunningStatistics`); `out` may be `data` (in place) or None (a new pool
+    array). Returns the output."""
+    out = data.backend.gpuarray.empty(data.shape, data.dtype) if out is None else out
+    if data.size == 0:
+        return out
+
+    work = workOutput(layout, out)
+    data.backend.batchNorm.evalForward(
+        workInput(layout, data), work, layout.shape3, scale=scale, bias=bias, running=running, epsilon=epsilon
+    )
+    return finishOutput(layout, work, out)
+
+
+def backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, **statistics):
+    """Allocates ``(ingrad, scalegrad, biasgrad)`` (ingrad like `data`, None unless `updGrad`; the parameter gradients
+    of scale's shape and `gradType`), runs `primitive` with `statistics` over the layout and returns them."""
+    arrays = data.backend.gpuarray
+    ingrad = arrays.empty(data.shape, data.dtype) if updGrad else None
+    scalegrad, biasgrad = arrays.empty(scale.shape, gradType), arrays.empty(scale.shape, gradType)
+
+    # NOTE: sums over no elements are zero; handled here once, so the primitives never see empty data
+    if data.size == 0:
+        return ingrad, scalegrad.fill(0), biasgrad.fill(0)
+
+    work = workOutput(layout, ingrad) if updGrad else None
+    primitive(
+        workInput(layout, data), workInput(layout, grad), work, layout.shape3, scale=scale, scalegrad=scalegrad,
+        biasgrad=biasgrad, **statistics,
+    )
+    return finishOutput(layout, work, ingrad), scalegrad, biasgrad
+
+
+def trainBackward(data, grad, layout, *, scale, saved, updGrad, gradType):
+    """Backward after a training forward, from its `BatchStatistics`. Returns ``(ingrad, scalegrad, biasgrad)``: ingrad
+    like `data` (None unless `updGrad`), the parameter gradients of scale's shape and `gradType`."""
+    primitive = data.backend.batchNorm.backward
+    return backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, saved=saved)
+
+
+def frozenBackward(data, grad, layout, *, scale, running, epsilon, updGrad, gradType):
+    """Backward after an evaluation forward with the statistics `running` (constants). Returns as `trainBackward`."""
+    primitive = data.backend.batchNorm.frozenBackward
+    return backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, running=running, epsilon=epsilon)

@@ -1,0 +1,166 @@
+"""The contract between the backend-independent front modules and the two backends, written once.
+
+A backend (`Backend`) bundles five modules: its arrays (``gpuarray``) and four families of primitives. The CPU backend
+(`PuzzleLib.Backend.Cpu`, numpy) and the CUDA backend (`PuzzleLib.Backend.Cuda`, pycuda and ``Kernels/*.cu``) each
+implement every function of the protocols below with the same parameters; ``TestLib/tests/test_contract.py`` checks
+both against this file (by reading their sources, so it runs where pycuda is not installed).
+
+Division of labour: the front modules (`Backend.Dnn`, `Backend.TheanoBatchNorm`, `Backend.Blas`,
+`Backend.ElementWise`, `Backend.Permute`) check every argument, pick the backend of the arrays they are given,
+allocate the outputs from that backend's pool and handle empty data; a primitive receives arrays that already fit
+(it only asserts what it relies on) and computes.
+
+Batch-normalization primitives see the data as ``shape3 = (outer, maps, inner)``, normalized per map over ``outer``
+and ``inner`` (``m = outer * inner`` elements per map): per-activation ``(N, C)`` is ``(N, C, 1)``, spatial
+``(N, C, d1, ..., dk)`` is ``(N, C, d1 * ... * dk)``, channels-last ``(N, d1, ..., C)`` is ``(N * d1 * ..., C, 1)``.
+Per-map arrays (parameters, statistics, parameter gradients) hold ``maps`` elements in any shape, float32 (float64 too
+with float64 data on the CPU backend). Formulas: Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1 and section 3;
+the running variance is unbiased (m / (m - 1)), as in Theano and cuDNN.
+"""
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import NamedTuple, Protocol
+
+
+class RunningStatistics(NamedTuple):
+    """The running averages a model keeps per map: training updates them in place, evaluation normalizes with them.
+
+    Attributes:
+        mean (GPUArray): running mean; var (GPUArray): running unbiased variance.
+    """
+
+    mean: object
+    var: object
+
+
+class BatchStatistics(NamedTuple):
+    """What a training forward saves for its backward, per map: the batch mean and 1 / sqrt(sigma2 + epsilon).
+
+    Attributes:
+        mean (GPUArray): the batch mean mu; invstd (GPUArray): the inverse standard deviation (biased sigma2).
+    """
+
+    mean: object
+    invstd: object
+
+
+class GPUArrayModule(Protocol):
+    """A backend's arrays (SPEC section 2): ``GPUArray`` (a subclass of `PuzzleLib.Backend.gpuarray.GPUArray`) and
+    ``memoryPool`` (a `MemoryPool` over the backend's raw allocator), plus the three constructors."""
+
+    GPUArray: type
+    memoryPool: object
+
+    def empty(self, shape, dtype):
+        """An uninitialized C-contiguous array of `shape` and `dtype` from the backend's pool."""
+
+    def zeros(self, shape, dtype):
+        """An array of zeros of `shape` and `dtype` from the backend's pool."""
+
+    def to_gpu(self, ary):
+        """A new C-contiguous array holding a copy of the host array `ary` (any layout), same shape and dtype."""
+
+
+class BatchNormPrimitives(Protocol):
+    """Batch normalization over ``shape3``; ``dataTypes`` lists the data dtypes the backend computes in."""
+
+    dataTypes: tuple
+
+    def trainForward(self, data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
+        """Training forward with the batch statistics (m >= 2, `out` is not `data`).
+
+        ``mu = mean(x)``, ``sigma2 = mean((x - mu)**2)`` (biased), ``invstd = 1 / sqrt(sigma2 + epsilon)``,
+        ``out = (x - mu) * invstd * scale + bias``; writes ``saved.mean = mu`` and ``saved.invstd = invstd``; when
+        `running` (a `RunningStatistics`) is not None, updates it in place:
+        ``mean = (1 - factor) * mean + factor * mu``, ``var = (1 - factor) * var + factor * sigma2 * m / (m - 1)``.
+        Statistics accumulate in at least float32 with a stable method (two-pass or Welford/Chan).
+        """
+
+    def evalForward(self, data, out, shape3, *, scale, bias, running, epsilon):
+        """Evaluation forward: ``out = (x - running.mean) / sqrt(running.var + epsilon) * scale + bias``; `out` may be
+        `data` (in place: then no pool block is taken). Nothing else is written."""
+
+    def backward(self, data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
+        """Backward after a training forward, with ``xhat = (x - saved.mean) * saved.invstd`` (non-empty data).
+
+        Overwrites ``biasgrad = sum(grad)`` and ``scalegrad = sum(grad * xhat)``; when `ingrad` is not None,
+        ``ingrad = scale * invstd / m * (m * grad - biasgrad - xhat * scalegrad)``.
+        """
+
+    def frozenBackward(self, data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
+        """Backward after an evaluation forward, the statistics constants (non-empty data); with
+        ``invstd = 1 / sqrt(running.var + epsilon)``: ``biasgrad = sum(grad)``,
+        ``scalegrad = sum(grad * (x - running.mean) * invstd)``; when `ingrad` is not None,
+        ``ingrad = grad * scale * invstd`` (the data is not read for it)."""
+
+
+class BlasPrimitives(Protocol):
+    """Vector and matrix operations on arrays of one dtype from ``dataTypes``; outputs are given and fit."""
+
+    dataTypes: tuple
+
+    def addVectorToVector(self, x, y, out, alpha, beta):
+        """``out = alpha * x + beta * y`` elementwise (non-empty); `out` may be `x` or `y`."""
+
+    def toVectorAddVector(self, y, x, alpha):
+        """``y += alpha * x`` elementwise (non-empty)."""
+
+    def gemm(self, A, B, out, transpA, transpB, alpha, beta):
+        """``out = alpha * op(A) @ op(B) + beta * out`` for 2D row-major arrays, op(X) = X.T when its flag is set;
+        every dimension is positive. With ``beta == 0`` the previous contents of `out` are not read."""
+
+    def sumOnMatrix(self, A, out, cols, alpha, beta):
+        """``out = alpha * A.sum(axis=0 if cols else 1) + beta * out`` for a 2D `A`; `out` is non-empty. With
+        ``beta == 0`` the previous contents of `out` are not read."""
+
+
+class ElementWisePrimitives(Protocol):
+    """The training stack's elementwise math, in the data's own dtype from ``dataTypes``; `out` may alias an input."""
+
+    dataTypes: tuple
+
+    def activation(self, act, data, out):
+        """``out = act(data)`` for act in sigmoid, relu, tanh."""
+
+    def activationBackward(self, act, grad, outdata, ingrad):
+        """``ingrad = grad * act'(x)``, expressed through the forward's output ``y = outdata``."""
+
+    def addVectorToRows(self, data, vector, out):
+        """``out[r, c] = data[r, c] + vector[c]`` for a 2D `data`."""
+
+    def softmaxCrossEntropy(self, scores, labels, grad, rowStats, gradScale):
+        """Per row of (rows, classes) `scores` with int32 `labels`: ``grad = (onehot - softmax) * gradScale``, and
+        ``rowStats[r] = (-log softmax[label], 1 if the first largest score is at the label else 0, 1 if the label is
+        out of range else 0)``. Every statistic is taken before `grad` is written (it may be the scores' memory)."""
+
+
+class PermutePrimitives(Protocol):
+    """Axis permutation into new memory; ``itemSizes`` lists the element sizes in bytes it moves (None: any)."""
+
+    itemSizes: object
+
+    def permute(self, src, perm, out):
+        """``out = numpy.transpose(src, perm)`` for a non-empty `src` and an `out` of the permuted shape and src's
+        dtype that does not overlap it."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of the contract: what ``array.backend`` returns and what the front modules call.
+
+    Attributes:
+        name (str): ``"cpu"`` or ``"cuda"``, as `PuzzleLib.Config.backend` spells it.
+        gpuarray, batchNorm, blas, elementWise, permute (module): the backend's modules following
+            `GPUArrayModule`, `BatchNormPrimitives`, `BlasPrimitives`, `ElementWisePrimitives` and `PermutePrimitives`.
+    """
+
+    name: str
+    gpuarray: ModuleType
+    batchNorm: ModuleType
+    blas: ModuleType
+    elementWise: ModuleType
+    permute: ModuleType
+
+    def __repr__(self):
+        return "Backend(%r)" % self.name

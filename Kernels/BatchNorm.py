@@ -1,0 +1,95 @@
+"""Declaration of ``BatchNorm.cu``: the constants it is built with and the parameters of every entry point.
+
+Entry points come in families that differ by suffix: data type (``f32``, ``f16``), vector width (``v1`` scalar,
+``v4``/``v8`` 16-byte vectors) and, for the elementwise passes, the mode (`modes`). See the source's header for what
+each kernel computes; `Backend.Cuda.BatchNormKernels` launches them.
+"""
+
+from typing import NamedTuple
+
+from PuzzleLib.Kernels.Signature import Float32, Int32, Int64, Pointer, Signature, Struct
+
+SOURCE = "BatchNorm.cu"
+
+BLOCK_SIZE = 256
+ROWS_BX, ROWS_BY = 32, 8
+FINALIZE_WARPS = 8
+defines = {"BLOCK_SIZE": BLOCK_SIZE, "ROWS_BX": ROWS_BX, "ROWS_BY": ROWS_BY, "FINALIZE_WARPS": FINALIZE_WARPS}
+
+# data-type suffix -> the vector widths compiled for it (16 bytes: 4 floats or 8 halves)
+vectorWidths = {"f32": (1, 4), "f16": (1, 8)}
+modes = ("trainForward", "evalForward", "backward", "frozenBackward")
+
+
+class ChannelParams(NamedTuple):
+    """The Python mirror of ``struct ChannelParams``: the per-channel float32 arrays an elementwise pass reads, epsilon
+    and 1 / m. A mode reads only what its formula names (see the source); the rest stay None (a null pointer) or 0."""
+
+    mean: object = None
+    invstd: object = None
+    var: object = None
+    scale: object = None
+    bias: object = None
+    scalegrad: object = None
+    biasgrad: object = None
+    epsilon: float = 0.0
+    invM: float = 0.0
+
+
+def channelParams(name):
+    """``ChannelParams`` as a parameter passed by value, its fields in the order of `ChannelParams`."""
+    arrays = [Pointer(field) for field in ChannelParams._fields[:-2]]
+    return Struct(name, "ChannelParams", arrays + [Float32("epsilon"), Float32("invM")])
+
+
+def spatialView():
+    """The (outer, maps, inner / VEC) view of the spatial kernels."""
+    return Int64("outer"), Int32("maps"), Int64("innerV")
+
+
+def rowsView():
+    """The (rows, maps) view of the rows kernels (inner == 1)."""
+    return Int64("rows"), Int32("maps")
+
+
+def pointers(*names):
+    return tuple(Pointer(name) for name in names)
+
+
+statsSpatial = Signature("bnStatsSpatial_{dtype}_v{vec}", Pointer("x"), *spatialView(), *pointers("pn", "pmean", "pm2"))
+statsRows = Signature("bnStatsRows_{dtype}_v{vec}", Pointer("x"), *rowsView(), *pointers("pn", "pmean", "pm2"))
+statsFinalize = Signature(
+    "bnStatsFinalize_{dtype}",
+    Pointer("x"), Int64("shiftStride"), *pointers("pn", "pmean", "pm2"), Int32("splits"), Int32("maps"), Int64("m"),
+    Float32("epsilon"), Float32("factor"), *pointers("savedMean", "savedInvstd", "runningMean", "runningVar"),
+)
+gradSpatial = Signature(
+    "bnGradSpatial_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(), *pointers("mean", "psum", "pdot")
+)
+gradRows = Signature("bnGradRows_{dtype}_v{vec}", *pointers("x", "dy"), *rowsView(), *pointers("mean", "psum", "pdot"))
+gradFinalize = Signature(
+    "bnGradFinalize", *pointers("psum", "pdot"), Int32("splits"), Int32("maps"),
+    *pointers("invstd", "scalegrad", "biasgrad"),
+)
+gradFinalizeFrozen = Signature(
+    "bnGradFinalizeFrozen", *pointers("psum", "pdot"), Int32("splits"), Int32("maps"), Pointer("var"),
+    Float32("epsilon"), *pointers("scalegrad", "biasgrad"),
+)
+applySpatial = Signature(
+    "bnApplySpatial_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *spatialView(), channelParams("p")
+)
+applyRows = Signature("bnApplyRows_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"))
+
+
+def entries():
+    """{entry name: `Signature`} of every entry point the source compiles to."""
+    result = {gradFinalize.name(): gradFinalize, gradFinalizeFrozen.name(): gradFinalizeFrozen}
+    for dtype, widths in vectorWidths.items():
+        result[statsFinalize.name(dtype=dtype)] = statsFinalize
+        for vec in widths:
+            for signature in (statsSpatial, statsRows, gradSpatial, gradRows):
+                result[signature.name(dtype=dtype, vec=vec)] = signature
+            for mode in modes:
+                for signature in (applySpatial, applyRows):
+                    result[signature.name(mode=mode, dtype=dtype, vec=vec)] = signature
+    return result

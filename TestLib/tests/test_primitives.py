@@ -1,0 +1,195 @@
+"""Each backend's batch-normalization primitives (`Contract.BatchNormPrimitives`) on the ``(outer, maps, inner)`` view,
+against the float64 reference of `TestLib.Reference`, on every backend.
+
+The cases cover both layouts the CUDA kernels distinguish: spatial (inner > 1; scalar and 16-byte vector paths, one and
+many blocks per map) and rows (inner == 1: per-activation and channels-last data), in float32 and float16.
+"""
+
+import gc
+
+import numpy as np
+import pytest
+
+from PuzzleLib.Backend.Contract import BatchStatistics, RunningStatistics
+from PuzzleLib.TestLib import Reference
+
+AXES = (0, 2)
+CASES = {
+    "spatial_odd_inner": (4, 3, 35),
+    "spatial_vector": (8, 16, 64),
+    "spatial_many_splits": (64, 4, 1024),
+    "spatial_small_outer": (2, 5, 4096),
+    "rows_vector": (64, 24, 1),
+    "rows_odd_maps": (33, 10, 1),
+    "rows_many_splits": (20000, 50, 1),
+    "rows_wide": (256, 4096, 1),
+}
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float16: dict(rtol=1e-2, atol=2e-2)}
+STAT_TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float16: dict(rtol=1e-3, atol=1e-4)}
+
+cases = pytest.mark.parametrize("name", sorted(CASES))
+dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float16])
+
+
+def sumTolerance(dtype, shape3):
+    m = shape3[0] * shape3[2]
+    return dict(rtol=1e-3, atol=1e-3 * np.sqrt(m)) if dtype == np.float16 else dict(rtol=1e-4, atol=1e-4 * np.sqrt(m))
+
+
+def makeParams(rng, maps):
+    """scale, bias, running mean and running variance, float32 per-map vectors."""
+    return (rng.normal(1.0, 0.1, maps).astype(np.float32), rng.normal(0.0, 0.1, maps).astype(np.float32),
+            rng.normal(0.0, 0.1, maps).astype(np.float32), rng.uniform(0.5, 2.0, maps).astype(np.float32))
+
+
+def makeData(rng, shape3, dtype, loc=0.5, std=2.0):
+    return rng.normal(loc, std, shape3).astype(dtype)
+
+
+@dtypes
+@cases
+def test_train_forward(backend, name, dtype):
+    shape3 = CASES[name]
+    rng = np.random.default_rng(1)
+    arrays, maps = backend.gpuarray, shape3[1]
+    host = makeData(rng, shape3, dtype)
+    scale, bias, mean, var = makeParams(rng, maps)
+    eps, factor = 1e-5, 0.3
+
+    out = arrays.empty(shape3, dtype)
+    running = RunningStatistics(arrays.to_gpu(mean), arrays.to_gpu(var))
+    saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
+    backend.batchNorm.trainForward(
+        arrays.to_gpu(host), out, shape3, scale=arrays.to_gpu(scale), bias=arrays.to_gpu(bias), running=running,
+        saved=saved, epsilon=eps, factor=factor,
+    )
+
+    ref = Reference.batchNormTrain(host, scale, bias, AXES, eps)
+    newMean, newVar = Reference.runningUpdate(mean, var, ref.mean.ravel(), ref.var.ravel(), ref.m, factor)
+    np.testing.assert_allclose(out.get().astype(np.float64), ref.out, **TOL[dtype], err_msg=name)
+    np.testing.assert_allclose(saved.mean.get(), ref.mean.ravel(), **STAT_TOL[dtype])
+    np.testing.assert_allclose(saved.invstd.get(), ref.invstd.ravel(), **STAT_TOL[dtype])
+    np.testing.assert_allclose(running.mean.get(), newMean, **STAT_TOL[dtype])
+    np.testing.assert_allclose(running.var.get(), newVar, **STAT_TOL[dtype])
+
+
+@dtypes
+@cases
+def test_eval_forward_and_in_place(backend, name, dtype):
+    shape3 = CASES[name]
+    rng = np.random.default_rng(2)
+    arrays = backend.gpuarray
+    host = makeData(rng, shape3, dtype)
+    scale, bias, mean, var = makeParams(rng, shape3[1])
+    params = dict(scale=arrays.to_gpu(scale), bias=arrays.to_gpu(bias),
+                  running=RunningStatistics(arrays.to_gpu(mean), arrays.to_gpu(var)), epsilon=1e-5)
+    ref = Reference.batchNormEval(host, scale, bias, mean, var, 1e-5, axes=AXES)
+
+    data, out = arrays.to_gpu(host), arrays.empty(shape3, dtype)
+    backend.batchNorm.evalForward(data, out, shape3, **params)
+    np.testing.assert_allclose(out.get().astype(np.float64), ref, **TOL[dtype], err_msg=name)
+
+    gc.collect()
+    before = arrays.memoryPool.stats()["allocations"]
+    backend.batchNorm.evalForward(data, data, shape3, **params)
+    assert arrays.memoryPool.stats()["allocations"] == before, "in-place evaluation took a pool block"
+    np.testing.assert_allclose(data.get().astype(np.float64), ref, **TOL[dtype], err_msg=name)
+
+
+def backwardCase(backend, name, dtype, seed):
+    """(shape3, data and grad on the host, the same on the backend, an output for ingrad, fresh scalegrad/biasgrad
+    filled with 7: the sums are overwritten, not accumulated, so stale values must not leak into them)."""
+    shape3, arrays, rng = CASES[name], backend.gpuarray, np.random.default_rng(seed)
+    host, grad = makeData(rng, shape3, dtype), makeData(rng, shape3, dtype, loc=0.1, std=1.0)
+    onDevice = (arrays.to_gpu(host), arrays.to_gpu(grad), arrays.empty(shape3, dtype))
+    sums = (arrays.zeros((shape3[1],)).fill(7.0), arrays.zeros((shape3[1],)).fill(7.0))
+    return shape3, host, grad, onDevice, sums, rng
+
+
+def checkGradients(name, dtype, ingrad, scalegrad, biasgrad, reference, sumTol):
+    refIn, refScale, refBias = reference
+    np.testing.assert_allclose(biasgrad.get(), refBias.ravel(), **sumTol)
+    np.testing.assert_allclose(scalegrad.get(), refScale.ravel(), **sumTol)
+    np.testing.assert_allclose(ingrad.get().astype(np.float64), refIn, **TOL[dtype], err_msg=name)
+
+
+@dtypes
+@cases
+def test_backward_after_training(backend, name, dtype):
+    shape3, host, grad, (data, dy, ingrad), (scalegrad, biasgrad), rng = backwardCase(backend, name, dtype, 3)
+    arrays, maps = backend.gpuarray, shape3[1]
+    scale = rng.normal(1.0, 0.1, maps).astype(np.float32)
+    ref = Reference.batchNormTrain(host, scale, np.zeros(maps), AXES, 1e-5)
+    saved = BatchStatistics(arrays.to_gpu(ref.mean.ravel().astype(np.float32)),
+                            arrays.to_gpu(ref.invstd.ravel().astype(np.float32)))
+
+    backend.batchNorm.backward(data, dy, ingrad, shape3, scale=arrays.to_gpu(scale), saved=saved,
+                               scalegrad=scalegrad, biasgrad=biasgrad)
+    reference = Reference.batchNormBackward(host, grad, scale, AXES, 1e-5)
+    checkGradients(name, dtype, ingrad, scalegrad, biasgrad, reference, sumTolerance(dtype, shape3))
+
+    biasgrad.fill(7.0)
+    backend.batchNorm.backward(data, dy, None, shape3, scale=arrays.to_gpu(scale), saved=saved,
+                               scalegrad=scalegrad, biasgrad=biasgrad)
+    np.testing.assert_allclose(biasgrad.get(), reference[2].ravel(), **sumTolerance(dtype, shape3))
+
+
+@dtypes
+@cases
+def test_frozen_backward(backend, name, dtype):
+    shape3, host, grad, (data, dy, ingrad), (scalegrad, biasgrad), rng = backwardCase(backend, name, dtype, 4)
+    arrays = backend.gpuarray
+    scale, _, mean, var = makeParams(rng, shape3[1])
+
+    backend.batchNorm.frozenBackward(
+        data, dy, ingrad, shape3, scale=arrays.to_gpu(scale),
+        running=RunningStatistics(arrays.to_gpu(mean), arrays.to_gpu(var)), epsilon=1e-5, scalegrad=scalegrad,
+        biasgrad=biasgrad,
+    )
+    reference = Reference.frozenBackward(host, grad, scale, mean, var, 1e-5, axes=AXES)
+    frozenTol = dict(rtol=1e-3, atol=1e-3 * np.sqrt(shape3[0] * shape3[2]))
+    checkGradients(name, dtype, ingrad, scalegrad, biasgrad, reference, frozenTol)
+
+
+@pytest.mark.parametrize("shape3", [(16, 2, 4096), (65536, 2, 1)], ids=["spatial", "rows"])
+def test_large_mean(backend, shape3):
+    """large_mean: a channel of mean 1e4 and standard deviation 1 keeps its variance within 1e-3 relative (SPEC 3)."""
+    rng = np.random.default_rng(5)
+    arrays, maps = backend.gpuarray, shape3[1]
+    host = rng.normal(1e4, 1.0, shape3).astype(np.float32)
+    ref = Reference.batchNormTrain(host, np.ones(maps), np.zeros(maps), AXES, 0.0)
+
+    running = RunningStatistics(arrays.zeros((maps,)), arrays.zeros((maps,)))
+    saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
+    backend.batchNorm.trainForward(
+        arrays.to_gpu(host), arrays.empty(shape3), shape3, scale=arrays.zeros((maps,)).fill(1.0),
+        bias=arrays.zeros((maps,)), running=running, saved=saved, epsilon=0.0, factor=1.0,
+    )
+
+    np.testing.assert_allclose(running.var.get(), ref.unbiasedVar.ravel(), rtol=1e-3)
+    np.testing.assert_allclose(1.0 / saved.invstd.get().astype(np.float64) ** 2, ref.var.ravel(), rtol=1e-3)
+    np.testing.assert_allclose(saved.mean.get(), ref.mean.ravel(), rtol=1e-6)
+
+
+def test_training_loop_makes_no_raw_allocation(backend):
+    rng = np.random.default_rng(6)
+    arrays, shape3 = backend.gpuarray, (8, 32, 256)
+    maps = shape3[1]
+    data, grad = arrays.to_gpu(makeData(rng, shape3, np.float32)), arrays.to_gpu(makeData(rng, shape3, np.float32))
+    scale, bias, mean, var = (arrays.to_gpu(p) for p in makeParams(rng, maps))
+
+    def step():
+        out, ingrad = arrays.empty(shape3), arrays.empty(shape3)
+        saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
+        scalegrad, biasgrad = arrays.empty((maps,)), arrays.empty((maps,))
+        backend.batchNorm.trainForward(data, out, shape3, scale=scale, bias=bias, running=RunningStatistics(mean, var),
+                                       saved=saved, epsilon=1e-5, factor=0.1)
+        backend.batchNorm.backward(data, grad, ingrad, shape3, scale=scale, saved=saved, scalegrad=scalegrad,
+                                   biasgrad=biasgrad)
+
+    step()
+    gc.collect()
+    misses = arrays.memoryPool.stats()["misses"]
+    for _ in range(5):
+        step()
+    assert arrays.memoryPool.stats()["misses"] == misses
