@@ -135,10 +135,11 @@ class Linear(Module):
 
     # --- forward and backward
 
-    def updateData(self, data):
+    def checkReady(self):
         if self.W is None:
             raise ModuleError("%s is empty: set or load its parameters before calling it" % self.describe())
 
+    def updateData(self, data):
         out = Blas.gemm(data, self.W)
         if self.useBias:
             ElementWise.addVectorToRows(out, self.b, out=out)

@@ -276,6 +276,15 @@ def test_sequential_rejects_bad_data_before_any_child_runs():
         net.append(np.zeros(3))
 
 
+def test_sequential_refuses_a_child_that_cannot_run_before_any_child_runs():
+    net = Sequential()
+    net.append(BatchNorm(5, name="bn"))
+    net.append(Linear(5, 2, empty=True, name="fc"))
+    with pytest.raises(ModuleError, match="Linear 'fc' is empty"):
+        net(gpuarray.to_gpu(np.random.randn(8, 5).astype(np.float32)))
+    assert net["bn"].numOfProps == 0 and np.array_equal(net["bn"].mean.get(), np.zeros((1, 5, 1, 1)))
+
+
 def test_sequential_modes_propagate_and_calcmode_is_atomic():
     np.random.seed(11)
     net = buildNet()
