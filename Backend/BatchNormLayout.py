@@ -41,7 +41,6 @@ class BatchNormLayout:
         ndim = len(shape)
         axes = tuple(sorted(axes))
         kept = [axis for axis in range(ndim) if axis not in axes]
-        prod = math.prod
 
         self.shape, self.axes = tuple(shape), axes
         self.paramShape = tuple(1 if axis in axes else dim for axis, dim in enumerate(shape))
@@ -51,11 +50,11 @@ class BatchNormLayout:
             # NOTE: per-map vectors are the kept axes in row-major order both ways, so parameters need no permutation
             self.perm = tuple(kept) + axes
             self.inverse = tuple(int(axis) for axis in np.argsort(self.perm))
-            self.shape3 = (1, prod([shape[axis] for axis in kept]), prod([shape[axis] for axis in axes]))
+            self.shape3 = (1, math.prod(shape[axis] for axis in kept), math.prod(shape[axis] for axis in axes))
         else:
             first, last = (kept[0], kept[-1] + 1) if kept else (ndim, ndim)
             self.perm, self.inverse = None, None
-            self.shape3 = (prod(shape[:first]), prod(shape[first:last]), prod(shape[last:]))
+            self.shape3 = (math.prod(shape[:first]), math.prod(shape[first:last]), math.prod(shape[last:]))
 
     @property
     def maps(self):

@@ -7,7 +7,6 @@ The pytest suite runs every test that uses arrays once per backend in `names` (t
 import numpy as np
 
 from PuzzleLib import Config
-from PuzzleLib.Backend.Dispatch import backendNamed
 
 names = ("cpu", "cuda")
 
@@ -38,8 +37,3 @@ def skipUnless(name, dtype=None, dataTypes=None):
             "%s data: the %s backend computes this in %s only"
             % (np.dtype(dtype), name, ", ".join(str(t) for t in dataTypes))
         )
-
-
-def backend(name):
-    """The `Contract.Backend` called `name` (imported on first use)."""
-    return backendNamed(name)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from PuzzleLib import Config
+from PuzzleLib.Backend.Dispatch import backendNamed
 from PuzzleLib.TestLib import Backends
 
 
@@ -28,7 +29,7 @@ def backend(request):
         return
 
     Backends.skipUnless(name)
-    chosen = Backends.backend(name)
+    chosen = backendNamed(name)
     chosen.gpuarray.memoryPool.poison = True
     with Config.useBackend(name):
         yield chosen
