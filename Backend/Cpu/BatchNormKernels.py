@@ -17,6 +17,7 @@ Formulas: Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1 and section 3.
 
 import os
 import threading
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -41,6 +42,19 @@ def executor():
         if _executor is None:
             _executor = ThreadPoolExecutor(THREADS, thread_name_prefix="PuzzleLibCpu")
         return _executor
+
+
+def waitForAll(tasks):
+    """Waits until every task has finished or was cancelled, through further interrupts (the first exception is the one
+    the caller re-raises)."""
+    for task in tasks:
+        task.cancel()
+    while True:
+        try:
+            futures.wait(tasks)
+            return
+        except BaseException:  # a second Ctrl-C must not cut the wait short
+            continue
 
 
 def computeType(dtype):
@@ -81,16 +95,30 @@ class Chunks:
         groups = [self.slices[t::THREADS] for t in range(min(THREADS, len(self.slices)))]
         workspace = None if dtype is None else empty((len(groups), self.chunkElements), dtype)
 
+        stop = threading.Event()
+
         def runGroup(t):
             scratch = None if workspace is None else hostView(workspace)[t]
             for rows in groups[t]:
+                if stop.is_set():
+                    return
                 work(rows, None if scratch is None else scratch[: (rows.stop - rows.start) * self.rowLength])
 
         # NOTE: a single chunk runs on the calling thread; handing it to the pool would only add latency
         if len(groups) == 1:
             runGroup(0)
-        else:
-            list(executor().map(runGroup, range(len(groups))))
+            return
+
+        tasks = [executor().submit(runGroup, t) for t in range(len(groups))]
+        try:
+            for task in tasks:
+                task.result()
+        except BaseException:
+            # NOTE: an exception (a worker's, or KeyboardInterrupt in this thread) must not leave the call while a
+            # worker still writes into the output, whose block the pool would hand to the next array
+            stop.set()
+            waitForAll(tasks)
+            raise
 
     def mapTotals(self, partials):
         """Per-map float64 totals from per-chunk partial sums collected by `sums`."""
@@ -136,6 +164,23 @@ def mapVector(ary, maps):
     return hostView(ary).reshape(maps)
 
 
+def normalize(chunks, x, y, *, center, gain, shift):
+    """y = (x - center) * gain + shift per map, in the compute type; y may be x (in place). The deviation comes first:
+    folding the center into the shift (``x * gain + shift'``) would lose |center| / std times more to rounding. Only
+    float16 data needs a float32 buffer, a chunk-sized host temporary (so in-place evaluation takes no pool block); the
+    other types compute in y itself."""
+    ctype = computeType(x.dtype)
+    centers, gains, shifts = (chunks.perMap(vector, ctype) for vector in (center, gain, shift))
+
+    def work(rows, scratch):
+        deviation = y[rows] if y.dtype == ctype else np.empty(y[rows].shape, ctype)
+        np.subtract(x[rows], chunks.part(centers, rows), out=deviation, casting="same_kind")
+        deviation *= chunks.part(gains, rows)
+        np.add(deviation, chunks.part(shifts, rows), out=y[rows], casting="same_kind")
+
+    chunks.run(work)
+
+
 def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
     """Two-pass statistics (corrected where columns are long; see the file's docstring), then one normalization pass."""
     chunks = Chunks(shape3)
@@ -153,16 +198,7 @@ def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, fac
         mu = mu + deviation / m
         sigma2 = np.maximum(squares / m - (deviation / m) ** 2, 0.0)
     invstd = 1.0 / np.sqrt(sigma2 + epsilon)
-    centers, gains = chunks.perMap(mu, ctype), chunks.perMap(invstd * mapVector(scale, maps), ctype)
-    shifts = chunks.perMap(mapVector(bias, maps), ctype)
-
-    def normalize(rows, scratch):
-        deviation = scratch.reshape(y[rows].shape)
-        np.subtract(x[rows], chunks.part(centers, rows), out=deviation, casting="same_kind")
-        deviation *= chunks.part(gains, rows)
-        np.add(deviation, chunks.part(shifts, rows), out=y[rows], casting="same_kind")
-
-    chunks.run(normalize, dtype=ctype)
+    normalize(chunks, x, y, center=mu, gain=invstd * mapVector(scale, maps), shift=mapVector(bias, maps))
 
     mapVector(saved.mean, maps)[...] = mu
     mapVector(saved.invstd, maps)[...] = invstd
@@ -174,21 +210,14 @@ def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, fac
 
 
 def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
-    """One pass: the per-map affine map gain * x + shift, folded in float64 once per call."""
+    """One pass of `normalize` with the running statistics; gain = scale / sqrt(var + epsilon), in float64, once per
+    call."""
     chunks = Chunks(shape3)
     maps = shape3[1]
     x, y = chunks.view(data), chunks.view(out)
-    ctype = computeType(y.dtype)
 
     gain = mapVector(scale, maps) / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
-    shift = mapVector(bias, maps) - mapVector(running.mean, maps) * gain
-    gains, shifts = chunks.perMap(gain, ctype), chunks.perMap(shift, ctype)
-
-    def affine(rows, scratch):
-        np.multiply(x[rows], chunks.part(gains, rows), out=y[rows], casting="same_kind")
-        np.add(y[rows], chunks.part(shifts, rows), out=y[rows], casting="same_kind")
-
-    chunks.run(affine)
+    normalize(chunks, x, y, center=mapVector(running.mean, maps), gain=gain, shift=mapVector(bias, maps))
 
 
 def gradientSums(chunks, x, g, center, invstd, scalegrad, biasgrad):
