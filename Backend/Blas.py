@@ -22,7 +22,8 @@ def checkOperands(x, **others):
 
 
 def addVectorToVector(x, y, out=None, alpha=1.0, beta=1.0):
-    """``out = alpha * x + beta * y`` elementwise; `out` (a new pool array when None) may be `x` or `y`; returns out."""
+    """``out = alpha * x + beta * y`` elementwise; `out` (a new pool array when None) may be `x` or `y`; returns out.
+    With ``beta == 0`` `y` is not read (as gemm's beta): an inf or NaN there does not survive as 0 * inf."""
     backend = checkOperands(x, y=y, out=out)
     checkArray("y", y, dtypes=(x.dtype,), shape=x.shape)
     if out is None:

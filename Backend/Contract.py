@@ -101,7 +101,8 @@ class BlasPrimitives(Protocol):
     dataTypes: tuple
 
     def addVectorToVector(self, x, y, out, alpha, beta):
-        """``out = alpha * x + beta * y`` elementwise (non-empty); `out` may be `x` or `y`."""
+        """``out = alpha * x + beta * y`` elementwise (non-empty); `out` may be `x` or `y`. With ``beta == 0`` `y` is
+        not read (an inf or NaN there does not turn into 0 * inf)."""
 
     def toVectorAddVector(self, y, x, alpha):
         """``y += alpha * x`` elementwise (non-empty)."""

@@ -11,11 +11,11 @@
 
 typedef long long int64;
 
-// out = alpha * x + beta * y; out may alias x or y. grid = any, block = BLOCK_SIZE.
+// out = alpha * x + beta * y; out may alias x or y; beta == 0 never reads y. grid = any, block = BLOCK_SIZE.
 extern "C" __global__ void blasAxpby(const float *x, const float *y, float *out, int64 n, float alpha, float beta)
 {
 	for (int64 i = (int64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64)gridDim.x * blockDim.x)
-		out[i] = alpha * x[i] + beta * y[i];
+		out[i] = (beta == 0.0f) ? alpha * x[i] : alpha * x[i] + beta * y[i];
 }
 
 // C (M x N) = alpha * op(A) @ op(B) + beta * C, op(A) is M x K, op(B) is K x N. op(A)[i, k] = A[i * sai + k * sak],

@@ -10,7 +10,10 @@ dataTypes = (np.dtype(np.float32), np.dtype(np.float64))
 
 def addVectorToVector(x, y, out, alpha, beta):
     hx, hy, hout = hostView(x), hostView(y), hostView(out)
-    if np.shares_memory(hout, hy):
+    if beta == 0.0:
+        # NOTE: beta == 0 never reads y (as gemm's beta), so an inf or NaN left there does not survive as 0 * inf
+        np.multiply(hx, alpha, out=hout)
+    elif np.shares_memory(hout, hy):
         np.multiply(hy, beta, out=hout)
         hout += alpha * hx
     else:

@@ -48,7 +48,8 @@ def cublas():
 def addVectorToVector(x, y, out, alpha, beta):
     n = x.size
     library = cublas()
-    if library is not None and n < 2**31:
+    # NOTE: the kernel never reads y when beta == 0 (an inf there would give 0 * inf = NaN); cuBLAS does not promise it
+    if library is not None and n < 2**31 and beta != 0.0:
         module, handle = library
         module.cublasSgeam(handle, "n", "n", n, 1, float(alpha), x.ptr, n, float(beta), y.ptr, n, out.ptr, n)
     else:

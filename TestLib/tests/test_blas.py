@@ -69,3 +69,13 @@ def test_bad_operands_name_what_was_expected():
         Blas.gemm(x, x, out=gpuarray.empty((3, 3)), transpB=True)
     with pytest.raises(ValueError, match="2D array"):
         Blas.sumOnMatrix(x.ravel())
+
+
+def test_beta_zero_never_reads_y():
+    x = np.random.randn(5).astype(np.float32)
+    for poison in (np.inf, np.nan):
+        y = gpuarray.to_gpu(np.full(5, poison, np.float32))
+        Blas.addVectorToVector(gpuarray.to_gpu(x), y, out=y, alpha=2.0, beta=0.0)
+        np.testing.assert_array_equal(y.get(), 2.0 * x)
+        out = Blas.addVectorToVector(gpuarray.to_gpu(x), gpuarray.to_gpu(np.full(5, poison, np.float32)), beta=0.0)
+        np.testing.assert_array_equal(out.get(), x)
