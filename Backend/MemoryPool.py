@@ -175,6 +175,10 @@ class NumpyAllocator:
     Args:
         limitBytes (int or None): total raw bytes it may hand out before raising `MemoryError`, like a device of
             that size; None for no limit beyond the host's.
+
+    Raises:
+        MemoryError: from `allocate`, naming the bytes, past `limitBytes`, past the largest buffer numpy can create
+            (about 2**63 bytes on 64-bit hosts), or when the host is out of memory.
     """
 
     name = "numpy"
@@ -189,7 +193,15 @@ class NumpyAllocator:
                 "numpy allocator limit: %d bytes requested, %d of %d in use" % (nbytes, self.usedBytes, self.limitBytes)
             )
 
-        buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+        largest = int(np.iinfo(np.intp).max) - ALIGNMENT
+        if nbytes > largest:
+            raise MemoryError(
+                "numpy allocator: %d bytes requested, more than the %d a numpy buffer can hold" % (nbytes, largest)
+            )
+        try:
+            buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+        except MemoryError as e:
+            raise MemoryError("numpy allocator: %d bytes requested; numpy said: %s" % (nbytes, e)) from None
         offset = -buffer.ctypes.data % ALIGNMENT
         self.usedBytes += nbytes
         return buffer[offset : offset + nbytes]

@@ -15,11 +15,83 @@ from PuzzleLib.Backend.Dispatch import currentBackend
 __all__ = ["GPUArray", "to_gpu", "empty", "zeros", "memoryPool"]
 
 
+def isDimension(dim):
+    return isinstance(dim, (int, np.integer)) and not isinstance(dim, (bool, np.bool_))
+
+
 def normalizeShape(shape):
-    """Accepts ``(2, 3)``, ``[2, 3]``, ``2`` or numpy ints and returns a tuple of Python ints."""
-    if isinstance(shape, (int, np.integer)):
-        shape = (shape,)
-    return tuple(map(int, shape))
+    """Accepts ``(2, 3)``, ``[2, 3]``, ``2`` or numpy ints and returns a tuple of Python ints.
+
+    Raises:
+        TypeError: for a dimension that is not an int (a float such as 2.5, a bool, a string), naming the shape.
+    """
+    if isDimension(shape):
+        return (int(shape),)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError("a GPUArray shape must be an int or a sequence of ints; got %r" % (shape,)) from None
+    if not all(isDimension(dim) for dim in dims):
+        bad = ", ".join(repr(dim) for dim in dims if not isDimension(dim))
+        raise TypeError(
+            "GPUArray dimensions must be ints (bools are refused too); got shape %r (not ints: %s)" % (shape, bad)
+        )
+    return tuple(int(dim) for dim in dims)
+
+
+# NOTE: numpy's limit (and the host's): an array spans at most the largest signed pointer-sized integer of bytes
+maxBytes = int(np.iinfo(np.intp).max)
+numericKinds = {"b": "bool", "i": "int", "u": "unsigned int", "f": "float", "c": "complex"}
+numericText = "a numeric dtype (%s)" % ", ".join(numericKinds.values())
+
+
+def checkedAllocation(shape, dtype):
+    """``(shape, dtype, nbytes)`` for an array the backends' ``empty`` can create: `shape` as `normalizeShape` returns
+    it, `dtype` a numpy dtype.
+
+    Raises:
+        TypeError: a dimension that is not an int, or a dtype that is not numeric (bool, int, unsigned int, float,
+            complex).
+        ValueError: a negative dimension.
+        MemoryError: more bytes than an array can span (2**63 - 1 on 64-bit hosts), naming the shape and the bytes.
+    """
+    shape, dtype = normalizeShape(shape), np.dtype(dtype)
+    if any(dim < 0 for dim in shape):
+        raise ValueError("GPUArray dimensions must be non-negative; got shape %s" % (shape,))
+    if dtype.kind not in numericKinds:
+        raise TypeError("a GPUArray must have %s; got dtype %s" % (numericText, dtype))
+
+    nbytes = elementCount(shape) * dtype.itemsize
+    if nbytes > maxBytes:
+        raise MemoryError(
+            "a GPUArray of shape %s and dtype %s needs %d bytes, more than the %d bytes an array can span"
+            % (shape, dtype, nbytes, maxBytes)
+        )
+    # NOTE: numpy also refuses a zero-size shape whose other dimensions multiply past that limit
+    if elementCount(max(dim, 1) for dim in shape) * dtype.itemsize > maxBytes:
+        raise ValueError(
+            "a GPUArray of shape %s and dtype %s has dimensions whose product (zeros left out) exceeds the %d bytes "
+            "an array can span" % (shape, dtype, maxBytes)
+        )
+    return shape, dtype, nbytes
+
+
+def hostArray(ary):
+    """`ary` as a numeric host ndarray, for ``to_gpu``.
+
+    Raises:
+        TypeError: `ary` is a GPUArray (copy it with ``.copy()``, or bring it to the host with ``.get()`` first), or
+            its numpy form is not numeric (an object array, strings), naming the dtype.
+    """
+    if isinstance(ary, GPUArray):
+        raise TypeError(
+            "to_gpu expects a host array; got a GPUArray of shape %s and dtype %s: use .copy() for a new array on its "
+            "backend, or .get() first for a host copy" % (ary.shape, ary.dtype)
+        )
+    ary = np.asarray(ary)
+    if ary.dtype.kind not in numericKinds:
+        raise TypeError("to_gpu expects a host array of %s; got dtype %s" % (numericText, ary.dtype))
+    return ary
 
 
 def elementCount(shape):
@@ -36,9 +108,9 @@ class GPUArray:
         backend (`PuzzleLib.Backend.Contract.Backend`): the backend whose memory holds the array.
 
     Views (`reshape`, `ravel`, ``a[i]`` and ``a[i:j]`` on the first axis) share the memory and keep it alive.
-    A subclass implements ``get()``, ``fill(value)``, ``copy()`` and the two hooks ``_view(shape, offset)`` (a view of
-    `shape` starting `offset` bytes into this array) and ``_setFromHost(ary)`` (copy a host array of this shape and
-    dtype in).
+    A subclass implements ``get()``, ``fill(value)``, ``copy()`` and the three hooks ``_view(shape, offset)`` (a view of
+    `shape` starting `offset` bytes into this array), ``_setFromHost(ary)`` (copy a host array of this shape and dtype
+    in) and ``_copyFrom(other)`` (copy an array of this backend, shape and dtype in).
     """
 
     def __len__(self):
@@ -47,11 +119,28 @@ class GPUArray:
         return self.shape[0]
 
     def set(self, ary):
-        """Copies a host ndarray of the same shape and dtype into this array; returns self.
+        """Copies a host ndarray, or a GPUArray of the same backend (a device-to-device copy), of the same shape and
+        dtype into this array; returns self.
 
         Raises:
             ValueError: on a shape or dtype mismatch (nothing is copied, nothing is cast).
+            TypeError: for a GPUArray of another backend.
         """
+        if isinstance(ary, GPUArray):
+            if ary.backend is not self.backend:
+                raise TypeError(
+                    "GPUArray.set expects a host array or a %s GPUArray; got a %s GPUArray"
+                    % (self.backend.name, ary.backend.name)
+                )
+            if ary.shape != self.shape or ary.dtype != self.dtype:
+                raise ValueError(
+                    "GPUArray.set expects an array of shape %s and dtype %s; got shape %s and dtype %s"
+                    % (self.shape, self.dtype, ary.shape, ary.dtype)
+                )
+            if self.size:
+                self._copyFrom(ary)
+            return self
+
         ary = np.asarray(ary)
         if ary.shape != self.shape or ary.dtype != self.dtype:
             raise ValueError(
@@ -66,6 +155,7 @@ class GPUArray:
         """Returns a view of another shape (one dimension may be -1).
 
         Raises:
+            TypeError: a dimension that is not an int.
             ValueError: when the sizes differ, or more than one dimension is -1, or one is below -1.
         """
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
@@ -129,7 +219,11 @@ def empty(shape, dtype=np.float32):
     """Returns an uninitialized array of `shape` and `dtype` from the memory pool of the backend in use.
 
     Raises:
+        TypeError: a dimension that is not an int (a float, a bool), or a dtype that is not numeric (bool, int,
+            unsigned int, float, complex).
         ValueError: for a negative dimension.
+        MemoryError: more bytes than an array can span (the message names the shape and the bytes), or more than the
+            device has.
         PuzzleLib.Config.ConfigError: the CUDA backend was asked for and cannot work here.
     """
     return currentBackend().gpuarray.empty(shape, dtype)
@@ -142,7 +236,12 @@ def zeros(shape, dtype=np.float32):
 
 def to_gpu(ary):
     """Copies a host array (any layout) into a new C-contiguous GPUArray of the same shape and dtype, on the backend in
-    use."""
+    use.
+
+    Raises:
+        TypeError: `ary` is a GPUArray (use its ``.copy()``, or ``.get()`` first), or not numeric (bool, int, unsigned
+            int, float or complex; an object array or strings are refused), naming the dtype.
+    """
     return currentBackend().gpuarray.to_gpu(ary)
 
 

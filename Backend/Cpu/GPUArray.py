@@ -73,6 +73,9 @@ class GPUArray(gpuarray.GPUArray):
         flat = self._ndarray.reshape(-1)[start : start + gpuarray.elementCount(shape)]
         return GPUArray(flat.reshape(shape), self._block)
 
+    def _copyFrom(self, other):
+        np.copyto(self._ndarray, other._ndarray)
+
     def _setFromHost(self, ary):
         np.copyto(self._ndarray, ary)
 
@@ -87,13 +90,10 @@ def empty(shape, dtype=np.float32):
     """Returns an uninitialized array of `shape` and `dtype` from the memory pool.
 
     Raises:
-        ValueError: for a negative dimension.
+        TypeError, ValueError, MemoryError: as `PuzzleLib.Backend.gpuarray.checkedAllocation`; MemoryError also when the
+            pool cannot serve the bytes.
     """
-    shape, dtype = gpuarray.normalizeShape(shape), np.dtype(dtype)
-    if any(dim < 0 for dim in shape):
-        raise ValueError("GPUArray dimensions must be non-negative; got shape %s" % (shape,))
-
-    nbytes = gpuarray.elementCount(shape) * dtype.itemsize
+    shape, dtype, nbytes = gpuarray.checkedAllocation(shape, dtype)
     block = memoryPool.allocate(nbytes)
     return GPUArray(block.raw[:nbytes].view(dtype).reshape(shape), block)
 
@@ -104,8 +104,12 @@ def zeros(shape, dtype=np.float32):
 
 
 def to_gpu(ary):
-    """Copies a host array (any layout) into a new C-contiguous GPUArray of the same shape and dtype."""
-    ary = np.asarray(ary)
+    """Copies a host array (any layout) into a new C-contiguous GPUArray of the same shape and dtype.
+
+    Raises:
+        TypeError: as `PuzzleLib.Backend.gpuarray.hostArray` (a GPUArray, or a host array that is not numeric).
+    """
+    ary = gpuarray.hostArray(ary)
     out = empty(ary.shape, ary.dtype)
     np.copyto(out._ndarray, ary)
     return out

@@ -139,6 +139,9 @@ class GPUArray(gpuarray.GPUArray, pycuda.gpuarray.GPUArray):
     def _view(self, shape, offset):
         return GPUArray(shape, self.dtype, gpudata=self.ptr + offset, base=self)
 
+    def _copyFrom(self, other):
+        cuda.memcpy_dtod(self.ptr, other.ptr, self.nbytes)
+
     def _setFromHost(self, ary):
         # NOTE: np.ascontiguousarray makes a 0-d array 1-d, which is harmless here: the copy needs the bytes in order
         cuda.memcpy_htod(self.ptr, np.ascontiguousarray(ary))
@@ -148,11 +151,10 @@ def empty(shape, dtype=np.float32):
     """Returns an uninitialized array of `shape` and `dtype` from the memory pool.
 
     Raises:
-        ValueError: for a negative dimension.
+        TypeError, ValueError, MemoryError: as `PuzzleLib.Backend.gpuarray.checkedAllocation`; MemoryError also when the
+            device is out of memory.
     """
-    shape = gpuarray.normalizeShape(shape)
-    if any(dim < 0 for dim in shape):
-        raise ValueError("GPUArray dimensions must be non-negative; got shape %s" % (shape,))
+    shape, dtype, _ = gpuarray.checkedAllocation(shape, dtype)
     return GPUArray(shape, dtype)
 
 
@@ -162,6 +164,10 @@ def zeros(shape, dtype=np.float32):
 
 
 def to_gpu(ary):
-    """Copies a host array (any layout) into a new C-contiguous GPUArray of the same shape and dtype."""
-    ary = np.asarray(ary)
+    """Copies a host array (any layout) into a new C-contiguous GPUArray of the same shape and dtype.
+
+    Raises:
+        TypeError: as `PuzzleLib.Backend.gpuarray.hostArray` (a GPUArray, or a host array that is not numeric).
+    """
+    ary = gpuarray.hostArray(ary)
     return empty(ary.shape, ary.dtype).set(ary)

@@ -119,3 +119,56 @@ def test_zero_dimensional_arrays_and_views_of_one_element():
         vector.reshape(-1, -1)
     with pytest.raises(TypeError, match="item assignment"):
         vector[0] = 1.0
+
+
+# --- errors name what was expected and what came
+
+
+@pytest.mark.parametrize(
+    "shape, fragment",
+    [((2.5, 3), "not ints: 2.5"), ((True, 3), "not ints: True"), ([2, np.float64(3.0)], "3.0"), (True, "got True")],
+    ids=["float_dimension", "bool_dimension", "numpy_float_dimension", "bare_bool"],
+)
+def test_empty_and_reshape_refuse_dimensions_that_are_not_ints(shape, fragment):
+    with pytest.raises(TypeError, match="must be .*ints") as info:
+        gpuarray.empty(shape)
+    assert fragment in str(info.value)
+
+    ary = gpuarray.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match=r"dimensions must be ints .*not ints: 2\.0"):
+        ary.reshape(3, 2.0)
+    assert gpuarray.empty((np.int64(2), 3)).shape == (2, 3) and ary.reshape([np.int32(3), -1]).shape == (3, 2)
+
+
+def test_empty_past_what_an_array_can_span_is_a_memory_error_naming_the_shape_and_the_bytes():
+    allocations = gpuarray.memoryPool.stats()["allocations"]
+    with pytest.raises(MemoryError) as info:
+        gpuarray.empty((2**32, 2**32))
+    message = str(info.value)
+    assert "(4294967296, 4294967296)" in message and "float32" in message and "%d bytes" % (4 * 2**64) in message
+    assert gpuarray.memoryPool.stats()["allocations"] == allocations
+
+
+@pytest.mark.parametrize(
+    "host, dtype",
+    [(np.array([1, "a"], dtype=object), "object"), (["a", "bc"], "<U2"), (np.zeros(2, "datetime64[s]"), "datetime64")],
+    ids=["object_array", "list_of_strings", "datetimes"],
+)
+def test_to_gpu_refuses_host_arrays_that_are_not_numeric(host, dtype):
+    kinds = r"numeric dtype \(bool, int, unsigned int, float, complex\); got dtype "
+    with pytest.raises(TypeError, match=kinds) as info:
+        gpuarray.to_gpu(host)
+    assert dtype in str(info.value)
+
+
+def test_to_gpu_of_a_gpuarray_says_to_copy_it_or_get_it_first():
+    ary = gpuarray.to_gpu(np.arange(3, dtype=np.float32))
+    with pytest.raises(TypeError, match=r"expects a host array; got a GPUArray .*\.copy\(\).*\.get\(\)"):
+        gpuarray.to_gpu(ary)
+
+
+def test_to_gpu_takes_every_numeric_kind():
+    hosts = [np.array([True, False]), np.arange(3, dtype=np.uint8), np.array([1 + 2j], np.complex64), [1.5, 2.0]]
+    for host in hosts:
+        ary = gpuarray.to_gpu(host)
+        assert ary.dtype == np.asarray(host).dtype and np.array_equal(ary.get(), np.asarray(host))

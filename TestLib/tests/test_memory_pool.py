@@ -163,3 +163,14 @@ def test_poisoned_pool_serves_nan_filled_blocks_new_and_reused():
 def test_suite_runs_on_a_poisoned_pool():
     assert gpuarray.memoryPool.poison
     assert np.isnan(gpuarray.empty((3, 5), np.float32).get()).all()
+
+
+@poolClass
+def test_a_request_past_what_numpy_can_hold_is_a_memory_error_naming_the_bytes():
+    with pytest.raises(MemoryError, match="numpy allocator: %d bytes requested" % 2**64):
+        NumpyAllocator().allocate(2**64)
+
+    pool = MemoryPool(NumpyAllocator())
+    with pytest.raises(MemoryError, match=str(2**64)):
+        pool.allocate(2**64)
+    assert pool.stats()["activeBytes"] == 0 and pool.stats()["rawBytes"] == 0
