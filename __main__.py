@@ -5,11 +5,16 @@ Prints the backend in use; first the seed example and the running-statistics dem
 (`PuzzleLib.TestLib.RunningStatistics`; ``--skip-demo`` leaves them out), then the experiment of Ioffe & Szegedy 2015,
 Figure 1: two identical sigmoid networks, one with BatchNorm, trained side by side on the digits
 (`PuzzleLib.TestLib.DigitsExperiment`), with a table of test accuracy per epoch and the final BatchNorm attributes.
+
+Before any work it checks the options, the backend asked for (``--backend`` or ``PUZZLELIB_BACKEND``), the packages the
+run needs (scikit-learn, tqdm; matplotlib for ``--plot``) and the folders of the output files; a problem is one line,
+``python -m PuzzleLib: error: ...`` on stderr, and exit status 2. The JSON file is written atomically.
 """
 
 import argparse
 import json
-import sys
+import os
+import tempfile
 import time
 
 
@@ -20,8 +25,23 @@ def positiveInt(text):
     return value
 
 
-def parseArgs(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m PuzzleLib", description=__doc__.splitlines()[0])
+def seedInt(text):
+    value = int(text)
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError("must be in [0, 2**32 - 1] (numpy's seed range); got %s" % text)
+    return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, ``python -m PuzzleLib: error: ...`` on stderr, and exit status 2
+    (no usage block, no traceback)."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s\n" % (self.prog, message))
+
+
+def buildParser():
+    parser = ArgumentParser(prog="python -m PuzzleLib", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--backend",
         choices=("auto", "cuda", "cpu"),
@@ -29,22 +49,85 @@ def parseArgs(argv=None):
         help="backend to use (default: PUZZLELIB_BACKEND, else auto)",
     )
     parser.add_argument("--epochs", type=positiveInt, default=15, help="training epochs (default: 15)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, split and shuffles (default: 0)")
+    parser.add_argument("--seed", type=seedInt, default=0, help="seed of weights, split and shuffles (default: 0)")
     parser.add_argument("--plot", metavar="FILE", help="save both test-accuracy curves as a PNG (needs matplotlib)")
     parser.add_argument("--json", metavar="FILE", help="save every number of the experiment as JSON")
     parser.add_argument(
         "--skip-demo", action="store_true", help="leave out the seed example and the running-statistics demonstration"
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parseArgs(argv=None):
+    return buildParser().parse_args(argv)
+
+
+def checkOutput(parser, option, path):
+    """Refuses `path` for `option` unless its folder exists and can be written and it is not itself a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error("%s %s: the folder %s does not exist" % (option, path, folder))
+    if os.path.isdir(path):
+        parser.error("%s %s: a folder, not a file" % (option, path))
+    if not os.access(folder, os.W_OK):
+        parser.error("%s %s: the folder %s is not writable" % (option, path, folder))
+
+
+def checkPrerequisites(parser, args):
+    """Everything the run needs, checked before any work: the backend, the packages and the output folders. A problem
+    is a one-line error (`ArgumentParser.error`, exit status 2)."""
+    try:
+        from PuzzleLib import Config
+    except RuntimeError as e:
+        parser.error(str(e))
+
+    asked, source = (args.backend, "--backend ") if args.backend is not None else (Config.backend, "PUZZLELIB_BACKEND=")
+    if asked == "cuda":
+        problem = Config.cudaProblem()
+        if problem is not None:
+            parser.error("%scuda: the CUDA backend cannot work here: %s" % (source, problem))
+
+    needed = [("sklearn", "scikit-learn", "examples"), ("tqdm", "tqdm", "examples")]
+    if args.plot is not None:
+        needed.append(("matplotlib", "matplotlib", "plot"))
+    for module, package, extra in needed:
+        try:
+            __import__(module)
+        except ImportError as e:
+            user = "--plot" if extra == "plot" else "the demonstration and the experiment"
+            reason = " ".join(str(e).split())
+            parser.error(
+                '%s needs %s, which cannot be imported (%s): pip install "PuzzleLib[%s]"'
+                % (user, package, reason, extra)
+            )
+
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            checkOutput(parser, option, path)
+
+
+def writeJson(result, path):
+    """Writes `result` as JSON to `path` atomically: into a temporary file in the same folder, then renamed over
+    `path`, so a failure leaves `path` as it was and no partial file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix="." + name + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=2)
+        # NOTE: mkstemp makes the file private (0600); the result gets the permissions open() would have given it
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def main(argv=None):
-    args = parseArgs(argv)
-    if args.plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            sys.exit('--plot needs matplotlib, which is not installed: pip install "PuzzleLib[plot]"')
+    parser = buildParser()
+    args = parser.parse_args(argv)
+    checkPrerequisites(parser, args)
 
     from PuzzleLib import Config
     from PuzzleLib.TestLib import DigitsExperiment, RunningStatistics
@@ -79,8 +162,7 @@ def main(argv=None):
     print("\ntrained both networks in %.1f s" % result["config"]["seconds"])
 
     if args.json is not None:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        writeJson(result, args.json)
         print("numbers saved to %s" % args.json)
     if args.plot is not None:
         DigitsExperiment.plotCurves(result, args.plot)

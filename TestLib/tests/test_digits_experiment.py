@@ -86,14 +86,15 @@ def test_main_job_is_deterministic_and_writes_json(tmp_path, capsys):
     assert "BN test acc" in capsys.readouterr().out
 
 
-def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path, capsys):
     import sys
 
     from PuzzleLib.__main__ import main
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(SystemExit, match=r"PuzzleLib\[plot\]"):
+    with pytest.raises(SystemExit) as info:
         main(["--epochs", "1", "--skip-demo", "--plot", str(tmp_path / "x.png")])
+    assert info.value.code == 2 and "PuzzleLib[plot]" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match=r"PuzzleLib\[plot\]"):
         DigitsExperiment.plotCurves({"networks": {}}, str(tmp_path / "x.png"))
 
