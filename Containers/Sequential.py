@@ -3,7 +3,7 @@
 import numpy as np
 
 from PuzzleLib.Backend import gpuarray
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import Module, ModuleError, Snapshot
 
 
 def outShape(module, shape):
@@ -13,6 +13,25 @@ def outShape(module, shape):
         module.checkDataShape(shape)
         return tuple(shape)
     return tuple(shapeFrom(shape))
+
+
+def holds(container, module):
+    """True when `module` is a child of `container`, or of a container inside it (by identity)."""
+    for child in getattr(container, "modules", ()):
+        if child is module or holds(child, module):
+            return True
+    return False
+
+
+class CombinedSnapshot:
+    """Snapshots of a container and of its children, restored together (`Module.Snapshot`)."""
+
+    def __init__(self, snapshots):
+        self.snapshots = snapshots
+
+    def restore(self):
+        for snapshot in self.snapshots:
+            snapshot.restore()
 
 
 class Sequential(Module):
@@ -56,10 +75,19 @@ class Sequential(Module):
         """Adds `module` at the end of the chain; returns it.
 
         Raises:
-            ModuleError: for an object that is not a Module, or a name another child already has.
+            ModuleError: for an object that is not a Module, a name another child already has, a module already in the
+                chain (at any depth: its gradients would be overwritten by its second use), the container itself, or a
+                container that holds this one (a cycle).
         """
         if not isinstance(module, Module):
             raise ModuleError("%s.append expects a Module; got %s" % (self.describe(), type(module).__name__))
+        if module is self or holds(module, self):
+            raise ModuleError("%s.append: a container cannot hold itself" % self.describe())
+        if holds(self, module):
+            raise ModuleError(
+                "%s already holds %s; a module runs once per chain (create another for a second use)"
+                % (self.describe(), module.describe())
+            )
         name = module.name if module.name is not None else str(len(self.modules))
         if name in self.names:
             raise ModuleError(
@@ -113,8 +141,13 @@ class Sequential(Module):
             module.zeroGradParams()
 
     def updateParams(self, learnRate):
-        for module in self.modules:
-            module.updateParams(learnRate)
+        snapshot = self.snapshot("update")
+        try:
+            for module in self.modules:
+                module.updateParams(learnRate)
+        except BaseException:
+            snapshot.restore()
+            raise
 
     def reset(self):
         super().reset()
@@ -137,7 +170,12 @@ class Sequential(Module):
         Raises:
             ModuleError: the refusing child's message.
         """
-        dtype = np.dtype(T)
+        try:
+            dtype = None if T is None else np.dtype(T)
+        except TypeError:
+            dtype = None
+        if dtype is None:
+            raise ModuleError("%s: calcMode expects a data type (float32, float16...); got %r" % (self.describe(), T))
         changed = []
         try:
             for module in self.modules:
@@ -150,6 +188,12 @@ class Sequential(Module):
             raise
         self.calctype = dtype
         self.reset()
+
+    def snapshot(self, call, updParamGrads=True):
+        """The container's fields and every child's state for `call`: a chain that raises part-way puts back the
+        children that already ran (all-or-nothing)."""
+        own = Snapshot(self, [])
+        return CombinedSnapshot([own] + [module.snapshot(call, updParamGrads) for module in self.modules])
 
     # --- checks
 
@@ -179,17 +223,30 @@ class Sequential(Module):
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
         """Backpropagates through the children in reverse; each accumulates its own parameter gradients.
 
+        Every child's `checkBackward` runs first, and a child that raises part-way puts back the gradients of the
+        children that already ran, so a call that raises changes nothing.
+
         Raises:
-            ModuleError: before any forward, or for a `grad` unlike the output.
+            ModuleError: before any forward, or for a `grad` unlike the output, or a child that cannot backpropagate.
         """
         self.checkGrad(grad)
+        self.checkBackward(updParamGrads)
 
-        for i in reversed(range(len(self.modules))):
-            grad = self.modules[i].backward(
-                grad, updParamGrads=updParamGrads, updGrad=updGrad or i > 0, scale=scale, momentum=momentum
-            )
-        self.grad = grad if updGrad else None
-        return self.grad
+        snapshot = self.snapshot("backward", updParamGrads)
+        try:
+            for i in reversed(range(len(self.modules))):
+                grad = self.modules[i].backward(
+                    grad, updParamGrads=updParamGrads, updGrad=updGrad or i > 0, scale=scale, momentum=momentum
+                )
+            self.grad = grad if updGrad else None
+            return self.grad
+        except BaseException:
+            snapshot.restore()
+            raise
+
+    def checkBackward(self, updParamGrads):
+        for module in self.modules:
+            module.checkBackward(updParamGrads)
 
     # --- persistence
 

@@ -29,6 +29,8 @@ class BatchNorm(BatchNormND):
         >>> bn(data)                  # bn.mean: 6 ... 11, bn.var: 36 (the unbiased variance of each column)
     """
 
+    mapsArgument = "size"
+
     def __init__(
         self,
         size,

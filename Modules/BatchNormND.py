@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from PuzzleLib.Backend import Dnn, gpuarray
-from PuzzleLib.Modules.Module import Module, ModuleError, checkPositiveInt
+from PuzzleLib.Modules.Module import Module, ModuleError, checkBool, checkNumber, checkPositiveInt
 from PuzzleLib.Modules.Variable import Variable
 
 
@@ -34,11 +34,13 @@ class BatchNormND(Module):
     Args:
         nd (int): number of spatial axes (>= 1).
         maps (int): number of maps (channels), on `axis` of the data.
-        epsilon (float): > 0, added to the variance. Default 1e-5.
-        initFactor (float): > 0, the factor of the first batch. Default 1.0.
+        epsilon (float): finite and > 0, added to the variance. Default 1e-5.
+        initFactor (float): in (0, 1], the factor of the first batch (above 1 it would extrapolate). Default 1.0.
         minFactor (float): in [0, 1], the smallest factor. Default 0.1; 0 gives a cumulative average of all batches.
-        sscale (float): standard deviation of the initial ``scale ~ Normal(1, sscale)`` (numpy's global generator).
-        affine (bool): trainable ``scale`` and ``bias``; when False they stay exactly 1 and 0 (saved as attributes).
+        sscale (float): finite and >= 0, the standard deviation of the initial ``scale ~ Normal(1, sscale)`` (numpy's
+            global generator).
+        affine (bool): trainable ``scale`` and ``bias``; when False they stay exactly 1 and 0 (kept in ``attrs``, saved
+            among the parameters as PuzzleLib saves them).
         name (str or None): the module's name (prefix of its saved entries).
         empty (bool): create no arrays (``scale``, ``bias``, ``mean``, ``var`` are None) for a later `load`.
         inplace (bool): in evaluation mode write the output over the input (no new memory). Training in place is an
@@ -58,7 +60,8 @@ class BatchNormND(Module):
         dtype = calctype (float32 by default).
 
     Raises:
-        ValueError: at construction, for a bad argument (named with its value).
+        ValueError: at construction, for a bad argument (named with its value): not a number where one is expected,
+            out of its range, not finite, or a flag that is not a bool.
         ModuleError: on forward, for data of another rank, map count or dtype, a module created empty, a training
             batch of one element per map (no variance), or in-place training; the module is left as it was.
 
@@ -70,6 +73,8 @@ class BatchNormND(Module):
     """
 
     spatialText = None
+    # NOTE: the name of the constructor argument that gives the map count, for messages
+    mapsArgument = "maps"
 
     def __init__(
         self,
@@ -87,16 +92,15 @@ class BatchNormND(Module):
     ):
         owner = type(self).__name__
         checkPositiveInt(owner, "nd", nd)
-        checkPositiveInt(owner, "maps", maps)
+        checkPositiveInt(owner, self.mapsArgument, maps)
         axis = self.checkAxis(owner, axis, int(nd) + 2)
-        if not epsilon > 0:
-            raise ValueError("%s: epsilon must be > 0; got %r" % (owner, epsilon))
-        if not initFactor > 0:
-            raise ValueError("%s: initFactor must be > 0; got %r" % (owner, initFactor))
-        if not 0 <= minFactor <= 1:
-            raise ValueError("%s: minFactor must be in [0, 1]; got %r" % (owner, minFactor))
-        if not sscale >= 0:
-            raise ValueError("%s: sscale must be >= 0; got %r" % (owner, sscale))
+        checkNumber(owner, "epsilon", epsilon, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+        # NOTE: the first batch's factor is initFactor itself; above 1 it would extrapolate (a negative variance)
+        checkNumber(owner, "initFactor", initFactor, "in (0, 1]", lambda v: 0 < v <= 1)
+        checkNumber(owner, "minFactor", minFactor, "in [0, 1]", lambda v: 0 <= v <= 1)
+        checkNumber(owner, "sscale", sscale, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+        for flag, value in (("affine", affine), ("empty", empty), ("inplace", inplace)):
+            checkBool(owner, flag, value)
 
         super().__init__(name)
         self.nd, self.maps, self.axis = int(nd), int(maps), axis
@@ -158,6 +162,10 @@ class BatchNormND(Module):
         group = "params" if self.affine else "attrs"
         shape = self.paramShape
         return {"scale": (group, shape), "bias": (group, shape), "mean": ("attrs", shape), "var": ("attrs", shape)}
+
+    def savedAsParams(self):
+        """A non-affine module's scale and bias: PuzzleLib keeps them as parameters (params and links) in its files."""
+        return () if self.affine else ("scale", "bias")
 
     # --- shapes
 
@@ -235,25 +243,50 @@ class BatchNormND(Module):
         self.savemean, self.saveinvvar = savemean, saveinvvar
         return self.fromDnn(result, data)
 
+    def stateArrays(self, call, updParamGrads=True):
+        if call == "forward" and self.train:
+            return [self.mean, self.var]
+        return super().stateArrays(call, updParamGrads)
+
+    def checkBackward(self, updParamGrads):
+        """After an in-place evaluation forward the input is gone (the output overwrote it), and the scale gradient
+        needs it: only the input gradient, ``backward(grad, updParamGrads=False)``, can be computed then."""
+        if self.inplace and not self.train and updParamGrads and self.vars:
+            raise ModuleError(
+                "%s: the in-place evaluation forward overwrote its input, which the scale gradient needs; call "
+                "backward(grad, updParamGrads=False) for the input gradient alone, or use inplace=False"
+                % self.describe()
+            )
+
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
         """Backpropagates `grad` in one call of `Backend.Dnn.batchNormNdBackward`: the batch statistics after a training
-        forward, the running ones (constants) after an evaluation forward. See `Module.backward`."""
+        forward, the running ones (constants) after an evaluation forward. See `Module.backward`.
+
+        Raises:
+            ModuleError: as `Module.backward`; also for parameter gradients after an in-place evaluation forward
+                (`checkBackward`).
+        """
         self.checkGrad(grad)
         updParamGrads = updParamGrads and bool(self.vars)
+        self.checkBackward(updParamGrads)
         if not (updGrad or updParamGrads):
             return None
 
-        ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
-            self.toDnn(self.inData), self.toDnn(grad), self.scale, self.savemean, self.saveinvvar, self.epsilon,
-            self.dnnAxes, test=not self.train, mean=self.mean, var=self.var, updGrad=updGrad,
-        )
-        if updParamGrads:
-            self.accumulate(self.vars["scale"], scalegrad, scale, momentum)
-            self.accumulate(self.vars["bias"], biasgrad, scale, momentum)
-        if updGrad:
-            self.grad = self.fromDnn(ingrad, grad)
-            return self.grad
-        return None
+        snapshot = self.snapshot("backward", updParamGrads)
+        try:
+            ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+                self.toDnn(self.inData), self.toDnn(grad), self.scale, self.savemean, self.saveinvvar, self.epsilon,
+                self.dnnAxes, test=not self.train, mean=self.mean, var=self.var, updGrad=updGrad,
+            )
+            if updParamGrads:
+                self.accumulate(self.vars["scale"], scalegrad, scale, momentum)
+                self.accumulate(self.vars["bias"], biasgrad, scale, momentum)
+            if updGrad:
+                self.grad = self.fromDnn(ingrad, grad)
+            return self.grad if updGrad else None
+        except BaseException:
+            snapshot.restore()
+            raise
 
     def releaseResults(self):
         super().releaseResults()

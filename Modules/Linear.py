@@ -1,9 +1,11 @@
 """Linear: a fully connected layer, out = data @ W + b."""
 
+import math
+
 import numpy as np
 
 from PuzzleLib.Backend import Blas, ElementWise, gpuarray
-from PuzzleLib.Modules.Module import Module, ModuleError, checkPositiveInt
+from PuzzleLib.Modules.Module import Module, ModuleError, checkBool, checkNumber, checkPositiveInt
 from PuzzleLib.Modules.Variable import Variable
 
 initSchemes = ("xavier", "he", "gaussian", "uniform")
@@ -40,7 +42,7 @@ class Linear(Module):
         data: (batch, insize); output: (batch, outsize).
 
     Raises:
-        ValueError: at construction, for a bad size, wscale or initscheme.
+        ValueError: at construction, for a bad size, wscale, initscheme or name.
         ModuleError: on forward, for data that is not 2D, has another feature count or dtype, or a module created
             empty; the module is left as it was.
 
@@ -53,8 +55,8 @@ class Linear(Module):
         owner = type(self).__name__
         checkPositiveInt(owner, "insize", insize)
         checkPositiveInt(owner, "outsize", outsize)
-        if not wscale >= 0:
-            raise ValueError("%s: wscale must be >= 0; got %r" % (owner, wscale))
+        checkNumber(owner, "wscale", wscale, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+        checkBool(owner, "useBias", useBias)
         initscheme = "xavier" if initscheme is None else initscheme
         if initscheme not in initSchemes:
             raise ValueError("%s: initscheme must be one of %s; got %r" % (owner, ", ".join(initSchemes), initscheme))

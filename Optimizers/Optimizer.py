@@ -1,6 +1,6 @@
 """Optimizer: the base of the parameter-update rules (set up on a module, then `update()` after each backward)."""
 
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import Module, ModuleError, Snapshot
 
 
 def namedVars(module):
@@ -51,7 +51,8 @@ class Optimizer:
         self.module.zeroGradParams()
 
     def update(self):
-        """Applies one step of the rule to every parameter."""
+        """Applies one step of the rule to every parameter, all or nothing: the parameters and states are copied on the
+        device first and put back if the step raises (an interrupt included)."""
         self.checkSetup()
         current = namedVars(self.module)
         if current.keys() != self.states.keys() or any(
@@ -61,8 +62,22 @@ class Optimizer:
                 "%s: the module's parameters changed since setupOn (calcMode, load into an empty module...); "
                 "call setupOn again" % type(self).__name__
             )
+        # NOTE: a step that raises part-way (an interrupt) must not leave some parameters moved and others not
+        snapshot = Snapshot(self, self.stateArrays())
+        try:
+            for var, state in self.states.values():
+                self.updateVar(var, state)
+        except BaseException:
+            snapshot.restore()
+            raise
+
+    def stateArrays(self):
+        """The arrays a step writes: every parameter and every per-parameter state that is an array."""
+        arrays = []
         for var, state in self.states.values():
-            self.updateVar(var, state)
+            arrays.append(var.data)
+            arrays.extend(state if isinstance(state, (list, tuple)) else [] if state is None else [state])
+        return arrays
 
     def checkSetup(self):
         if self.module is None:

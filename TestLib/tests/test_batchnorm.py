@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from PuzzleLib.Backend import Dnn, gpuarray
+from PuzzleLib.Backend.BatchNormLayout import BatchNormLayout, modeAxes
 from PuzzleLib.Modules import BatchNorm, BatchNorm1D, BatchNorm2D, BatchNorm3D, BatchNormND, ModuleError
 from PuzzleLib.TestLib import Backends, Reference
 from PuzzleLib.TestLib.GradientCheck import numericGradient, relativeError
@@ -404,11 +405,20 @@ def test_grad_of_wrong_shape_or_dtype_is_a_module_error():
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [
-        ({"epsilon": 0.0}, "epsilon must be > 0"),
-        ({"epsilon": -1e-5}, "epsilon must be > 0"),
+        ({"epsilon": 0.0}, "epsilon must be a finite number > 0"),
+        ({"epsilon": -1e-5}, "epsilon must be a finite number > 0"),
+        ({"epsilon": None}, "epsilon must be a finite number > 0; got None"),
+        ({"epsilon": float("inf")}, "epsilon must be a finite number > 0"),
         ({"minFactor": 1.5}, r"minFactor must be in \[0, 1\]"),
         ({"minFactor": -0.1}, r"minFactor must be in \[0, 1\]"),
-        ({"initFactor": 0.0}, "initFactor must be > 0"),
+        ({"minFactor": "0.1"}, r"minFactor must be in \[0, 1\]; got '0.1'"),
+        ({"initFactor": 0.0}, r"initFactor must be in \(0, 1\]"),
+        ({"initFactor": 1.5}, r"initFactor must be in \(0, 1\]; got 1.5"),
+        ({"initFactor": float("nan")}, r"initFactor must be in \(0, 1\]"),
+        ({"sscale": float("inf")}, "sscale must be a finite number >= 0"),
+        ({"sscale": float("nan")}, "sscale must be a finite number >= 0"),
+        ({"affine": "no"}, "affine must be True or False; got 'no'"),
+        ({"inplace": None}, "inplace must be True or False"),
     ],
 )
 def test_bad_constructor_arguments_are_value_errors(kwargs, pattern):
@@ -431,10 +441,27 @@ def test_sizes_must_be_positive_ints(make):
         make()
 
 
+def test_messages_name_the_constructor_argument():
+    with pytest.raises(ValueError, match=r"BatchNorm: size must be a positive int; got \{\}"):
+        BatchNorm({})
+    with pytest.raises(ValueError, match="BatchNorm2D: maps must be a positive int"):
+        BatchNorm2D({})
+    with pytest.raises(ValueError, match="BatchNorm: initFactor"):
+        BatchNorm(3, initFactor=2.0)
+
+
 def test_unsupported_calc_mode_is_a_module_error():
     bn = BatchNorm(3)
     with pytest.raises(ModuleError, match="calc types .* got int32"):
         bn.calcMode(np.int32)
+    assert bn.calctype == np.float32
+
+
+@pytest.mark.parametrize("T", [None, "bogus"], ids=["none", "not_a_dtype"])
+def test_calc_mode_of_something_that_is_not_a_dtype_is_a_module_error_naming_it(T):
+    bn = BatchNorm(3)
+    with pytest.raises(ModuleError, match=r"BatchNorm: calcMode expects a data type \(one of float32.*\); got %r" % T):
+        bn.calcMode(T)
     assert bn.calctype == np.float32
 
 
@@ -470,9 +497,10 @@ def test_save_writes_puzzlelib_layout_and_load_restores(tmp_path):
 
     with h5py.File(tmp_path / "net.h5", "r") as f:
         assert set(f.keys()) == {"params", "links", "attrs"}
-        assert set(f["params"].keys()) == {"bn1.scale", "bn1.bias"}
+        assert set(f["params"].keys()) == {"0", "1"}
+        assert (f["links"]["bn1.scale"][()], f["links"]["bn1.bias"][()]) == (0, 1)
         assert set(f["attrs"].keys()) == {"bn1.mean", "bn1.var"}
-        assert np.array_equal(f["params"]["bn1.scale"][()], bn.scale.get())
+        assert np.array_equal(f["params"]["0"][()], bn.scale.get())
         assert np.array_equal(f["attrs"]["bn1.var"][()], bn.var.get())
 
     other = BatchNorm2D(4, name="bn1")
@@ -481,10 +509,12 @@ def test_save_writes_puzzlelib_layout_and_load_restores(tmp_path):
         assert np.array_equal(getattr(other, name).get(), getattr(bn, name).get())
 
 
-def test_not_affine_saves_scale_and_bias_as_attributes(tmp_path):
+def test_not_affine_saves_scale_and_bias_among_the_parameters(tmp_path):
+    # NOTE: as PuzzleLib does, whose loader reads scale and bias through links even when affine=False
     BatchNorm(3, affine=False, name="n").save(tmp_path / "n.h5")
     with h5py.File(tmp_path / "n.h5", "r") as f:
-        assert set(f["attrs"].keys()) == {"n.scale", "n.bias", "n.mean", "n.var"} and len(f["params"]) == 0
+        assert set(f["attrs"].keys()) == {"n.mean", "n.var"} and set(f["links"].keys()) == {"n.scale", "n.bias"}
+        assert np.array_equal(f["params"][str(f["links"]["n.scale"][()])][()], np.ones((1, 3, 1, 1), np.float32))
 
 
 def test_load_errors_name_the_problem_and_change_nothing(tmp_path):
@@ -577,3 +607,107 @@ def test_backward_of_empty_data_gives_zero_parameter_gradients(test):
     assert ingrad.shape == shape
     assert np.array_equal(scalegrad.get(), np.zeros((1, 3, 1, 1), np.float32))
     assert np.array_equal(biasgrad.get(), np.zeros((1, 3, 1, 1), np.float32))
+
+
+# --- data with an empty axis
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_evaluation_of_data_with_an_empty_spatial_axis_gives_an_empty_output_and_zero_parameter_gradients(dtype):
+    shape = (2, 3, 0, 4)
+    bn = BatchNorm2D(3)
+    bn.calcMode(dtype)
+    bn.evalMode()
+    state = moduleState(bn)
+
+    out = bn(gpuarray.to_gpu(np.zeros(shape, dtype)))
+    assert out.shape == shape and out.dtype == dtype
+    ingrad = bn.backward(gpuarray.to_gpu(np.zeros(shape, dtype)))
+    assert ingrad.shape == shape and ingrad.dtype == dtype
+    for name in ("scale", "bias"):
+        assert np.array_equal(bn.vars[name].grad.get(), np.zeros((1, 3, 1, 1), np.float32)), name
+    assertSameState(bn, state)
+
+
+@pytest.mark.parametrize("mode", ["spatial", (0, 2), (0, 3)], ids=["spatial", "axes_0_2_permuted", "axes_0_3"])
+def test_dnn_evaluation_of_data_with_an_empty_axis_gives_an_empty_output_also_in_place(mode):
+    shape = (2, 3, 0, 4)
+    data = gpuarray.to_gpu(np.zeros(shape, np.float32))
+    pshape = BatchNormLayout(shape, modeAxes(mode, 4)).paramShape
+    scale, bias = gpuarray.to_gpu(np.ones(pshape, np.float32)), gpuarray.zeros(pshape, np.float32)
+    mean, var = gpuarray.zeros(pshape, np.float32), gpuarray.to_gpu(np.ones(pshape, np.float32))
+
+    out = Dnn.batchNormNd(data, scale, bias, mean, var, test=True, mode=mode)
+    assert out.shape == shape and out.dtype == np.float32 and out.ptr != data.ptr
+    assert Dnn.batchNormNd(data, scale, bias, mean, var, test=True, mode=mode, out=data) is data
+
+
+def test_training_on_data_with_an_empty_spatial_axis_stays_an_error():
+    shape = (2, 3, 0, 4)
+    data, stat = gpuarray.to_gpu(np.zeros(shape, np.float32)), gpuarray.to_gpu(np.ones((1, 3, 1, 1), np.float32))
+    with pytest.raises(ValueError, match=r"at least 2 elements per map .* shape \(2, 3, 0, 4\) has 0"):
+        Dnn.batchNormNd(data, stat, stat, stat, stat, test=False)
+
+    bn = BatchNorm2D(3)
+    state = moduleState(bn)
+    with pytest.raises(ModuleError, match=r"BatchNorm2D: training needs at least 2 elements per map .* has 0"):
+        bn(data)
+    assertSameState(bn, state)
+
+
+# --- numbers that must never be silently wrong
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0, 1000.0])
+def test_float16_evaluation_is_within_one_ulp_for_any_offset(offset, backend):
+    Backends.skipUnless(backend.name, np.float16, Dnn.dataTypes(backend))
+    host = (offset + np.random.uniform(0.0, 1.0, size=(64, 6, 5, 5))).astype(np.float16)
+    bn = BatchNorm2D(6)
+    bn.calcMode(np.float16)
+    bn(gpuarray.to_gpu(host))
+    bn.evalMode()
+    out = bn(gpuarray.to_gpu(host)).get()
+
+    ref = Reference.batchNormEval(
+        host.astype(np.float64), bn.scale.get(), bn.bias.get(), bn.mean.get(), bn.var.get(), EPS
+    )
+    ulp = np.spacing(np.abs(ref).astype(np.float16)).astype(np.float64)
+    error = np.abs(out.astype(np.float64) - ref) / ulp
+    assert error.max() <= 1.0, "off by %.2f fp16 ulps (offset %g)" % (error.max(), offset)
+
+
+def test_momentum_zero_does_not_read_a_poisoned_gradient():
+    bn = BatchNorm(3)
+    host = np.random.randn(8, 3).astype(np.float32)
+    grad = np.random.randn(8, 3).astype(np.float32)
+    bn(gpuarray.to_gpu(host))
+    bn.vars["scale"].grad.fill(np.inf)
+    bn.vars["bias"].grad.fill(np.nan)
+
+    bn.backward(gpuarray.to_gpu(grad))
+    _, dscale, dbias = Reference.batchNormBackward(host, grad, bn.scale.get().reshape(1, 3), (0,), EPS)
+    np.testing.assert_allclose(bn.vars["scale"].grad.get().ravel(), dscale.ravel(), atol=1e-5)
+    np.testing.assert_allclose(bn.vars["bias"].grad.get().ravel(), dbias.ravel(), atol=1e-5)
+
+
+def test_in_place_evaluation_refuses_the_scale_gradient_but_gives_the_input_gradient():
+    bn = BatchNorm(4, inplace=True)
+    bn.mean.set(np.random.normal(2.0, 1.0, size=(1, 4, 1, 1)).astype(np.float32))
+    bn.var.set(np.random.uniform(4.0, 9.0, size=(1, 4, 1, 1)).astype(np.float32))
+    bn.evalMode()
+    host = np.random.normal(2.0, 3.0, size=(5, 4)).astype(np.float32)
+    grad = np.random.randn(5, 4).astype(np.float32)
+    bn(gpuarray.to_gpu(host))
+    before = bn.vars["scale"].grad.get()
+
+    with pytest.raises(ModuleError, match="overwrote its input.*updParamGrads=False"):
+        bn.backward(gpuarray.to_gpu(grad))
+    assert np.array_equal(bn.vars["scale"].grad.get(), before) and bn.grad is None
+
+    bn.backward(gpuarray.to_gpu(grad), updParamGrads=False)
+    dx, _, _ = Reference.frozenBackward(
+        host, grad, bn.scale.get().reshape(1, 4), bn.mean.get().reshape(1, 4), bn.var.get().reshape(1, 4), EPS, (0,)
+    )
+    np.testing.assert_allclose(bn.grad.get(), dx, atol=1e-6, rtol=1e-6)
+    assert np.array_equal(bn.vars["scale"].grad.get(), before)

@@ -299,6 +299,11 @@ def test_sequential_modes_propagate_and_calcmode_is_atomic():
         net.calcMode(unsupported)
     assert all(module.calctype == np.float32 for module in net)
 
+    # NOTE: numpy reads None as float64, which the CPU backend computes in: the chain must refuse it, not switch
+    with pytest.raises(ModuleError, match="expects a data type.*got None"):
+        net.calcMode(None)
+    assert net.calctype == np.float32 and all(module.calctype == np.float32 for module in net)
+
 
 def test_sequential_save_load_roundtrip_and_failed_load(tmp_path):
     np.random.seed(12)
@@ -308,7 +313,8 @@ def test_sequential_save_load_roundtrip_and_failed_load(tmp_path):
     net.save(path)
 
     with h5py.File(path, "r") as f:
-        keys = set(f["params"]) | set(f["attrs"])
+        keys = set(f["links"]) | set(f["attrs"])
+        assert set(f["params"]) == {str(index) for index in range(6)}
     assert keys == {"net.fc0.W", "net.fc0.b", "net.bn0.scale", "net.bn0.bias", "net.bn0.mean", "net.bn0.var"} | {
         "net.fc1.W",
         "net.fc1.b",
