@@ -74,7 +74,7 @@ def checkOutput(parser, option, path):
 
 
 def checkPrerequisites(parser, args):
-    """Everything the run needs, checked before any work: the backend, the packages and the output folders. A problem
+    """Everything the run needs, checked before any work: the backend, the output folders and the packages. A problem
     is a one-line error (`ArgumentParser.error`, exit status 2)."""
     try:
         from PuzzleLib import Config
@@ -86,6 +86,10 @@ def checkPrerequisites(parser, args):
         problem = Config.cudaProblem()
         if problem is not None:
             parser.error("%scuda: the CUDA backend cannot work here: %s" % (source, problem))
+
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            checkOutput(parser, option, path)
 
     needed = [("sklearn", "scikit-learn", "examples"), ("tqdm", "tqdm", "examples")]
     if args.plot is not None:
@@ -100,10 +104,6 @@ def checkPrerequisites(parser, args):
                 '%s needs %s, which cannot be imported (%s): pip install "PuzzleLib[%s]"'
                 % (user, package, reason, extra)
             )
-
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
-        if path is not None:
-            checkOutput(parser, option, path)
 
 
 def writeJson(result, path):
