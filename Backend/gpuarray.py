@@ -132,23 +132,17 @@ class GPUArray:
                     "GPUArray.set expects a host array or a %s GPUArray; got a %s GPUArray"
                     % (self.backend.name, ary.backend.name)
                 )
-            if ary.shape != self.shape or ary.dtype != self.dtype:
-                raise ValueError(
-                    "GPUArray.set expects an array of shape %s and dtype %s; got shape %s and dtype %s"
-                    % (self.shape, self.dtype, ary.shape, ary.dtype)
-                )
-            if self.size:
-                self._copyFrom(ary)
-            return self
+            copy = self._copyFrom
+        else:
+            ary, copy = np.asarray(ary), self._setFromHost
 
-        ary = np.asarray(ary)
         if ary.shape != self.shape or ary.dtype != self.dtype:
             raise ValueError(
                 "GPUArray.set expects an array of shape %s and dtype %s; got shape %s and dtype %s"
                 % (self.shape, self.dtype, ary.shape, ary.dtype)
             )
         if self.size:
-            self._setFromHost(ary)
+            copy(ary)
         return self
 
     def reshape(self, *shape):

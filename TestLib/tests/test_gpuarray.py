@@ -43,6 +43,20 @@ def test_set_copies_and_checks_shape_and_dtype():
     assert np.array_equal(ary.get(), np.full((2, 3), 2.5, dtype=np.float32))
 
 
+def test_set_from_a_gpuarray_copies_on_the_device_and_checks_shape_and_dtype():
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    source, ary = gpuarray.to_gpu(host), gpuarray.zeros((2, 3), np.float32)
+    assert ary.set(source) is ary and np.array_equal(ary.get(), host)
+    source.fill(7.0)
+    assert np.array_equal(ary.get(), host), "set kept a view of its source instead of copying"
+
+    with pytest.raises(ValueError, match=r"shape \(2, 3\).*got shape \(3, 2\)"):
+        ary.set(gpuarray.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="dtype float32.*dtype float16"):
+        ary.set(gpuarray.zeros((2, 3), np.float16))
+    assert np.array_equal(ary.get(), host)
+
+
 def test_fill_zeros_and_empty():
     assert np.array_equal(gpuarray.zeros((4, 2), np.float16).get(), np.zeros((4, 2), np.float16))
     ary = gpuarray.empty((3,), np.float32).fill(1.5)
