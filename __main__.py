@@ -14,7 +14,6 @@ run needs (scikit-learn, tqdm; matplotlib for ``--plot``) and the folders of the
 import argparse
 import json
 import os
-import tempfile
 import time
 
 
@@ -107,21 +106,15 @@ def checkPrerequisites(parser, args):
 
 
 def writeJson(result, path):
-    """Writes `result` as JSON to `path` atomically: into a temporary file in the same folder, then renamed over
-    `path`, so a failure leaves `path` as it was and no partial file."""
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix="." + name + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
+    """Writes `result` as JSON to `path` atomically (`PuzzleLib.AtomicFile.writeAtomically`): a failure leaves `path`
+    as it was and no partial file."""
+    from PuzzleLib.AtomicFile import writeAtomically
+
+    def dump(temporary):
+        with open(temporary, "w") as f:
             json.dump(result, f, indent=2)
-        # NOTE: mkstemp makes the file private (0600); the result gets the permissions open() would have given it
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+
+    writeAtomically(path, dump)
 
 
 def main(argv=None):

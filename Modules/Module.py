@@ -4,14 +4,13 @@ import collections
 import contextlib
 import math
 import os
-import secrets
 import signal
-import stat
 import threading
 
 import h5py
 import numpy as np
 
+from PuzzleLib.AtomicFile import writeAtomically
 from PuzzleLib.Backend import Blas, gpuarray
 from PuzzleLib.Modules.Variable import Variable
 
@@ -448,7 +447,11 @@ class Module:
             raise ModuleError("cannot save: the entry %r appears twice (give modules unique names)" % twice[0])
 
         if isPath:
-            writeAtomically(hdf, lambda f: self.writeEntries(f, entries))
+            def writeFile(temporary):
+                with h5py.File(temporary, "w") as f:
+                    self.writeEntries(f, entries)
+
+            writeAtomically(hdf, writeFile)
         else:
             self.writeEntries(hdf, entries)
 
@@ -542,65 +545,6 @@ class Module:
                 (current.data if group == "params" else current).set(value)
 
         return apply
-
-
-def writeAtomically(path, write):
-    """Calls ``write(h5pyFile)`` on a hidden temporary file beside the target of `path`, flushes it to disk and moves it
-    over the target with `os.replace`; on any failure, KeyboardInterrupt included, removes the temporary file and
-    re-raises, leaving an existing target as it was."""
-    # NOTE: a symlink keeps pointing where it did, so the file it points to is the one replaced
-    target = os.path.realpath(os.fspath(path))
-    folder, base = os.path.split(target)
-    try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
-    except FileNotFoundError:
-        mode = None
-
-    temporary, fd = createTemporary(folder, base)
-    try:
-        try:
-            with h5py.File(temporary, "w") as f:
-                write(f)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if mode is not None:
-            os.chmod(temporary, mode)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    syncFolder(folder)
-
-
-def createTemporary(folder, base):
-    """Creates a new hidden file ``.<base>.<random>.tmp`` in `folder`; returns (path, descriptor)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        path = os.path.join(folder, ".%s.%s.tmp" % (base[:200], secrets.token_hex(4)))
-        try:
-            # NOTE: mode 0o666 lets the umask decide, as for any new file (mkstemp would give 0o600)
-            return path, os.open(path, flags, 0o666)
-        except FileExistsError:
-            continue
-    raise FileExistsError("no free temporary name beside %s" % os.path.join(folder, base))
-
-
-def syncFolder(folder):
-    """Flushes `folder`'s entries (the rename of a save) to disk where the system allows opening a folder."""
-    directory = getattr(os, "O_DIRECTORY", None)
-    if directory is None:
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY | directory)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fitEntry(key, value, shape):
