@@ -10,9 +10,10 @@ import math
 
 import numpy as np
 
+from PuzzleLib.Backend import DLPack
 from PuzzleLib.Backend.Dispatch import currentBackend
 
-__all__ = ["GPUArray", "to_gpu", "empty", "zeros", "memoryPool"]
+__all__ = ["GPUArray", "to_gpu", "empty", "zeros", "memoryPool", "from_dlpack"]
 
 
 def isDimension(dim):
@@ -92,6 +93,19 @@ def hostArray(ary):
     if ary.dtype.kind not in numericKinds:
         raise TypeError("to_gpu expects a host array of %s; got dtype %s" % (numericText, ary.dtype))
     return ary
+
+
+def checkHostOut(ary, out):
+    """Raises ValueError unless the host ndarray `out` can receive the contents of the GPUArray `ary`
+    (``get(out=...)``): same shape and dtype, C-contiguous and writeable."""
+    if not isinstance(out, np.ndarray) or out.shape != ary.shape or out.dtype != ary.dtype:
+        got = "shape %s and dtype %s" % (out.shape, out.dtype) if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(
+            "GPUArray.get expects out to be a host ndarray of shape %s and dtype %s; got %s"
+            % (ary.shape, ary.dtype, got)
+        )
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("GPUArray.get expects out to be C-contiguous and writeable")
 
 
 def elementCount(shape):
@@ -237,6 +251,38 @@ def to_gpu(ary):
             int, float or complex; an object array or strings are refused), naming the dtype.
     """
     return currentBackend().gpuarray.to_gpu(ary)
+
+
+def from_dlpack(obj):
+    """A GPUArray sharing the memory of `obj` (no copy), on the backend whose memory holds it: the CPU backend for a
+    tensor on the host (kDLCPU), the CUDA backend for one on the GPU (kDLCUDA).
+
+    The protocol is the Python array API standard's (``__dlpack__`` / ``__dlpack_device__``, over DLPack's dlpack.h
+    v1.0): `obj` is asked for ``obj.__dlpack__(max_version=(1, 0))``, with ``stream=1`` (the legacy default stream, the
+    one our kernels use) for a CUDA tensor, and without `max_version` when the producer refuses that keyword with a
+    TypeError. On the CUDA backend an object with only ``__cuda_array_interface__`` (version 3) is taken too. A GPUArray
+    gives a view of itself.
+
+    The array and every view of it keep the producer's memory alive; when the last of them dies the producer's deleter
+    runs (so dropping the PyTorch tensor after the import is safe). Writes through either side are seen by the other.
+
+    Args:
+        obj: a PyTorch tensor, a CuPy or numpy array, a GPUArray, or any producer of the protocol; C-contiguous, any
+            shape (0-d and empty too), dtype bool, int8..64, uint8..64, float16/32/64, complex64/128.
+
+    Returns:
+        GPUArray of the same shape and dtype, whose ``ptr`` is the producer's data pointer.
+
+    Raises:
+        TypeError: `obj` has no ``__dlpack__`` (a list, a host array of another kind: copy it with `to_gpu`), or a
+            dtype a GPUArray cannot hold (bfloat16 says so; lanes > 1).
+        ValueError: a tensor that is not C-contiguous (make it so with ``tensor.contiguous()`` or
+            ``np.ascontiguousarray``), or read-only (the versioned capsule's READ_ONLY flag: GPUArrays are writable).
+        BufferError: memory on a device no backend holds (neither the host nor the CUDA device), or another CUDA device
+            than the backend's.
+        PuzzleLib.Config.ConfigError: a CUDA tensor where the CUDA backend cannot work (pycuda missing, no device).
+    """
+    return DLPack.fromDLPack(obj)
 
 
 class CurrentPool:

@@ -6,14 +6,18 @@ backend's, so module code runs unchanged on both.
 
 import numpy as np
 
-from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Backend import DLPack, gpuarray
 from PuzzleLib.Backend.MemoryPool import MemoryPool, NumpyAllocator
 
 memoryPool = MemoryPool(NumpyAllocator())
 
 
 class GPUArray(gpuarray.GPUArray):
-    """C-contiguous array in the CPU backend's pool memory (a numpy view onto a pool block)."""
+    """C-contiguous array in the CPU backend's pool memory (a numpy view onto a pool block).
+
+    ``GPUArray(ndarray, block)``: `block` is what keeps the memory of `ndarray` alive, and every view shares it: a pool
+    `Block`, or, for an array imported with ``from_dlpack``, the `ForeignHostMemory` holding the producer's tensor.
+    """
 
     __array_priority__ = -1
 
@@ -53,9 +57,18 @@ class GPUArray(gpuarray.GPUArray):
     def ptr(self):
         return self._ndarray.ctypes.data
 
-    def get(self):
-        """Returns a new host ndarray with the contents."""
-        return self._ndarray.copy()
+    def get(self, out=None):
+        """Returns a new host ndarray with the contents, or copies them into `out` (a C-contiguous host ndarray of this
+        shape and dtype, such as one from `hostBuffer`) and returns it.
+
+        Raises:
+            ValueError: `out` of another shape or dtype, or not C-contiguous.
+        """
+        if out is None:
+            return self._ndarray.copy()
+        gpuarray.checkHostOut(self, out)
+        np.copyto(out, self._ndarray)
+        return out
 
     def fill(self, value):
         """Sets every element to `value`; returns self."""
@@ -67,6 +80,34 @@ class GPUArray(gpuarray.GPUArray):
         out = empty(self.shape, self.dtype)
         np.copyto(out._ndarray, self._ndarray)
         return out
+
+    def __dlpack_device__(self):
+        """``(DLDeviceType.kDLCPU, 0)``: the array is host memory (the DLPack protocol of the Python array API
+        standard)."""
+        return (DLPack.DLDeviceType.kDLCPU, 0)
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """A DLPack capsule sharing this array's memory, for ``torch.from_dlpack``, ``np.from_dlpack`` and any other
+        consumer of the Python array API standard's protocol (the structures are dlpack.h v1.0's).
+
+        The capsule is ``"dltensor_versioned"`` when `max_version` is at least (1, 0), else ``"dltensor"``; it keeps
+        this array, and so its pool block, alive until the consumer's tensor is gone. Any shape (0-d and empty too);
+        dtypes bool, int8..64, uint8..64, float16/32/64, complex64/128.
+
+        Args:
+            stream: must be None: host memory has no streams.
+            max_version (tuple or None): the highest DLPack version the consumer supports.
+            dl_device (tuple or None): must be ``(kDLCPU, 0)`` when given.
+            copy (bool or None): True exports a copy; False and None share the memory (never a copy).
+
+        Raises:
+            ValueError: a `stream` other than None, a malformed `max_version` or `dl_device`.
+            BufferError: `dl_device` names another device, or the dtype has no DLPack code (long double).
+        """
+        if stream is not None:
+            raise ValueError("a CPU GPUArray's __dlpack__ expects stream None (host memory has no streams); got %r"
+                             % (stream,))
+        return DLPack.export(self, self.__dlpack_device__(), max_version=max_version, dl_device=dl_device, copy=copy)
 
     def _view(self, shape, offset):
         start = offset // self.dtype.itemsize
@@ -98,6 +139,12 @@ def empty(shape, dtype=np.float32):
     return GPUArray(block.raw[:nbytes].view(dtype).reshape(shape), block)
 
 
+def hostBuffer(shape, dtype=np.float32):
+    """A host ndarray for transfers with `GPUArray.get(out=...)`; plain numpy memory here, as the arrays are host
+    memory already (the CUDA backend's is page-locked)."""
+    return np.empty(shape, dtype)
+
+
 def zeros(shape, dtype=np.float32):
     """Returns an array of zeros of `shape` and `dtype` from the memory pool."""
     return empty(shape, dtype).fill(0)
@@ -113,3 +160,31 @@ def to_gpu(ary):
     out = empty(ary.shape, ary.dtype)
     np.copyto(out._ndarray, ary)
     return out
+
+
+class ForeignHostMemory:
+    """Host memory another library owns, as numpy sees it: numpy makes this object the base of the ndarray it builds
+    from ``__array_interface__``, so every numpy view of an imported array keeps `owner` (and the producer's memory)
+    alive."""
+
+    def __init__(self, ptr, shape, dtype, owner):
+        self.owner = owner
+        self.__array_interface__ = {
+            "version": 3, "shape": shape, "typestr": dtype.str, "data": (ptr, False), "strides": None,
+        }
+
+
+def foreignArray(ptr, shape, dtype, owner):
+    """A GPUArray of `shape` and `dtype` over C-contiguous host memory at `ptr` that `owner` keeps alive (an imported
+    array: it holds no pool block; it and its views keep `owner` instead)."""
+    memory = ForeignHostMemory(ptr, shape, np.dtype(dtype), owner)
+    return GPUArray(np.asarray(memory), memory)
+
+
+def from_dlpack(obj):
+    """A CPU GPUArray sharing the host memory of `obj` (see `PuzzleLib.Backend.gpuarray.from_dlpack`).
+
+    Raises:
+        BufferError: the memory of `obj` is not host memory; and the errors of ``gpuarray.from_dlpack``.
+    """
+    return DLPack.fromDLPack(obj, "cpu")

@@ -13,7 +13,7 @@ import numpy as np
 import pycuda.driver as cuda
 import pycuda.gpuarray
 
-from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Backend import DLPack, gpuarray
 from PuzzleLib.Backend.Cuda import Driver
 from PuzzleLib.Backend.MemoryPool import MemoryPool
 
@@ -103,12 +103,20 @@ class GPUArray(gpuarray.GPUArray, pycuda.gpuarray.GPUArray):
     def ptr(self):
         return 0 if self.gpudata is None else int(self.gpudata)
 
-    def get(self):
-        """Returns a new host ndarray with the contents."""
-        ary = np.empty(self.shape, self.dtype)
+    def get(self, out=None):
+        """Returns a new host ndarray with the contents, or copies them into `out` (a C-contiguous host ndarray of this
+        shape and dtype; page-locked memory from `hostBuffer` makes the copy faster) and returns it.
+
+        Raises:
+            ValueError: `out` of another shape or dtype, or not C-contiguous.
+        """
+        if out is None:
+            out = np.empty(self.shape, self.dtype)
+        else:
+            gpuarray.checkHostOut(self, out)
         if self.size:
-            cuda.memcpy_dtoh(ary, self.ptr)
-        return ary
+            cuda.memcpy_dtoh(out, self.ptr)
+        return out
 
     def fill(self, value):
         """Sets every element to `value` (converted to the array's dtype); returns self.
@@ -136,6 +144,52 @@ class GPUArray(gpuarray.GPUArray, pycuda.gpuarray.GPUArray):
             cuda.memcpy_dtod(out.ptr, self.ptr, self.nbytes)
         return out
 
+    def __dlpack_device__(self):
+        """``(DLDeviceType.kDLCUDA, ordinal)`` of the device the backend runs on (the DLPack protocol of the Python
+        array API standard)."""
+        return (DLPack.DLDeviceType.kDLCUDA, deviceOrdinal())
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """A DLPack capsule sharing this array's device memory, for ``torch.from_dlpack``, ``cupy.from_dlpack`` and any
+        other consumer of the Python array API standard's protocol (the structures are dlpack.h v1.0's).
+
+        The capsule is ``"dltensor_versioned"`` when `max_version` is at least (1, 0), else ``"dltensor"``; it keeps
+        this array, and so its pool block, alive until the consumer's tensor is gone. Any shape (0-d and empty too);
+        dtypes bool, int8..64, uint8..64, float16/32/64, complex64/128.
+
+        Args:
+            stream (int or None): the consumer's stream. Our work runs on the legacy default stream, so None, 1 (that
+                stream), 2 (the per-thread default stream, which synchronizes with it) and -1 (no synchronization
+                wanted) need nothing; for any other stream (a handle) the device is synchronized before returning, as
+                a non-blocking stream would not wait for the legacy one. 0 is refused, as the standard says.
+            max_version (tuple or None): the highest DLPack version the consumer supports.
+            dl_device (tuple or None): must be this array's device when given.
+            copy (bool or None): True exports a copy; False and None share the memory (never a copy).
+
+        Raises:
+            ValueError: stream 0 or not an int, a malformed `max_version` or `dl_device`.
+            BufferError: `dl_device` names another device, or the dtype has no DLPack code (long double).
+        """
+        checkStream(stream)
+        capsule = DLPack.export(self, self.__dlpack_device__(), max_version=max_version, dl_device=dl_device, copy=copy)
+        waitForStream(stream)
+        return capsule
+
+    @property
+    def __cuda_array_interface__(self):
+        """Version 3 of the CUDA array interface (Numba's specification, read by CuPy, PyTorch and Numba): shape,
+        typestr, ``data = (ptr, False)`` (0 for an empty array), ``strides = None`` (C-contiguous) and ``stream = 1``
+        (the legacy default stream, where our work runs). The consumer keeps this array alive for as long as it uses
+        the memory."""
+        return {
+            "version": 3,
+            "shape": tuple(self.shape),
+            "typestr": self.dtype.str,
+            "data": (self.ptr if self.size else 0, False),
+            "strides": None,
+            "stream": 1,
+        }
+
     def _view(self, shape, offset):
         return GPUArray(shape, self.dtype, gpudata=self.ptr + offset, base=self)
 
@@ -158,6 +212,13 @@ def empty(shape, dtype=np.float32):
     return GPUArray(shape, dtype)
 
 
+def hostBuffer(shape, dtype=np.float32):
+    """A page-locked host ndarray (``pycuda.driver.pagelocked_empty``) for transfers with `GPUArray.get(out=...)`: the
+    driver copies into it directly, without its own staging buffer."""
+    Driver.context()
+    return cuda.pagelocked_empty(gpuarray.normalizeShape(shape), np.dtype(dtype))
+
+
 def zeros(shape, dtype=np.float32):
     """Returns an array of zeros of `shape` and `dtype` from the memory pool."""
     return empty(shape, dtype).fill(0)
@@ -171,3 +232,77 @@ def to_gpu(ary):
     """
     ary = gpuarray.hostArray(ary)
     return empty(ary.shape, ary.dtype).set(ary)
+
+
+ordinal = None
+
+
+def deviceOrdinal():
+    """The ordinal of the device the backend runs on (the one `Driver.context` took), as DLPack names devices."""
+    global ordinal
+    if ordinal is None:
+        bus = Driver.currentDevice().pci_bus_id()
+        ordinal = next(idx for idx in range(cuda.Device.count()) if cuda.Device(idx).pci_bus_id() == bus)
+    return ordinal
+
+
+def checkDeviceOrdinal(idx, producer):
+    """Raises BufferError unless CUDA device `idx` is the backend's (memory of another device is not ours to use)."""
+    if idx != deviceOrdinal():
+        raise BufferError(
+            "from_dlpack got a tensor on CUDA device %d from %s; the CUDA backend runs on device %d (PUZZLELIB_DEVICE)"
+            % (idx, producer, deviceOrdinal())
+        )
+
+
+def checkStream(stream):
+    """Raises ValueError unless `stream` is a valid ``stream`` of the standard for CUDA: None or an int other than 0."""
+    if stream is not None and (isinstance(stream, bool) or not isinstance(stream, int) or stream == 0):
+        raise ValueError(
+            "a CUDA GPUArray's __dlpack__ expects stream None, 1 (legacy default), 2 (per-thread default), -1 (no "
+            "synchronization) or a stream handle; got %r (0 is ambiguous and refused by the standard)" % (stream,)
+        )
+
+
+def waitForStream(stream):
+    """Orders the work queued on our (legacy default) stream before the work of `stream`: nothing to do for None, 1,
+    2 and -1; for another stream (it may be non-blocking, as PyTorch's and CuPy's side streams are) the device is
+    synchronized."""
+    checkStream(stream)
+    if stream not in (None, 1, 2, -1):
+        Driver.synchronize()
+
+
+class ForeignPointer(cuda.PointerHolderBase):
+    """Device pointer pycuda understands, into memory another library owns (an imported tensor); it keeps `owner`
+    alive, and with it the producer's memory, until garbage-collected (see `PoolPointer` for pool memory)."""
+
+    def __init__(self, ptr, owner):
+        super().__init__()
+        self.address, self.owner = int(ptr), owner
+
+    def get_pointer(self):
+        return self.address
+
+    def __int__(self):
+        return self.address
+
+    def __index__(self):
+        return self.address
+
+
+def foreignArray(ptr, shape, dtype, owner):
+    """A GPUArray of `shape` and `dtype` over C-contiguous device memory at `ptr` that `owner` keeps alive (an imported
+    array: it holds no pool block; it and its views keep `owner` instead)."""
+    Driver.context()
+    return GPUArray(shape, dtype, gpudata=ForeignPointer(ptr, owner))
+
+
+def from_dlpack(obj):
+    """A CUDA GPUArray sharing the device memory of `obj` (see `PuzzleLib.Backend.gpuarray.from_dlpack`); an object
+    with only ``__cuda_array_interface__`` (version 3) is taken too.
+
+    Raises:
+        BufferError: the memory of `obj` is not on the backend's device; and the errors of ``gpuarray.from_dlpack``.
+    """
+    return DLPack.fromDLPack(obj, "cuda")
