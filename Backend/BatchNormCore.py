@@ -12,7 +12,7 @@ import numpy as np
 from PuzzleLib.Backend import Permute
 from PuzzleLib.Backend.BatchNormLayout import BatchNormLayout
 from PuzzleLib.Backend.Checks import checkArray
-from PuzzleLib.Backend.Contract import BatchStatistics
+from PuzzleLib.Backend.Contract import BatchMoments, BatchStatistics
 
 float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
 
@@ -69,6 +69,46 @@ def trainForward(data, layout, *, scale, bias, running, epsilon, factor, out, st
         epsilon=epsilon, factor=factor,
     )
     return finishOutput(layout, work, out), saved
+
+
+def batchStatistics(data, layout, *, statType, out):
+    """The batch's per-map `BatchMoments` (mean, biased variance), written into `out` (a `BatchMoments`) or new arrays
+    of the layout's per-map shape and `statType`; both zero for data without elements."""
+    arrays = data.backend.gpuarray
+    if out is None:
+        out = BatchMoments(arrays.empty(layout.paramShape, statType), arrays.empty(layout.paramShape, statType))
+    moments = out
+    if data.size == 0:
+        return BatchMoments(moments.mean.fill(0), moments.var.fill(0))
+
+    data.backend.batchNorm.batchStatistics(workInput(layout, data), layout.shape3, saved=moments)
+    return moments
+
+
+def normalize(data, layout, *, scale, bias, saved, out):
+    """Normalizes with given batch statistics (a `BatchStatistics`) into `out` (a new pool array when None)."""
+    out = data.backend.gpuarray.empty(data.shape, data.dtype) if out is None else out
+    if data.size == 0:
+        return out
+
+    work = workOutput(layout, out)
+    data.backend.batchNorm.normalize(workInput(layout, data), work, layout.shape3, scale=scale, bias=bias, saved=saved)
+    return finishOutput(layout, work, out)
+
+
+def inputGradient(data, grad, layout, *, scale, saved, scalegrad, biasgrad, count):
+    """The training backward's input gradient from given sums over `count` elements per map; a new array like
+    `data`."""
+    ingrad = data.backend.gpuarray.empty(data.shape, data.dtype)
+    if data.size == 0:
+        return ingrad
+
+    work = workOutput(layout, ingrad)
+    data.backend.batchNorm.inputGradient(
+        workInput(layout, data), workInput(layout, grad), work, layout.shape3, scale=scale, saved=saved,
+        scalegrad=scalegrad, biasgrad=biasgrad, count=count,
+    )
+    return finishOutput(layout, work, ingrad)
 
 
 def evalForward(data, layout, *, scale, bias, running, epsilon, out):

@@ -45,6 +45,17 @@ class BatchStatistics(NamedTuple):
     invstd: object
 
 
+class BatchMoments(NamedTuple):
+    """The moments of one batch per map, as processes exchange them: the mean and the biased variance.
+
+    Attributes:
+        mean (GPUArray): the batch mean; var (GPUArray): mean((x - mean)**2), divided by the element count.
+    """
+
+    mean: object
+    var: object
+
+
 class GPUArrayModule(Protocol):
     """A backend's arrays (SPEC section 2): ``GPUArray`` (a subclass of `PuzzleLib.Backend.gpuarray.GPUArray`) and
     ``memoryPool`` (a `MemoryPool` over the backend's raw allocator), plus the three constructors."""
@@ -60,6 +71,9 @@ class GPUArrayModule(Protocol):
 
     def to_gpu(self, ary):
         """A new C-contiguous array holding a copy of the host array `ary` (any layout), same shape and dtype."""
+
+    def hostBuffer(self, shape, dtype):
+        """A host ndarray for ``GPUArray.get(out=...)`` (page-locked where the backend's memory is a device's)."""
 
 
 class BatchNormPrimitives(Protocol):
@@ -77,6 +91,16 @@ class BatchNormPrimitives(Protocol):
         Statistics accumulate in at least float32 with a stable method (two-pass or Welford/Chan).
         """
 
+    def batchStatistics(self, data, shape3, *, saved):
+        """The per-map moments of the batch alone (m >= 1), for statistics merged across processes: writes
+        ``saved.mean = mean(x)`` and ``saved.var = mean((x - mu)**2)`` (biased; 0 for one element), with the stable
+        method of `trainForward`. `saved` is a `BatchMoments` of two float32 or two float64 arrays (whatever the data
+        type); nothing else is written."""
+
+    def normalize(self, data, out, shape3, *, scale, bias, saved):
+        """The normalization pass of `trainForward` with given statistics (a `BatchStatistics`, such as those merged
+        across processes): ``out = (x - saved.mean) * saved.invstd * scale + bias``. Nothing else is written."""
+
     def evalForward(self, data, out, shape3, *, scale, bias, running, epsilon):
         """Evaluation forward: ``out = (x - running.mean) / sqrt(running.var + epsilon) * scale + bias``; `out` may be
         `data` (in place: then no pool block is taken). Nothing else is written."""
@@ -87,6 +111,13 @@ class BatchNormPrimitives(Protocol):
         Overwrites ``biasgrad = sum(grad)`` and ``scalegrad = sum(grad * xhat)``; when `ingrad` is not None,
         ``ingrad = scale * invstd / m * (m * grad - biasgrad - xhat * scalegrad)``.
         """
+
+    def inputGradient(self, data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
+        """The input gradient of a training forward from given sums (non-empty data): with
+        ``xhat = (x - saved.mean) * saved.invstd``,
+        ``ingrad = scale * invstd * (grad - (biasgrad + xhat * scalegrad) / count)``. `scalegrad` and `biasgrad` are
+        read, not written: sums over `count` elements per map, which may be more than this data holds (the batch of
+        every process)."""
 
     def frozenBackward(self, data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
         """Backward after an evaluation forward, the statistics constants (non-empty data); with

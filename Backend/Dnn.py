@@ -3,6 +3,9 @@
 - cuDNN-like, the modules' entry points: `batchNormNd` and `batchNormNdBackward` (SPEC section 2): the normalized
   axes come from `mode` (``"spatial"``, ``"perActivation"``, or any tuple of axes); running statistics are updated in
   place.
+- The training forward and backward in two halves each, for statistics merged across processes
+  (`Modules.SyncBatchNormND`): `batchNormNdStatistics` then `batchNormNdNormalize`; `batchNormNdBackward` with
+  ``updGrad=False`` (the sums) then `batchNormNdInputGradient`.
 - Theano-like, pure: `batchNormTrain`, `batchNormTest`, `batchNormalization` and their gradients, re-exported from
   `Backend.TheanoBatchNorm`.
 
@@ -13,10 +16,12 @@ Reducing Internal Covariate Shift", arXiv 1502.03167, Algorithm 1 and section 3;
 (m / (m - 1)) as in Theano and cuDNN.
 """
 
+import numpy as np
+
 from PuzzleLib.Backend import BatchNormCore
 from PuzzleLib.Backend.BatchNormLayout import modeAxes
 from PuzzleLib.Backend.Checks import checkArray, checkEpsilon, checkFactor, commonBackend
-from PuzzleLib.Backend.Contract import BatchStatistics, RunningStatistics
+from PuzzleLib.Backend.Contract import BatchMoments, BatchStatistics, RunningStatistics
 from PuzzleLib.Backend.Dispatch import currentBackend
 from PuzzleLib.Backend.TheanoBatchNorm import (
     batchNormalization,
@@ -28,7 +33,8 @@ from PuzzleLib.Backend.TheanoBatchNorm import (
 )
 
 __all__ = [
-    "dataTypes", "batchNormNd", "batchNormNdBackward", "batchNormTrain", "batchNormTest", "batchNormalization",
+    "dataTypes", "batchNormNd", "batchNormNdBackward", "batchNormNdStatistics", "batchNormNdNormalize",
+    "batchNormNdInputGradient", "batchNormTrain", "batchNormTest", "batchNormalization",
     "batchNormTrainBackward", "batchNormTestBackward", "batchNormalizationBackward",
 ]
 
@@ -146,4 +152,117 @@ def batchNormNdBackward(
     return BatchNormCore.trainBackward(
         data, grad, layout, scale=scale, saved=BatchStatistics(savemean, saveinvvar), updGrad=updGrad,
         gradType=BatchNormCore.float32,
+    )
+
+
+statisticsTypes = (BatchNormCore.float32, BatchNormCore.float64)
+
+
+def batchNormNdStatistics(data, mode="spatial", *, out=None):
+    """The first half of a training forward: the per-map moments of this batch alone, normalizing nothing.
+
+    This is what each process contributes to synchronized batch normalization, where the moments of every process's
+    batch are merged (Chan, Golub & LeVeque 1979) before `batchNormNdNormalize` runs. The method is the training
+    forward's (a stable two-pass or Welford/Chan reduction, float32 at least).
+
+    Args:
+        data (GPUArray): as in `batchNormNd`; any number of elements per map, none included.
+        mode (str or tuple of int): as in `batchNormNd`.
+        out (`Contract.BatchMoments` or None): per-map arrays to write into, float32 or float64 (both the same; shapes
+            as in `batchNormNd`), such as the two rows of one (2, maps) array that is then sent as one buffer. The CPU
+            backend computes the moments in float64 and keeps every digit in float64 arrays; the CUDA kernels compute
+            in float32.
+
+    Returns:
+        `Contract.BatchMoments` ``(mean, var)``: `out`, or new arrays of the data's shape with the normalized axes set
+        to 1, float32 (float64 for float64 data); ``var = mean((x - mean)**2)`` is biased (divided by the element count
+        m). With m == 0 both are 0; with m == 1 ``var`` is 0.
+
+    Raises:
+        TypeError: an argument is not a GPUArray, or the arrays live on two backends.
+        ValueError: a wrong dtype or shape, an unknown mode or bad axes.
+    """
+    statType = BatchNormCore.statType(data.dtype)
+    if out is not None:
+        out = BatchMoments(*out)
+    backend = commonBackend(data=data, **({} if out is None else {"mean": out.mean, "var": out.var}))
+    layout = BatchNormCore.checkData("data", data, backend, modeAxes(mode, data.ndim))
+    if out is not None:
+        for name, ary in zip(("mean", "var"), out, strict=True):
+            layout.checkPerMap(name, ary, (out.mean.dtype,) if name == "var" else statisticsTypes)
+    return BatchNormCore.batchStatistics(data, layout, statType=statType, out=out)
+
+
+def batchNormNdNormalize(data, scale, bias, savemean, saveinvvar, mode="spatial", *, out=None):
+    """The second half of a training forward: ``out = (x - savemean) * saveinvvar * scale + bias`` per map, with given
+    batch statistics (merged across processes by `Modules.SyncBatchNormND`). No statistic is written.
+
+    Args:
+        data (GPUArray): as in `batchNormNd`.
+        scale, bias, savemean, saveinvvar (GPUArray): float32 per-map arrays (shapes as in `batchNormNd`; float64 also
+            allowed with float64 data).
+        mode (str or tuple of int): as in `batchNormNd`.
+        out (GPUArray or None): where to write (shape and dtype of `data`, not `data` itself); a new pool array when
+            None.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        TypeError, ValueError: as `batchNormNd`.
+    """
+    backend = commonBackend(data=data, scale=scale, bias=bias, savemean=savemean, saveinvvar=saveinvvar, out=out)
+    layout = BatchNormCore.checkData("data", data, backend, modeAxes(mode, data.ndim))
+    perMap = BatchNormCore.perMapTypes(data.dtype)
+    for name, ary in (("scale", scale), ("bias", bias), ("savemean", savemean), ("saveinvvar", saveinvvar)):
+        layout.checkPerMap(name, ary, perMap)
+    if out is not None:
+        checkArray("out", out, dtypes=(data.dtype,), shape=data.shape)
+        if out.ptr == data.ptr and data.size:
+            raise ValueError("batchNormNdNormalize cannot write its output over its input (out is data)")
+    return BatchNormCore.normalize(
+        data, layout, scale=scale, bias=bias, saved=BatchStatistics(savemean, saveinvvar), out=out
+    )
+
+
+def batchNormNdInputGradient(data, grad, scale, savemean, saveinvvar, scalegrad, biasgrad, count, mode="spatial"):
+    """The input gradient of a training forward from given parameter-gradient sums, which may span more elements than
+    `data` holds (the batches of every process; Ioffe & Szegedy 2015, section 3)::
+
+        xhat = (x - savemean) * saveinvvar
+        ingrad = scale * saveinvvar * (grad - (biasgrad + xhat * scalegrad) / count)
+
+    With the sums of this batch alone and ``count = m`` this is the ``ingrad`` of `batchNormNdBackward`.
+
+    Args:
+        data, grad (GPUArray): the forward's input and the gradient of its output; same shape and dtype.
+        scale, savemean, saveinvvar (GPUArray): float32 per-map arrays: the parameters and the statistics the forward
+            normalized with.
+        scalegrad, biasgrad (GPUArray): float32 per-map sums of ``grad * xhat`` and ``grad`` over `count` elements.
+        count (int): > 0, the elements per map the sums and statistics span.
+        mode (str or tuple of int): as in `batchNormNd`.
+
+    Returns:
+        ``ingrad``, a new array like `data`.
+
+    Raises:
+        TypeError, ValueError: as `batchNormNdBackward`, and for a count that is not a positive int.
+    """
+    backend = commonBackend(
+        data=data, grad=grad, scale=scale, savemean=savemean, saveinvvar=saveinvvar, scalegrad=scalegrad,
+        biasgrad=biasgrad,
+    )
+    layout = BatchNormCore.checkData("data", data, backend, modeAxes(mode, data.ndim))
+    checkArray("grad", grad, dtypes=(data.dtype,), shape=data.shape)
+    perMap = BatchNormCore.perMapTypes(data.dtype)
+    for name, ary in (
+        ("scale", scale), ("savemean", savemean), ("saveinvvar", saveinvvar), ("scalegrad", scalegrad),
+        ("biasgrad", biasgrad),
+    ):
+        layout.checkPerMap(name, ary, perMap)
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count <= 0:
+        raise ValueError("count must be a positive int (the elements per map the sums span); got %r" % (count,))
+    return BatchNormCore.inputGradient(
+        data, grad, layout, scale=scale, saved=BatchStatistics(savemean, saveinvvar), scalegrad=scalegrad,
+        biasgrad=biasgrad, count=int(count),
     )

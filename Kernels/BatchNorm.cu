@@ -371,12 +371,14 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 //   runningMean = (1 - factor) * runningMean + factor * mu,
 //   runningVar = (1 - factor) * runningVar + factor * sigma2 * m / (m - 1)
 // (the running variance is unbiased, as in Theano and cuDNN). runningMean/runningVar may be null (no running update).
+// savedVar may be null; when given it receives sigma2 (biased), the moments processes exchange to merge their batches.
 // shiftStride: distance between the first elements of consecutive channels (inner for spatial, 1 for rows).
 // grid = ceil(maps / FINALIZE_WARPS), block = (32, FINALIZE_WARPS).
 template <typename T>
 __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2,
 							  int splits, int maps, int64 m, float epsilon, float factor,
-							  float *savedMean, float *savedInvstd, float *runningMean, float *runningVar)
+							  float *savedMean, float *savedInvstd, float *runningMean, float *runningVar,
+							  float *savedVar)
 {
 	int c = blockIdx.x * FINALIZE_WARPS + threadIdx.y;
 	if (c >= maps)
@@ -402,6 +404,8 @@ __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, co
 
 		savedMean[c] = mu;
 		savedInvstd[c] = 1.0f / sqrtf(sigma2 + epsilon);
+		if (savedVar != 0)
+			savedVar[c] = sigma2;
 
 		if (runningMean != 0)
 		{
@@ -795,10 +799,10 @@ BN_ENTRIES(__half, f16, 8)
 	extern "C" __global__ void bnStatsFinalize_##SUF( \
 		const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2, int splits, int maps, \
 		int64 m, float epsilon, float factor, float *savedMean, float *savedInvstd, float *runningMean, \
-		float *runningVar) \
+		float *runningVar, float *savedVar) \
 	{ \
 		statsFinalize<T>(x, shiftStride, pn, pmean, pm2, splits, maps, m, epsilon, factor, \
-						 savedMean, savedInvstd, runningMean, runningVar); \
+						 savedMean, savedInvstd, runningMean, runningVar, savedVar); \
 	}
 
 BN_FINALIZE_ENTRY(float, f32)

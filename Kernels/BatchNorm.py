@@ -61,7 +61,8 @@ statsRows = Signature("bnStatsRows_{dtype}_v{vec}", Pointer("x"), *rowsView(), *
 statsFinalize = Signature(
     "bnStatsFinalize_{dtype}",
     Pointer("x"), Int64("shiftStride"), *pointers("pn", "pmean", "pm2"), Int32("splits"), Int32("maps"), Int64("m"),
-    Float32("epsilon"), Float32("factor"), *pointers("savedMean", "savedInvstd", "runningMean", "runningVar"),
+    Float32("epsilon"), Float32("factor"),
+    *pointers("savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar"),
 )
 gradSpatial = Signature(
     "bnGradSpatial_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(), *pointers("mean", "psum", "pdot")

@@ -164,7 +164,7 @@ def mapVector(ary, maps):
     return hostView(ary).reshape(maps)
 
 
-def normalize(chunks, x, y, *, center, gain, shift):
+def normalizeRows(chunks, x, y, *, center, gain, shift):
     """y = (x - center) * gain + shift per map, in the compute type; y may be x (in place). The deviation comes first:
     folding the center into the shift (``x * gain + shift'``) would lose |center| / std times more to rounding. Only
     float16 data needs a float32 buffer, a chunk-sized host temporary (so in-place evaluation takes no pool block); the
@@ -181,24 +181,33 @@ def normalize(chunks, x, y, *, center, gain, shift):
     chunks.run(work)
 
 
+def moments(chunks, x, corrected=False):
+    """Per-map float64 ``(mu, sigma2)`` of the rows: two passes, corrected where columns are long (see the file's
+    docstring) or where `corrected` asks for a mean as exact as the variance."""
+    m = chunks.outer * chunks.inner
+    ctype = computeType(x.dtype)
+    mu = chunks.sums(x, dtype=ctype) / m
+    if chunks.sequentialTerms <= MAX_SEQUENTIAL_TERMS and not corrected:
+        return mu, chunks.sums(x, x, center=mu, dtype=ctype) / m
+
+    # NOTE: the corrected two-pass algorithm (Chan, Golub & LeVeque 1983): the second pass also sums the deviations
+    # from the first pass's mean, which repairs that mean where its float32 partial sums, long columns, lost digits
+    # from the first pass's mean, which repairs that mean where its float32 partial sums, long columns, lost digits;
+    # the deviations are taken from the center as the pass uses it, rounded to the compute type
+    center = mu.astype(ctype).astype(np.float64)
+    deviation, squares = chunks.sums(x, x, center=center, dtype=ctype, deviationSums=True)
+    return center + deviation / m, np.maximum(squares / m - (deviation / m) ** 2, 0.0)
+
+
 def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
-    """Two-pass statistics (corrected where columns are long; see the file's docstring), then one normalization pass."""
+    """The statistics of `moments`, then one normalization pass."""
     chunks = Chunks(shape3)
     maps, m = shape3[1], shape3[0] * shape3[2]
     x, y = chunks.view(data), chunks.view(out)
-    ctype = computeType(x.dtype)
 
-    mu = chunks.sums(x, dtype=ctype) / m
-    if chunks.sequentialTerms <= MAX_SEQUENTIAL_TERMS:
-        sigma2 = chunks.sums(x, x, center=mu, dtype=ctype) / m
-    else:
-        # NOTE: the corrected two-pass algorithm (Chan, Golub & LeVeque 1983): the second pass also sums the deviations
-        # from the first pass's mean, which repairs that mean where its float32 partial sums, long columns, lost digits
-        deviation, squares = chunks.sums(x, x, center=mu, dtype=ctype, deviationSums=True)
-        mu = mu + deviation / m
-        sigma2 = np.maximum(squares / m - (deviation / m) ** 2, 0.0)
+    mu, sigma2 = moments(chunks, x)
     invstd = 1.0 / np.sqrt(sigma2 + epsilon)
-    normalize(chunks, x, y, center=mu, gain=invstd * mapVector(scale, maps), shift=mapVector(bias, maps))
+    normalizeRows(chunks, x, y, center=mu, gain=invstd * mapVector(scale, maps), shift=mapVector(bias, maps))
 
     mapVector(saved.mean, maps)[...] = mu
     mapVector(saved.invstd, maps)[...] = invstd
@@ -209,15 +218,36 @@ def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, fac
         runningVar[...] = (1.0 - factor) * runningVar + factor * sigma2 * (m / (m - 1))
 
 
+def batchStatistics(data, shape3, *, saved):
+    """The corrected two passes of `moments` alone: where processes merge their moments, an error in a process's mean
+    enters the merged variance through the spread of the processes' means (Chan's cross term), so the mean is repaired
+    (about 1e-8 relative for float32 data at a mean 1e4 times the standard deviation, against 1e-4 uncorrected)."""
+    chunks = Chunks(shape3)
+    mu, sigma2 = moments(chunks, chunks.view(data), corrected=True)
+    mapVector(saved.mean, chunks.maps)[...] = mu
+    mapVector(saved.var, chunks.maps)[...] = sigma2
+
+
+def normalize(data, out, shape3, *, scale, bias, saved):
+    """The pass of `normalizeRows` with gain = scale * invstd, in float64."""
+    chunks = Chunks(shape3)
+    maps = shape3[1]
+    gain = mapVector(scale, maps) * mapVector(saved.invstd, maps).astype(np.float64)
+    normalizeRows(
+        chunks, chunks.view(data), chunks.view(out), center=mapVector(saved.mean, maps), gain=gain,
+        shift=mapVector(bias, maps),
+    )
+
+
 def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
-    """One pass of `normalize` with the running statistics; gain = scale / sqrt(var + epsilon), in float64, once per
+    """One pass of `normalizeRows` with the running statistics; gain = scale / sqrt(var + epsilon), in float64, once per
     call."""
     chunks = Chunks(shape3)
     maps = shape3[1]
     x, y = chunks.view(data), chunks.view(out)
 
     gain = mapVector(scale, maps) / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
-    normalize(chunks, x, y, center=mapVector(running.mean, maps), gain=gain, shift=mapVector(bias, maps))
+    normalizeRows(chunks, x, y, center=mapVector(running.mean, maps), gain=gain, shift=mapVector(bias, maps))
 
 
 def gradientSums(chunks, x, g, center, invstd, scalegrad, biasgrad):
@@ -231,24 +261,39 @@ def gradientSums(chunks, x, g, center, invstd, scalegrad, biasgrad):
 
 
 def backward(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
-    """The two sums in one pass each, then ingrad as ``gain * grad + slope * (x - mu) + offset`` per map."""
+    """The two sums in one pass each, then the pass of `inputGradient`."""
     chunks = Chunks(shape3)
-    maps, m = shape3[1], shape3[0] * shape3[2]
+    maps = shape3[1]
     x, g = chunks.view(data), chunks.view(grad)
-    ctype = computeType(x.dtype)
     mu = mapVector(saved.mean, maps).astype(np.float64)
     invstd = mapVector(saved.invstd, maps).astype(np.float64)
 
     dbias, dscale = gradientSums(chunks, x, g, mu, invstd, scalegrad, biasgrad)
-    if ingrad is None:
-        return
+    if ingrad is not None:
+        inputGradientPass(chunks, x, g, chunks.view(ingrad), scale, mu, invstd, dbias, dscale, shape3[0] * shape3[2])
 
-    dx = chunks.view(ingrad)
-    gain = mapVector(scale, maps) * invstd
+
+def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
+    """The pass of `inputGradientPass` with the given sums."""
+    chunks = Chunks(shape3)
+    maps = shape3[1]
+    inputGradientPass(
+        chunks, chunks.view(data), chunks.view(grad), chunks.view(ingrad), scale,
+        mapVector(saved.mean, maps).astype(np.float64), mapVector(saved.invstd, maps).astype(np.float64),
+        mapVector(biasgrad, maps).astype(np.float64), mapVector(scalegrad, maps).astype(np.float64), count,
+    )
+
+
+def inputGradientPass(chunks, x, g, dx, scale, mu, invstd, dbias, dscale, count):
+    """dx = gain * g + slope * (x - mu) + offset per map, the coefficients of
+    ``scale * invstd * (g - (dbias + xhat * dscale) / count)`` taken once per call in float64."""
+    ctype = computeType(x.dtype)
+    gain = mapVector(scale, chunks.maps) * invstd
     centers, gains = chunks.perMap(mu, ctype), chunks.perMap(gain, ctype)
-    slopes, offsets = chunks.perMap(-gain * invstd * dscale / m, ctype), chunks.perMap(-gain * dbias / m, ctype)
+    slopes = chunks.perMap(-gain * invstd * dscale / count, ctype)
+    offsets = chunks.perMap(-gain * dbias / count, ctype)
 
-    def inputGradient(rows, scratch):
+    def work(rows, scratch):
         term = scratch.reshape(dx[rows].shape)
         np.subtract(x[rows], chunks.part(centers, rows), out=term, casting="same_kind")
         term *= chunks.part(slopes, rows)
@@ -256,7 +301,7 @@ def backward(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
         np.multiply(g[rows], chunks.part(gains, rows), out=dx[rows], casting="same_kind")
         np.add(dx[rows], term, out=dx[rows], casting="same_kind")
 
-    chunks.run(inputGradient, dtype=ctype)
+    chunks.run(work, dtype=ctype)
 
 
 def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):

@@ -125,11 +125,9 @@ def reduceGradient(data, grad, shape3, mean, finalize, **finalizeArguments):
     kernels.launch(finalize, grid, block, psum=psum, pdot=pdot, splits=splits, maps=maps, **finalizeArguments)
 
 
-def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
-    """Kernels: partial moments (Welford within a thread, Chan across threads) -> merge per map and running update ->
-    normalization."""
-    runningArrays = (None, None) if running is None else running
-    checkShapes(shape3, (data, out), (scale, bias, *runningArrays, *saved))
+def reduceMoments(data, shape3, *, savedMean, savedInvstd, savedVar, runningMean, runningVar, epsilon, factor):
+    """Partial moments per block (Welford within a thread, Chan across threads), then ``bnStatsFinalize`` merges them
+    per map and writes the saved statistics, `savedVar` (the biased variance) and the running update where given."""
     outer, maps, inner = shape3
     suffix = suffixes[data.dtype]
     vec = vectorWidth(suffix, inner if inner > 1 else maps, data)
@@ -151,10 +149,44 @@ def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, fac
     grid, block = finalizeGrid(maps)
     kernels.launch(
         declared.statsFinalize, grid, block, {"dtype": suffix}, x=data, shiftStride=inner, pn=pn, pmean=pmean, pm2=pm2,
-        splits=splits, maps=maps, m=outer * inner, epsilon=epsilon, factor=factor, savedMean=saved.mean,
-        savedInvstd=saved.invstd, runningMean=runningArrays[0], runningVar=runningArrays[1],
+        splits=splits, maps=maps, m=outer * inner, epsilon=epsilon, factor=factor, savedMean=savedMean,
+        savedInvstd=savedInvstd, runningMean=runningMean, runningVar=runningVar, savedVar=savedVar,
     )
 
+
+def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
+    """Kernels: partial moments -> merge per map and running update (`reduceMoments`) -> normalization."""
+    runningArrays = (None, None) if running is None else running
+    checkShapes(shape3, (data, out), (scale, bias, *runningArrays, *saved))
+    reduceMoments(
+        data, shape3, savedMean=saved.mean, savedInvstd=saved.invstd, savedVar=None, runningMean=runningArrays[0],
+        runningVar=runningArrays[1], epsilon=epsilon, factor=factor,
+    )
+
+    params = ChannelParams(mean=saved.mean, invstd=saved.invstd, scale=scale, bias=bias)
+    applyPass("trainForward", data, None, out, shape3, params)
+
+
+def batchStatistics(data, shape3, *, saved):
+    """The kernels of `reduceMoments` alone (float32 statistics); the inverse standard deviation they also write goes
+    to a scratch array; float64 `saved` arrays receive the float32 results converted by pycuda."""
+    maps = shape3[1]
+    wide = saved.mean.dtype == np.float64
+    assert all(ary.size == maps and ary.dtype == saved.mean.dtype for ary in saved), maps
+    moments = empty((3, maps), np.float32)
+    mean, var, scratch = moments[0], moments[1], moments[2]
+    checkShapes(shape3, (data,), (mean, var))
+    reduceMoments(
+        data, shape3, savedMean=mean, savedInvstd=scratch, savedVar=var, runningMean=None, runningVar=None,
+        epsilon=1.0, factor=0.0,
+    )
+    for target, result in zip(saved, (mean, var), strict=True):
+        target._copyFrom(result.astype(np.float64) if wide else result)
+
+
+def normalize(data, out, shape3, *, scale, bias, saved):
+    """The normalization kernel of `trainForward` alone."""
+    checkShapes(shape3, (data, out), (scale, bias, *saved))
     params = ChannelParams(mean=saved.mean, invstd=saved.invstd, scale=scale, bias=bias)
     applyPass("trainForward", data, None, out, shape3, params)
 
@@ -181,6 +213,15 @@ def backward(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
             invM=1.0 / (outer * inner),
         )
         applyPass("backward", data, grad, ingrad, shape3, params)
+
+
+def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
+    """The dx pass of `backward` alone, with the given sums over `count` elements per map."""
+    checkShapes(shape3, (data, grad, ingrad), (scale, *saved, scalegrad, biasgrad))
+    params = ChannelParams(
+        mean=saved.mean, invstd=saved.invstd, scale=scale, scalegrad=scalegrad, biasgrad=biasgrad, invM=1.0 / count
+    )
+    applyPass("backward", data, grad, ingrad, shape3, params)
 
 
 def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):

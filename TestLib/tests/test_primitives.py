@@ -10,7 +10,7 @@ import gc
 import numpy as np
 import pytest
 
-from PuzzleLib.Backend.Contract import BatchStatistics, RunningStatistics
+from PuzzleLib.Backend.Contract import BatchMoments, BatchStatistics, RunningStatistics
 from PuzzleLib.TestLib import Reference
 
 AXES = (0, 2)
@@ -149,6 +149,81 @@ def test_frozen_backward(backend, name, dtype):
     reference = Reference.frozenBackward(host, grad, scale, mean, var, 1e-5, axes=AXES)
     frozenTol = dict(rtol=1e-3, atol=1e-3 * np.sqrt(shape3[0] * shape3[2]))
     checkGradients(name, dtype, ingrad, scalegrad, biasgrad, reference, frozenTol)
+
+
+@pytest.mark.parametrize("statType", [np.float32, np.float64])
+@dtypes
+@cases
+def test_batch_statistics(backend, name, dtype, statType):
+    """The moments synchronized batch norm exchanges: the mean and the biased variance, nothing else written."""
+    shape3 = CASES[name]
+    rng = np.random.default_rng(5)
+    arrays, maps = backend.gpuarray, shape3[1]
+    host = makeData(rng, shape3, dtype, loc=3.0)
+    saved = BatchMoments(arrays.empty((maps,), statType), arrays.empty((1, maps), statType))
+    backend.batchNorm.batchStatistics(arrays.to_gpu(host), shape3, saved=saved)
+
+    ref = Reference.batchNormTrain(host, np.ones(maps), np.zeros(maps), AXES, 1e-5)
+    np.testing.assert_allclose(saved.mean.get(), ref.mean.ravel(), **STAT_TOL[dtype], err_msg=name)
+    np.testing.assert_allclose(saved.var.get().ravel(), ref.var.ravel(), **STAT_TOL[dtype], err_msg=name)
+
+
+def test_batch_statistics_of_one_element_and_large_mean(backend):
+    """One element per map: variance 0; a map at 1e4 with standard deviation 1: the mean to 1e-5 standard deviations on
+    the CPU backend (the merge across processes needs it: a process's error in the mean enters the merged variance), to
+    the float32 rounding of the kernels' mean on CUDA; the variance to 1e-5."""
+    arrays = backend.gpuarray
+    saved = BatchMoments(arrays.empty((3,), np.float64), arrays.empty((3,), np.float64))
+    backend.batchNorm.batchStatistics(arrays.to_gpu(np.array([[2.5, -1.0, 1e4]], np.float32)), (1, 3, 1), saved=saved)
+    np.testing.assert_array_equal(saved.var.get(), 0.0)
+    np.testing.assert_allclose(saved.mean.get(), [2.5, -1.0, 1e4])
+
+    host = np.random.default_rng(2).normal(1e4, 1.0, (4096, 2)).astype(np.float32)
+    saved = BatchMoments(arrays.empty((2,), np.float64), arrays.empty((2,), np.float64))
+    backend.batchNorm.batchStatistics(arrays.to_gpu(host), (4096, 2, 1), saved=saved)
+    exact = host.astype(np.float64)
+    meanTolerance = 1e-5 if backend.name == "cpu" else 2 * 2.0**-24 * 1e4
+    np.testing.assert_allclose(saved.mean.get(), exact.mean(axis=0), rtol=0, atol=meanTolerance)
+    np.testing.assert_allclose(saved.var.get(), exact.var(axis=0), rtol=1e-5)
+
+
+@dtypes
+@cases
+def test_normalize_with_given_statistics(backend, name, dtype):
+    shape3 = CASES[name]
+    rng = np.random.default_rng(6)
+    arrays, maps = backend.gpuarray, shape3[1]
+    host = makeData(rng, shape3, dtype)
+    scale, bias, mean, _ = makeParams(rng, maps)
+    invstd = rng.uniform(0.5, 2.0, maps).astype(np.float32)
+
+    out = arrays.empty(shape3, dtype)
+    backend.batchNorm.normalize(
+        arrays.to_gpu(host), out, shape3, scale=arrays.to_gpu(scale), bias=arrays.to_gpu(bias),
+        saved=BatchStatistics(arrays.to_gpu(mean), arrays.to_gpu(invstd)),
+    )
+    expected = (host.astype(np.float64) - mean[:, None]) * (invstd * scale)[:, None] + bias[:, None]
+    np.testing.assert_allclose(out.get().astype(np.float64), expected, **TOL[dtype], err_msg=name)
+
+
+@dtypes
+@cases
+def test_input_gradient_from_sums_over_more_elements(backend, name, dtype):
+    """Sums over `count` elements (a global batch larger than this data) enter as ``/ count``."""
+    shape3, host, grad, (data, dy, ingrad), _, rng = backwardCase(backend, name, dtype, 8)
+    arrays, maps = backend.gpuarray, shape3[1]
+    scale, _, mean, _ = makeParams(rng, maps)
+    invstd = rng.uniform(0.5, 2.0, maps).astype(np.float32)
+    dbias, dscale = rng.normal(0, 5, maps).astype(np.float32), rng.normal(0, 5, maps).astype(np.float32)
+    count = 3 * shape3[0] * shape3[2] + 1
+
+    backend.batchNorm.inputGradient(
+        data, dy, ingrad, shape3, scale=arrays.to_gpu(scale), saved=BatchStatistics(arrays.to_gpu(mean),
+        arrays.to_gpu(invstd)), scalegrad=arrays.to_gpu(dscale), biasgrad=arrays.to_gpu(dbias), count=count,
+    )
+    xhat = (host.astype(np.float64) - mean[:, None]) * invstd[:, None]
+    expected = (scale * invstd)[:, None] * (grad - (dbias[:, None] + xhat * dscale[:, None]) / count)
+    np.testing.assert_allclose(ingrad.get().astype(np.float64), expected, **TOL[dtype], err_msg=name)
 
 
 @pytest.mark.parametrize("shape3", [(16, 2, 4096), (65536, 2, 1)], ids=["spatial", "rows"])
