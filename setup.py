@@ -12,6 +12,7 @@ class BuildPy(build_py):
         return [module for module in modules if not (package == "PuzzleLib" and module[1] == "setup")]
 
 
+mpi = ["mpi4py>=4.0", "openmpi>=5.0; platform_system != 'Windows'"]
 subpackages = find_packages(".", exclude=["build", "build.*", "dist", "*.egg-info"])
 
 setup(
@@ -29,10 +30,12 @@ setup(
     install_requires=["numpy>=1.24", "h5py>=3.8"],
     extras_require={
         "cuda": ["pycuda>=2024.1", "scikit-cuda>=0.5.3"],
+        # NOTE: the Open MPI wheel brings the MPI library and mpiexec; mpi4py's wheel finds it (or the system's MPI)
+        "mpi": mpi,
         "examples": ["scikit-learn>=1.3", "tqdm>=4.60"],
         "plot": ["matplotlib>=3.7"],
         # NOTE: CUDA 12's NVRTC and ptxas let the compile test target sm_70, which CUDA 13's nvcc dropped
-        "test": ["pytest>=7.4", "scikit-learn>=1.3", "tqdm>=4.60", "ruff>=0.6"] + [
+        "test": ["pytest>=7.4", "scikit-learn>=1.3", "tqdm>=4.60", "ruff>=0.6"] + mpi + [
             "%s==12.9.*; platform_system == 'Linux' and platform_machine == 'x86_64'" % name
             for name in ("nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvcc-cu12", "nvidia-cuda-runtime-cu12")
         ],

@@ -70,11 +70,13 @@ class BatchNorm(BatchNormND):
         return None if ary is None else ary.reshape(like.shape)
 
 
-def unittest():
+def unittest(make=BatchNorm):
+    """The seed example's data through ``make(6)`` (BatchNorm, or a module that must compute the same), against the
+    float64 reference."""
     from PuzzleLib.TestLib import Reference
 
     hostData = np.arange(18).reshape(3, 6).astype(np.float32)
-    bn = BatchNorm(6)
+    bn = make(6)
     out = bn(gpuarray.to_gpu(hostData)).get()
     assert bn.mean.shape == (1, 6, 1, 1)
     assert np.allclose(bn.mean.get().ravel(), hostData.astype(np.float64).mean(axis=0))
