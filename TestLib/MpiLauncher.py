@@ -40,6 +40,19 @@ def isOpenMpi():
     return "open mpi" in text or "openrte" in text or "prte" in text
 
 
+def skipUnlessAvailable():
+    """Skips the calling test (with the reason) where mpi4py or mpiexec is missing; fails it instead under
+    ``PUZZLELIB_REQUIRE_MPI=1`` (as `.ci/run` sets it), so that a machine meant to run the multi-process tests does."""
+    import pytest
+
+    try:
+        mpiexecPath()
+    except MpiUnavailable as e:
+        if os.environ.get("PUZZLELIB_REQUIRE_MPI") == "1":
+            pytest.fail("PUZZLELIB_REQUIRE_MPI=1, but %s" % e)
+        pytest.skip(str(e))
+
+
 def command(ranks, args):
     """The argv that runs ``python -m mpi4py args...`` on `ranks` processes: mpi4py's runner aborts every process when
     one of them raises, where a plain ``python`` would leave the others waiting in a collective."""
@@ -47,18 +60,20 @@ def command(ranks, args):
     return [mpiexecPath(), "-n", str(ranks), *options, sys.executable, "-m", "mpi4py", *args]
 
 
-def environment():
+def environment(backend=None):
     env = dict(os.environ)
     env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "PYTHONUNBUFFERED": "1"})
+    if backend is not None:
+        env["PUZZLELIB_BACKEND"] = backend
     return env
 
 
-def run(ranks, args, timeout=300):
-    """Runs ``python -m mpi4py args...`` on `ranks` processes and returns the `subprocess.CompletedProcess` (text
-    output); after `timeout` seconds every process of the run is killed and `subprocess.TimeoutExpired` raised, so a
-    hang never outlives a test."""
+def run(ranks, args, timeout=300, backend=None):
+    """Runs ``python -m mpi4py args...`` on `ranks` processes (on `backend`, ``PUZZLELIB_BACKEND``'s value, when
+    given) and returns the `subprocess.CompletedProcess` (text output); after `timeout` seconds every process of the
+    run is killed and `subprocess.TimeoutExpired` raised, so a hang never outlives a test."""
     process = subprocess.Popen(
-        command(ranks, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
+        command(ranks, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(backend),
         start_new_session=True,
     )
     try:

@@ -6,7 +6,6 @@ One run of 3 epochs on the CPU backend. The test skips where mpi4py or mpiexec i
 """
 
 import json
-import os
 
 import pytest
 
@@ -28,23 +27,10 @@ MAX_ABS_DIFF = 1e-4
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    try:
-        MpiLauncher.mpiexecPath()
-    except MpiLauncher.MpiUnavailable as e:
-        if os.environ.get("PUZZLELIB_REQUIRE_MPI") == "1":
-            pytest.fail("PUZZLELIB_REQUIRE_MPI=1, but %s" % e)
-        pytest.skip(str(e))
-
+    MpiLauncher.skipUnlessAvailable()
     path = tmp_path_factory.mktemp("dataParallel") / "result.json"
     args = ["-m", "PuzzleLib.TestLib.DataParallelDigits", "--worker", "--epochs", str(EPOCHS), "--json", str(path)]
-    os.environ["PUZZLELIB_BACKEND"], previous = "cpu", os.environ.get("PUZZLELIB_BACKEND")
-    try:
-        done = MpiLauncher.run(RANKS, args, TIMEOUT)
-    finally:
-        if previous is None:
-            del os.environ["PUZZLELIB_BACKEND"]
-        else:
-            os.environ["PUZZLELIB_BACKEND"] = previous
+    done = MpiLauncher.run(RANKS, args, TIMEOUT, backend="cpu")
     assert done.returncode == 0, "mpiexec failed (%d):\n%s\n%s" % (done.returncode, done.stdout, done.stderr)
     with open(path, encoding="utf-8") as file:
         return json.load(file)

@@ -7,7 +7,6 @@ the concatenated global batch (`TestLib.Reference`). The tests skip where mpi4py
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -26,23 +25,11 @@ def rankResults(backendName, ranks, tmp_path_factory):
     """Every rank's (arrays, messages) for one backend and rank count, from one mpiexec run per session."""
     key = (backendName, ranks)
     if key not in runs:
-        try:
-            MpiLauncher.mpiexecPath()
-        except MpiLauncher.MpiUnavailable as e:
-            if os.environ.get("PUZZLELIB_REQUIRE_MPI") == "1":
-                pytest.fail("PUZZLELIB_REQUIRE_MPI=1, but %s" % e)
-            pytest.skip(str(e))
-
+        MpiLauncher.skipUnlessAvailable()
         out = tmp_path_factory.mktemp("sync%s%d" % (backendName, ranks))
         sizes = [str(size) for size in LAYOUTS[ranks]]
-        os.environ["PUZZLELIB_BACKEND"], previous = backendName, os.environ.get("PUZZLELIB_BACKEND")
-        try:
-            done = MpiLauncher.run(ranks, ["-m", "PuzzleLib.TestLib.SyncBatchNormRanks", str(out), *sizes], TIMEOUT)
-        finally:
-            if previous is None:
-                del os.environ["PUZZLELIB_BACKEND"]
-            else:
-                os.environ["PUZZLELIB_BACKEND"] = previous
+        args = ["-m", "PuzzleLib.TestLib.SyncBatchNormRanks", str(out), *sizes]
+        done = MpiLauncher.run(ranks, args, TIMEOUT, backend=backendName)
         assert done.returncode == 0, "mpiexec failed (%d):\n%s\n%s" % (done.returncode, done.stdout, done.stderr)
 
         results = []
