@@ -22,7 +22,7 @@ runs = {}
 
 
 def rankResults(backendName, ranks, tmp_path_factory):
-    """Every rank's (arrays, messages) for one backend and rank count, from one mpiexec run per session."""
+    """Every rank's (arrays, messages) for one backend and rank count, from one mpiexec run per pytest run."""
     key = (backendName, ranks)
     if key not in runs:
         MpiLauncher.skipUnlessAvailable()
