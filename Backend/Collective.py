@@ -117,9 +117,7 @@ class Exchange:
         ``(size,) + ary.shape``: host memory goes to MPI in place, device memory directly where MPI is CUDA-aware and
         through a page-locked buffer otherwise."""
         if ary.__dlpack_device__()[0] == kDLCPU:
-            gathered = np.empty((self.size,) + ary.shape, ary.dtype)
-            self.comm.Allgather(ary, gathered)
-            return gathered
+            return self.allgatherHost(np.from_dlpack(ary))
 
         if self.cudaAware is None:
             self.cudaAware = mpiCudaAware()

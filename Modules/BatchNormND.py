@@ -192,12 +192,20 @@ class BatchNormND(Module):
 
     def checkElementsPerMap(self, shape):
         """In training, a map needs at least 2 elements to estimate a variance (SPEC section 4.2)."""
-        m = math.prod(shape[axis] for axis in self.dnnAxes)
+        m = self.elementsPerMap(shape)
         if self.train and m < 2:
             raise ModuleError(
                 "%s: training needs at least 2 elements per map to estimate a variance; data of shape %s has %d"
                 % (self.describe(), shape, m)
             )
+
+    def elementsPerMap(self, shape):
+        """m, the elements each map of data of `shape` holds (the product of the normalized axes)."""
+        return math.prod(shape[axis] for axis in self.dnnAxes)
+
+    def nextFactor(self):
+        """The factor of the next training batch: ``max(initFactor / (numOfProps + 1), minFactor)``."""
+        return max(self.initFactor / (self.numOfProps + 1), self.minFactor)
 
     def layoutText(self):
         spatial = self.spatialText or ", ".join("d%d" % (i + 1) for i in range(self.nd))
@@ -232,7 +240,7 @@ class BatchNormND(Module):
                 )
                 return self.fromDnn(result, data)
 
-            factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
+            factor = self.nextFactor()
             result, savemean, saveinvvar = Dnn.batchNormNd(
                 self.toDnn(data), self.scale, self.bias, self.mean, self.var, self.epsilon, factor, mode=self.dnnAxes
             )

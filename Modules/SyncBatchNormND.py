@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from PuzzleLib.Backend import Collective, Dnn
+from PuzzleLib.Backend import BatchNormCore, Collective, Dnn
 from PuzzleLib.Backend.Contract import BatchMoments
 from PuzzleLib.Modules.BatchNormND import BatchNormND
 from PuzzleLib.Modules.Module import ModuleError
@@ -58,10 +58,6 @@ class SyncStatistics:
         if not self.train:
             super().checkElementsPerMap(shape)
 
-    def localCount(self, shape):
-        """Elements per map of data of `shape`."""
-        return int(np.prod([shape[axis] for axis in range(len(shape)) if axis != self.axis], dtype=np.int64))
-
     def forward(self, data):
         """As `BatchNormND.forward`; in training the statistics are those of the global batch (see the class)."""
         if not self.train:
@@ -77,7 +73,7 @@ class SyncStatistics:
             self.checkReady()
             self.checkDataShape(data.shape)
             self.checkDataType(data.dtype)
-            dtypeCode, count = headerTypes.index(data.dtype), self.localCount(data.shape)
+            dtypeCode, count = headerTypes.index(data.dtype), self.elementsPerMap(data.shape)
         except ModuleError as e:
             problem = str(e)
 
@@ -109,7 +105,7 @@ class SyncStatistics:
 
         x = self.toDnn(data)
         arrays = data.backend.gpuarray
-        statType = np.dtype(np.float64) if data.dtype == np.float64 else np.dtype(np.float32)
+        statType = BatchNormCore.statType(data.dtype)
 
         try:
             # NOTE: float64 moments: the CPU backend's are exact in float64, and the merge should not round them
@@ -126,7 +122,7 @@ class SyncStatistics:
         savemean, saveinvvar = saved[0].reshape(self.paramShape), saved[1].reshape(self.paramShape)
         out = Dnn.batchNormNdNormalize(x, self.scale, self.bias, savemean, saveinvvar, self.dnnAxes)
 
-        factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
+        factor = self.nextFactor()
         runningMean = self.mean.get().astype(np.float64).reshape(self.maps)
         runningVar = self.var.get().astype(np.float64).reshape(self.maps)
         self.mean.set(((1.0 - factor) * runningMean + factor * mu).astype(np.float32).reshape(self.mean.shape))

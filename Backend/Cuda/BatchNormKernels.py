@@ -173,15 +173,16 @@ def batchStatistics(data, shape3, *, saved):
     maps = shape3[1]
     wide = saved.mean.dtype == np.float64
     assert all(ary.size == maps and ary.dtype == saved.mean.dtype for ary in saved), maps
-    moments = empty((3, maps), np.float32)
-    mean, var, scratch = moments[0], moments[1], moments[2]
+    scratch = empty((3, maps), np.float32)
+    mean, var = (scratch[0], scratch[1]) if wide else saved
     checkShapes(shape3, (data,), (mean, var))
     reduceMoments(
-        data, shape3, savedMean=mean, savedInvstd=scratch, savedVar=var, runningMean=None, runningVar=None,
+        data, shape3, savedMean=mean, savedInvstd=scratch[2], savedVar=var, runningMean=None, runningVar=None,
         epsilon=1.0, factor=0.0,
     )
-    for target, result in zip(saved, (mean, var), strict=True):
-        target._copyFrom(result.astype(np.float64) if wide else result)
+    if wide:
+        for target, result in zip(saved, (mean, var), strict=True):
+            target._copyFrom(result.astype(np.float64))
 
 
 def normalize(data, out, shape3, *, scale, bias, saved):
