@@ -178,9 +178,13 @@ def test_batch_statistics_of_one_element_and_large_mean(backend):
     np.testing.assert_array_equal(saved.var.get(), 0.0)
     np.testing.assert_allclose(saved.mean.get(), [2.5, -1.0, 1e4])
 
-    host = np.random.default_rng(2).normal(1e4, 1.0, (4096, 2)).astype(np.float32)
+    # NOTE: a mean 3e-4 away from the nearest float32 (their spacing is 9.8e-4 at 1e4), so a mean that is rounded to
+    # float32 anywhere on the way is off by far more than the tolerance; 4001 rows, as a sum divided by a power of two
+    # would be a float32 again
+    noise = np.random.default_rng(2).normal(0.0, 1.0, (4001, 2))
+    host = (noise - noise.mean(axis=0) + (1e4 + 3e-4)).astype(np.float32)
     saved = BatchMoments(arrays.empty((2,), np.float64), arrays.empty((2,), np.float64))
-    backend.batchNorm.batchStatistics(arrays.to_gpu(host), (4096, 2, 1), saved=saved)
+    backend.batchNorm.batchStatistics(arrays.to_gpu(host), (4001, 2, 1), saved=saved)
     exact = host.astype(np.float64)
     meanTolerance = 1e-5 if backend.name == "cpu" else 2 * 2.0**-24 * 1e4
     np.testing.assert_allclose(saved.mean.get(), exact.mean(axis=0), rtol=0, atol=meanTolerance)
