@@ -12,9 +12,15 @@ the arrays it is given. Both backends can live in one process.
 - `deviceIdx` (int): the CUDA device, from ``PUZZLELIB_DEVICE`` (default 0); set it before the first CUDA allocation.
 - `useBackend(name)`: picks the backend of the arrays created next, for the rest of the program (a call) or for a
   ``with`` block (a context manager).
+- `cpuKernels` (str): which batch-norm kernels the CPU backend runs, from ``PUZZLELIB_CPU_KERNELS``: ``"c"`` (the C
+  source ``Kernels/BatchNorm.c``, compiled on first use), ``"numpy"``, or ``"auto"`` (default: C where a compiler
+  builds it, else numpy with one log line). `useCpuKernels(name)` changes it as `useBackend` does the backend.
+- `cpuThreads` (int): the cores the CPU backend's kernels use, from ``PUZZLELIB_CPU_THREADS`` (default: the cores this
+  process may run on).
 
-Importing this module touches no device. A malformed ``PUZZLELIB_BACKEND`` or ``PUZZLELIB_DEVICE`` raises `ConfigError`
-on import, naming the variable and its value.
+Importing this module touches no device and compiles nothing. A malformed ``PUZZLELIB_BACKEND``, ``PUZZLELIB_DEVICE``,
+``PUZZLELIB_CPU_KERNELS`` or ``PUZZLELIB_CPU_THREADS`` raises `ConfigError` on import, naming the variable and its
+value.
 """
 
 import functools
@@ -22,7 +28,8 @@ import logging
 import os
 
 __all__ = [
-    "ConfigError", "backend", "backendNames", "currentBackend", "cudaProblem", "deviceIdx", "logger", "useBackend",
+    "ConfigError", "backend", "backendNames", "cpuKernelNames", "cpuKernels", "cpuThreads", "currentBackend",
+    "cudaProblem", "deviceIdx", "logger", "useBackend", "useCpuKernels",
 ]
 
 
@@ -31,6 +38,7 @@ class ConfigError(RuntimeError):
 
 
 backendNames = ("auto", "cuda", "cpu")
+cpuKernelNames = ("auto", "c", "numpy")
 
 logger = logging.getLogger("PuzzleLib")
 if not logger.handlers:
@@ -59,8 +67,33 @@ def checkedDeviceIdx(value, source):
     return idx
 
 
+def checkedCpuKernelsName(value, source):
+    """`value` lower-cased and stripped when it names CPU kernels; else `ConfigError` naming `source` and the value."""
+    name = str(value).strip().lower()
+    if name not in cpuKernelNames:
+        raise ConfigError("%s must be one of 'auto', 'c', 'numpy'; got %r" % (source, value))
+    return name
+
+
+def availableCores():
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def checkedThreads(value, source):
+    try:
+        threads = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError("%s must be a positive integer; got %r" % (source, value)) from None
+    if threads < 1:
+        raise ConfigError("%s must be a positive integer; got %r" % (source, value))
+    return threads
+
+
 backend = checkedBackendName(os.environ.get("PUZZLELIB_BACKEND", "auto"), "PUZZLELIB_BACKEND")
 deviceIdx = checkedDeviceIdx(os.environ.get("PUZZLELIB_DEVICE", "0"), "PUZZLELIB_DEVICE")
+cpuKernels = checkedCpuKernelsName(os.environ.get("PUZZLELIB_CPU_KERNELS", "auto"), "PUZZLELIB_CPU_KERNELS")
+cpuThreads = checkedThreads(os.environ.get("PUZZLELIB_CPU_THREADS", availableCores()), "PUZZLELIB_CPU_THREADS")
 
 
 def cudaProblem():
@@ -122,7 +155,25 @@ def currentBackend():
     return backend
 
 
-class useBackend:
+class ProcessChoice:
+    """A process-wide setting of this module (`variable`, checked by `checker`): a call sets it for the rest of the
+    program; a ``with`` block restores the previous value when it ends."""
+
+    variable, checker, source = None, None, None
+
+    def __init__(self, name):
+        self.previous = globals()[self.variable]
+        globals()[self.variable] = self.checker(name, self.source)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        globals()[self.variable] = self.previous
+        return False
+
+
+class useBackend(ProcessChoice):
     """Picks the backend (``"cuda"``, ``"cpu"`` or ``"auto"``) of the arrays created next.
 
     Called, it sets `backend` for the rest of the program; used as a context manager it restores the previous choice
@@ -137,15 +188,22 @@ class useBackend:
         ...     x = gpuarray.to_gpu(np.ones((2, 3), np.float32))        # a CPU array, whatever the default
     """
 
-    def __init__(self, name):
-        global backend
-        self.previous = backend
-        backend = checkedBackendName(name, "useBackend's name")
+    variable, checker, source = "backend", staticmethod(checkedBackendName), "useBackend's name"
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        global backend
-        backend = self.previous
-        return False
+class useCpuKernels(ProcessChoice):
+    """Picks the batch-norm kernels of the CPU backend (``"c"``, ``"numpy"`` or ``"auto"``) for the calls that follow.
+
+    Called, it sets `cpuKernels` for the rest of the program; used as a context manager it restores the previous choice
+    when the block ends. The choice is process-wide, not per thread. Asking for ``"c"`` where the C source cannot be
+    built makes the next CPU batch-norm call raise `ConfigError`, naming the compiler's complaint.
+
+    Raises:
+        ConfigError: for a name other than the three.
+
+    Example:
+        >>> with Config.useCpuKernels("numpy"):
+        ...     y = bn(x)                                           # the numpy kernels, whatever the default
+    """
+
+    variable, checker, source = "cpuKernels", staticmethod(checkedCpuKernelsName), "useCpuKernels's name"

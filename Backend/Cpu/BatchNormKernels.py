@@ -1,325 +1,106 @@
 """Batch-normalization primitives of the CPU backend (`BatchNormPrimitives` of `Backend.Contract`, which states what
-each function computes), over numpy. Twin of `Backend.Cuda.BatchNormKernels`.
+each function computes): the C kernels of `Backend.Cpu.CBatchNorm` where they can be built, else the numpy kernels of
+`Backend.Cpu.NumpyBatchNorm`, as `PuzzleLib.Config.cpuKernels` asks. Twin of `Backend.Cuda.BatchNormKernels`.
 
-Data, output and gradients are float32, float16 (computed in float32) or float64 (computed in float64, for
-finite-difference gradient checks); per-map parameters and statistics are float32 (float64 with float64 data).
+- ``"auto"`` (the default): the C kernels, compiled on the first batch-norm call (`Backend.Cpu.SourceLibrary`); where
+  that fails (no compiler, or it refuses the source) the numpy kernels, with one log line that says why.
+- ``"c"``: the C kernels; where they cannot be built, every CPU batch-norm call raises `PuzzleLib.Config.ConfigError`
+  with the compiler's complaint (never a silent fallback).
+- ``"numpy"``: the numpy kernels.
 
-Like the CUDA kernels, the work is cut into chunks of rows of about `CHUNK_ELEMENTS` elements that are spread over
-the cores (numpy releases the GIL); every stage finishes a chunk while it is in cache, so a pass reads its inputs and
-writes its output once. Statistics are two-pass (the mean, then the sum of squared deviations): float32 sums over one
-row (numpy sums it pairwise) or over a chunk's column are added in float64, as PyTorch's CPU kernels accumulate in
-double; where a chunk's columns are long (per-activation data of few features) the second pass also sums the deviations
-and corrects the mean (the corrected two-pass algorithm). A map whose mean is 1e4 times its standard deviation keeps its
-variance well within SPEC section 3's 1e-3 relative: about 1e-6 where a map's elements are contiguous, below 4e-4 for
-per-activation data.
-Formulas: Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1 and section 3.
+Float16 data runs on the numpy kernels where the compiler has no ``_Float16`` type (the C build says so).
 """
 
-import os
 import threading
-from concurrent import futures
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+from PuzzleLib import Config
+from PuzzleLib.Backend.Cpu import CBatchNorm, NumpyBatchNorm
+from PuzzleLib.Backend.Cpu.SourceLibrary import CompileError
 
-from PuzzleLib.Backend.Cpu.GPUArray import empty, hostView
+dataTypes = NumpyBatchNorm.dataTypes
 
-dataTypes = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
-
-CHUNK_ELEMENTS = 1 << 17
-# NOTE: a float32 sum loses about one ulp of its running total per value it adds one after another; up to this many
-# values a mean of 1e4 times the standard deviation moves the variance by less than 4e-4 relative (32 * 2^-24 * 1e4
-# standard deviations, squared), within SPEC section 3's 1e-3
-MAX_SEQUENTIAL_TERMS = 32
-THREADS = max(1, min(int(os.environ.get("PUZZLELIB_CPU_THREADS", os.cpu_count() or 1)), 16))
-
-_executor, _executorLock = None, threading.Lock()
+# NOTE: the outcome of building the C kernels, once per process: None until tried, then True or the reason they failed
+cBuild = {"outcome": None}
+cBuildLock = threading.Lock()
 
 
-def executor():
-    global _executor
-    with _executorLock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(THREADS, thread_name_prefix="PuzzleLibCpu")
-        return _executor
+def cProblem():
+    """None when the C kernels are loaded (building them on the first call), else the reason they cannot be."""
+    # NOTE: the calls after the first read the outcome without the lock, so no interrupt can leave it held there
+    outcome = cBuild["outcome"]
+    if outcome is None:
+        with cBuildLock:
+            if cBuild["outcome"] is None:
+                cBuild["outcome"] = buildC()
+            outcome = cBuild["outcome"]
+    return None if outcome is True else outcome
 
 
-def waitForAll(tasks):
-    """Waits until every task has finished or was cancelled, through further interrupts (the first exception is the one
-    the caller re-raises)."""
-    for task in tasks:
-        task.cancel()
-    while True:
-        try:
-            futures.wait(tasks)
-            return
-        except BaseException:  # a second Ctrl-C must not cut the wait short
-            continue
+def buildC():
+    """Loads the C kernels; returns True, or the reason they cannot be built (logged once under ``"auto"``)."""
+    try:
+        CBatchNorm.load()
+        return True
+    except (CompileError, OSError) as e:
+        if Config.cpuKernels == "auto":
+            Config.logger.warning("CPU batch-norm kernels: numpy, because the C ones cannot be built: %s", e)
+        return str(e)
 
 
-def computeType(dtype):
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+def implementation(dtype):
+    """The module (`CBatchNorm` or `NumpyBatchNorm`) that computes batch norm for data of `dtype` under
+    `Config.cpuKernels`.
 
-
-class Chunks:
-    """Rows of the (outer, maps, inner) view, cut into chunks for the cores.
-
-    With inner > 1 a row is one map's ``inner`` contiguous elements (rows = outer * maps, row i belongs to map
-    i % maps); with inner == 1 a row holds one element of every map (rows = outer).
+    Raises:
+        PuzzleLib.Config.ConfigError: the C kernels were asked for and cannot be built here.
     """
+    choice = Config.cpuKernels
+    if choice == "numpy":
+        return NumpyBatchNorm
 
-    def __init__(self, shape3):
-        self.outer, self.maps, self.inner = shape3
-        self.byMapRows = self.inner > 1
-        self.rows, self.rowLength = (self.outer * self.maps, self.inner) if self.byMapRows else (self.outer, self.maps)
-        step = max(1, CHUNK_ELEMENTS // max(self.rowLength, 1))
-        self.slices = [slice(start, min(start + step, self.rows)) for start in range(0, self.rows, step)]
-        self.chunkElements = step * self.rowLength
-        # NOTE: numpy sums a row pairwise, but a column (inner == 1) row after row: that many terms per partial sum
-        self.sequentialTerms = 1 if self.byMapRows else min(step, self.rows)
-
-    def view(self, ary):
-        return hostView(ary).reshape(self.rows, self.rowLength)
-
-    def perMap(self, vector, dtype):
-        """A per-map float vector expanded once per call so that ``part(expanded, rows)`` broadcasts against rows."""
-        vector = np.asarray(vector).astype(dtype)
-        return np.tile(vector, self.outer)[:, None] if self.byMapRows else vector[None, :]
-
-    def part(self, expanded, rows):
-        return expanded[rows] if self.byMapRows else expanded
-
-    def run(self, work, dtype=None):
-        """Calls ``work(rows, scratch)`` for every chunk, the chunks spread over the cores; `scratch` is a chunk-sized
-        buffer of `dtype` (from the pool) private to the calling thread, or None."""
-        groups = [self.slices[t::THREADS] for t in range(min(THREADS, len(self.slices)))]
-        workspace = None if dtype is None else empty((len(groups), self.chunkElements), dtype)
-
-        stop = threading.Event()
-
-        def runGroup(t):
-            scratch = None if workspace is None else hostView(workspace)[t]
-            for rows in groups[t]:
-                if stop.is_set():
-                    return
-                work(rows, None if scratch is None else scratch[: (rows.stop - rows.start) * self.rowLength])
-
-        # NOTE: a single chunk runs on the calling thread; handing it to the pool would only add latency
-        if len(groups) == 1:
-            runGroup(0)
-            return
-
-        tasks = [executor().submit(runGroup, t) for t in range(len(groups))]
-        try:
-            for task in tasks:
-                task.result()
-        except BaseException:
-            # NOTE: an exception (a worker's, or KeyboardInterrupt in this thread) must not leave the call while a
-            # worker still writes into the output, whose block the pool would hand to the next array
-            stop.set()
-            waitForAll(tasks)
-            raise
-
-    def mapTotals(self, partials):
-        """Per-map float64 totals from per-chunk partial sums collected by `sums`."""
-        if self.byMapRows:
-            return partials.reshape(self.outer, self.maps).sum(axis=0)
-        return partials.sum(axis=0)
-
-    def sums(self, x, y=None, center=None, dtype=np.float32, deviationSums=False):
-        """Per-map float64 sums of x, or of d * y with d = x - center, or of d^2 when y is x and center is given.
-
-        Each chunk sums in `dtype` (a row pairwise, or at most a chunk of rows); the partials are added in float64.
-        With `deviationSums` (and a center) returns ``(sum of d, sum of d * y)``.
-        """
-        xv = x.reshape(self.rows, self.rowLength)
-        yv = None if y is None else y.reshape(self.rows, self.rowLength)
-        centers = None if center is None else self.perMap(center, dtype)
-        shape = (self.rows,) if self.byMapRows else (len(self.slices), self.maps)
-        partials = np.empty(shape, dtype=np.float64)
-        deviations = np.empty(shape, dtype=np.float64) if deviationSums else None
-        index = {rows.start: i for i, rows in enumerate(self.slices)}
-        axis, subscripts = (1, "ij,ij->i") if self.byMapRows else (0, "ij,ij->j")
-
-        def work(rows, scratch):
-            xs = xv[rows]
-            if center is not None:
-                deviation = scratch.reshape(xs.shape)
-                np.subtract(xs, self.part(centers, rows), out=deviation, casting="same_kind")
-                xs = deviation
-            ys = xs if (y is x and center is not None) else (None if yv is None else yv[rows])
-
-            at = rows if self.byMapRows else index[rows.start]
-            partials[at] = np.add.reduce(xs, axis=axis, dtype=dtype) if ys is None else np.einsum(subscripts, xs, ys)
-            if deviationSums:
-                deviations[at] = np.add.reduce(xs, axis=axis, dtype=dtype)
-
-        self.run(work, dtype=None if center is None else dtype)
-        if deviationSums:
-            return self.mapTotals(deviations), self.mapTotals(partials)
-        return self.mapTotals(partials)
-
-
-def mapVector(ary, maps):
-    return hostView(ary).reshape(maps)
-
-
-def normalizeRows(chunks, x, y, *, center, gain, shift):
-    """y = (x - center) * gain + shift per map, in the compute type; y may be x (in place). The deviation comes first:
-    folding the center into the shift (``x * gain + shift'``) would lose |center| / std times more to rounding. Only
-    float16 data needs a float32 buffer, a chunk-sized host temporary (so in-place evaluation takes no pool block); the
-    other types compute in y itself."""
-    ctype = computeType(x.dtype)
-    centers, gains, shifts = (chunks.perMap(vector, ctype) for vector in (center, gain, shift))
-
-    def work(rows, scratch):
-        deviation = y[rows] if y.dtype == ctype else np.empty(y[rows].shape, ctype)
-        np.subtract(x[rows], chunks.part(centers, rows), out=deviation, casting="same_kind")
-        deviation *= chunks.part(gains, rows)
-        np.add(deviation, chunks.part(shifts, rows), out=y[rows], casting="same_kind")
-
-    chunks.run(work)
-
-
-def moments(chunks, x, corrected=False):
-    """Per-map float64 ``(mu, sigma2)`` of the rows: two passes, corrected where columns are long (see the file's
-    docstring) or where `corrected` asks for a mean as exact as the variance."""
-    m = chunks.outer * chunks.inner
-    ctype = computeType(x.dtype)
-    mu = chunks.sums(x, dtype=ctype) / m
-    if chunks.sequentialTerms <= MAX_SEQUENTIAL_TERMS and not corrected:
-        return mu, chunks.sums(x, x, center=mu, dtype=ctype) / m
-
-    # NOTE: the corrected two-pass algorithm (Chan, Golub & LeVeque 1983): the second pass also sums the deviations
-    # from the first pass's mean, which repairs that mean where its float32 partial sums, long columns, lost digits
-    # from the first pass's mean, which repairs that mean where its float32 partial sums, long columns, lost digits;
-    # the deviations are taken from the center as the pass uses it, rounded to the compute type
-    center = mu.astype(ctype).astype(np.float64)
-    deviation, squares = chunks.sums(x, x, center=center, dtype=ctype, deviationSums=True)
-    return center + deviation / m, np.maximum(squares / m - (deviation / m) ** 2, 0.0)
+    problem = cProblem()
+    if problem is not None:
+        if choice == "c":
+            raise Config.ConfigError(
+                "the C batch-norm kernels (asked for by PUZZLELIB_CPU_KERNELS or useCpuKernels) cannot be built: %s"
+                % problem
+            )
+        return NumpyBatchNorm
+    return CBatchNorm if dtype in CBatchNorm.dataTypes else NumpyBatchNorm
 
 
 def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
-    """The statistics of `moments`, then one normalization pass."""
-    chunks = Chunks(shape3)
-    maps, m = shape3[1], shape3[0] * shape3[2]
-    x, y = chunks.view(data), chunks.view(out)
-
-    mu, sigma2 = moments(chunks, x)
-    invstd = 1.0 / np.sqrt(sigma2 + epsilon)
-    normalizeRows(chunks, x, y, center=mu, gain=invstd * mapVector(scale, maps), shift=mapVector(bias, maps))
-
-    mapVector(saved.mean, maps)[...] = mu
-    mapVector(saved.invstd, maps)[...] = invstd
-
-    if running is not None:
-        runningMean, runningVar = mapVector(running.mean, maps), mapVector(running.var, maps)
-        runningMean[...] = (1.0 - factor) * runningMean + factor * mu
-        runningVar[...] = (1.0 - factor) * runningVar + factor * sigma2 * (m / (m - 1))
+    implementation(data.dtype).trainForward(
+        data, out, shape3, scale=scale, bias=bias, running=running, saved=saved, epsilon=epsilon, factor=factor
+    )
 
 
 def batchStatistics(data, shape3, *, saved):
-    """The corrected two passes of `moments` alone: where processes merge their moments, an error in a process's mean
-    enters the merged variance through the spread of the processes' means (Chan's cross term), so the mean is repaired
-    (about 1e-8 relative for float32 data at a mean 1e4 times the standard deviation, against 1e-4 uncorrected)."""
-    chunks = Chunks(shape3)
-    mu, sigma2 = moments(chunks, chunks.view(data), corrected=True)
-    mapVector(saved.mean, chunks.maps)[...] = mu
-    mapVector(saved.var, chunks.maps)[...] = sigma2
+    implementation(data.dtype).batchStatistics(data, shape3, saved=saved)
 
 
 def normalize(data, out, shape3, *, scale, bias, saved):
-    """The pass of `normalizeRows` with gain = scale * invstd, in float64."""
-    chunks = Chunks(shape3)
-    maps = shape3[1]
-    gain = mapVector(scale, maps) * mapVector(saved.invstd, maps).astype(np.float64)
-    normalizeRows(
-        chunks, chunks.view(data), chunks.view(out), center=mapVector(saved.mean, maps), gain=gain,
-        shift=mapVector(bias, maps),
-    )
+    implementation(data.dtype).normalize(data, out, shape3, scale=scale, bias=bias, saved=saved)
 
 
 def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
-    """One pass of `normalizeRows` with the running statistics; gain = scale / sqrt(var + epsilon), in float64, once per
-    call."""
-    chunks = Chunks(shape3)
-    maps = shape3[1]
-    x, y = chunks.view(data), chunks.view(out)
-
-    gain = mapVector(scale, maps) / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
-    normalizeRows(chunks, x, y, center=mapVector(running.mean, maps), gain=gain, shift=mapVector(bias, maps))
-
-
-def gradientSums(chunks, x, g, center, invstd, scalegrad, biasgrad):
-    """biasgrad = sum(g), scalegrad = sum(g * (x - center) * invstd); returns (dbias, dscale) in float64."""
-    ctype = computeType(x.dtype)
-    dbias = chunks.sums(g, dtype=ctype)
-    dscale = chunks.sums(x, g, center=center, dtype=ctype) * invstd
-    mapVector(biasgrad, chunks.maps)[...] = dbias
-    mapVector(scalegrad, chunks.maps)[...] = dscale
-    return dbias, dscale
+    implementation(data.dtype).evalForward(data, out, shape3, scale=scale, bias=bias, running=running, epsilon=epsilon)
 
 
 def backward(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
-    """The two sums in one pass each, then the pass of `inputGradient`."""
-    chunks = Chunks(shape3)
-    maps = shape3[1]
-    x, g = chunks.view(data), chunks.view(grad)
-    mu = mapVector(saved.mean, maps).astype(np.float64)
-    invstd = mapVector(saved.invstd, maps).astype(np.float64)
-
-    dbias, dscale = gradientSums(chunks, x, g, mu, invstd, scalegrad, biasgrad)
-    if ingrad is not None:
-        inputGradientPass(chunks, x, g, chunks.view(ingrad), scale, mu, invstd, dbias, dscale, shape3[0] * shape3[2])
-
-
-def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
-    """The pass of `inputGradientPass` with the given sums."""
-    chunks = Chunks(shape3)
-    maps = shape3[1]
-    inputGradientPass(
-        chunks, chunks.view(data), chunks.view(grad), chunks.view(ingrad), scale,
-        mapVector(saved.mean, maps).astype(np.float64), mapVector(saved.invstd, maps).astype(np.float64),
-        mapVector(biasgrad, maps).astype(np.float64), mapVector(scalegrad, maps).astype(np.float64), count,
+    implementation(data.dtype).backward(
+        data, grad, ingrad, shape3, scale=scale, saved=saved, scalegrad=scalegrad, biasgrad=biasgrad
     )
 
 
-def inputGradientPass(chunks, x, g, dx, scale, mu, invstd, dbias, dscale, count):
-    """dx = gain * g + slope * (x - mu) + offset per map, the coefficients of
-    ``scale * invstd * (g - (dbias + xhat * dscale) / count)`` taken once per call in float64."""
-    ctype = computeType(x.dtype)
-    gain = mapVector(scale, chunks.maps) * invstd
-    centers, gains = chunks.perMap(mu, ctype), chunks.perMap(gain, ctype)
-    slopes = chunks.perMap(-gain * invstd * dscale / count, ctype)
-    offsets = chunks.perMap(-gain * dbias / count, ctype)
-
-    def work(rows, scratch):
-        term = scratch.reshape(dx[rows].shape)
-        np.subtract(x[rows], chunks.part(centers, rows), out=term, casting="same_kind")
-        term *= chunks.part(slopes, rows)
-        term += chunks.part(offsets, rows)
-        np.multiply(g[rows], chunks.part(gains, rows), out=dx[rows], casting="same_kind")
-        np.add(dx[rows], term, out=dx[rows], casting="same_kind")
-
-    chunks.run(work, dtype=ctype)
+def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
+    implementation(data.dtype).inputGradient(
+        data, grad, ingrad, shape3, scale=scale, saved=saved, scalegrad=scalegrad, biasgrad=biasgrad, count=count
+    )
 
 
 def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
-    """The two sums, then ingrad = grad * (scale * invstd) per map (the data is not read for it)."""
-    chunks = Chunks(shape3)
-    maps = shape3[1]
-    x, g = chunks.view(data), chunks.view(grad)
-    ctype = computeType(x.dtype)
-    invstd = 1.0 / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
-
-    gradientSums(chunks, x, g, mapVector(running.mean, maps).astype(np.float64), invstd, scalegrad, biasgrad)
-    if ingrad is None:
-        return
-
-    dx = chunks.view(ingrad)
-    gains = chunks.perMap(mapVector(scale, maps) * invstd, ctype)
-
-    def inputGradient(rows, scratch):
-        np.multiply(g[rows], chunks.part(gains, rows), out=dx[rows], casting="same_kind")
-
-    chunks.run(inputGradient)
+    implementation(data.dtype).frozenBackward(
+        data, grad, ingrad, shape3, scale=scale, running=running, epsilon=epsilon, scalegrad=scalegrad,
+        biasgrad=biasgrad,
+    )

@@ -52,10 +52,23 @@ def test_the_backend_bundle_names_one_module_per_family():
     assert fields == list(FAMILIES)
 
 
+# NOTE: the CPU backend's batch-norm primitives pick one of two implementations, each a whole BatchNormPrimitives
+IMPLEMENTATIONS = [("Cpu", "CBatchNorm.py"), ("Cpu", "NumpyBatchNorm.py")]
+
+
 @pytest.mark.parametrize("package", ["Cpu", "Cuda"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_backend_module_follows_its_protocol(package, family):
     protocol, fileName = FAMILIES[family]
+    checkFollows(protocol, package, fileName)
+
+
+@pytest.mark.parametrize("package, fileName", IMPLEMENTATIONS)
+def test_each_cpu_batch_norm_implementation_follows_the_protocol(package, fileName):
+    checkFollows(Contract.BatchNormPrimitives, package, fileName)
+
+
+def checkFollows(protocol, package, fileName):
     functions, names = sourceDefinitions(BACKEND_DIR / package / fileName)
 
     for name, expected in contractFunctions(protocol).items():

@@ -16,8 +16,9 @@ import time
 import numpy as np
 import pytest
 
+from PuzzleLib import Config
 from PuzzleLib.Backend import gpuarray
-from PuzzleLib.Backend.Cpu import BatchNormKernels
+from PuzzleLib.Backend.Cpu import NumpyBatchNorm
 from PuzzleLib.Containers import Sequential
 from PuzzleLib.Modules import BatchNorm, BatchNorm2D, Linear
 from PuzzleLib.Modules.Activation import Activation, sigmoid
@@ -232,9 +233,9 @@ def test_a_module_cannot_be_appended_twice_or_into_itself():
 
 @pytest.fixture
 def fourWorkers(monkeypatch):
-    monkeypatch.setattr(BatchNormKernels, "THREADS", 4)
+    monkeypatch.setattr(Config, "cpuThreads", 4)
     # NOTE: eight chunks of one row each (a row is CHUNK_ELEMENTS long), spread over four groups
-    return BatchNormKernels.Chunks((8, 1, BatchNormKernels.CHUNK_ELEMENTS))
+    return NumpyBatchNorm.Chunks((8, 1, NumpyBatchNorm.CHUNK_ELEMENTS))
 
 
 def slowWork(active, started, fail=None):

@@ -1,0 +1,124 @@
+"""Batch-normalization primitives of the CPU backend in C (`BatchNormPrimitives` of `Backend.Contract`, which states
+what each function computes): thin ctypes calls into ``Kernels/BatchNorm.c``, which says how the work is cut and why the
+numbers hold. Twin of `Backend.Cpu.NumpyBatchNorm` (the fallback) and `Backend.Cuda.BatchNormKernels`.
+
+Data is float32 or float64 (float16 too where the compiler has ``_Float16``: computed in float32); per-map arrays are
+float32 or float64 each. Every call runs on `PuzzleLib.Config.cpuThreads` cores (one below 32768 elements) and
+allocates nothing from the pool.
+"""
+
+import ctypes
+
+import numpy as np
+
+from PuzzleLib import Config
+from PuzzleLib.Backend.Cpu.SourceLibrary import loadLibrary
+
+NAME = "c"
+
+pointer, i64, cint, double, uint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_uint
+SHAPE = [i64, i64, i64, cint]
+SIGNATURES = {
+    "bnTrainForward": [pointer, pointer] + SHAPE + [pointer] * 6 + [double, double, uint],
+    "bnMoments": [pointer] + SHAPE + [pointer, pointer, uint],
+    "bnNormalize": [pointer, pointer] + SHAPE + [pointer] * 4 + [cint, double, uint],
+    "bnBackward": [pointer, pointer, pointer] + SHAPE + [cint] + [pointer] * 5 + [double, double, uint],
+}
+SUFFIXES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
+float64 = np.dtype(np.float64)
+
+# bnBackward's modes
+TRAINING, FROZEN, INPUT_GRADIENT = 0, 1, 2
+# NOTE: bnMoments and the training forward share the statistics outputs' bits
+SAVED_BITS = 4
+
+kernels = {}
+dataTypes = ()
+
+
+def load():
+    """Compiles (or finds in the cache) and loads the C source; fills `kernels` ``{dtype: {name: function}}`` and
+    `dataTypes`. Raises `SourceLibrary.CompileError` or OSError when that cannot be done."""
+    global dataTypes
+    library = loadLibrary("BatchNorm.c")
+    types = [np.dtype(np.float32), np.dtype(np.float64)] + ([np.dtype(np.float16)] if library.bnHasFloat16() else [])
+    for dtype in types:
+        functions = {}
+        for name, argtypes in SIGNATURES.items():
+            function = getattr(library, "%s_%s" % (name, SUFFIXES[dtype]))
+            function.argtypes, function.restype = argtypes, cint
+            functions[name] = function
+        kernels[dtype] = functions
+    dataTypes = tuple(types)
+    return library
+
+
+def doubleMask(*arrays, first=0):
+    """Bit ``first + k`` set where the k-th per-map array is float64 (None counts as float32)."""
+    mask = 0
+    for k, ary in enumerate(arrays):
+        if ary is not None and ary.dtype == float64:
+            mask |= 1 << (first + k)
+    return mask
+
+
+def ptr(ary):
+    return None if ary is None else ary.ptr
+
+
+def check(status):
+    if status != 0:
+        raise MemoryError("the CPU batch-norm kernel could not allocate its per-map workspace")
+
+
+def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
+    runMean, runVar = (None, None) if running is None else running
+    check(kernels[data.dtype]["bnTrainForward"](
+        data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, ptr(runMean), ptr(runVar),
+        saved.mean.ptr, saved.invstd.ptr, epsilon, factor,
+        doubleMask(scale, bias, runMean, runVar, saved.mean, saved.invstd),
+    ))
+
+
+def batchStatistics(data, shape3, *, saved):
+    check(kernels[data.dtype]["bnMoments"](
+        data.ptr, *shape3, Config.cpuThreads, saved.mean.ptr, saved.var.ptr,
+        doubleMask(saved.mean, saved.var, first=SAVED_BITS),
+    ))
+
+
+def normalize(data, out, shape3, *, scale, bias, saved):
+    check(kernels[data.dtype]["bnNormalize"](
+        data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, saved.mean.ptr, saved.invstd.ptr, 0, 0.0,
+        doubleMask(scale, bias, saved.mean, saved.invstd),
+    ))
+
+
+def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
+    check(kernels[data.dtype]["bnNormalize"](
+        data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, running.mean.ptr, running.var.ptr, 1,
+        epsilon, doubleMask(scale, bias, running.mean, running.var),
+    ))
+
+
+def backwardCall(mode, data, grad, ingrad, shape3, scale, centre, second, scalegrad, biasgrad, epsilon=0.0,
+                 count=0.0):
+    check(kernels[data.dtype]["bnBackward"](
+        data.ptr, grad.ptr, ptr(ingrad), *shape3, Config.cpuThreads, mode, scale.ptr, centre.ptr, second.ptr,
+        scalegrad.ptr, biasgrad.ptr, epsilon, count, doubleMask(scale, centre, second, scalegrad, biasgrad),
+    ))
+
+
+def backward(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
+    backwardCall(TRAINING, data, grad, ingrad, shape3, scale, saved.mean, saved.invstd, scalegrad, biasgrad)
+
+
+def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
+    backwardCall(
+        INPUT_GRADIENT, data, grad, ingrad, shape3, scale, saved.mean, saved.invstd, scalegrad, biasgrad,
+        count=float(count),
+    )
+
+
+def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
+    backwardCall(FROZEN, data, grad, ingrad, shape3, scale, running.mean, running.var, scalegrad, biasgrad, epsilon)
