@@ -10,7 +10,7 @@ functions, which allocate the outputs from the data's pool, permute the data whe
 import numpy as np
 
 from PuzzleLib.Backend import Permute
-from PuzzleLib.Backend.BatchNormLayout import BatchNormLayout
+from PuzzleLib.Backend.BatchNormLayout import layoutOf
 from PuzzleLib.Backend.Checks import checkArray
 from PuzzleLib.Backend.Contract import BatchMoments, BatchStatistics
 
@@ -18,9 +18,10 @@ float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def checkData(name, data, backend, axes):
-    """The layout of `data` (a GPUArray of `backend`, of one of its batch-norm data types) for the normalized `axes`."""
+    """The layout of `data` (a GPUArray of `backend`, of one of its batch-norm data types) for the normalized `axes`
+    (computed once per shape and axes)."""
     checkArray(name, data, dtypes=backend.batchNorm.dataTypes)
-    return BatchNormLayout(data.shape, axes)
+    return layoutOf(data.shape, axes)
 
 
 def perMapTypes(dtype):

@@ -10,6 +10,7 @@ itself is done by `Backend.BatchNormCore`).
 Pure geometry and shape checks: nothing here touches an array's memory.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -134,13 +135,32 @@ def normalizeAxes(axes, ndim):
     return tuple(sorted(result))
 
 
+@functools.lru_cache(maxsize=256)
+def layoutOf(shape, axes):
+    """The `BatchNormLayout` of `shape` for the normalized `axes` (both tuples of ints), made once per pair and then
+    served from a cache: a training loop calls with the same few shapes over and over."""
+    return BatchNormLayout(shape, axes)
+
+
 def modeAxes(mode, ndim):
     """Normalized axes of a cuDNN-like mode: ``"spatial"`` -> (0, 2, ..., ndim - 1), ``"perActivation"`` -> (0,), or a
-    tuple of axes taken as `normalizeAxes` takes them.
+    tuple of axes taken as `normalizeAxes` takes them. A tuple is checked once per (mode, ndim) and then served from a
+    cache (the modules pass the same tuple on every call).
 
     Raises:
         ValueError: for another mode, bad axes, or data of fewer than 2 dimensions with a named mode.
     """
+    if type(mode) is tuple and all(type(axis) is int for axis in mode):
+        return cachedTupleAxes(mode, ndim)
+    return uncachedModeAxes(mode, ndim)
+
+
+@functools.lru_cache(maxsize=256)
+def cachedTupleAxes(mode, ndim):
+    return uncachedModeAxes(mode, ndim)
+
+
+def uncachedModeAxes(mode, ndim):
     if not isinstance(mode, str):
         return normalizeAxes(mode, ndim)
     if mode not in modes:

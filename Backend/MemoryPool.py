@@ -56,7 +56,7 @@ class Block:
     def __del__(self):
         pool, self.pool = self.pool, None
         if pool is not None:
-            pool._release(self.raw, self.size)
+            pool._release(self.raw, self.ptr, self.size)
 
     def __repr__(self):
         return "Block(ptr=0x%x, nbytes=%d, size=%d)" % (self.ptr, self.nbytes, self.size)
@@ -100,11 +100,12 @@ class MemoryPool:
         with self.lock:
             stack = self.held.get(size)
             if stack:
-                raw = stack.pop()
+                raw, ptr = stack.pop()
                 self.heldBytes -= size
                 self.hits += 1
             else:
                 raw = self._rawAllocate(nbytes, size)
+                ptr = self.allocator.address(raw)
                 self.rawBytes += size
                 self.misses += 1
 
@@ -114,7 +115,7 @@ class MemoryPool:
 
         if self.poison:
             self.allocator.fill(raw, POISON_BYTE, size)
-        return Block(self, raw, self.allocator.address(raw), nbytes, size)
+        return Block(self, raw, ptr, nbytes, size)
 
     def _rawAllocate(self, nbytes, size):
         try:
@@ -130,11 +131,12 @@ class MemoryPool:
                 "held blocks; pool stats %s; allocator said: %s" % (self.allocator.name, nbytes, size, self.stats(), e)
             ) from None
 
-    def _release(self, raw, size):
+    def _release(self, raw, ptr, size):
+        # NOTE: a held block keeps its address, so serving it again asks the allocator nothing
         with self.lock:
             self.activeBytes -= size
             self.heldBytes += size
-            self.held[size].append(raw)
+            self.held[size].append((raw, ptr))
 
     def freeHeld(self):
         """Gives every held block back to the raw allocator; returns the number of bytes freed."""
@@ -143,7 +145,7 @@ class MemoryPool:
             held, self.held = self.held, defaultdict(list)
             freed = 0
             for size, stack in held.items():
-                for raw in stack:
+                for raw, _ in stack:
                     self.allocator.free(raw)
                     freed += size
             self.heldBytes -= freed

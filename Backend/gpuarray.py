@@ -26,6 +26,13 @@ def normalizeShape(shape):
     Raises:
         TypeError: for a dimension that is not an int (a float such as 2.5, a bool, a string), naming the shape.
     """
+    # NOTE: the common case, a tuple of Python ints, returns at once (every array and view passes here)
+    if type(shape) is tuple:
+        for dim in shape:
+            if type(dim) is not int:
+                break
+        else:
+            return shape
     if isDimension(shape):
         return (int(shape),)
     try:
@@ -57,7 +64,7 @@ def checkedAllocation(shape, dtype):
         MemoryError: more bytes than an array can span (2**63 - 1 on 64-bit hosts), naming the shape and the bytes.
     """
     shape, dtype = normalizeShape(shape), np.dtype(dtype)
-    if any(dim < 0 for dim in shape):
+    if min(shape, default=0) < 0:
         raise ValueError("GPUArray dimensions must be non-negative; got shape %s" % (shape,))
     if dtype.kind not in numericKinds:
         raise TypeError("a GPUArray must have %s; got dtype %s" % (numericText, dtype))
@@ -69,7 +76,7 @@ def checkedAllocation(shape, dtype):
             % (shape, dtype, nbytes, maxBytes)
         )
     # NOTE: numpy also refuses a zero-size shape whose other dimensions multiply past that limit
-    if elementCount(max(dim, 1) for dim in shape) * dtype.itemsize > maxBytes:
+    if nbytes == 0 and elementCount(max(dim, 1) for dim in shape) * dtype.itemsize > maxBytes:
         raise ValueError(
             "a GPUArray of shape %s and dtype %s has dimensions whose product (zeros left out) exceeds the %d bytes "
             "an array can span" % (shape, dtype, maxBytes)
@@ -168,8 +175,11 @@ class GPUArray:
         """
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
             shape = shape[0]
-        shape = list(normalizeShape(shape))
+        shape = normalizeShape(shape)
+        if min(shape, default=0) >= 0 and elementCount(shape) == self.size:
+            return self._view(shape, 0)
 
+        shape = list(shape)
         if shape.count(-1) > 1 or any(dim < -1 for dim in shape):
             raise ValueError("can only specify one unknown dimension (-1), and no other negative one; got %s"
                              % (tuple(shape),))

@@ -15,15 +15,17 @@ memoryPool = MemoryPool(NumpyAllocator())
 class GPUArray(gpuarray.GPUArray):
     """C-contiguous array in the CPU backend's pool memory (a numpy view onto a pool block).
 
-    ``GPUArray(ndarray, block)``: `block` is what keeps the memory of `ndarray` alive, and every view shares it: a pool
-    `Block`, or, for an array imported with ``from_dlpack``, the `ForeignHostMemory` holding the producer's tensor.
+    ``GPUArray(ndarray, block, ptr=None)``: `block` is what keeps the memory of `ndarray` alive, and every view shares
+    it: a pool `Block`, or, for an array imported with ``from_dlpack``, the `ForeignHostMemory` holding the producer's
+    tensor; `ptr` is the address of the first element when the caller knows it.
     """
 
     __array_priority__ = -1
 
-    def __init__(self, ndarray, block):
+    def __init__(self, ndarray, block, ptr=None):
         self._ndarray = ndarray
         self._block = block
+        self._ptr = ptr
 
     # NOTE: the CPU `Backend`, set by the package `PuzzleLib.Backend.Cpu` once it has bundled this module with its
     # primitives (a class attribute: the front modules read it on every call)
@@ -55,7 +57,10 @@ class GPUArray(gpuarray.GPUArray):
 
     @property
     def ptr(self):
-        return self._ndarray.ctypes.data
+        # NOTE: taken once (numpy's ctypes helper costs microseconds); the address is fixed for the array's life
+        if self._ptr is None:
+            self._ptr = self._ndarray.ctypes.data
+        return self._ptr
 
     def get(self, out=None):
         """Returns a new host ndarray with the contents, or copies them into `out` (a C-contiguous host ndarray of this
@@ -112,7 +117,7 @@ class GPUArray(gpuarray.GPUArray):
     def _view(self, shape, offset):
         start = offset // self.dtype.itemsize
         flat = self._ndarray.reshape(-1)[start : start + gpuarray.elementCount(shape)]
-        return GPUArray(flat.reshape(shape), self._block)
+        return GPUArray(flat.reshape(shape), self._block, None if self._ptr is None else self._ptr + offset)
 
     def _copyFrom(self, other):
         np.copyto(self._ndarray, other._ndarray)
@@ -136,7 +141,7 @@ def empty(shape, dtype=np.float32):
     """
     shape, dtype, nbytes = gpuarray.checkedAllocation(shape, dtype)
     block = memoryPool.allocate(nbytes)
-    return GPUArray(block.raw[:nbytes].view(dtype).reshape(shape), block)
+    return GPUArray(block.raw[:nbytes].view(dtype).reshape(shape), block, block.ptr)
 
 
 def hostBuffer(shape, dtype=np.float32):
