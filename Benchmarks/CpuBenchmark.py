@@ -1,118 +1,160 @@
-"""CPU backend throughput: training forward, forward + backward and evaluation forward of batch normalization.
+"""CPU backend throughput of the batch-norm modules against PyTorch's CPU batch norm, in one process.
 
-Prints GB/s (bytes that must move: read x and write y for a forward; for forward + backward also read x and dy and
-write dx) for this library's CPU backend, a naive numpy version (``x.mean``, ``x.var``, arithmetic) and, when PyTorch
-is installed (it is not a dependency), ``torch.nn.functional.batch_norm`` on the CPU with autograd. Every figure is the
-median of several timed runs after a warm-up, each implementation timed in a phase of its own; the last lines give
-the geometric means and the ratio to PyTorch.
+What is timed is what a user calls: ``BatchNorm(4096)`` on (256, 4096) data (per activation) and ``BatchNorm2D(maps)``
+on three image batches, float32, in three tasks: ``train`` (a training forward ``bn(x)``), ``train+backward``
+(``bn(x)``, then ``bn.backward(dy)``) and ``eval`` (``bn(x)`` after ``bn.evalMode()``). Each runs on the kernels in use
+(`PuzzleLib.Config.cpuKernels`, normally the C ones), on the numpy kernels (``Config.useCpuKernels("numpy")``) and, when
+PyTorch is installed (it is not a dependency), as ``torch.nn.functional.batch_norm`` on CPU tensors sharing the same
+numpy data: training forward with autograd recording and running statistics (momentum 0.1), forward and
+``y.backward(dy)``, evaluation under ``torch.no_grad()``. PyTorch gets `PuzzleLib.Config.cpuThreads` threads, as the
+kernels do.
 
-    python -m PuzzleLib.Benchmarks.CpuBenchmark [--repeats N] [--json FILE]
+Timing is the best of N alternating in one process: after a warm-up call of each implementation, every round times one
+call of each in turn (``time.perf_counter``), and the minimum of the N rounds is reported. There is no pause between the
+calls: where this was written, a call right after another implementation's (PyTorch's OpenMP workers spinning or not)
+was no slower than one after a pause of 2 or 50 ms. Throughput counts the bytes that must move: read x and write y for a
+forward (2 x the data's bytes), and x, y, then x, dy and dx for forward + backward (5 x). Every figure is also given as
+a percentage of this machine's copy bandwidth, measured in the same run: the best of N copies of a 256 MB float32 buffer
+into another (``np.copyto`` on `cpuThreads` Python threads, each on its slice, and torch's ``copy_`` when present: the
+faster), counted as read + write. Targets: PuzzleLib / PyTorch >= 1.5 for training and training + backward on every
+shape, >= 1.0 for the geometric mean of evaluation.
+
+A second table gives the Python cost of one call on a tiny input, ``BatchNorm(64)`` on (16, 64): the median over many
+calls of the module, of `Backend.Dnn` with the module's arrays, of the CPU backend's primitive
+(`Backend.Cpu.BatchNormKernels`, which picks the kernels) with preallocated outputs, and of the chosen kernels' function
+itself, next to PyTorch's ``F.batch_norm`` (its backward alone through ``torch.autograd.grad``).
+
+    python -m PuzzleLib.Benchmarks.CpuBenchmark [--repeats N] [--calls N] [--json FILE]
 """
 
 import argparse
+import datetime
 import json
+import math
 import os
 import platform
+import threading
 import time
 
 os.environ.setdefault("PUZZLELIB_BACKEND", "cpu")
 
 import numpy as np  # noqa: E402
 
+from PuzzleLib import Config  # noqa: E402
 from PuzzleLib.Backend import Dnn, gpuarray  # noqa: E402
+from PuzzleLib.Backend.Contract import BatchStatistics, RunningStatistics  # noqa: E402
+from PuzzleLib.Backend.Cpu import BatchNormKernels, SourceLibrary  # noqa: E402
+from PuzzleLib.Modules.BatchNorm import BatchNorm  # noqa: E402
+from PuzzleLib.Modules.BatchNorm2D import BatchNorm2D  # noqa: E402
 
 SHAPES = [(256, 4096), (32, 256, 28, 28), (64, 64, 56, 56), (16, 32, 64, 64)]
-EPS = 1e-5
 TASKS = ("train", "train+backward", "eval")
+MOVES = {"train": 2, "train+backward": 5, "eval": 2}
+TARGETS = {"train": 1.5, "train+backward": 1.5, "eval": 1.0}
+NAMES = ("PuzzleLib", "numpy", "PyTorch")
+EPS, MOMENTUM = 1e-5, 0.1
+COPY_BYTES = 256 * 2**20
+TINY = (16, 64)
 
 
-def movedBytes(task, nbytes):
-    return {"train": 2, "train+backward": 5, "eval": 2}[task] * nbytes
+def processorName():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
-def median(func, repeats):
+def kernelsInUse():
+    """The batch-norm kernels float32 data runs on ("c" or "numpy", building the C ones now) and whether the C
+    library has OpenMP (None when it is not in use)."""
+    name = BatchNormKernels.implementation(np.dtype(np.float32)).NAME
+    return name, bool(SourceLibrary.libraries["BatchNorm.c"].bnHasOpenMP()) if name == "c" else None
+
+
+def timed(func):
+    start = time.perf_counter()
     func()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return time.perf_counter() - start
+
+
+def bestAlternating(funcs, repeats):
+    """``{name: best seconds}`` of `funcs` (``{name: callable}``): one warm-up call each, then `repeats` rounds that
+    time one call of each in turn."""
+    for func in funcs.values():
         func()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    best = dict.fromkeys(funcs, math.inf)
+    for _ in range(repeats):
+        for name, func in funcs.items():
+            best[name] = min(best[name], timed(func))
+    return best
 
 
-def modeOf(shape):
-    return "perActivation" if len(shape) == 2 else "spatial"
+def copyBandwidth(torch, threads, repeats):
+    """GB/s of the faster of a threaded ``np.copyto`` and torch's ``copy_`` of `COPY_BYTES`, counted as read +
+    write."""
+    src = np.ones(COPY_BYTES // 4, np.float32)
+    dst = np.zeros_like(src)
+    bounds = np.linspace(0, src.size, threads + 1).astype(int)
+    slices = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def threadedCopy():
+        # NOTE: np.copyto releases the GIL, so the slices are copied in parallel
+        workers = [threading.Thread(target=np.copyto, args=(dst[part], src[part])) for part in slices]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    funcs = {"numpy": threadedCopy}
+    if torch is not None:
+        tsrc, tdst = torch.from_numpy(src), torch.from_numpy(dst)
+        funcs["torch"] = lambda: tdst.copy_(tsrc)
+    return 2 * src.nbytes / min(bestAlternating(funcs, repeats).values()) / 1e9
 
 
-def libraryCases(host, grad):
-    """PuzzleLib's Dnn on the CPU backend; 2D data is normalized per activation, the rest spatially."""
-    shape, maps = host.shape, host.shape[1]
-    paramShape = (1, maps) + (1,) * (len(shape) - 2)
+def makeModule(maps, ndim):
+    return BatchNorm(maps) if ndim == 2 else BatchNorm2D(maps)
+
+
+def withKernels(name, func):
+    def call():
+        with Config.useCpuKernels(name):
+            return func()
+
+    return call
+
+
+def moduleCases(host, grad):
+    """The module's three tasks; the evaluation on an instance of its own in evaluation mode."""
     x, dy = gpuarray.to_gpu(host), gpuarray.to_gpu(grad)
-    scale = gpuarray.to_gpu(np.ones(paramShape, np.float32))
-    bias, mean = gpuarray.zeros(paramShape, np.float32), gpuarray.zeros(paramShape, np.float32)
-    var = gpuarray.to_gpu(np.ones(paramShape, np.float32))
-    out = gpuarray.empty(shape, np.float32)
-    mode = modeOf(shape)
-
-    def train():
-        return Dnn.batchNormNd(x, scale, bias, mean, var, EPS, 0.1, test=False, mode=mode)
+    bn, bnEval = makeModule(host.shape[1], host.ndim), makeModule(host.shape[1], host.ndim)
+    bnEval.evalMode()
 
     def trainBackward():
-        _, savemean, saveinvvar = train()
-        return Dnn.batchNormNdBackward(x, dy, scale, savemean, saveinvvar, EPS, mode=mode)
+        bn(x)
+        bn.backward(dy)
 
-    def evaluate():
-        return Dnn.batchNormNd(x, scale, bias, mean, var, EPS, test=True, mode=mode, out=out)
-
-    return {"train": train, "train+backward": trainBackward, "eval": evaluate}
+    return {"train": lambda: bn(x), "train+backward": trainBackward, "eval": lambda: bnEval(x)}
 
 
-def numpyCases(host, grad):
-    """The naive numpy formulation: x.mean, x.var and broadcast arithmetic (float32)."""
-    axes = (0,) if host.ndim == 2 else (0,) + tuple(range(2, host.ndim))
-    keep = tuple(1 if axis in axes else dim for axis, dim in enumerate(host.shape))
-    scale, bias = np.ones(keep, np.float32), np.zeros(keep, np.float32)
-    runMean, runVar = np.zeros(keep, np.float32), np.ones(keep, np.float32)
-    m = host.size // host.shape[1]
-
-    def train():
-        mu, sigma2 = host.mean(axis=axes, keepdims=True), host.var(axis=axes, keepdims=True)
-        invstd = 1.0 / np.sqrt(sigma2 + EPS)
-        runMean[...] = 0.9 * runMean + 0.1 * mu
-        runVar[...] = 0.9 * runVar + 0.1 * sigma2 * m / (m - 1)
-        return (host - mu) * invstd * scale + bias, mu, invstd
-
-    def trainBackward():
-        _, mu, invstd = train()
-        xhat = (host - mu) * invstd
-        dbias, dscale = grad.sum(axis=axes, keepdims=True), (grad * xhat).sum(axis=axes, keepdims=True)
-        return scale * invstd / m * (m * grad - dbias - xhat * dscale)
-
-    def evaluate():
-        return (host - runMean) / np.sqrt(runVar + EPS) * scale + bias
-
-    return {"train": train, "train+backward": trainBackward, "eval": evaluate}
-
-
-def torchCases(host, grad):
-    import torch
+def torchCases(torch, host, grad):
     import torch.nn.functional as F
 
     maps = host.shape[1]
     x, dy = torch.from_numpy(host), torch.from_numpy(grad)
     xg = x.clone().requires_grad_(True)
-    weight = torch.ones(maps, requires_grad=True)
-    bias = torch.zeros(maps, requires_grad=True)
+    weight, bias = torch.ones(maps, requires_grad=True), torch.zeros(maps, requires_grad=True)
     runMean, runVar = torch.zeros(maps), torch.ones(maps)
 
     def train():
-        with torch.no_grad():
-            return F.batch_norm(x, runMean, runVar, weight, bias, training=True, momentum=0.1, eps=EPS)
+        return F.batch_norm(xg, runMean, runVar, weight, bias, training=True, momentum=MOMENTUM, eps=EPS)
 
     def trainBackward():
-        y = F.batch_norm(xg, runMean, runVar, weight, bias, training=True, momentum=0.1, eps=EPS)
-        y.backward(dy)
+        train().backward(dy)
         xg.grad, weight.grad, bias.grad = None, None, None
 
     def evaluate():
@@ -122,64 +164,197 @@ def torchCases(host, grad):
     return {"train": train, "train+backward": trainBackward, "eval": evaluate}
 
 
+def throughputRows(torch, copyRate, repeats):
+    """One row per shape and task: GB/s of each implementation, its % of `copyRate`, the ratio to PyTorch."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for shape in SHAPES:
+        host = rng.normal(0.5, 2.0, size=shape).astype(np.float32)
+        grad = rng.normal(0.0, 1.0, size=shape).astype(np.float32)
+        suites = {"PuzzleLib": moduleCases(host, grad)}
+        suites["numpy"] = {task: withKernels("numpy", func) for task, func in moduleCases(host, grad).items()}
+        if torch is not None:
+            suites["PyTorch"] = torchCases(torch, host, grad)
+
+        for task in TASKS:
+            best = bestAlternating({name: cases[task] for name, cases in suites.items()}, repeats)
+            rates = {name: MOVES[task] * host.nbytes / seconds / 1e9 for name, seconds in best.items()}
+            row = {"shape": list(shape), "task": task, "seconds": best, "GBps": rates,
+                   "percentOfCopy": {name: 100 * rate / copyRate for name, rate in rates.items()}}
+            mark = ""
+            if torch is not None:
+                row["ratio"] = rates["PuzzleLib"] / rates["PyTorch"]
+                # NOTE: the evaluation target is on the geometric mean only
+                mark = "" if task == "eval" else verdict(row["ratio"], TARGETS[task])
+            rows.append(row)
+            printRow(str(shape), task, row, mark)
+    return rows
+
+
+def cell(figures, name, form):
+    return form % figures[name] if name in figures else "-"
+
+
+def verdict(ratio, target):
+    return "meets" if ratio >= target else "MISSES"
+
+
+def printRow(label, task, row, mark=""):
+    figures = "  ".join("%7s %4s" % (cell(row["GBps"], name, "%.2f"), cell(row["percentOfCopy"], name, "%.0f%%"))
+                        for name in NAMES)
+    ratio = "  %6.2fx  %s" % (row["ratio"], mark) if "ratio" in row else ""
+    print(("%-18s %-15s %s%s" % (label, task, figures, ratio)).rstrip())
+
+
+def geometricMeans(rows, copyRate):
+    """Per task: the geometric means of each column and, with PyTorch, their ratio, the worst ratio and the verdict."""
+    summary = {}
+    for task in TASKS:
+        taskRows = [row for row in rows if row["task"] == task]
+        rates = {name: float(np.exp(np.mean([np.log(row["GBps"][name]) for row in taskRows])))
+                 for name in taskRows[0]["GBps"]}
+        entry = {"GBps": rates, "percentOfCopy": {name: 100 * rate / copyRate for name, rate in rates.items()}}
+        if "PyTorch" in rates:
+            entry["ratio"] = rates["PuzzleLib"] / rates["PyTorch"]
+            entry["worstRatio"] = min(row["ratio"] for row in taskRows)
+            # NOTE: training targets hold on every shape, the evaluation target on the geometric mean
+            judged = entry["ratio"] if task == "eval" else entry["worstRatio"]
+            entry["target"] = TARGETS[task]
+            entry["verdict"] = verdict(judged, TARGETS[task])
+        summary[task] = entry
+    return summary
+
+
+def printSummary(summary):
+    print("geometric means:")
+    for task, entry in summary.items():
+        mark = ""
+        if "ratio" in entry:
+            judged = "the geometric mean" if task == "eval" else "every shape (worst %.2fx)" % entry["worstRatio"]
+            mark = "target >= %.1fx on %s: %s" % (entry["target"], judged, entry["verdict"])
+        printRow("", task, entry, mark)
+
+
+def medianCall(func, calls):
+    """Median microseconds of one call of `func` over `calls` calls (after as many warm-up calls as a tenth)."""
+    for _ in range(max(calls // 10, 1)):
+        func()
+    return float(np.median([timed(func) for _ in range(calls)])) * 1e6
+
+
+def overheadTable(torch, calls):
+    """``{level: {task: µs}}`` on the tiny input: the module, `Dnn`, the primitive, the kernels' function, PyTorch."""
+    kernels = BatchNormKernels.implementation(np.dtype(np.float32))
+    rng = np.random.default_rng(1)
+    host, grad = (rng.normal(size=TINY).astype(np.float32) for _ in range(2))
+    maps = TINY[1]
+    x, dy = gpuarray.to_gpu(host), gpuarray.to_gpu(grad)
+    bn, bnEval = BatchNorm(maps), BatchNorm(maps)
+    bnEval.evalMode()
+    bn(x)
+
+    # NOTE: the module hands Dnn a (batch, size, 1, 1) view, normalized over axis 0, and the primitives see (16, 64, 1)
+    xd, dyd, shape3, axes = bn.toDnn(x), bn.toDnn(dy), (TINY[0], maps, 1), bn.dnnAxes
+    out, ingrad = gpuarray.empty(xd.shape, np.float32), gpuarray.empty(xd.shape, np.float32)
+    perMap = [gpuarray.empty(bn.scale.shape, np.float32) for _ in range(4)]
+    running, saved = RunningStatistics(bn.mean, bn.var), BatchStatistics(bn.savemean, bn.saveinvvar)
+    scratch = BatchStatistics(perMap[0], perMap[1])
+    sums = {"scalegrad": perMap[2], "biasgrad": perMap[3]}
+
+    def primitives(module):
+        return {
+            "train": lambda: module.trainForward(xd, out, shape3, scale=bn.scale, bias=bn.bias, running=running,
+                                                 saved=scratch, epsilon=EPS, factor=MOMENTUM),
+            "backward": lambda: module.backward(xd, dyd, ingrad, shape3, scale=bn.scale, saved=saved, **sums),
+            "eval": lambda: module.evalForward(xd, out, shape3, scale=bn.scale, bias=bn.bias, running=running,
+                                               epsilon=EPS),
+        }
+
+    levels = {
+        "module": {"train": lambda: bn(x), "backward": lambda: bn.backward(dy), "eval": lambda: bnEval(x)},
+        "Dnn": {
+            "train": lambda: Dnn.batchNormNd(xd, bn.scale, bn.bias, bn.mean, bn.var, EPS, MOMENTUM, mode=axes),
+            "backward": lambda: Dnn.batchNormNdBackward(xd, dyd, bn.scale, bn.savemean, bn.saveinvvar, EPS, axes),
+            "eval": lambda: Dnn.batchNormNd(xd, bn.scale, bn.bias, bn.mean, bn.var, EPS, test=True, mode=axes),
+        },
+        "primitive": primitives(BatchNormKernels),
+        "%s kernels" % kernels.NAME: primitives(kernels),
+    }
+    if torch is not None:
+        levels["PyTorch"] = tinyTorch(torch, host, grad)
+    return {level: {task: medianCall(func, calls) for task, func in funcs.items()} for level, funcs in levels.items()}
+
+
+def tinyTorch(torch, host, grad):
+    import torch.nn.functional as F
+
+    maps = host.shape[1]
+    x, dy = torch.from_numpy(host).requires_grad_(True), torch.from_numpy(grad)
+    weight, bias = torch.ones(maps, requires_grad=True), torch.zeros(maps, requires_grad=True)
+    runMean, runVar = torch.zeros(maps), torch.ones(maps)
+
+    def train():
+        return F.batch_norm(x, runMean, runVar, weight, bias, training=True, momentum=MOMENTUM, eps=EPS)
+
+    def evaluate():
+        with torch.no_grad():
+            return F.batch_norm(x, runMean, runVar, weight, bias, training=False, eps=EPS)
+
+    y = train()
+    # NOTE: the backward alone, on a kept graph: autograd.grad returns the gradients instead of accumulating them
+    return {"train": train, "backward": lambda: torch.autograd.grad(y, (x, weight, bias), dy, retain_graph=True),
+            "eval": evaluate}
+
+
+def printOverhead(table, calls):
+    print("\nper-call time on a tiny input, BatchNorm(64) on %s float32, median of %d calls, µs:" % (TINY, calls))
+    print("%-14s %9s %9s %9s" % ("level", "train", "backward", "eval"))
+    for level, times in table.items():
+        print("%-14s %9.1f %9.1f %9.1f" % (level, times["train"], times["backward"], times["eval"]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per figure (median reported)")
+    parser.add_argument("--repeats", type=int, default=7, help="alternating rounds per figure (best reported)")
+    parser.add_argument("--calls", type=int, default=2000, help="calls per figure of the per-call table (median)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
     try:
         import torch
 
-        torchInfo = "PyTorch %s, %d threads" % (torch.__version__, torch.get_num_threads())
+        torch.set_num_threads(Config.cpuThreads)
+        torchVersion = torch.__version__
     except ImportError:
-        torch, torchInfo = None, "PyTorch not installed: its column is empty"
+        torch, torchVersion = None, None
 
-    print("CPU batch-norm throughput, GB/s (median of %d); %s; numpy %s; %s, %d cores"
-          % (args.repeats, torchInfo, np.__version__, platform.processor() or platform.machine(), os.cpu_count()))
-    header = "%-18s %-15s %10s %10s %10s %14s" % ("shape", "task", "PuzzleLib", "numpy", "PyTorch", "PuzzleLib/torch")
+    kernels, openMP = kernelsInUse()
+    kernelsText = kernels if openMP is None else "%s (%s OpenMP)" % (kernels, "with" if openMP else "without")
+    processor, date = processorName(), datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    torchText = "PyTorch %s" % torchVersion if torch else "PyTorch not installed: its column is -"
+    print("%s; %s, %d cores; %d threads; kernels %s; numpy %s; %s"
+          % (date, processor, os.cpu_count(), Config.cpuThreads, kernelsText, np.__version__, torchText))
+    copyRate = copyBandwidth(torch, Config.cpuThreads, args.repeats)
+    print("copy bandwidth %.2f GB/s (read + write, best of %d); throughput: GB/s and %% of it, best of %d alternating"
+          % (copyRate, args.repeats, args.repeats))
+
+    header = "%-18s %-15s %s  %7s" % ("shape", "task", "  ".join("%12s" % name for name in NAMES), "ratio")
     print(header + "\n" + "-" * len(header))
-
-    rng = np.random.default_rng(0)
-    rows = []
-    for shape in SHAPES:
-        host = rng.normal(0.5, 2.0, size=shape).astype(np.float32)
-        grad = rng.normal(0.0, 1.0, size=shape).astype(np.float32)
-        suites = {"PuzzleLib": libraryCases(host, grad), "numpy": numpyCases(host, grad)}
-        if torch is not None:
-            suites["PyTorch"] = torchCases(host, grad)
-
-        # NOTE: each implementation is timed in a phase of its own after a pause: PyTorch's OpenMP workers keep
-        # spinning for a while after a call and would take the cores from whatever is timed right after them
-        figures = {}
-        for name, cases in suites.items():
-            time.sleep(0.5)
-            for task in TASKS:
-                figures[name, task] = movedBytes(task, host.nbytes) / median(cases[task], args.repeats) / 1e9
-
-        for task in TASKS:
-            row = {"shape": list(shape), "task": task}
-            row.update({name: figures[name, task] for name in suites})
-            rows.append(row)
-            ratio = row["PuzzleLib"] / row["PyTorch"] if "PyTorch" in row else float("nan")
-            print("%-18s %-15s %10.2f %10.2f %10s %14.2f" % (str(shape), task, row["PuzzleLib"], row["numpy"],
-                  "%.2f" % row["PyTorch"] if "PyTorch" in row else "-", ratio))
-
-    print("\ngeometric means over the shapes, GB/s:")
-    summary = {}
-    for task in TASKS:
-        taskRows = [row for row in rows if row["task"] == task]
-        means = {name: float(np.exp(np.mean([np.log(row[name]) for row in taskRows])))
-                 for name in ("PuzzleLib", "numpy", "PyTorch") if name in taskRows[0]}
-        summary[task] = means
-        ratio = means["PuzzleLib"] / means["PyTorch"] if "PyTorch" in means else float("nan")
-        print("  %-15s PuzzleLib %.2f, numpy %.2f, PyTorch %s -> PuzzleLib / PyTorch = %.2f"
-              % (task, means["PuzzleLib"], means["numpy"], "%.2f" % means["PyTorch"] if "PyTorch" in means else "-",
-                 ratio))
+    rows = throughputRows(torch, copyRate, args.repeats)
+    summary = geometricMeans(rows, copyRate)
+    print("-" * len(header))
+    printSummary(summary)
+    overhead = overheadTable(torch, args.calls)
+    printOverhead(overhead, args.calls)
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "geometricMeans": summary, "pytorch": torchInfo}, f, indent=1)
+            json.dump({
+                "rows": rows, "geometricMeans": summary, "copyGBps": copyRate, "overheadMicroseconds": overhead,
+                "threads": Config.cpuThreads, "kernels": kernels, "openMP": openMP, "torch": torchVersion,
+                "numpy": np.__version__, "processor": processor, "date": date, "repeats": args.repeats,
+                "calls": args.calls,
+            }, f, indent=1)
 
 
 if __name__ == "__main__":
