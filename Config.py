@@ -57,14 +57,24 @@ def checkedBackendName(value, source):
     return name
 
 
-def checkedDeviceIdx(value, source):
+def checkedInteger(value, source, least):
+    """`value` as an int of at least `least` (0 or 1); else `ConfigError` naming `source` and the value."""
+    expected = "a non-negative integer" if least == 0 else "a positive integer"
     try:
-        idx = int(value)
+        number = int(value)
     except (TypeError, ValueError):
-        raise ConfigError("%s must be a non-negative integer; got %r" % (source, value)) from None
-    if idx < 0:
-        raise ConfigError("%s must be a non-negative integer; got %r" % (source, value))
-    return idx
+        raise ConfigError("%s must be %s; got %r" % (source, expected, value)) from None
+    if number < least:
+        raise ConfigError("%s must be %s; got %r" % (source, expected, value))
+    return number
+
+
+def checkedDeviceIdx(value, source):
+    return checkedInteger(value, source, 0)
+
+
+def checkedThreads(value, source):
+    return checkedInteger(value, source, 1)
 
 
 def checkedCpuKernelsName(value, source):
@@ -78,16 +88,6 @@ def checkedCpuKernelsName(value, source):
 def availableCores():
     """The cores this process may run on (its CPU affinity where the system has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def checkedThreads(value, source):
-    try:
-        threads = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError("%s must be a positive integer; got %r" % (source, value)) from None
-    if threads < 1:
-        raise ConfigError("%s must be a positive integer; got %r" % (source, value))
-    return threads
 
 
 backend = checkedBackendName(os.environ.get("PUZZLELIB_BACKEND", "auto"), "PUZZLELIB_BACKEND")
