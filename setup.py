@@ -25,7 +25,7 @@ setup(
     python_requires=">=3.10",
     package_dir={"PuzzleLib": "."},
     packages=["PuzzleLib"] + ["PuzzleLib." + name for name in subpackages],
-    package_data={"PuzzleLib.Kernels": ["*.cu"]},
+    package_data={"PuzzleLib.Kernels": ["*.cu", "*.c"]},
     cmdclass={"build_py": BuildPy},
     install_requires=["numpy>=1.24", "h5py>=3.8"],
     extras_require={

@@ -11,13 +11,16 @@ deviation (1e3 and 4 for float16 data, which cannot hold 1e4 + 1); the first, wh
 below epsilon.
 """
 
+import ast
 import ctypes
+import fnmatch
 import logging
 import os
 import shlex
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +29,7 @@ from PuzzleLib import Config
 from PuzzleLib.Backend import Dnn
 from PuzzleLib.Backend.Contract import BatchMoments, BatchStatistics, RunningStatistics
 from PuzzleLib.Backend.Cpu import BatchNormKernels, CBatchNorm, GPUArray, NumpyBatchNorm, SourceLibrary
+from PuzzleLib.Kernels import sourcePath
 from PuzzleLib.Modules import BatchNorm2D
 from PuzzleLib.TestLib import Reference
 
@@ -597,3 +601,18 @@ def test_cpu_settings_are_read_leniently_and_checked():
     with Config.useCpuKernels("NUMPY"):
         assert Config.cpuKernels == "numpy"
     assert Config.cpuKernels == before
+
+
+def test_an_installed_package_carries_every_kernel_source():
+    """A regular (not editable) install copies only setup.py's package_data besides the Python files: every source
+    the backends compile at run time (``Kernels/*.c``, ``Kernels/*.cu``) must match one of its patterns."""
+    tree = ast.parse((Path(sourcePath("BatchNorm.c")).parents[1] / "setup.py").read_text())
+    patterns = next(
+        ast.literal_eval(keyword.value)["PuzzleLib.Kernels"]
+        for node in ast.walk(tree) if isinstance(node, ast.Call)
+        for keyword in node.keywords if keyword.arg == "package_data"
+    )
+    sources = sorted(path.name for path in Path(sourcePath("BatchNorm.c")).parent.iterdir()
+                     if path.suffix in (".c", ".cu"))
+    assert "BatchNorm.c" in sources
+    assert [name for name in sources if not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)] == []
