@@ -180,7 +180,7 @@ static void chanMerge(double *n, double *mean, double *m2, double nb, double mea
     *n = total;
 }
 
-// Per-map coefficients in double, filled once per call: the two-float mean hi + lo and the factors of a pass.
+// Per-call workspaces in double: per-map statistics or gradient sums, and the split path's partial results.
 typedef struct
 {
     double *mean, *m2;          // merged statistics (or the sums of a backward)
@@ -243,9 +243,6 @@ static double finalizeStatistics(const StatisticsOutputs *out, i64 c, double m, 
     }
     return invstd;
 }
-
-// Elements per map of a tile's range: a tile of a rows group spans rows, each one element per map.
-static double tileCount(const Geometry *geo, i64 a0, i64 a1) { (void)geo; return (double)(a1 - a0); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // The type-generic part, compiled once per data type
@@ -651,7 +648,8 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
                 i64 a1 = minI64(a0 + geo->chunk, geo->extent);
                 double *part = s.partials + 3 * t * geo->width;
                 BN_NAME(tileMoments)(x, geo, group, a0, a1, part + geo->width, part + 2 * geo->width);
-                part[0] = tileCount(geo, a0, a1);
+                // NOTE: a tile holds a1 - a0 elements of each of its maps (elements of one map, or rows of its columns)
+                part[0] = (double)(a1 - a0);
             }
 #pragma omp barrier
 #pragma omp for schedule(static)

@@ -115,11 +115,11 @@ def buildLibrary(fileName):
         text = f.read()
 
     stem = os.path.splitext(fileName)[0]
-    version = compilerVersion(command)
+    machine = (compilerVersion(command) + "\0" + processorSignature()).encode()
     failures = []
     for options in optionSets():
         key = hashlib.sha256(
-            b"\0".join([text, " ".join(command + options).encode(), version.encode(), processorSignature().encode()])
+            b"\0".join([text, " ".join(command + options).encode(), machine])
         ).hexdigest()[:20]
         name = "%s-%s.so" % (stem, key)
 
