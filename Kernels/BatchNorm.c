@@ -8,27 +8,32 @@
 //   - spatial (inner > 1): a map is `outer` contiguous segments of `inner` elements; its m = outer * inner elements
 //     are walked by their index e in [0, m) (o = e / inner, i = e % inner), cut into runs that are contiguous;
 //   - rows (inner == 1: per-activation (N, C) or channels-last): a map is a column of an (outer, maps) matrix; a group
-//     of adjacent columns is walked row after row, the columns in SIMD lanes.
+//     of adjacent columns (wide: a row of a group is a long run the prefetchers follow) is walked in blocks of
+//     BLOCK_ROWS rows, a block in slices of SLICE_BYTES of columns whose sums and factors stay in SIMD registers.
 // Data is float, double or _Float16 (computed in float; only where the compiler has the type). Per-map arrays
 // (parameters, statistics, gradients) are float or double each, as bit k of `doubleMask` says of the k-th per-map
-// pointer of the call; per-map arithmetic (merges, running update, coefficients) is in double.
+// pointer of the call; per-map arithmetic (merges, running update, coefficients) is in double, in chunks of maps the
+// compiler vectorizes, shared among the threads.
 //
 // Work: a tile is (group, [a0, a1)): one map (spatial, a = element index) or a group of columns (rows, a = row).
 //   - fused: when the groups alone keep every thread busy, a thread takes a whole group, computes its statistics and
 //     normalizes it right away, walking it backwards so that the part it read last is still in cache: the data comes
 //     from memory once for a group that fits in the core's L2 (the reverse walk keeps the tail of a larger one);
-//   - split: otherwise (few maps or columns) the groups are cut along a into tiles shared among the threads; each
-//     thread's partial results are merged per map in tile order (deterministic), then each thread walks its own
-//     tiles backwards for the second pass.
+//   - split: otherwise (few maps, or fewer than MIN_RUN columns per thread) the groups are cut along a into tiles
+//     shared among the threads; each thread's partial results are merged per map in tile order (deterministic), then
+//     each thread walks its own tiles backwards for the second pass.
+// Per-map workspaces live in one block per call, kept for the next call (see takeBlock).
 //
-// Numerics: statistics are taken in blocks of at most BLOCK elements (BLOCK_ROWS rows) that stay in L1: the block's
-// sum in compute-type SIMD lanes gives a mean, rounded to the compute type; a second walk over the block sums the
-// deviations d from it and their squares, so the block's moments (mean + sum(d) / n, sum(d^2) - sum(d)^2 / n) are
-// those of the corrected two-pass algorithm (Chan, Golub & LeVeque 1983) whatever the block mean's rounding. Blocks
-// are merged in double with the pairwise formula of Chan, Golub & LeVeque (1979). A map whose mean is 1e4 times its
+// Numerics: statistics are taken in blocks that stay in L1 (BLOCK elements of a map, or BLOCK_ROWS rows of a slice),
+// each about a centre in the compute type, from the sums of the deviations d from it and of d^2: the block's mean is
+// centre + sum(d) / n and its m2 is sum(d^2) - sum(d)^2 / n. The centre of a spatial block, and of the first block of
+// rows of a tile, is the block's own mean (a walk of its own), which makes these the corrected two-pass moments
+// (Chan, Golub & LeVeque 1983) whatever the centre's rounding; a later block of rows is centred on the mean of the
+// rows before it, so what it adds to m2 beyond its own spread is the merge term below, computed exactly. Blocks are
+// merged in double with the pairwise formula of Chan, Golub & LeVeque (1979). A map whose mean is 1e4 times its
 // standard deviation keeps its variance to about 1e-6 relative. Normalization subtracts the mean as two floats
-// (hi + lo), so the output does not lose the digits of the mean that one float cannot hold.
-// Gradient sums add each block's compute-type sums in double.
+// (hi + lo; lo is folded into the pass's offset in double), so the output does not lose the digits of the mean that
+// one float cannot hold. Gradient sums add each block's compute-type sums in double.
 //
 // Index arithmetic is 64-bit: a tensor may hold more than 2^31 elements.
 
@@ -52,16 +57,29 @@ static int omp_get_num_threads(void) { return 1; }
 #define BN_EXPORT __attribute__((visibility("default")))
 #endif
 
-// Elements per statistics block (spatial) and rows per block (rows layout): a block of float data stays in L1.
+// Elements per statistics block (spatial) and rows per block (rows layout; a block's slice stays in L1).
 #define BLOCK 4096
-#define BLOCK_ROWS 64
-// Columns per group in the rows layout: at most this many, at least MIN_WIDTH where the maps allow.
-#define MAX_WIDTH 256
-#define MIN_WIDTH 16
+#define BLOCK_ROWS 16
+// Columns per group in the rows layout: at most MAX_WIDTH; groups are shared out whole only when every thread gets
+// at least MIN_RUN columns (a run of a row the prefetchers follow); widths are multiples of WIDTH_STEP.
+#define MAX_WIDTH 4096
+#define MIN_RUN 1024
+#define WIDTH_STEP 16
 // Below this many elements a call runs on the calling thread: waking the team would cost more than it saves.
 #define PARALLEL_ELEMENTS 32768
 // Smallest tile of the split path, in elements.
 #define MIN_TILE 16384
+// The rows layout works on slices of this many bytes of compute-type columns (64 floats, 32 doubles): a slice's
+// accumulators and factors stay in registers while the rows of a block stream past.
+#define SLICE_BYTES 256
+
+#if defined(__GNUC__)
+#define BN_INLINE static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define BN_INLINE static __forceinline
+#else
+#define BN_INLINE static inline
+#endif
 
 // Return codes of every entry point.
 #define BN_OK 0
@@ -76,17 +94,33 @@ static i64 ceilDiv(i64 a, i64 b) { return (a + b - 1) / b; }
 // ---------------------------------------------------------------------------------------------------------------
 // Per-map arrays of either float type
 
-static double mapGet(const void *ary, unsigned doubleMask, int bit, i64 c)
-{
-    return (doubleMask >> bit) & 1u ? ((const double *)ary)[c] : (double)((const float *)ary)[c];
-}
+// Per-map work runs in chunks of at most this many maps, on double arrays on the stack, in loops the compiler vectorizes.
+#define MAP_CHUNK 256
 
-static void mapSet(void *ary, unsigned doubleMask, int bit, i64 c, double value)
+// Maps [c, c + n) of a per-map array as doubles.
+static void mapLoad(double *dst, const void *ary, unsigned doubleMask, int bit, i64 c, i64 n)
 {
     if ((doubleMask >> bit) & 1u)
-        ((double *)ary)[c] = value;
+        memcpy(dst, (const double *)ary + c, sizeof(double) * n);
     else
-        ((float *)ary)[c] = (float)value;
+    {
+        const float *src = (const float *)ary + c;
+        for (i64 j = 0; j < n; j++)
+            dst[j] = (double)src[j];
+    }
+}
+
+// Writes maps [c, c + n) of a per-map array from doubles.
+static void mapStore(void *ary, unsigned doubleMask, int bit, i64 c, i64 n, const double *src)
+{
+    if ((doubleMask >> bit) & 1u)
+        memcpy((double *)ary + c, src, sizeof(double) * n);
+    else
+    {
+        float *dst = (float *)ary + c;
+        for (i64 j = 0; j < n; j++)
+            dst[j] = (float)src[j];
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -116,12 +150,14 @@ static Geometry geometryOf(i64 outer, i64 maps, i64 inner, int threads)
 
     if (geo.rows)
     {
-        // NOTE: groups of at most MAX_WIDTH columns, more of them (at least MIN_WIDTH wide, for the SIMD lanes) where
-        // that gives every thread several; the widths are equal but for the last group's
+        // NOTE: a group's rows are long runs (narrow groups would have each thread pick pieces out of every row, and
+        // the prefetchers lose them): the groups are made a multiple of the threads where each still holds MIN_RUN
+        // columns (the fused path), else kept as they are and cut along the rows (the split path); the widths are
+        // equal but for the last group's
         i64 groups = ceilDiv(maps, MAX_WIDTH);
-        if (groups < 4 * (i64)geo.threads)
-            groups = maxI64(groups, minI64(4 * (i64)geo.threads, maps / MIN_WIDTH));
-        i64 width = ceilDiv(ceilDiv(maps, groups), MIN_WIDTH) * MIN_WIDTH;
+        if (maps >= (i64)geo.threads * MIN_RUN)
+            groups = ceilDiv(groups, geo.threads) * geo.threads;
+        i64 width = ceilDiv(ceilDiv(maps, groups), WIDTH_STEP) * WIDTH_STEP;
         geo.width = minI64(maps, width);
         geo.extent = outer;
     }
@@ -140,9 +176,11 @@ static Geometry geometryOf(i64 outer, i64 maps, i64 inner, int threads)
         geo.chunks = 1;
     else
     {
-        i64 perElement = geo.rows ? geo.width : 1;
+        // NOTE: a rows tile spans at least two blocks of rows, so that its partial results (3 doubles per column)
+        // stay small next to its data
         i64 wanted = ceilDiv(4 * (i64)geo.threads, geo.groups);
-        i64 most = maxI64(1, geo.extent * perElement / MIN_TILE);
+        i64 most = geo.rows ? minI64(geo.extent / (2 * BLOCK_ROWS), geo.extent * geo.width / MIN_TILE)
+                            : geo.extent / MIN_TILE;
         geo.chunks = maxI64(1, minI64(wanted, most));
     }
     geo.chunk = ceilDiv(geo.extent, geo.chunks);
@@ -152,6 +190,9 @@ static Geometry geometryOf(i64 outer, i64 maps, i64 inner, int threads)
 }
 
 static int fusedPath(const Geometry *geo) { return geo->chunks == 1; }
+
+// The first row of the last block of rows [a0, a1): blocks start at a0 + multiples of BLOCK_ROWS, as in the moments.
+static i64 lastBlockStart(i64 a0, i64 a1) { return a0 + (a1 - 1 - a0) / BLOCK_ROWS * BLOCK_ROWS; }
 
 static i64 groupFirstMap(const Geometry *geo, i64 group) { return group * geo->width; }
 
@@ -180,35 +221,88 @@ static void chanMerge(double *n, double *mean, double *m2, double nb, double mea
     *n = total;
 }
 
-// Per-call workspaces in double: per-map statistics or gradient sums, and the split path's partial results.
+// Per-call workspace, one block: per-map arrays in double (statistics, or a backward's invstd and sums), the split
+// path's partial results, and the per-map coefficients of the passes in the compute type (see Coefficients).
 typedef struct
 {
-    double *mean, *m2;          // merged statistics (or the sums of a backward)
-    double *sumA, *sumB;        // backward sums: sum(g), sum(g * xhat-numerator)
+    double *mean, *m2;          // merged statistics; a backward keeps invstd in m2
+    double *sumA, *sumB;        // backward sums: sum(g), sum(g * (x - mean))
     double *partials;           // split path: per tile and column, 3 values
+    char *coefficients;         // 5 arrays of `coefficientStride` compute-type numbers
+    i64 coefficientStride;
+    void *block;
 } Scratch;
 
-static void freeScratch(Scratch *s)
+// The last block a call gave back, kept so that the next call does not map fresh pages for its per-map arrays (a
+// block the size of a few hundred kilobytes comes from mmap, and freeing it unmaps it). A call takes it (or allocates
+// a larger one) and gives its block back, freeing the one found there: concurrent calls each work on their own block.
+// Without atomic exchange every call allocates and frees.
+typedef struct
 {
-    free(s->mean), free(s->m2), free(s->sumA), free(s->sumB), free(s->partials);
+    size_t bytes;
+} BlockHead;
+#define BLOCK_HEAD 64
+
+#if defined(__GNUC__)
+#define BN_SWAP_BLOCK(slot, value) __atomic_exchange_n((slot), (value), __ATOMIC_ACQ_REL)
+#elif defined(_MSC_VER)
+#include <intrin.h>
+#define BN_SWAP_BLOCK(slot, value) _InterlockedExchangePointer((void *volatile *)(slot), (value))
+#endif
+
+#ifdef BN_SWAP_BLOCK
+static void *keptBlock = NULL;
+#endif
+
+static void *takeBlock(size_t bytes)
+{
+    BlockHead *head = NULL;
+#ifdef BN_SWAP_BLOCK
+    head = (BlockHead *)BN_SWAP_BLOCK(&keptBlock, (void *)NULL);
+    if (head != NULL && head->bytes >= bytes)
+        return head;
+#endif
+    free(head);
+    head = malloc(BLOCK_HEAD + bytes);
+    if (head != NULL)
+        head->bytes = bytes;
+    return head;
 }
 
-static int allocScratch(Scratch *s, const Geometry *geo)
+static void giveBlock(void *block)
+{
+#ifdef BN_SWAP_BLOCK
+    free(BN_SWAP_BLOCK(&keptBlock, block));
+#else
+    free(block);
+#endif
+}
+
+// Bytes rounded up to a multiple of 64, so that every array of a block starts on a cache line of the block.
+static size_t lineBytes(i64 bytes) { return (size_t)ceilDiv(bytes, 64) * 64; }
+
+static int allocScratch(Scratch *s, const Geometry *geo, size_t calcBytes)
 {
     i64 maps = geo->maps;
-    memset(s, 0, sizeof(*s));
-    s->mean = malloc(sizeof(double) * maps);
-    s->m2 = malloc(sizeof(double) * maps);
-    s->sumA = malloc(sizeof(double) * maps);
-    s->sumB = malloc(sizeof(double) * maps);
-    s->partials = fusedPath(geo) ? NULL : malloc(sizeof(double) * 3 * geo->tiles * geo->width);
-    if (!s->mean || !s->m2 || !s->sumA || !s->sumB || (!fusedPath(geo) && !s->partials))
-    {
-        freeScratch(s);
+    size_t perMap = lineBytes(sizeof(double) * maps);
+    size_t partials = fusedPath(geo) ? 0 : lineBytes(sizeof(double) * 3 * geo->tiles * geo->width);
+    s->coefficientStride = (i64)(lineBytes((i64)calcBytes * maps) / calcBytes);
+    size_t coefficients = 5 * (size_t)s->coefficientStride * calcBytes;
+
+    s->block = takeBlock(4 * perMap + partials + coefficients);
+    if (s->block == NULL)
         return BN_OUT_OF_MEMORY;
-    }
+    char *at = (char *)s->block + BLOCK_HEAD;
+    s->mean = (double *)at, at += perMap;
+    s->m2 = (double *)at, at += perMap;
+    s->sumA = (double *)at, at += perMap;
+    s->sumB = (double *)at, at += perMap;
+    s->partials = (double *)at, at += partials;
+    s->coefficients = at;
     return BN_OK;
 }
+
+static void freeScratch(Scratch *s) { giveBlock(s->block); }
 
 // Which per-map outputs a statistics merge writes, and how (see finalizeStatistics).
 typedef struct
@@ -221,27 +315,35 @@ typedef struct
     int bitSavedMean, bitSavedSecond, bitRunMean, bitRunVar;
 } StatisticsOutputs;
 
-// Writes map c's statistics from its merged (m, mean, m2) and returns invstd.
-static double finalizeStatistics(const StatisticsOutputs *out, i64 c, double m, double mean, double m2)
+// Writes the statistics of maps [c, c + n), n <= MAP_CHUNK, from their merged (mean, m2) over m elements each, and
+// their invstd into `invstd`.
+static void finalizeStatistics(const StatisticsOutputs *out, i64 c, i64 n, double m, const double *mean,
+                               const double *m2, double *invstd)
 {
-    double sigma2 = m2 / m;
-    if (sigma2 < 0.0)
-        sigma2 = 0.0;
-    double invstd = 1.0 / sqrt(sigma2 + out->epsilon);
-
-    mapSet(out->savedMean, out->doubleMask, out->bitSavedMean, c, mean);
-    mapSet(out->savedSecond, out->doubleMask, out->bitSavedSecond, c, out->secondIsVariance ? sigma2 : invstd);
+    double sigma2[MAP_CHUNK], runMean[MAP_CHUNK], runVar[MAP_CHUNK];
+    unsigned mask = out->doubleMask;
+    for (i64 j = 0; j < n; j++)
+    {
+        double v = m2[j] / m;
+        sigma2[j] = v < 0.0 ? 0.0 : v;
+        invstd[j] = 1.0 / sqrt(sigma2[j] + out->epsilon);
+    }
+    mapStore(out->savedMean, mask, out->bitSavedMean, c, n, mean);
+    mapStore(out->savedSecond, mask, out->bitSavedSecond, c, n, out->secondIsVariance ? sigma2 : invstd);
     if (out->runMean != NULL)
     {
-        unsigned mask = out->doubleMask;
-        double f = out->factor;
-        double runMean = mapGet(out->runMean, mask, out->bitRunMean, c);
-        double runVar = mapGet(out->runVar, mask, out->bitRunVar, c);
+        double f = out->factor, unbias = m / (m - 1.0);
+        mapLoad(runMean, out->runMean, mask, out->bitRunMean, c, n);
+        mapLoad(runVar, out->runVar, mask, out->bitRunVar, c, n);
         // NOTE: the running variance is unbiased (m / (m - 1)), as in Theano and cuDNN
-        mapSet(out->runMean, mask, out->bitRunMean, c, (1.0 - f) * runMean + f * mean);
-        mapSet(out->runVar, mask, out->bitRunVar, c, (1.0 - f) * runVar + f * sigma2 * (m / (m - 1.0)));
+        for (i64 j = 0; j < n; j++)
+        {
+            runMean[j] = (1.0 - f) * runMean[j] + f * mean[j];
+            runVar[j] = (1.0 - f) * runVar[j] + f * sigma2[j] * unbias;
+        }
+        mapStore(out->runMean, mask, out->bitRunMean, c, n, runMean);
+        mapStore(out->runVar, mask, out->bitRunVar, c, n, runVar);
     }
-    return invstd;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -298,8 +400,10 @@ typedef BN_DATA BN_NAME(Data);
 typedef BN_CALC BN_NAME(Calc);
 #define Data BN_NAME(Data)
 #define Calc BN_NAME(Calc)
+#define SLICE ((i64)(SLICE_BYTES / sizeof(Calc)))
 
-// Per-map coefficients of a pass in the compute type, indexed by map.
+// Per-map coefficients of a pass in the compute type, indexed by map. The passes subtract hi alone: what lo adds is
+// folded into b or offset in double (see setNormalizations and setGradientFactors) or taken off the sums.
 typedef struct
 {
     Calc *hi, *lo;              // the centre as two compute-type numbers: mean = hi + lo
@@ -307,31 +411,69 @@ typedef struct
 } BN_NAME(Coefficients);
 #define Coefficients BN_NAME(Coefficients)
 
-static void BN_NAME(freeCoefficients)(Coefficients *k)
+// The coefficient arrays in the scratch block.
+static void BN_NAME(coefficientsIn)(Coefficients *k, const Scratch *s)
 {
-    free(k->hi), free(k->lo), free(k->a), free(k->b), free(k->offset);
+    Calc *at = (Calc *)s->coefficients;
+    i64 stride = s->coefficientStride;
+    k->hi = at, k->lo = at + stride, k->a = at + 2 * stride, k->b = at + 3 * stride, k->offset = at + 4 * stride;
 }
 
-static int BN_NAME(allocCoefficients)(Coefficients *k, i64 maps)
+// Maps [c, c + n): the centre as hi + lo.
+static void BN_NAME(setCentres)(Coefficients *k, i64 c, i64 n, const double *mean)
 {
-    k->hi = malloc(sizeof(Calc) * maps);
-    k->lo = malloc(sizeof(Calc) * maps);
-    k->a = malloc(sizeof(Calc) * maps);
-    k->b = malloc(sizeof(Calc) * maps);
-    k->offset = malloc(sizeof(Calc) * maps);
-    if (!k->hi || !k->lo || !k->a || !k->b || !k->offset)
+    for (i64 j = 0; j < n; j++)
     {
-        BN_NAME(freeCoefficients)(k);
-        return BN_OUT_OF_MEMORY;
+        Calc hi = (Calc)mean[j];
+        k->hi[c + j] = hi;
+        k->lo[c + j] = (Calc)(mean[j] - (double)hi);
     }
-    return BN_OK;
 }
 
-static void BN_NAME(setCentre)(Coefficients *k, i64 c, double mean)
+// Maps [c, c + n): the factors of y = ((x - hi) - lo) * a + b, kept as y = (x - hi) * a + (b - lo * a).
+static void BN_NAME(setNormalizations)(Coefficients *k, i64 c, i64 n, const double *mean, const double *a,
+                                       const double *b)
 {
-    Calc hi = (Calc)mean;
-    k->hi[c] = hi;
-    k->lo[c] = (Calc)(mean - (double)hi);
+    BN_NAME(setCentres)(k, c, n, mean);
+    for (i64 j = 0; j < n; j++)
+    {
+        Calc ac = (Calc)a[j];
+        k->a[c + j] = ac;
+        k->b[c + j] = (Calc)(b[j] - (mean[j] - (double)k->hi[c + j]) * (double)ac);
+    }
+}
+
+// Maps [c, c + n): the factors of dx = g * a + ((x - hi) - lo) * b + offset, kept as
+// dx = g * a + (x - hi) * b + (offset - lo * b); a and the centre are set already.
+static void BN_NAME(setGradientFactors)(Coefficients *k, i64 c, i64 n, const double *b, const double *offset)
+{
+    for (i64 j = 0; j < n; j++)
+    {
+        Calc bc = (Calc)b[j];
+        k->b[c + j] = bc;
+        k->offset[c + j] = (Calc)(offset[j] - (double)k->lo[c + j] * (double)bc);
+    }
+}
+
+// Maps [c0, c0 + n) of a training forward or moments: their statistics from the merged (mean, m2) over m elements
+// (indexed by map), and, with k given, their normalization factors.
+static void BN_NAME(finishStatistics)(const StatisticsOutputs *out, Coefficients *k, const void *scale,
+                                      const void *bias, const double *mean, const double *m2, i64 c0, i64 n,
+                                      double m)
+{
+    double invstd[MAP_CHUNK], a[MAP_CHUNK], b[MAP_CHUNK];
+    for (i64 c = c0; c < c0 + n; c += MAP_CHUNK)
+    {
+        i64 len = minI64(MAP_CHUNK, c0 + n - c);
+        finalizeStatistics(out, c, len, m, mean + c, m2 + c, invstd);
+        if (k == NULL)
+            continue;
+        mapLoad(a, scale, out->doubleMask, 0, c, len);
+        mapLoad(b, bias, out->doubleMask, 1, c, len);
+        for (i64 j = 0; j < len; j++)
+            a[j] *= invstd[j];
+        BN_NAME(setNormalizations)(k, c, len, mean + c, a, b);
+    }
 }
 
 // The contiguous run of map c's elements (spatial layout) that starts at element e and ends at `end` or at the end
@@ -394,55 +536,78 @@ static void BN_NAME(spatialMoments)(const Data *x, const Geometry *geo, i64 c, i
     }
 }
 
+// One block of rows [b0, b1) over columns [c, c + len), len <= SLICE, merged into the columns' (mean, m2) over the n
+// rows before it. The block's moments are taken about a centre in the compute type: the block's own mean for the first
+// block (a pass of its own), else the mean so far; from the sums of the deviations d and of d^2, the block's mean is
+// centre + sum(d) / nb and its m2 is sum(d^2) - sum(d)^2 / nb, then merged with Chan's formula.
+BN_INLINE void BN_NAME(sliceMoments)(const Data *x, i64 maps, i64 c, i64 len, i64 b0, i64 b1, double n,
+                                     double *mean, double *m2)
+{
+    Calc centre[SLICE], sumD[SLICE], sumD2[SLICE];
+    double nb = (double)(b1 - b0), invNb = 1.0 / nb, total = n + nb, weightB = nb / total, weightAB = n * nb / total;
+    if (n == 0.0)
+    {
+        Calc sum[SLICE];
+        for (i64 j = 0; j < len; j++)
+            sum[j] = 0;
+        for (i64 r = b0; r < b1; r++)
+        {
+            const Data *row = x + r * maps + c;
+#pragma omp simd
+            for (i64 j = 0; j < len; j++)
+                sum[j] += (Calc)row[j];
+        }
+        for (i64 j = 0; j < len; j++)
+            centre[j] = (Calc)((double)sum[j] * invNb);
+    }
+    else
+    {
+        for (i64 j = 0; j < len; j++)
+            centre[j] = (Calc)mean[j];
+    }
+    for (i64 j = 0; j < len; j++)
+        sumD[j] = 0, sumD2[j] = 0;
+    for (i64 r = b0; r < b1; r++)
+    {
+        const Data *row = x + r * maps + c;
+#pragma omp simd
+        for (i64 j = 0; j < len; j++)
+        {
+            Calc d = (Calc)row[j] - centre[j];
+            sumD[j] += d;
+            sumD2[j] += d * d;
+        }
+    }
+    for (i64 j = 0; j < len; j++)
+    {
+        double meanB = (double)centre[j] + (double)sumD[j] * invNb;
+        double m2B = (double)sumD2[j] - (double)sumD[j] * (double)sumD[j] * invNb;
+        double delta = meanB - mean[j];
+        mean[j] += delta * weightB;
+        m2[j] += (m2B > 0.0 ? m2B : 0.0) + delta * delta * weightAB;
+    }
+}
+
 // Columns [c0, c0 + w) over rows [r0, r1); mean and m2 hold w values.
 static void BN_NAME(rowsMoments)(const Data *x, const Geometry *geo, i64 c0, i64 w, i64 r0, i64 r1, double *mean,
                                  double *m2)
 {
-    Calc sum[MAX_WIDTH], centre[MAX_WIDTH], sumD[MAX_WIDTH], sumD2[MAX_WIDTH];
     i64 maps = geo->maps;
-    double n = 0.0;
     for (i64 j = 0; j < w; j++)
         mean[j] = 0.0, m2[j] = 0.0;
 
     for (i64 b0 = r0; b0 < r1; b0 += BLOCK_ROWS)
     {
         i64 b1 = minI64(b0 + BLOCK_ROWS, r1);
-        double nb = (double)(b1 - b0);
-
-        for (i64 j = 0; j < w; j++)
-            sum[j] = 0;
-        for (i64 r = b0; r < b1; r++)
+        double n = (double)(b0 - r0);
+        for (i64 j = 0; j < w; j += SLICE)
         {
-            const Data *row = x + r * maps + c0;
-#pragma omp simd
-            for (i64 j = 0; j < w; j++)
-                sum[j] += (Calc)row[j];
+            // NOTE: a whole slice gets the constant length, so that its arrays become registers
+            if (w - j >= SLICE)
+                BN_NAME(sliceMoments)(x, maps, c0 + j, SLICE, b0, b1, n, mean + j, m2 + j);
+            else
+                BN_NAME(sliceMoments)(x, maps, c0 + j, w - j, b0, b1, n, mean + j, m2 + j);
         }
-        for (i64 j = 0; j < w; j++)
-            centre[j] = (Calc)((double)sum[j] / nb), sumD[j] = 0, sumD2[j] = 0;
-
-        for (i64 r = b0; r < b1; r++)
-        {
-            const Data *row = x + r * maps + c0;
-#pragma omp simd
-            for (i64 j = 0; j < w; j++)
-            {
-                Calc d = (Calc)row[j] - centre[j];
-                sumD[j] += d;
-                sumD2[j] += d * d;
-            }
-        }
-
-        double total = n + nb;
-        for (i64 j = 0; j < w; j++)
-        {
-            double meanB = (double)centre[j] + (double)sumD[j] / nb;
-            double m2B = (double)sumD2[j] - (double)sumD[j] * (double)sumD[j] / nb;
-            double delta = meanB - mean[j];
-            mean[j] += delta * (nb / total);
-            m2[j] += (m2B > 0.0 ? m2B : 0.0) + delta * delta * (n * nb / total);
-        }
-        n = total;
     }
 }
 
@@ -456,7 +621,24 @@ static void BN_NAME(tileMoments)(const Data *x, const Geometry *geo, i64 group, 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Elementwise passes over a tile, walked backwards: y = ((x - hi) - lo) * a + b
+// Elementwise passes over a tile, walked backwards: y = (x - hi) * a + b (b holds what lo adds, see
+// setNormalizations). The rows layout walks blocks of rows from the last, each block slice by slice.
+
+// y over columns [c, c + len) of rows [b0, b1), len <= SLICE, the rows from the last.
+BN_INLINE void BN_NAME(sliceNormalize)(const Data *x, Data *y, i64 maps, i64 c, i64 len, i64 b0, i64 b1,
+                                       const Coefficients *k)
+{
+    Calc hi[SLICE], a[SLICE], b[SLICE];
+    for (i64 j = 0; j < len; j++)
+        hi[j] = k->hi[c + j], a[j] = k->a[c + j], b[j] = k->b[c + j];
+    for (i64 r = b1 - 1; r >= b0; r--)
+    {
+        i64 at = r * maps + c;
+#pragma omp simd
+        for (i64 j = 0; j < len; j++)
+            y[at + j] = (Data)(((Calc)x[at + j] - hi[j]) * a[j] + b[j]);
+    }
+}
 
 static void BN_NAME(tileNormalize)(const Data *x, Data *y, const Geometry *geo, i64 group, i64 a0, i64 a1,
                                    const Coefficients *k)
@@ -464,20 +646,22 @@ static void BN_NAME(tileNormalize)(const Data *x, Data *y, const Geometry *geo, 
     if (geo->rows)
     {
         i64 c0 = groupFirstMap(geo, group), w = groupWidth(geo, group), maps = geo->maps;
-        const Calc *hi = k->hi + c0, *lo = k->lo + c0, *a = k->a + c0, *b = k->b + c0;
-        for (i64 r = a1 - 1; r >= a0; r--)
+        for (i64 b0 = lastBlockStart(a0, a1); b0 >= a0; b0 -= BLOCK_ROWS)
         {
-            const Data *xr = x + r * maps + c0;
-            Data *yr = y + r * maps + c0;
-#pragma omp simd
-            for (i64 j = 0; j < w; j++)
-                yr[j] = (Data)((((Calc)xr[j] - hi[j]) - lo[j]) * a[j] + b[j]);
+            i64 b1 = minI64(b0 + BLOCK_ROWS, a1);
+            for (i64 j = 0; j < w; j += SLICE)
+            {
+                if (w - j >= SLICE)
+                    BN_NAME(sliceNormalize)(x, y, maps, c0 + j, SLICE, b0, b1, k);
+                else
+                    BN_NAME(sliceNormalize)(x, y, maps, c0 + j, w - j, b0, b1, k);
+            }
         }
         return;
     }
 
     i64 c = group;
-    Calc hi = k->hi[c], lo = k->lo[c], a = k->a[c], b = k->b[c];
+    Calc hi = k->hi[c], a = k->a[c], b = k->b[c];
     for (i64 e = a1, len; e > a0; e -= len)
     {
         i64 p = BN_NAME(runBefore)(geo, c, a0, e, &len);
@@ -485,42 +669,91 @@ static void BN_NAME(tileNormalize)(const Data *x, Data *y, const Geometry *geo, 
         Data *yr = y + p;
 #pragma omp simd
         for (i64 i = 0; i < len; i++)
-            yr[i] = (Data)((((Calc)xr[i] - hi) - lo) * a + b);
+            yr[i] = (Data)(((Calc)xr[i] - hi) * a + b);
     }
 }
 
-// dx = g * a + ((x - hi) - lo) * b + c, walked backwards.
+// dx = g * a + (x - hi) * b + offset (offset holds what lo adds, see setGradientFactors), walked backwards.
+
+// dx over columns [c, c + len) of rows [b0, b1), len <= SLICE, the rows from the last.
+BN_INLINE void BN_NAME(sliceInputGradient)(const Data *x, const Data *g, Data *dx, i64 maps, i64 c, i64 len, i64 b0,
+                                           i64 b1, const Coefficients *k)
+{
+    Calc hi[SLICE], a[SLICE], b[SLICE], offset[SLICE];
+    for (i64 j = 0; j < len; j++)
+        hi[j] = k->hi[c + j], a[j] = k->a[c + j], b[j] = k->b[c + j], offset[j] = k->offset[c + j];
+    for (i64 r = b1 - 1; r >= b0; r--)
+    {
+        i64 at = r * maps + c;
+#pragma omp simd
+        for (i64 j = 0; j < len; j++)
+            dx[at + j] = (Data)((Calc)g[at + j] * a[j] + ((Calc)x[at + j] - hi[j]) * b[j] + offset[j]);
+    }
+}
+
 static void BN_NAME(tileInputGradient)(const Data *x, const Data *g, Data *dx, const Geometry *geo, i64 group,
                                        i64 a0, i64 a1, const Coefficients *k)
 {
     if (geo->rows)
     {
         i64 c0 = groupFirstMap(geo, group), w = groupWidth(geo, group), maps = geo->maps;
-        const Calc *hi = k->hi + c0, *lo = k->lo + c0, *a = k->a + c0, *b = k->b + c0, *cc = k->offset + c0;
-        for (i64 r = a1 - 1; r >= a0; r--)
+        for (i64 b0 = lastBlockStart(a0, a1); b0 >= a0; b0 -= BLOCK_ROWS)
         {
-            i64 at = r * maps + c0;
-#pragma omp simd
-            for (i64 j = 0; j < w; j++)
-                dx[at + j] = (Data)((Calc)g[at + j] * a[j] + (((Calc)x[at + j] - hi[j]) - lo[j]) * b[j] + cc[j]);
+            i64 b1 = minI64(b0 + BLOCK_ROWS, a1);
+            for (i64 j = 0; j < w; j += SLICE)
+            {
+                if (w - j >= SLICE)
+                    BN_NAME(sliceInputGradient)(x, g, dx, maps, c0 + j, SLICE, b0, b1, k);
+                else
+                    BN_NAME(sliceInputGradient)(x, g, dx, maps, c0 + j, w - j, b0, b1, k);
+            }
         }
         return;
     }
 
     i64 c = group;
-    Calc hi = k->hi[c], lo = k->lo[c], a = k->a[c], b = k->b[c], cc = k->offset[c];
+    Calc hi = k->hi[c], a = k->a[c], b = k->b[c], offset = k->offset[c];
     for (i64 e = a1, len; e > a0; e -= len)
     {
         i64 p = BN_NAME(runBefore)(geo, c, a0, e, &len);
 #pragma omp simd
         for (i64 i = 0; i < len; i++)
-            dx[p + i] = (Data)((Calc)g[p + i] * a + (((Calc)x[p + i] - hi) - lo) * b + cc);
+            dx[p + i] = (Data)((Calc)g[p + i] * a + ((Calc)x[p + i] - hi) * b + offset);
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Gradient sums of a tile: sumG = sum(g), sumGD = sum(g * ((x - hi) - lo)), per map, added in double per block.
+// Gradient sums of a tile: sumG = sum(g), sumGD = sum(g * ((x - hi) - lo)), per map: the walk sums g * (x - hi) in
+// the compute type per block, added in double, and takes lo * sumG off at the end.
 // With dx given, also writes dx = g * a (the frozen backward's input gradient) in the same walk.
+
+// One block's sums over columns [c, c + len) of rows [b0, b1), len <= SLICE, added to sumG and sumGD.
+BN_INLINE void BN_NAME(sliceGradientSums)(const Data *x, const Data *g, Data *dx, i64 maps, i64 c, i64 len, i64 b0,
+                                          i64 b1, const Coefficients *k, double *sumG, double *sumGD)
+{
+    Calc hi[SLICE], a[SLICE], blockG[SLICE], blockGD[SLICE];
+    for (i64 j = 0; j < len; j++)
+        hi[j] = k->hi[c + j], a[j] = k->a[c + j], blockG[j] = 0, blockGD[j] = 0;
+    for (i64 r = b0; r < b1; r++)
+    {
+        i64 at = r * maps + c;
+        if (dx != NULL)
+        {
+#pragma omp simd
+            for (i64 j = 0; j < len; j++)
+                dx[at + j] = (Data)((Calc)g[at + j] * a[j]);
+        }
+#pragma omp simd
+        for (i64 j = 0; j < len; j++)
+        {
+            Calc gj = (Calc)g[at + j];
+            blockG[j] += gj;
+            blockGD[j] += gj * ((Calc)x[at + j] - hi[j]);
+        }
+    }
+    for (i64 j = 0; j < len; j++)
+        sumG[j] += (double)blockG[j], sumGD[j] += (double)blockGD[j];
+}
 
 static void BN_NAME(tileGradientSums)(const Data *x, const Data *g, Data *dx, const Geometry *geo, i64 group,
                                       i64 a0, i64 a1, const Coefficients *k, double *sumG, double *sumGD)
@@ -528,41 +761,27 @@ static void BN_NAME(tileGradientSums)(const Data *x, const Data *g, Data *dx, co
     if (geo->rows)
     {
         i64 c0 = groupFirstMap(geo, group), w = groupWidth(geo, group), maps = geo->maps;
-        const Calc *hi = k->hi + c0, *lo = k->lo + c0, *a = k->a + c0;
-        Calc blockG[MAX_WIDTH], blockGD[MAX_WIDTH];
         for (i64 j = 0; j < w; j++)
             sumG[j] = 0.0, sumGD[j] = 0.0;
 
         for (i64 b0 = a0; b0 < a1; b0 += BLOCK_ROWS)
         {
             i64 b1 = minI64(b0 + BLOCK_ROWS, a1);
-            for (i64 j = 0; j < w; j++)
-                blockG[j] = 0, blockGD[j] = 0;
-            for (i64 r = b0; r < b1; r++)
+            for (i64 j = 0; j < w; j += SLICE)
             {
-                i64 at = r * maps + c0;
-                if (dx != NULL)
-                {
-#pragma omp simd
-                    for (i64 j = 0; j < w; j++)
-                        dx[at + j] = (Data)((Calc)g[at + j] * a[j]);
-                }
-#pragma omp simd
-                for (i64 j = 0; j < w; j++)
-                {
-                    Calc gj = (Calc)g[at + j];
-                    blockG[j] += gj;
-                    blockGD[j] += gj * (((Calc)x[at + j] - hi[j]) - lo[j]);
-                }
+                if (w - j >= SLICE)
+                    BN_NAME(sliceGradientSums)(x, g, dx, maps, c0 + j, SLICE, b0, b1, k, sumG + j, sumGD + j);
+                else
+                    BN_NAME(sliceGradientSums)(x, g, dx, maps, c0 + j, w - j, b0, b1, k, sumG + j, sumGD + j);
             }
-            for (i64 j = 0; j < w; j++)
-                sumG[j] += (double)blockG[j], sumGD[j] += (double)blockGD[j];
         }
+        for (i64 j = 0; j < w; j++)
+            sumGD[j] -= (double)k->lo[c0 + j] * sumG[j];
         return;
     }
 
     i64 c = group;
-    Calc hi = k->hi[c], lo = k->lo[c], a = k->a[c];
+    Calc hi = k->hi[c], a = k->a[c];
     double totalG = 0.0, totalGD = 0.0;
     for (i64 b0 = a0; b0 < a1; b0 += BLOCK)
     {
@@ -582,12 +801,12 @@ static void BN_NAME(tileGradientSums)(const Data *x, const Data *g, Data *dx, co
             {
                 Calc gi = (Calc)g[p + i];
                 blockG += gi;
-                blockGD += gi * (((Calc)x[p + i] - hi) - lo);
+                blockGD += gi * ((Calc)x[p + i] - hi);
             }
         }
         totalG += (double)blockG, totalGD += (double)blockGD;
     }
-    *sumG = totalG, *sumGD = totalGD;
+    *sumG = totalG, *sumGD = totalGD - (double)k->lo[c] * totalG;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -600,28 +819,11 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
 {
     Scratch s;
     Coefficients k;
-    if (allocScratch(&s, geo) != BN_OK)
+    if (allocScratch(&s, geo, sizeof(Calc)) != BN_OK)
         return BN_OUT_OF_MEMORY;
-    if (BN_NAME(allocCoefficients)(&k, geo->maps) != BN_OK)
-    {
-        freeScratch(&s);
-        return BN_OUT_OF_MEMORY;
-    }
-
+    BN_NAME(coefficientsIn)(&k, &s);
+    Coefficients *factors = y != NULL ? &k : NULL;
     double m = (double)geo->outer * (double)geo->inner;
-    unsigned mask = out->doubleMask;
-
-#define BN_FINALIZE_MAP(map_)                                                                                    \
-    do                                                                                                        \
-    {                                                                                                         \
-        double invstd_ = finalizeStatistics(out, (map_), m, s.mean[map_], s.m2[map_]);                                 \
-        if (y != NULL)                                                                                        \
-        {                                                                                                     \
-            BN_NAME(setCentre)(&k, (map_), s.mean[map_]);                                                           \
-            k.a[map_] = (Calc)(invstd_ * mapGet(scale, mask, 0, (map_)));                                           \
-            k.b[map_] = (Calc)mapGet(bias, mask, 1, (map_));                                                        \
-        }                                                                                                     \
-    } while (0)
 
     if (fusedPath(geo))
     {
@@ -630,8 +832,7 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
         {
             i64 c0 = groupFirstMap(geo, group), w = groupWidth(geo, group);
             BN_NAME(tileMoments)(x, geo, group, 0, geo->extent, s.mean + c0, s.m2 + c0);
-            for (i64 c = c0; c < c0 + w; c++)
-                BN_FINALIZE_MAP(c);
+            BN_NAME(finishStatistics)(out, factors, scale, bias, s.mean, s.m2, c0, w, m);
             if (y != NULL)
                 BN_NAME(tileNormalize)(x, y, geo, group, 0, geo->extent, &k);
         }
@@ -653,17 +854,21 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
             }
 #pragma omp barrier
 #pragma omp for schedule(static)
-            for (i64 c = 0; c < geo->maps; c++)
+            for (i64 c0 = 0; c0 < geo->maps; c0 += MAP_CHUNK)
             {
-                i64 group = c / geo->width, j = c - group * geo->width;
-                double n = 0.0, mean = 0.0, m2 = 0.0;
-                for (i64 chunk = 0; chunk < geo->chunks; chunk++)
+                i64 n = minI64(MAP_CHUNK, geo->maps - c0);
+                for (i64 c = c0; c < c0 + n; c++)
                 {
-                    const double *part = s.partials + 3 * (group * geo->chunks + chunk) * geo->width;
-                    chanMerge(&n, &mean, &m2, part[0], part[geo->width + j], part[2 * geo->width + j]);
+                    i64 group = c / geo->width, j = c - group * geo->width;
+                    double count = 0.0, mean = 0.0, m2 = 0.0;
+                    for (i64 chunk = 0; chunk < geo->chunks; chunk++)
+                    {
+                        const double *part = s.partials + 3 * (group * geo->chunks + chunk) * geo->width;
+                        chanMerge(&count, &mean, &m2, part[0], part[geo->width + j], part[2 * geo->width + j]);
+                    }
+                    s.mean[c] = mean, s.m2[c] = m2;
                 }
-                s.mean[c] = mean, s.m2[c] = m2;
-                BN_FINALIZE_MAP(c);
+                BN_NAME(finishStatistics)(out, factors, scale, bias, s.mean, s.m2, c0, n, m);
             }
             if (y != NULL)
             {
@@ -675,9 +880,7 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
             }
         }
     }
-#undef BN_FINALIZE_MAP
 
-    BN_NAME(freeCoefficients)(&k);
     freeScratch(&s);
     return BN_OK;
 }
@@ -714,28 +917,68 @@ BN_EXPORT int BN_NAME(bnNormalize)(const Data *x, Data *y, i64 outer, i64 maps, 
                                    int secondIsVariance, double epsilon, unsigned doubleMask)
 {
     Geometry geo = geometryOf(outer, maps, inner, threads);
+    Scratch s;
     Coefficients k;
-    if (BN_NAME(allocCoefficients)(&k, maps) != BN_OK)
+    if (allocScratch(&s, &geo, sizeof(Calc)) != BN_OK)
         return BN_OUT_OF_MEMORY;
+    BN_NAME(coefficientsIn)(&k, &s);
 
-    for (i64 c = 0; c < maps; c++)
+#pragma omp parallel num_threads(geo.threads) if (geo.threads > 1)
     {
-        double value = mapGet(second, doubleMask, 3, c);
-        double gain = secondIsVariance ? 1.0 / sqrt(value + epsilon) : value;
-        BN_NAME(setCentre)(&k, c, mapGet(centre, doubleMask, 2, c));
-        k.a[c] = (Calc)(gain * mapGet(scale, doubleMask, 0, c));
-        k.b[c] = (Calc)mapGet(bias, doubleMask, 1, c);
+        // NOTE: the per-map factors are shared out too: with many maps their loop is not short
+#pragma omp for schedule(static)
+        for (i64 c = 0; c < maps; c += MAP_CHUNK)
+        {
+            double mean[MAP_CHUNK], gain[MAP_CHUNK], a[MAP_CHUNK], b[MAP_CHUNK];
+            i64 n = minI64(MAP_CHUNK, maps - c);
+            mapLoad(mean, centre, doubleMask, 2, c, n);
+            mapLoad(gain, second, doubleMask, 3, c, n);
+            mapLoad(a, scale, doubleMask, 0, c, n);
+            mapLoad(b, bias, doubleMask, 1, c, n);
+            for (i64 j = 0; j < n; j++)
+                a[j] *= secondIsVariance ? 1.0 / sqrt(gain[j] + epsilon) : gain[j];
+            BN_NAME(setNormalizations)(&k, c, n, mean, a, b);
+        }
+
+#pragma omp for schedule(static)
+        for (i64 t = 0; t < geo.tiles; t++)
+        {
+            i64 group = t / geo.chunks, a0 = (t % geo.chunks) * geo.chunk;
+            BN_NAME(tileNormalize)(x, y, &geo, group, a0, minI64(a0 + geo.chunk, geo.extent), &k);
+        }
     }
 
-#pragma omp parallel for schedule(static) num_threads(geo.threads) if (geo.threads > 1)
-    for (i64 t = 0; t < geo.tiles; t++)
-    {
-        i64 group = t / geo.chunks, a0 = (t % geo.chunks) * geo.chunk;
-        BN_NAME(tileNormalize)(x, y, &geo, group, a0, minI64(a0 + geo.chunk, geo.extent), &k);
-    }
-
-    BN_NAME(freeCoefficients)(&k);
+    freeScratch(&s);
     return BN_OK;
+}
+
+// Maps [c0, c0 + n) of a backward, from their sums s.sumA = sum(g) and s.sumB = sum(g * (x - mean)) and invstd in
+// s.m2: writes biasgrad and scalegrad, and in mode 0 the input-gradient factors
+// b = -scale * invstd^3 * sumB / m, offset = -scale * invstd * sumA / m (see bnBackward).
+// Per-map pointers, by bit of doubleMask: 0 scale, 3 scalegrad, 4 biasgrad.
+static void BN_NAME(finishGradients)(const Scratch *s, Coefficients *k, int mode, const void *scale, void *scalegrad,
+                                     void *biasgrad, i64 c0, i64 n, double m, unsigned doubleMask)
+{
+    double dscale[MAP_CHUNK], gain[MAP_CHUNK], b[MAP_CHUNK], offset[MAP_CHUNK];
+    const double *invstd = s->m2;
+    for (i64 c = c0; c < c0 + n; c += MAP_CHUNK)
+    {
+        i64 len = minI64(MAP_CHUNK, c0 + n - c);
+        mapStore(biasgrad, doubleMask, 4, c, len, s->sumA + c);
+        for (i64 j = 0; j < len; j++)
+            dscale[j] = s->sumB[c + j] * invstd[c + j];
+        mapStore(scalegrad, doubleMask, 3, c, len, dscale);
+        if (mode != 0)
+            continue;
+        mapLoad(gain, scale, doubleMask, 0, c, len);
+        for (i64 j = 0; j < len; j++)
+        {
+            gain[j] *= invstd[c + j];
+            b[j] = -gain[j] * invstd[c + j] * dscale[j] / m;
+            offset[j] = -gain[j] * s->sumA[c + j] / m;
+        }
+        BN_NAME(setGradientFactors)(k, c, len, b, offset);
+    }
 }
 
 // Backward after a training forward (Contract.backward, mode 0), the frozen backward after an evaluation forward
@@ -755,78 +998,72 @@ BN_EXPORT int BN_NAME(bnBackward)(const Data *x, const Data *g, Data *dx, i64 ou
     Geometry geo = geometryOf(outer, maps, inner, threads);
     Scratch s;
     Coefficients k;
-    if (allocScratch(&s, &geo) != BN_OK)
+    if (allocScratch(&s, &geo, sizeof(Calc)) != BN_OK)
         return BN_OUT_OF_MEMORY;
-    if (BN_NAME(allocCoefficients)(&k, maps) != BN_OK)
-    {
-        freeScratch(&s);
-        return BN_OUT_OF_MEMORY;
-    }
+    BN_NAME(coefficientsIn)(&k, &s);
 
     double *invstd = s.m2;
-    for (i64 c = 0; c < maps; c++)
-    {
-        double value = mapGet(second, doubleMask, 2, c);
-        invstd[c] = mode == 1 ? 1.0 / sqrt(value + epsilon) : value;
-        BN_NAME(setCentre)(&k, c, mapGet(centre, doubleMask, 1, c));
-        // NOTE: the frozen input gradient needs no sums: its factor is known before the walk that takes them
-        k.a[c] = (Calc)(mapGet(scale, doubleMask, 0, c) * invstd[c]);
-    }
-
-    // The input-gradient factors of map c from its sums over m elements.
-#define BN_GRADIENT_FACTORS(map_, sumG, sumGD, m)                                                                \
-    do                                                                                                        \
-    {                                                                                                         \
-        double gain_ = mapGet(scale, doubleMask, 0, (map_)) * invstd[map_];                                         \
-        double dscale_ = (sumGD) * invstd[map_];                                                                 \
-        k.b[map_] = (Calc)(-gain_ * invstd[map_] * dscale_ / (m));                                                  \
-        k.offset[map_] = (Calc)(-gain_ * (sumG) / (m));                                                               \
-    } while (0)
-
-#define BN_FINISH_MAP(map_)                                                                                      \
-    do                                                                                                        \
-    {                                                                                                         \
-        mapSet(biasgrad, doubleMask, 4, (map_), s.sumA[map_]);                                                      \
-        mapSet(scalegrad, doubleMask, 3, (map_), s.sumB[map_] * invstd[map_]);                                         \
-        if (mode == 0)                                                                                        \
-            BN_GRADIENT_FACTORS((map_), s.sumA[map_], s.sumB[map_], m);                                                \
-    } while (0)
-
     double m = (double)outer * (double)inner;
-    if (mode == 2)
-    {
-        for (i64 c = 0; c < maps; c++)
-        {
-            double dbias = mapGet(biasgrad, doubleMask, 4, c), dscale = mapGet(scalegrad, doubleMask, 3, c);
-            double gain = mapGet(scale, doubleMask, 0, c) * invstd[c];
-            k.b[c] = (Calc)(-gain * invstd[c] * dscale / count);
-            k.offset[c] = (Calc)(-gain * dbias / count);
-        }
-#pragma omp parallel for schedule(static) num_threads(geo.threads) if (geo.threads > 1)
-        for (i64 t = 0; t < geo.tiles; t++)
-        {
-            i64 group = t / geo.chunks, a0 = (t % geo.chunks) * geo.chunk;
-            BN_NAME(tileInputGradient)(x, g, dx, &geo, group, a0, minI64(a0 + geo.chunk, geo.extent), &k);
-        }
-    }
-    else if (fusedPath(&geo))
-    {
-        Data *frozenDx = mode == 1 ? dx : NULL;
-#pragma omp parallel for schedule(static) num_threads(geo.threads) if (geo.threads > 1)
-        for (i64 group = 0; group < geo.groups; group++)
-        {
-            i64 c0 = groupFirstMap(&geo, group), w = groupWidth(&geo, group);
-            BN_NAME(tileGradientSums)(x, g, frozenDx, &geo, group, 0, geo.extent, &k, s.sumA + c0, s.sumB + c0);
-            for (i64 c = c0; c < c0 + w; c++)
-                BN_FINISH_MAP(c);
-            if (mode == 0 && dx != NULL)
-                BN_NAME(tileInputGradient)(x, g, dx, &geo, group, 0, geo.extent, &k);
-        }
-    }
-    else
-    {
-        Data *frozenDx = mode == 1 ? dx : NULL;
+    Data *frozenDx = mode == 1 ? dx : NULL;
+
 #pragma omp parallel num_threads(geo.threads) if (geo.threads > 1)
+    {
+        // NOTE: the per-map factors are shared out too: with many maps their loop is not short
+#pragma omp for schedule(static)
+        for (i64 c = 0; c < maps; c += MAP_CHUNK)
+        {
+            double mean[MAP_CHUNK], gain[MAP_CHUNK], b[MAP_CHUNK], offset[MAP_CHUNK];
+            i64 n = minI64(MAP_CHUNK, maps - c);
+            mapLoad(invstd + c, second, doubleMask, 2, c, n);
+            if (mode == 1)
+            {
+                for (i64 j = 0; j < n; j++)
+                    invstd[c + j] = 1.0 / sqrt(invstd[c + j] + epsilon);
+            }
+            mapLoad(mean, centre, doubleMask, 1, c, n);
+            BN_NAME(setCentres)(&k, c, n, mean);
+            // NOTE: the frozen input gradient needs no sums: its factor is known before the walk that takes them
+            mapLoad(gain, scale, doubleMask, 0, c, n);
+            for (i64 j = 0; j < n; j++)
+            {
+                gain[j] *= invstd[c + j];
+                k.a[c + j] = (Calc)gain[j];
+            }
+            if (mode == 2)
+            {
+                mapLoad(b, scalegrad, doubleMask, 3, c, n);
+                mapLoad(offset, biasgrad, doubleMask, 4, c, n);
+                for (i64 j = 0; j < n; j++)
+                {
+                    b[j] = -gain[j] * invstd[c + j] * b[j] / count;
+                    offset[j] = -gain[j] * offset[j] / count;
+                }
+                BN_NAME(setGradientFactors)(&k, c, n, b, offset);
+            }
+        }
+
+        if (mode == 2)
+        {
+#pragma omp for schedule(static)
+            for (i64 t = 0; t < geo.tiles; t++)
+            {
+                i64 group = t / geo.chunks, a0 = (t % geo.chunks) * geo.chunk;
+                BN_NAME(tileInputGradient)(x, g, dx, &geo, group, a0, minI64(a0 + geo.chunk, geo.extent), &k);
+            }
+        }
+        else if (fusedPath(&geo))
+        {
+#pragma omp for schedule(static)
+            for (i64 group = 0; group < geo.groups; group++)
+            {
+                i64 c0 = groupFirstMap(&geo, group), w = groupWidth(&geo, group);
+                BN_NAME(tileGradientSums)(x, g, frozenDx, &geo, group, 0, geo.extent, &k, s.sumA + c0, s.sumB + c0);
+                BN_NAME(finishGradients)(&s, &k, mode, scale, scalegrad, biasgrad, c0, w, m, doubleMask);
+                if (mode == 0 && dx != NULL)
+                    BN_NAME(tileInputGradient)(x, g, dx, &geo, group, 0, geo.extent, &k);
+            }
+        }
+        else
         {
             i64 first, last;
             threadShare(&geo, &first, &last);
@@ -839,17 +1076,21 @@ BN_EXPORT int BN_NAME(bnBackward)(const Data *x, const Data *g, Data *dx, i64 ou
             }
 #pragma omp barrier
 #pragma omp for schedule(static)
-            for (i64 c = 0; c < maps; c++)
+            for (i64 c0 = 0; c0 < maps; c0 += MAP_CHUNK)
             {
-                i64 group = c / geo.width, j = c - group * geo.width;
-                double sumG = 0.0, sumGD = 0.0;
-                for (i64 chunk = 0; chunk < geo.chunks; chunk++)
+                i64 n = minI64(MAP_CHUNK, maps - c0);
+                for (i64 c = c0; c < c0 + n; c++)
                 {
-                    const double *part = s.partials + 3 * (group * geo.chunks + chunk) * geo.width;
-                    sumG += part[j], sumGD += part[geo.width + j];
+                    i64 group = c / geo.width, j = c - group * geo.width;
+                    double sumG = 0.0, sumGD = 0.0;
+                    for (i64 chunk = 0; chunk < geo.chunks; chunk++)
+                    {
+                        const double *part = s.partials + 3 * (group * geo.chunks + chunk) * geo.width;
+                        sumG += part[j], sumGD += part[geo.width + j];
+                    }
+                    s.sumA[c] = sumG, s.sumB[c] = sumGD;
                 }
-                s.sumA[c] = sumG, s.sumB[c] = sumGD;
-                BN_FINISH_MAP(c);
+                BN_NAME(finishGradients)(&s, &k, mode, scale, scalegrad, biasgrad, c0, n, m, doubleMask);
             }
             if (mode == 0 && dx != NULL)
             {
@@ -861,10 +1102,7 @@ BN_EXPORT int BN_NAME(bnBackward)(const Data *x, const Data *g, Data *dx, i64 ou
             }
         }
     }
-#undef BN_FINISH_MAP
-#undef BN_GRADIENT_FACTORS
 
-    BN_NAME(freeCoefficients)(&k);
     freeScratch(&s);
     return BN_OK;
 }
