@@ -57,9 +57,10 @@ class Snapshot:
 
     def __init__(self, owner, arrays):
         self.owner = owner
-        self.fields = {
-            key: (type(value)(value) if type(value) in (dict, list) else value) for key, value in owner.__dict__.items()
-        }
+        self.fields = owner.__dict__.copy()
+        for key, value in self.fields.items():
+            if type(value) is dict or type(value) is list:
+                self.fields[key] = value.copy()
         self.arrays = [(ary, ary.copy()) for ary in arrays]
 
     def restore(self):
