@@ -9,10 +9,14 @@ numpy data: training forward with autograd recording and running statistics (mom
 ``y.backward(dy)``, evaluation under ``torch.no_grad()``. PyTorch gets `PuzzleLib.Config.cpuThreads` threads, as the
 kernels do.
 
-Timing is the best of N alternating in one process: after a warm-up call of each implementation, every round times one
-call of each in turn (``time.perf_counter``), and the minimum of the N rounds is reported. There is no pause between the
-calls: where this was written, a call right after another implementation's (PyTorch's OpenMP workers spinning or not)
-was no slower than one after a pause of 2 or 50 ms. Throughput counts the bytes that must move: read x and write y for a
+Timing is the best of N rounds in one process, the implementations alternating in blocks: in every round each runs a
+block of B calls in a row (``time.perf_counter``), the first of them untimed, and the fastest timed call over all
+rounds is reported. Blocks, not single calls, because two implementations called in turn slow each other down:
+PyTorch's OpenMP runtime and the C kernels' (two runtimes in one process) keep their worker threads spinning for a
+while after a call, and a call that starts while the other runtime's workers spin waits for a core; where this was
+written, calls alternating one by one ran (256, 4096) 1.6 to 2 times slower for both libraries than calls in a row,
+which is what a training loop makes (``--block 1`` times one call of each in turn, the old way). Throughput counts the
+bytes that must move: read x and write y for a
 forward (2 x the data's bytes), and x, y, then x, dy and dx for forward + backward (5 x). Every figure is also given as
 a percentage of this machine's copy bandwidth, measured in the same run: the best of N copies of a 256 MB float32 buffer
 into another (``np.copyto`` on `cpuThreads` Python threads, each on its slice, and torch's ``copy_`` when present: the
@@ -24,7 +28,7 @@ calls of the module, of `Backend.Dnn` with the module's arrays, of the CPU backe
 (`Backend.Cpu.BatchNormKernels`, which picks the kernels) with preallocated outputs, and of the chosen kernels' function
 itself, next to PyTorch's ``F.batch_norm`` (its backward alone through ``torch.autograd.grad``).
 
-    python -m PuzzleLib.Benchmarks.CpuBenchmark [--repeats N] [--calls N] [--json FILE]
+    python -m PuzzleLib.Benchmarks.CpuBenchmark [--repeats N] [--block B] [--calls N] [--json FILE]
 """
 
 import argparse
@@ -81,19 +85,23 @@ def timed(func):
     return time.perf_counter() - start
 
 
-def bestAlternating(funcs, repeats):
-    """``{name: best seconds}`` of `funcs` (``{name: callable}``): one warm-up call each, then `repeats` rounds that
-    time one call of each in turn."""
-    for func in funcs.values():
-        func()
+def bestInBlocks(funcs, repeats, block):
+    """``{name: best seconds}`` of `funcs` (``{name: callable}``) over `repeats` rounds; in each round every function
+    runs `block` calls in a row, the first untimed when `block` > 1 (one warm-up call each comes first when it is 1)."""
+    if block == 1:
+        for func in funcs.values():
+            func()
     best = dict.fromkeys(funcs, math.inf)
     for _ in range(repeats):
         for name, func in funcs.items():
-            best[name] = min(best[name], timed(func))
+            if block > 1:
+                func()
+            for _ in range(max(block - 1, 1)):
+                best[name] = min(best[name], timed(func))
     return best
 
 
-def copyBandwidth(torch, threads, repeats):
+def copyBandwidth(torch, threads, repeats, block):
     """GB/s of the faster of a threaded ``np.copyto`` and torch's ``copy_`` of `COPY_BYTES`, counted as read +
     write."""
     src = np.ones(COPY_BYTES // 4, np.float32)
@@ -113,7 +121,7 @@ def copyBandwidth(torch, threads, repeats):
     if torch is not None:
         tsrc, tdst = torch.from_numpy(src), torch.from_numpy(dst)
         funcs["torch"] = lambda: tdst.copy_(tsrc)
-    return 2 * src.nbytes / min(bestAlternating(funcs, repeats).values()) / 1e9
+    return 2 * src.nbytes / min(bestInBlocks(funcs, repeats, block).values()) / 1e9
 
 
 def makeModule(maps, ndim):
@@ -164,7 +172,7 @@ def torchCases(torch, host, grad):
     return {"train": train, "train+backward": trainBackward, "eval": evaluate}
 
 
-def throughputRows(torch, copyRate, repeats):
+def throughputRows(torch, copyRate, repeats, block):
     """One row per shape and task: GB/s of each implementation, its % of `copyRate`, the ratio to PyTorch."""
     rng = np.random.default_rng(0)
     rows = []
@@ -177,7 +185,7 @@ def throughputRows(torch, copyRate, repeats):
             suites["PyTorch"] = torchCases(torch, host, grad)
 
         for task in TASKS:
-            best = bestAlternating({name: cases[task] for name, cases in suites.items()}, repeats)
+            best = bestInBlocks({name: cases[task] for name, cases in suites.items()}, repeats, block)
             rates = {name: MOVES[task] * host.nbytes / seconds / 1e9 for name, seconds in best.items()}
             row = {"shape": list(shape), "task": task, "seconds": best, "GBps": rates,
                    "percentOfCopy": {name: 100 * rate / copyRate for name, rate in rates.items()}}
@@ -315,7 +323,9 @@ def printOverhead(table, calls):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="alternating rounds per figure (best reported)")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds per figure (the best call is reported)")
+    parser.add_argument("--block", type=int, default=3,
+                        help="calls in a row per implementation and round, the first untimed (1: one timed call each)")
     parser.add_argument("--calls", type=int, default=2000, help="calls per figure of the per-call table (median)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -334,13 +344,15 @@ def main(argv=None):
     torchText = "PyTorch %s" % torchVersion if torch else "PyTorch not installed: its column is -"
     print("%s; %s, %d cores; %d threads; kernels %s; numpy %s; %s"
           % (date, processor, os.cpu_count(), Config.cpuThreads, kernelsText, np.__version__, torchText))
-    copyRate = copyBandwidth(torch, Config.cpuThreads, args.repeats)
-    print("copy bandwidth %.2f GB/s (read + write, best of %d); throughput: GB/s and %% of it, best of %d alternating"
-          % (copyRate, args.repeats, args.repeats))
+    if args.repeats < 1 or args.block < 1:
+        parser.error("--repeats and --block must be at least 1")
+    copyRate = copyBandwidth(torch, Config.cpuThreads, args.repeats, args.block)
+    print("copy bandwidth %.2f GB/s (read + write); throughput: GB/s and %% of it; the best of %d rounds of blocks of %d "
+          "calls" % (copyRate, args.repeats, args.block))
 
     header = "%-18s %-15s %s  %7s" % ("shape", "task", "  ".join("%12s" % name for name in NAMES), "ratio")
     print(header + "\n" + "-" * len(header))
-    rows = throughputRows(torch, copyRate, args.repeats)
+    rows = throughputRows(torch, copyRate, args.repeats, args.block)
     summary = geometricMeans(rows, copyRate)
     print("-" * len(header))
     printSummary(summary)
@@ -352,7 +364,7 @@ def main(argv=None):
             json.dump({
                 "rows": rows, "geometricMeans": summary, "copyGBps": copyRate, "overheadMicroseconds": overhead,
                 "threads": Config.cpuThreads, "kernels": kernels, "openMP": openMP, "torch": torchVersion,
-                "numpy": np.__version__, "processor": processor, "date": date, "repeats": args.repeats,
+                "numpy": np.__version__, "processor": processor, "date": date, "repeats": args.repeats, "block": args.block,
                 "calls": args.calls,
             }, f, indent=1)
 
