@@ -91,10 +91,11 @@ class MemoryPool:
 
     def allocate(self, nbytes):
         """Returns a `Block` of at least `nbytes` bytes (an int >= 0)."""
-        if isinstance(nbytes, (bool, np.bool_)) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
-            raise ValueError("MemoryPool.allocate expects a non-negative int of bytes; got %r" % (nbytes,))
-
-        nbytes = int(nbytes)
+        # NOTE: a Python int (the backends' case) skips the slower checks of numpy ints
+        if type(nbytes) is not int or nbytes < 0:
+            if isinstance(nbytes, (bool, np.bool_)) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
+                raise ValueError("MemoryPool.allocate expects a non-negative int of bytes; got %r" % (nbytes,))
+            nbytes = int(nbytes)
         size = sizeClass(nbytes)
 
         with self.lock:

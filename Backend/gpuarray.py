@@ -6,6 +6,7 @@ backend provides. Every array carries its backend (``x.backend``). The construct
 `PuzzleLib.Config` picks (`Config.useBackend`, ``PUZZLELIB_BACKEND``); the first of them resolves ``"auto"``.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -63,6 +64,18 @@ def checkedAllocation(shape, dtype):
         ValueError: a negative dimension.
         MemoryError: more bytes than an array can span (2**63 - 1 on 64-bit hosts), naming the shape and the bytes.
     """
+    # NOTE: every new array passes here: a tuple of Python ints with a dtype object, the common case, is checked once
+    # (the answers are cached; errors are not)
+    if type(shape) is tuple and (isinstance(dtype, np.dtype) or type(dtype) is type):
+        for dim in shape:
+            if type(dim) is not int:
+                break
+        else:
+            return cachedAllocation(shape, dtype)
+    return uncachedAllocation(shape, dtype)
+
+
+def uncachedAllocation(shape, dtype):
     shape, dtype = normalizeShape(shape), np.dtype(dtype)
     if min(shape, default=0) < 0:
         raise ValueError("GPUArray dimensions must be non-negative; got shape %s" % (shape,))
@@ -82,6 +95,9 @@ def checkedAllocation(shape, dtype):
             "an array can span" % (shape, dtype, maxBytes)
         )
     return shape, dtype, nbytes
+
+
+cachedAllocation = functools.lru_cache(maxsize=1024)(uncachedAllocation)
 
 
 def hostArray(ary):

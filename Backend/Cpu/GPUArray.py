@@ -141,7 +141,8 @@ def empty(shape, dtype=np.float32):
     """
     shape, dtype, nbytes = gpuarray.checkedAllocation(shape, dtype)
     block = memoryPool.allocate(nbytes)
-    return GPUArray(block.raw[:nbytes].view(dtype).reshape(shape), block, block.ptr)
+    # NOTE: the array starts the block's buffer, which is at least nbytes long (its size class)
+    return GPUArray(np.ndarray(shape, dtype, block.raw), block, block.ptr)
 
 
 def hostBuffer(shape, dtype=np.float32):

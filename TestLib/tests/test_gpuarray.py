@@ -154,6 +154,21 @@ def test_empty_and_reshape_refuse_dimensions_that_are_not_ints(shape, fragment):
     assert gpuarray.empty((np.int64(2), 3)).shape == (2, 3) and ary.reshape([np.int32(3), -1]).shape == (3, 2)
 
 
+def test_allocation_checks_answer_the_same_from_their_cache():
+    """`checkedAllocation` keeps the answers for tuples of ints with a dtype object: a refused shape or dtype is
+    refused again, and dtypes that differ only in byte order get their own answers."""
+    for _ in range(2):
+        with pytest.raises(ValueError, match="non-negative"):
+            gpuarray.empty((2, -1), np.float32)
+        with pytest.raises(TypeError, match="numeric dtype"):
+            gpuarray.empty((2, 3), np.dtype("U2"))
+    little, big = np.dtype("<f4"), np.dtype(">f4")
+    assert gpuarray.checkedAllocation((2, 3), little) == ((2, 3), little, 24)
+    shape, dtype, nbytes = gpuarray.checkedAllocation((2, 3), big)
+    assert dtype == big and dtype.byteorder == ">" and nbytes == 24
+    assert gpuarray.checkedAllocation((4,), np.float64) == ((4,), np.dtype(np.float64), 32)
+
+
 def test_empty_past_what_an_array_can_span_is_a_memory_error_naming_the_shape_and_the_bytes():
     allocations = gpuarray.memoryPool.stats()["allocations"]
     with pytest.raises(MemoryError) as info:
