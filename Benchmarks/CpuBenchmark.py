@@ -347,8 +347,8 @@ def main(argv=None):
     if args.repeats < 1 or args.block < 1:
         parser.error("--repeats and --block must be at least 1")
     copyRate = copyBandwidth(torch, Config.cpuThreads, args.repeats, args.block)
-    print("copy bandwidth %.2f GB/s (read + write); throughput: GB/s and %% of it; the best of %d rounds of blocks of %d "
-          "calls" % (copyRate, args.repeats, args.block))
+    print("copy bandwidth %.2f GB/s (read + write); throughput: GB/s and %% of it; the best of %d rounds of blocks of "
+          "%d calls" % (copyRate, args.repeats, args.block))
 
     header = "%-18s %-15s %s  %7s" % ("shape", "task", "  ".join("%12s" % name for name in NAMES), "ratio")
     print(header + "\n" + "-" * len(header))
@@ -364,8 +364,8 @@ def main(argv=None):
             json.dump({
                 "rows": rows, "geometricMeans": summary, "copyGBps": copyRate, "overheadMicroseconds": overhead,
                 "threads": Config.cpuThreads, "kernels": kernels, "openMP": openMP, "torch": torchVersion,
-                "numpy": np.__version__, "processor": processor, "date": date, "repeats": args.repeats, "block": args.block,
-                "calls": args.calls,
+                "numpy": np.__version__, "processor": processor, "date": date, "repeats": args.repeats,
+                "block": args.block, "calls": args.calls,
             }, f, indent=1)
 
 

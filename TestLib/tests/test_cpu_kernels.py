@@ -6,9 +6,9 @@ built; the run-time compilation (`Backend.Cpu.SourceLibrary`); the two settings 
 The shapes cover every way the C kernels cut the work (the path each case takes is in its name): one thread below 32768
 elements; "fused" (whole maps or column groups per thread, shared unevenly); "split" (maps cut along the batch into
 tiles merged per map), with tiles that end inside a segment or a 4096-element statistics block; rows layout (inner == 1)
-with one and several column groups, the last one narrower, and with whole 64-column slices and a narrower last one. The last map of every case has a mean 1e4 times its standard
-deviation (1e3 and 4 for float16 data, which cannot hold 1e4 + 1); the first, where there are two or more, a variance
-below epsilon.
+with one and several column groups, the last one narrower, and with whole 64-column slices and a narrower last one.
+The last map of every case has a mean 1e4 times its standard deviation (1e3 and 4 for float16 data, which cannot hold
+1e4 + 1); the first, where there are two or more, a variance below epsilon.
 """
 
 import ast
