@@ -20,6 +20,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +290,41 @@ def test_rows_statistics_where_the_first_rows_are_far_from_the_mean(monkeypatch,
     meanTolerance, varTolerance = {"c": (1e-8, 1e-6), "numpy": (1e-5, 4e-4)}[name]
     check("mean in standard deviations", (moments.mean.get() - mean) / np.sqrt(var), 0.0, (0.0, meanTolerance))
     check("var", moments.var.get(), var, (varTolerance, 0.0))
+
+
+def test_concurrent_calls_each_get_their_own_workspace(monkeypatch):
+    """The C kernels keep a call's per-map workspace for the next call; calls from several Python threads at once (the
+    ctypes calls release the GIL), with map counts that need workspaces of different sizes, must each get a workspace
+    of their own: every result is checked against float64."""
+    kernels = kernelsFor("c", np.float32, monkeypatch, threads=1)
+    rng = np.random.default_rng(3)
+    shapes = [(64, 4100, 1), (3, 70000, 1), (40, 300, 9), (2, 1, 20000)]
+    hosts = [rng.standard_normal(shape).astype(np.float32) * 2.0 + 1.0 for shape in shapes]
+    expected = []
+    for host in hosts:
+        rows = mapRows(host)
+        expected.append((rows.mean(axis=1), rows.var(axis=1)))
+    failures = []
+
+    def work(index):
+        host = hosts[index % len(hosts)]
+        maps = host.shape[1]
+        data = onCpu(host)[0]
+        for _ in range(30):
+            moments = BatchMoments(GPUArray.empty((maps,), np.float64), GPUArray.empty((maps,), np.float64))
+            kernels.batchStatistics(data, host.shape, saved=moments)
+            mean, var = expected[index % len(hosts)]
+            if not (np.allclose(moments.mean.get(), mean, rtol=1e-6, atol=1e-6)
+                    and np.allclose(moments.var.get(), var, rtol=1e-6, atol=1e-6)):
+                failures.append(host.shape)
+                return
+
+    workers = [threading.Thread(target=work, args=(index,)) for index in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert failures == []
 
 
 @implementations
