@@ -14,14 +14,14 @@ block of B calls in a row (``time.perf_counter``), the first of them untimed, an
 rounds is reported. Blocks, not single calls, because two implementations called in turn slow each other down:
 PyTorch's OpenMP runtime and the C kernels' (two runtimes in one process) keep their worker threads spinning for a
 while after a call, and a call that starts while the other runtime's workers spin waits for a core; where this was
-written, calls alternating one by one ran (256, 4096) 1.6 to 2 times slower for both libraries than calls in a row,
+written, calls alternating one by one ran (256, 4096) 1.5 to 2 times slower for both libraries than calls in a row,
 which is what a training loop makes (``--block 1`` times one call of each in turn, the old way). Throughput counts the
-bytes that must move: read x and write y for a
-forward (2 x the data's bytes), and x, y, then x, dy and dx for forward + backward (5 x). Every figure is also given as
-a percentage of this machine's copy bandwidth, measured in the same run: the best of N copies of a 256 MB float32 buffer
-into another (``np.copyto`` on `cpuThreads` Python threads, each on its slice, and torch's ``copy_`` when present: the
-faster), counted as read + write. Targets: PuzzleLib / PyTorch >= 1.5 for training and training + backward on every
-shape, >= 1.0 for the geometric mean of evaluation.
+bytes that must move: read x and write y for a forward (2 x the data's bytes), and x, y, then x, dy and dx for
+forward + backward (5 x). Every figure is also given as a percentage of this machine's copy bandwidth, measured in the
+same run and the same way: copies of a 256 MB float32 buffer into another (``np.copyto`` on `cpuThreads` Python
+threads, each on its slice, and torch's ``copy_`` when present: the faster), counted as read + write. Targets:
+PuzzleLib / PyTorch >= 1.5 for training and training + backward on every shape, >= 1.0 for the geometric mean of
+evaluation.
 
 A second table gives the Python cost of one call on a tiny input, ``BatchNorm(64)`` on (16, 64): the median over many
 calls of the module, of `Backend.Dnn` with the module's arrays, of the CPU backend's primitive
