@@ -325,7 +325,8 @@ class Module:
     def accumulate(var, d, scale, momentum):
         """var.grad = scale * d + momentum * var.grad; with momentum 0 the old gradient is not read (an inf or NaN
         there is gone, not 0 * inf)."""
-        Blas.addVectorToVector(d.reshape(var.grad.shape), var.grad, out=var.grad, alpha=scale, beta=momentum)
+        d = d if d.shape == var.grad.shape else d.reshape(var.grad.shape)
+        Blas.addVectorToVector(d, var.grad, out=var.grad, alpha=scale, beta=momentum)
 
     # --- checks
 

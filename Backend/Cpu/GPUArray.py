@@ -115,8 +115,12 @@ class GPUArray(gpuarray.GPUArray):
         return DLPack.export(self, self.__dlpack_device__(), max_version=max_version, dl_device=dl_device, copy=copy)
 
     def _view(self, shape, offset):
+        count = gpuarray.elementCount(shape)
+        if offset == 0 and count == self._ndarray.size:
+            # NOTE: a reshape of the whole array, the common case, is one numpy call
+            return GPUArray(self._ndarray.reshape(shape), self._block, self._ptr)
         start = offset // self.dtype.itemsize
-        flat = self._ndarray.reshape(-1)[start : start + gpuarray.elementCount(shape)]
+        flat = self._ndarray.reshape(-1)[start : start + count]
         return GPUArray(flat.reshape(shape), self._block, None if self._ptr is None else self._ptr + offset)
 
     def _copyFrom(self, other):
