@@ -94,7 +94,8 @@ static i64 ceilDiv(i64 a, i64 b) { return (a + b - 1) / b; }
 // ---------------------------------------------------------------------------------------------------------------
 // Per-map arrays of either float type
 
-// Per-map work runs in chunks of at most this many maps, on double arrays on the stack, in loops the compiler vectorizes.
+// Per-map work runs in chunks of at most this many maps, on double arrays on the stack, in loops the compiler
+// vectorizes.
 #define MAP_CHUNK 256
 
 // Maps [c, c + n) of a per-map array as doubles.
@@ -402,6 +403,23 @@ typedef BN_CALC BN_NAME(Calc);
 #define Calc BN_NAME(Calc)
 #define SLICE ((i64)(SLICE_BYTES / sizeof(Calc)))
 
+// Runs `call` for each slice of the columns [0, w) of a group, with j its first column and len its width: a whole
+// slice gets len as the constant SLICE, so that the inlined slice function keeps its arrays in registers.
+#define BN_FOR_SLICES(w, j, len, call)                                                                            \
+    for (i64 j = 0; j < (w); j += SLICE)                                                                       \
+    {                                                                                                          \
+        if ((w) - j >= SLICE)                                                                                  \
+        {                                                                                                      \
+            const i64 len = SLICE;                                                                             \
+            call;                                                                                              \
+        }                                                                                                      \
+        else                                                                                                   \
+        {                                                                                                      \
+            const i64 len = (w) - j;                                                                           \
+            call;                                                                                              \
+        }                                                                                                      \
+    }
+
 // Per-map coefficients of a pass in the compute type, indexed by map. The passes subtract hi alone: what lo adds is
 // folded into b or offset in double (see setNormalizations and setGradientFactors) or taken off the sums.
 typedef struct
@@ -600,14 +618,7 @@ static void BN_NAME(rowsMoments)(const Data *x, const Geometry *geo, i64 c0, i64
     {
         i64 b1 = minI64(b0 + BLOCK_ROWS, r1);
         double n = (double)(b0 - r0);
-        for (i64 j = 0; j < w; j += SLICE)
-        {
-            // NOTE: a whole slice gets the constant length, so that its arrays become registers
-            if (w - j >= SLICE)
-                BN_NAME(sliceMoments)(x, maps, c0 + j, SLICE, b0, b1, n, mean + j, m2 + j);
-            else
-                BN_NAME(sliceMoments)(x, maps, c0 + j, w - j, b0, b1, n, mean + j, m2 + j);
-        }
+        BN_FOR_SLICES(w, j, len, BN_NAME(sliceMoments)(x, maps, c0 + j, len, b0, b1, n, mean + j, m2 + j));
     }
 }
 
@@ -649,13 +660,7 @@ static void BN_NAME(tileNormalize)(const Data *x, Data *y, const Geometry *geo, 
         for (i64 b0 = lastBlockStart(a0, a1); b0 >= a0; b0 -= BLOCK_ROWS)
         {
             i64 b1 = minI64(b0 + BLOCK_ROWS, a1);
-            for (i64 j = 0; j < w; j += SLICE)
-            {
-                if (w - j >= SLICE)
-                    BN_NAME(sliceNormalize)(x, y, maps, c0 + j, SLICE, b0, b1, k);
-                else
-                    BN_NAME(sliceNormalize)(x, y, maps, c0 + j, w - j, b0, b1, k);
-            }
+            BN_FOR_SLICES(w, j, len, BN_NAME(sliceNormalize)(x, y, maps, c0 + j, len, b0, b1, k));
         }
         return;
     }
@@ -700,13 +705,7 @@ static void BN_NAME(tileInputGradient)(const Data *x, const Data *g, Data *dx, c
         for (i64 b0 = lastBlockStart(a0, a1); b0 >= a0; b0 -= BLOCK_ROWS)
         {
             i64 b1 = minI64(b0 + BLOCK_ROWS, a1);
-            for (i64 j = 0; j < w; j += SLICE)
-            {
-                if (w - j >= SLICE)
-                    BN_NAME(sliceInputGradient)(x, g, dx, maps, c0 + j, SLICE, b0, b1, k);
-                else
-                    BN_NAME(sliceInputGradient)(x, g, dx, maps, c0 + j, w - j, b0, b1, k);
-            }
+            BN_FOR_SLICES(w, j, len, BN_NAME(sliceInputGradient)(x, g, dx, maps, c0 + j, len, b0, b1, k));
         }
         return;
     }
@@ -767,13 +766,8 @@ static void BN_NAME(tileGradientSums)(const Data *x, const Data *g, Data *dx, co
         for (i64 b0 = a0; b0 < a1; b0 += BLOCK_ROWS)
         {
             i64 b1 = minI64(b0 + BLOCK_ROWS, a1);
-            for (i64 j = 0; j < w; j += SLICE)
-            {
-                if (w - j >= SLICE)
-                    BN_NAME(sliceGradientSums)(x, g, dx, maps, c0 + j, SLICE, b0, b1, k, sumG + j, sumGD + j);
-                else
-                    BN_NAME(sliceGradientSums)(x, g, dx, maps, c0 + j, w - j, b0, b1, k, sumG + j, sumGD + j);
-            }
+            BN_FOR_SLICES(w, j, len,
+                          BN_NAME(sliceGradientSums)(x, g, dx, maps, c0 + j, len, b0, b1, k, sumG + j, sumGD + j));
         }
         for (i64 j = 0; j < w; j++)
             sumGD[j] -= (double)k->lo[c0 + j] * sumG[j];
@@ -1110,5 +1104,7 @@ BN_EXPORT int BN_NAME(bnBackward)(const Data *x, const Data *g, Data *dx, i64 ou
 #undef Data
 #undef Calc
 #undef Coefficients
+#undef SLICE
+#undef BN_FOR_SLICES
 
 #endif // BN_DATA
