@@ -76,6 +76,7 @@ def checkedAllocation(shape, dtype):
 
 
 def uncachedAllocation(shape, dtype):
+    """`checkedAllocation` without its cache (same answers, same errors); `cachedAllocation` is this one cached."""
     shape, dtype = normalizeShape(shape), np.dtype(dtype)
     if min(shape, default=0) < 0:
         raise ValueError("GPUArray dimensions must be non-negative; got shape %s" % (shape,))
