@@ -126,12 +126,15 @@ def evalForward(data, layout, *, scale, bias, running, epsilon, out):
     return finishOutput(layout, work, out)
 
 
-def backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, **statistics):
+def backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, **statistics):
     """Allocates ``(ingrad, scalegrad, biasgrad)`` (ingrad like `data`, None unless `updGrad`; the parameter gradients
-    of scale's shape and `gradType`), runs `primitive` with `statistics` over the layout and returns them."""
+    of scale's shape and `gradType`, or the arrays `paramGrads` names), runs `primitive` with `statistics` over the
+    layout and returns them."""
     arrays = data.backend.gpuarray
     ingrad = arrays.empty(data.shape, data.dtype) if updGrad else None
-    scalegrad, biasgrad = arrays.empty(scale.shape, gradType), arrays.empty(scale.shape, gradType)
+    scalegrad, biasgrad = paramGrads
+    scalegrad = arrays.empty(scale.shape, gradType) if scalegrad is None else scalegrad
+    biasgrad = arrays.empty(scale.shape, gradType) if biasgrad is None else biasgrad
 
     # NOTE: sums over no elements are zero; handled here once, so the primitives never see empty data
     if data.size == 0:
@@ -145,14 +148,17 @@ def backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, **stat
     return finishOutput(layout, work, ingrad), scalegrad, biasgrad
 
 
-def trainBackward(data, grad, layout, *, scale, saved, updGrad, gradType):
+def trainBackward(data, grad, layout, *, scale, saved, updGrad, gradType, paramGrads=(None, None)):
     """Backward after a training forward, from its `BatchStatistics`. Returns ``(ingrad, scalegrad, biasgrad)``: ingrad
-    like `data` (None unless `updGrad`), the parameter gradients of scale's shape and `gradType`."""
+    like `data` (None unless `updGrad`), the parameter gradients of scale's shape and `gradType`, written into the
+    arrays of `paramGrads` ``(scalegrad, biasgrad)`` where they are not None."""
     primitive = data.backend.batchNorm.backward
-    return backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, saved=saved)
+    return backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, saved=saved)
 
 
-def frozenBackward(data, grad, layout, *, scale, running, epsilon, updGrad, gradType):
+def frozenBackward(data, grad, layout, *, scale, running, epsilon, updGrad, gradType, paramGrads=(None, None)):
     """Backward after an evaluation forward with the statistics `running` (constants). Returns as `trainBackward`."""
     primitive = data.backend.batchNorm.frozenBackward
-    return backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, running=running, epsilon=epsilon)
+    return backwardPass(
+        primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, running=running, epsilon=epsilon
+    )

@@ -104,7 +104,7 @@ def batchNormNd(data, scale, bias, mean, var, epsilon=1e-5, factor=1.0, test=Fal
 
 def batchNormNdBackward(
     data, grad, scale, savemean=None, saveinvvar=None, epsilon=1e-5, mode="spatial", *, test=False, mean=None,
-    var=None, updGrad=True,
+    var=None, updGrad=True, scalegrad=None, biasgrad=None,
 ):
     """Batch-normalization backward.
 
@@ -122,16 +122,22 @@ def batchNormNdBackward(
         mode (str or tuple of int): the forward's mode.
         test (bool): the forward was an evaluation; then `mean` and `var` are needed.
         updGrad (bool): compute `ingrad`; when False it is returned as None.
+        scalegrad, biasgrad (GPUArray or None): where to write the parameter gradients (float32 per-map arrays, in
+            the shapes `scale` may have, apart from every input and from each other), overwriting what they held, as
+            a module does into its parameters' gradients; new pool arrays when None.
 
     Returns:
-        ``(ingrad, scalegrad, biasgrad)``: `ingrad` like `data`; the parameter gradients float32, shaped like `scale`.
+        ``(ingrad, scalegrad, biasgrad)``: `ingrad` like `data`; the parameter gradients float32, shaped like `scale`
+        (or the given arrays).
 
     Raises:
-        TypeError, ValueError: as `batchNormNd`, and when `grad` differs from `data` in shape or dtype, or a needed
-            statistic is missing.
+        TypeError, ValueError: as `batchNormNd`, and when `grad` differs from `data` in shape or dtype, a needed
+            statistic is missing, or a given `scalegrad` or `biasgrad` overlaps an input or the other. Nothing is
+            written when it raises.
     """
     stats = {"mean": mean, "var": var} if test else {"savemean": savemean, "saveinvvar": saveinvvar}
-    backend = commonBackend(data=data, grad=grad, scale=scale, **stats)
+    outs = {"scalegrad": scalegrad, "biasgrad": biasgrad}
+    backend = commonBackend(data=data, grad=grad, scale=scale, **stats, **outs)
     layout = BatchNormCore.checkData("data", data, backend, modeAxes(mode, data.ndim))
     checkArray("grad", grad, dtypes=(data.dtype,), shape=data.shape)
 
@@ -142,17 +148,38 @@ def batchNormNdBackward(
             after = "an evaluation" if test else "a training"
             raise ValueError("%s is needed for the backward pass after %s forward" % (name, after))
         layout.checkPerMap(name, ary, perMap)
+    if scalegrad is not None or biasgrad is not None:
+        checkParamGradOutputs(layout, outs, data=data, grad=grad, scale=scale, **stats)
 
     if test:
         checkEpsilon(epsilon)
         return BatchNormCore.frozenBackward(
             data, grad, layout, scale=scale, running=RunningStatistics(mean, var), epsilon=epsilon, updGrad=updGrad,
-            gradType=BatchNormCore.float32,
+            gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad),
         )
     return BatchNormCore.trainBackward(
         data, grad, layout, scale=scale, saved=BatchStatistics(savemean, saveinvvar), updGrad=updGrad,
-        gradType=BatchNormCore.float32,
+        gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad),
     )
+
+
+def checkParamGradOutputs(layout, outs, **inputs):
+    """Raises ValueError unless each array of `outs` (``{name: GPUArray or None}``) is a float32 per-map array of
+    `layout` sharing no byte with the arrays of `inputs` or with the other output."""
+    given = [(name, ary) for name, ary in outs.items() if ary is not None]
+    for name, ary in given:
+        layout.checkPerMap(name, ary, (BatchNormCore.float32,))
+    # NOTE: every array is C-contiguous: its bytes are [ptr, ptr + nbytes)
+    spans = [(name, ary.ptr, ary.ptr + ary.nbytes) for name, ary in inputs.items() if ary.nbytes]
+    for name, ary in given:
+        start, end = ary.ptr, ary.ptr + ary.nbytes
+        for other, otherStart, otherEnd in spans:
+            if start < otherEnd and otherStart < end:
+                raise ValueError(
+                    "%s must not share memory with %s (an output may overlap no input and not the other output)"
+                    % (name, other)
+                )
+        spans.append((name, start, end))
 
 
 statisticsTypes = (BatchNormCore.float32, BatchNormCore.float64)

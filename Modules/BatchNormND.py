@@ -280,13 +280,17 @@ class BatchNormND(Module):
         if not (updGrad or updParamGrads):
             return None
 
+        # NOTE: with the defaults (scale 1, momentum 0) a parameter gradient is the new sum itself: the kernels write it
+        # straight into var.grad, with no array of their own and no accumulate pass
+        overwrite = updParamGrads and scale == 1.0 and momentum == 0.0
+        paramGrads = {"scalegrad": self.vars["scale"].grad, "biasgrad": self.vars["bias"].grad} if overwrite else {}
         snapshot = self.snapshot("backward", updParamGrads)
         try:
             ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
                 self.toDnn(self.inData), self.toDnn(grad), self.scale, self.savemean, self.saveinvvar, self.epsilon,
-                self.dnnAxes, test=not self.train, mean=self.mean, var=self.var, updGrad=updGrad,
+                self.dnnAxes, test=not self.train, mean=self.mean, var=self.var, updGrad=updGrad, **paramGrads,
             )
-            if updParamGrads:
+            if updParamGrads and not overwrite:
                 self.accumulate(self.vars["scale"], scalegrad, scale, momentum)
                 self.accumulate(self.vars["bias"], biasgrad, scale, momentum)
             if updGrad:

@@ -262,6 +262,102 @@ def test_parameter_gradients_accumulate_with_scale_and_momentum():
     assert not np.any(bn.vars["scale"].grad.get()) and not np.any(bn.vars["bias"].grad.get())
 
 
+def test_default_backward_writes_parameter_gradients_in_place_without_arrays_of_their_own():
+    """With scale 1 and momentum 0 a parameter gradient is the new sum itself: it goes straight into var.grad (old
+    contents, NaN here, are overwritten, not read), so the call takes two pool blocks fewer than one that
+    accumulates."""
+    bn = BatchNorm2D(3)
+    host = np.random.normal(1.0, 2.0, size=(4, 3, 5, 2)).astype(np.float32)
+    grad = np.random.randn(4, 3, 5, 2).astype(np.float32)
+    data, dy = gpuarray.to_gpu(host), gpuarray.to_gpu(grad)
+    _, dscale, dbias = Reference.batchNormBackward(host, grad, bn.scale.get(), (0, 2, 3), EPS)
+
+    def allocations(**kwargs):
+        bn(data)
+        gc.collect()
+        before = gpuarray.memoryPool.stats()["allocations"]
+        bn.backward(dy, **kwargs)
+        return gpuarray.memoryPool.stats()["allocations"] - before
+
+    gradArrays = [bn.vars[name].grad for name in ("scale", "bias")]
+    accumulating = allocations(scale=1.0, momentum=0.5)
+    for ary in gradArrays:
+        ary.fill(np.nan)
+    overwriting = allocations()
+
+    assert accumulating - overwriting == 2
+    assert [bn.vars[name].grad for name in ("scale", "bias")] == gradArrays
+    np.testing.assert_allclose(gradArrays[0].get(), dscale, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(gradArrays[1].get(), dbias, atol=1e-4, rtol=1e-5)
+
+
+def backwardCase(shape=(5, 3, 4, 2)):
+    """Data, gradient, scale, batch statistics and running statistics for `Dnn.batchNormNdBackward` (spatial), as
+    GPUArrays, with the host data and gradient."""
+    host = np.random.normal(2.0, 3.0, size=shape).astype(np.float32)
+    grad = np.random.randn(*shape).astype(np.float32)
+    axes = Reference.spatialAxes(len(shape))
+    exact = host.astype(np.float64)
+    mean, var = exact.mean(axis=axes, keepdims=True), exact.var(axis=axes, keepdims=True)
+    perMap = {
+        "scale": np.random.normal(1.0, 0.5, size=mean.shape), "savemean": mean,
+        "saveinvvar": 1 / np.sqrt(var + EPS), "mean": mean + 0.25, "var": var * 1.5,
+    }
+    arrays = {name: gpuarray.to_gpu(value.astype(np.float32)) for name, value in perMap.items()}
+    return host, grad, gpuarray.to_gpu(host), gpuarray.to_gpu(grad), arrays
+
+
+@pytest.mark.parametrize("test", [False, True], ids=["after_training", "after_evaluation"])
+def test_dnn_backward_writes_parameter_gradients_into_the_given_arrays(test):
+    host, grad, data, dy, arrays = backwardCase()
+    # NOTE: both per-map shapes: the keepdims one and the one without the normalized axes; NaN is overwritten
+    scalegrad = gpuarray.to_gpu(np.full((1, 3, 1, 1), np.nan, np.float32))
+    biasgrad = gpuarray.to_gpu(np.full((3,), np.nan, np.float32))
+
+    ingrad, gotScale, gotBias = Dnn.batchNormNdBackward(
+        data, dy, arrays["scale"], arrays["savemean"], arrays["saveinvvar"], EPS, "spatial", test=test,
+        mean=arrays["mean"], var=arrays["var"], scalegrad=scalegrad, biasgrad=biasgrad,
+    )
+    scale = arrays["scale"].get()
+    if test:
+        dx, dscale, dbias = Reference.frozenBackward(host, grad, scale, arrays["mean"].get(), arrays["var"].get(), EPS)
+    else:
+        dx, dscale, dbias = Reference.batchNormBackward(host, grad, scale, (0, 2, 3), EPS)
+
+    assert gotScale is scalegrad and gotBias is biasgrad
+    np.testing.assert_allclose(ingrad.get(), dx, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(scalegrad.get(), dscale, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(biasgrad.get(), dbias.ravel(), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case", ["scale", "saveinvvar", "grad", "data", "each_other", "float64", "wrong_shape"]
+)
+def test_dnn_backward_refuses_parameter_gradient_outputs_it_cannot_write_and_writes_nothing(case):
+    # NOTE: data of one element per map and position, so that a row of data or grad is a per-map shaped view
+    host, grad, data, dy, arrays = backwardCase((4, 3, 1, 1))
+    biasgrad = gpuarray.to_gpu(np.full((1, 3, 1, 1), 7.0, np.float32))
+    scalegrad, pattern = {
+        "scale": (arrays["scale"], "scalegrad must not share memory with scale"),
+        "saveinvvar": (arrays["saveinvvar"], "scalegrad must not share memory with saveinvvar"),
+        "grad": (dy[1:2], "scalegrad must not share memory with grad"),
+        "data": (data[3:4], "scalegrad must not share memory with data"),
+        "each_other": (biasgrad, "biasgrad must not share memory with scalegrad"),
+        "float64": (gpuarray.zeros((1, 3, 1, 1), np.float64), "scalegrad must have dtype float32; got float64"),
+        "wrong_shape": (gpuarray.zeros((1, 3, 1), np.float32), r"scalegrad must have shape \(1, 3, 1, 1\)"),
+    }[case]
+    before = {name: ary.get() for name, ary in dict(arrays, data=data, grad=dy, biasgrad=biasgrad).items()}
+
+    with pytest.raises(ValueError, match=pattern):
+        Dnn.batchNormNdBackward(
+            data, dy, arrays["scale"], arrays["savemean"], arrays["saveinvvar"], EPS, "spatial", scalegrad=scalegrad,
+            biasgrad=biasgrad,
+        )
+    after = {name: ary.get() for name, ary in dict(arrays, data=data, grad=dy, biasgrad=biasgrad).items()}
+    for name, value in before.items():
+        assert np.array_equal(after[name], value), name
+
+
 def test_backward_flags_skip_what_is_not_asked_for():
     bn = BatchNorm(4)
     host, grad = np.random.randn(5, 4).astype(np.float32), np.random.randn(5, 4).astype(np.float32)
