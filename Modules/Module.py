@@ -47,21 +47,25 @@ def deferredInterrupts():
 
 class Snapshot:
     """An object's state before a call that may raise: its attributes (dicts and lists among them copied one level
-    deep) and device copies of the arrays the call changes in place. `restore` puts both back, with Ctrl-C held back so
-    that the restore itself is not cut short.
+    deep) and copies of the arrays the call changes in place (`GPUArray._backup`: device arrays on CUDA, plain numpy
+    arrays on the CPU backend). `restore` puts both back, with Ctrl-C held back so that the restore itself is not cut
+    short.
 
     Args:
         owner: a module or an optimizer.
         arrays (list of GPUArray): the arrays the call may write.
     """
 
+    containerTypes = frozenset((dict, list))
+
     def __init__(self, owner, arrays):
         self.owner = owner
-        self.fields = owner.__dict__.copy()
-        for key, value in self.fields.items():
-            if type(value) is dict or type(value) is list:
-                self.fields[key] = value.copy()
-        self.arrays = [(ary, ary.copy()) for ary in arrays]
+        self.fields = fields = owner.__dict__.copy()
+        containerTypes = self.containerTypes
+        for key, value in fields.items():
+            if type(value) in containerTypes:
+                fields[key] = value.copy()
+        self.arrays = [(ary, ary._backup()) for ary in arrays]
 
     def restore(self):
         with deferredInterrupts():

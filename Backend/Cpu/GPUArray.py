@@ -86,6 +86,11 @@ class GPUArray(gpuarray.GPUArray):
         np.copyto(out._ndarray, self._ndarray)
         return out
 
+    def _backup(self):
+        # NOTE: a plain numpy copy, outside the pool: host memory either way, and a snapshot's copy lives for one call,
+        # where a pool block costs more Python than the copy itself
+        return self._ndarray.copy()
+
     def __dlpack_device__(self):
         """``(DLDeviceType.kDLCPU, 0)``: the array is host memory (the DLPack protocol of the Python array API
         standard)."""

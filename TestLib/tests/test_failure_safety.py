@@ -139,13 +139,33 @@ def test_interrupted_training_forward_changes_no_statistic_and_no_counter():
     assert bn.numOfProps == 1 and np.allclose(bn.mean.get().ravel(), data.get().mean(axis=(0, 2, 3)), atol=1e-5)
 
 
-def test_interrupted_backward_changes_no_gradient():
+@pytest.mark.parametrize("momentum", [0.0, 0.5], ids=["written_in_place", "accumulated"])
+def test_interrupted_backward_changes_no_gradient(momentum):
     bn = BatchNorm2D(3)
     data = gpuarray.to_gpu(np.random.randn(4, 3, 2, 2).astype(np.float32))
     grad = gpuarray.to_gpu(np.random.randn(4, 3, 2, 2).astype(np.float32))
     bn(data)
     bn.backward(grad)
-    checkEveryInterruptChangesNothing(lambda: bn.backward(grad, momentum=0.5), bn)
+    checkEveryInterruptChangesNothing(lambda: bn.backward(grad, momentum=momentum), bn)
+
+
+def test_cpu_snapshot_copies_take_no_pool_block(backend):
+    """On the CPU backend a snapshot copies into plain numpy arrays, outside the pool, and puts them back."""
+    if backend.name != "cpu":
+        pytest.skip("the CUDA backend's snapshot copies are pool arrays")
+    bn = BatchNorm2D(3)
+    bn(gpuarray.to_gpu(np.random.randn(4, 3, 2, 2).astype(np.float32)))
+    mean, var = bn.mean.get(), bn.var.get()
+
+    gc.collect()
+    before = gpuarray.memoryPool.stats()["allocations"]
+    snapshot = bn.snapshot("forward")
+    assert gpuarray.memoryPool.stats()["allocations"] == before
+
+    bn.mean.fill(np.nan)
+    bn.var.fill(np.nan)
+    snapshot.restore()
+    assert np.array_equal(bn.mean.get(), mean) and np.array_equal(bn.var.get(), var)
 
 
 def test_interrupted_network_forward_and_backward_change_no_child():
