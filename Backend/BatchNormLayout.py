@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from PuzzleLib.Backend.Checks import checkArray
+from PuzzleLib.Backend.gpuarray import GPUArray
 
 modes = ("spatial", "perActivation")
 axesNames = ("per-activation", "peractivation", "spatial")
@@ -78,8 +79,11 @@ class BatchNormLayout:
             TypeError: not a GPUArray.
             ValueError: another dtype or shape (the message names both allowed shapes).
         """
-        checkArray(name, ary, dtypes=dtypes)
-        if ary.shape not in (self.paramShape, self.droppedShape):
+        # NOTE: the checks of checkArray inlined, as every per-map array of every call passes here
+        if not isinstance(ary, GPUArray) or ary.dtype not in dtypes:
+            checkArray(name, ary, dtypes=dtypes)
+        shape = ary.shape
+        if shape != self.paramShape and shape != self.droppedShape:
             raise ValueError(
                 "%s must have shape %s (or %s without the normalized axes); got %s"
                 % (name, self.paramShape, self.droppedShape, ary.shape)

@@ -26,20 +26,22 @@ def commonBackend(**arrays):
     Raises:
         TypeError: an argument is not a GPUArray, or two arrays live on different backends (both are named).
     """
-    found = None
+    found = foundName = None
+    GPUArray = gpuarray.GPUArray
     for name, ary in arrays.items():
         if ary is None:
             continue
-        checkArray(name, ary)
+        if not isinstance(ary, GPUArray):
+            checkArray(name, ary)
         backend = ary.backend
         if found is None:
-            found = (name, backend)
-        elif backend is not found[1]:
+            found, foundName = backend, name
+        elif backend is not found:
             raise TypeError(
                 "arrays of one backend expected in one call; %s is a %s array but %s is a %s array (copy it over with "
-                "gpuarray.to_gpu(x.get()) under Config.useBackend)" % (found[0], found[1].name, name, backend.name)
+                "gpuarray.to_gpu(x.get()) under Config.useBackend)" % (foundName, found.name, name, backend.name)
             )
-    return None if found is None else found[1]
+    return found
 
 
 def checkEpsilon(epsilon):

@@ -85,9 +85,11 @@ class MemoryPool:
         """Zeroes the counters (`allocations`, `hits`, `misses`) and sets the peak to the current active bytes."""
         with self.lock:
             if not hasattr(self, "activeBytes"):
-                self.activeBytes, self.heldBytes, self.rawBytes = 0, 0, 0
+                self.activeBytes, self.rawBytes = 0, 0
             self.peakActiveBytes = self.activeBytes
-            self.allocations, self.hits, self.misses = 0, 0, 0
+            # NOTE: allocations is hits + misses and heldBytes is rawBytes - activeBytes, so an allocation and a release
+            # update only what they must
+            self.hits, self.misses = 0, 0
 
     def allocate(self, nbytes):
         """Returns a `Block` of at least `nbytes` bytes (an int >= 0)."""
@@ -96,13 +98,12 @@ class MemoryPool:
             if isinstance(nbytes, (bool, np.bool_)) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
                 raise ValueError("MemoryPool.allocate expects a non-negative int of bytes; got %r" % (nbytes,))
             nbytes = int(nbytes)
-        size = sizeClass(nbytes)
+        size = SMALL_GRANULE if nbytes <= SMALL_GRANULE else sizeClass(nbytes)
 
         with self.lock:
             stack = self.held.get(size)
             if stack:
                 raw, ptr = stack.pop()
-                self.heldBytes -= size
                 self.hits += 1
             else:
                 raw = self._rawAllocate(nbytes, size)
@@ -110,9 +111,9 @@ class MemoryPool:
                 self.rawBytes += size
                 self.misses += 1
 
-            self.allocations += 1
-            self.activeBytes += size
-            self.peakActiveBytes = max(self.peakActiveBytes, self.activeBytes)
+            active = self.activeBytes = self.activeBytes + size
+            if active > self.peakActiveBytes:
+                self.peakActiveBytes = active
 
         if self.poison:
             self.allocator.fill(raw, POISON_BYTE, size)
@@ -136,7 +137,6 @@ class MemoryPool:
         # NOTE: a held block keeps its address, so serving it again asks the allocator nothing
         with self.lock:
             self.activeBytes -= size
-            self.heldBytes += size
             self.held[size].append((raw, ptr))
 
     def freeHeld(self):
@@ -149,7 +149,6 @@ class MemoryPool:
                 for raw, _ in stack:
                     self.allocator.free(raw)
                     freed += size
-            self.heldBytes -= freed
             self.rawBytes -= freed
             return freed
 
@@ -160,10 +159,10 @@ class MemoryPool:
         with self.lock:
             return {
                 "activeBytes": self.activeBytes,
-                "heldBytes": self.heldBytes,
+                "heldBytes": self.rawBytes - self.activeBytes,
                 "peakActiveBytes": self.peakActiveBytes,
                 "rawBytes": self.rawBytes,
-                "allocations": self.allocations,
+                "allocations": self.hits + self.misses,
                 "hits": self.hits,
                 "misses": self.misses,
             }

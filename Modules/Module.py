@@ -168,8 +168,11 @@ class Module:
     def backend(self):
         """The backend (`PuzzleLib.Backend.Contract.Backend`) holding the module's parameters and attributes, or None
         for a module that has none (yet); data must live there too."""
-        arrays = [var.data for var in self.vars.values()] + list(self.attrs.values())
-        return arrays[0].backend if arrays else None
+        for var in self.vars.values():
+            return var.data.backend
+        for attr in self.attrs.values():
+            return attr.backend
+        return None
 
     def zeroGradParams(self):
         """Sets the gradient of every parameter to zero."""

@@ -66,7 +66,7 @@ def implementation(dtype):
                 % problem
             )
         return NumpyBatchNorm
-    return CBatchNorm if dtype in CBatchNorm.dataTypes else NumpyBatchNorm
+    return CBatchNorm if dtype.char in CBatchNorm.kernels else NumpyBatchNorm
 
 
 def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):

@@ -3,7 +3,8 @@ what each function computes): thin ctypes calls into ``Kernels/BatchNorm.c``, wh
 numbers hold. Twin of `Backend.Cpu.NumpyBatchNorm` (the fallback) and `Backend.Cuda.BatchNormKernels`.
 
 Data is float32 or float64 (float16 too where the compiler has ``_Float16``: computed in float32); per-map arrays are
-float32 or float64 each. Every call runs on `PuzzleLib.Config.cpuThreads` cores (one below 32768 elements) and
+float32, or float32 and float64 each with float64 data (as the contract has it), but for the moments' outputs, float32
+or float64 with any data. Every call runs on `PuzzleLib.Config.cpuThreads` cores (one below 32768 elements) and
 allocates nothing from the pool.
 """
 
@@ -32,6 +33,7 @@ TRAINING, FROZEN, INPUT_GRADIENT = 0, 1, 2
 # NOTE: bnMoments and the training forward share the statistics outputs' bits
 SAVED_BITS = 4
 
+# NOTE: keyed by the dtype's character code ("f", "d", "e"): a numpy dtype hashes slowly, and every call looks up here
 kernels = {}
 dataTypes = ()
 
@@ -48,7 +50,7 @@ def load():
             function = getattr(library, "%s_%s" % (name, SUFFIXES[dtype]))
             function.argtypes, function.restype = argtypes, cint
             functions[name] = function
-        kernels[dtype] = functions
+        kernels[dtype.char] = functions
     dataTypes = tuple(types)
     return library
 
@@ -62,6 +64,12 @@ def doubleMask(*arrays, first=0):
     return mask
 
 
+def perMapMask(data, *arrays):
+    """`doubleMask` of the per-map arrays of a call on `data`: 0 at once unless the data is float64, as per-map arrays
+    are float32 with float32 and float16 data (`Backend.Contract`)."""
+    return doubleMask(*arrays) if data.dtype.char == "d" else 0
+
+
 def ptr(ary):
     return None if ary is None else ary.ptr
 
@@ -73,39 +81,39 @@ def check(status):
 
 def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
     runMean, runVar = (None, None) if running is None else running
-    check(kernels[data.dtype]["bnTrainForward"](
+    check(kernels[data.dtype.char]["bnTrainForward"](
         data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, ptr(runMean), ptr(runVar),
         saved.mean.ptr, saved.invstd.ptr, epsilon, factor,
-        doubleMask(scale, bias, runMean, runVar, saved.mean, saved.invstd),
+        perMapMask(data, scale, bias, runMean, runVar, saved.mean, saved.invstd),
     ))
 
 
 def batchStatistics(data, shape3, *, saved):
-    check(kernels[data.dtype]["bnMoments"](
+    check(kernels[data.dtype.char]["bnMoments"](
         data.ptr, *shape3, Config.cpuThreads, saved.mean.ptr, saved.var.ptr,
         doubleMask(saved.mean, saved.var, first=SAVED_BITS),
     ))
 
 
 def normalize(data, out, shape3, *, scale, bias, saved):
-    check(kernels[data.dtype]["bnNormalize"](
+    check(kernels[data.dtype.char]["bnNormalize"](
         data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, saved.mean.ptr, saved.invstd.ptr, 0, 0.0,
-        doubleMask(scale, bias, saved.mean, saved.invstd),
+        perMapMask(data, scale, bias, saved.mean, saved.invstd),
     ))
 
 
 def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
-    check(kernels[data.dtype]["bnNormalize"](
+    check(kernels[data.dtype.char]["bnNormalize"](
         data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, running.mean.ptr, running.var.ptr, 1,
-        epsilon, doubleMask(scale, bias, running.mean, running.var),
+        epsilon, perMapMask(data, scale, bias, running.mean, running.var),
     ))
 
 
 def backwardCall(mode, data, grad, ingrad, shape3, scale, centre, second, scalegrad, biasgrad, epsilon=0.0,
                  count=0.0):
-    check(kernels[data.dtype]["bnBackward"](
+    check(kernels[data.dtype.char]["bnBackward"](
         data.ptr, grad.ptr, ptr(ingrad), *shape3, Config.cpuThreads, mode, scale.ptr, centre.ptr, second.ptr,
-        scalegrad.ptr, biasgrad.ptr, epsilon, count, doubleMask(scale, centre, second, scalegrad, biasgrad),
+        scalegrad.ptr, biasgrad.ptr, epsilon, count, perMapMask(data, scale, centre, second, scalegrad, biasgrad),
     ))
 
 

@@ -4,6 +4,9 @@ Every array has the interface of `PuzzleLib.Backend.gpuarray.GPUArray` (SPEC sec
 backend's, so module code runs unchanged on both.
 """
 
+import math
+import operator
+
 import numpy as np
 
 from PuzzleLib.Backend import DLPack, gpuarray
@@ -31,29 +34,14 @@ class GPUArray(gpuarray.GPUArray):
     # primitives (a class attribute: the front modules read it on every call)
     backend = None
 
-    @property
-    def shape(self):
-        return self._ndarray.shape
-
-    @property
-    def dtype(self):
-        return self._ndarray.dtype
-
-    @property
-    def size(self):
-        return self._ndarray.size
-
-    @property
-    def nbytes(self):
-        return self._ndarray.nbytes
-
-    @property
-    def ndim(self):
-        return self._ndarray.ndim
-
-    @property
-    def strides(self):
-        return self._ndarray.strides
+    # NOTE: the numpy view's attributes through C getters (no Python frame per read: the front modules read shapes and
+    # dtypes many times a call)
+    shape = property(operator.attrgetter("_ndarray.shape"), doc="tuple of int")
+    dtype = property(operator.attrgetter("_ndarray.dtype"), doc="numpy.dtype")
+    size = property(operator.attrgetter("_ndarray.size"), doc="elements")
+    nbytes = property(operator.attrgetter("_ndarray.nbytes"), doc="bytes")
+    ndim = property(operator.attrgetter("_ndarray.ndim"), doc="dimensions")
+    strides = property(operator.attrgetter("_ndarray.strides"), doc="bytes per step along each axis")
 
     @property
     def ptr(self):
@@ -82,7 +70,8 @@ class GPUArray(gpuarray.GPUArray):
 
     def copy(self):
         """Returns a new array (a new pool block) with the same contents."""
-        out = empty(self.shape, self.dtype)
+        # NOTE: this array's shape and dtype need no checks
+        out = poolArray(self._ndarray.shape, self._ndarray.dtype, self._ndarray.nbytes)
         np.copyto(out._ndarray, self._ndarray)
         return out
 
@@ -119,6 +108,20 @@ class GPUArray(gpuarray.GPUArray):
                              % (stream,))
         return DLPack.export(self, self.__dlpack_device__(), max_version=max_version, dl_device=dl_device, copy=copy)
 
+    def reshape(self, *shape):
+        """Returns a view of another shape (one dimension may be -1); see `PuzzleLib.Backend.gpuarray.GPUArray.reshape`,
+        which raises the errors."""
+        # NOTE: the common case, non-negative Python ints that keep the size, is one numpy call
+        dims = shape[0] if len(shape) == 1 and type(shape[0]) is tuple else shape
+        for dim in dims:
+            if type(dim) is not int or dim < 0:
+                break
+        else:
+            ndarray = self._ndarray
+            if math.prod(dims) == ndarray.size:
+                return GPUArray(ndarray.reshape(dims), self._block, self._ptr)
+        return super().reshape(*shape)
+
     def _view(self, shape, offset):
         count = gpuarray.elementCount(shape)
         if offset == 0 and count == self._ndarray.size:
@@ -148,7 +151,11 @@ def empty(shape, dtype=np.float32):
         TypeError, ValueError, MemoryError: as `PuzzleLib.Backend.gpuarray.checkedAllocation`; MemoryError also when the
             pool cannot serve the bytes.
     """
-    shape, dtype, nbytes = gpuarray.checkedAllocation(shape, dtype)
+    return poolArray(*gpuarray.checkedAllocation(shape, dtype))
+
+
+def poolArray(shape, dtype, nbytes):
+    """A new array in a pool block, of a checked `shape` (tuple of ints) and `dtype` (numpy dtype) of `nbytes`."""
     block = memoryPool.allocate(nbytes)
     # NOTE: the array starts the block's buffer, which is at least nbytes long (its size class)
     return GPUArray(np.ndarray(shape, dtype, block.raw), block, block.ptr)
