@@ -20,7 +20,8 @@ class GPUArray(gpuarray.GPUArray):
 
     ``GPUArray(ndarray, block, ptr=None)``: `block` is what keeps the memory of `ndarray` alive, and every view shares
     it: a pool `Block`, or, for an array imported with ``from_dlpack``, the `ForeignHostMemory` holding the producer's
-    tensor; `ptr` is the address of the first element when the caller knows it.
+    tensor; `ptr` is the address of the first element when the caller knows it (else numpy is asked, which costs
+    microseconds).
     """
 
     __array_priority__ = -1
@@ -28,7 +29,7 @@ class GPUArray(gpuarray.GPUArray):
     def __init__(self, ndarray, block, ptr=None):
         self._ndarray = ndarray
         self._block = block
-        self._ptr = ptr
+        self._ptr = ndarray.ctypes.data if ptr is None else ptr
 
     # NOTE: the CPU `Backend`, set by the package `PuzzleLib.Backend.Cpu` once it has bundled this module with its
     # primitives (a class attribute: the front modules read it on every call)
@@ -43,12 +44,7 @@ class GPUArray(gpuarray.GPUArray):
     ndim = property(operator.attrgetter("_ndarray.ndim"), doc="dimensions")
     strides = property(operator.attrgetter("_ndarray.strides"), doc="bytes per step along each axis")
 
-    @property
-    def ptr(self):
-        # NOTE: taken once (numpy's ctypes helper costs microseconds); the address is fixed for the array's life
-        if self._ptr is None:
-            self._ptr = self._ndarray.ctypes.data
-        return self._ptr
+    ptr = property(operator.attrgetter("_ptr"), doc="address of the first element, fixed for the array's life")
 
     def get(self, out=None):
         """Returns a new host ndarray with the contents, or copies them into `out` (a C-contiguous host ndarray of this
@@ -129,7 +125,7 @@ class GPUArray(gpuarray.GPUArray):
             return GPUArray(self._ndarray.reshape(shape), self._block, self._ptr)
         start = offset // self.dtype.itemsize
         flat = self._ndarray.reshape(-1)[start : start + count]
-        return GPUArray(flat.reshape(shape), self._block, None if self._ptr is None else self._ptr + offset)
+        return GPUArray(flat.reshape(shape), self._block, self._ptr + offset)
 
     def _copyFrom(self, other):
         np.copyto(self._ndarray, other._ndarray)
