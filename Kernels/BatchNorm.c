@@ -429,12 +429,16 @@ typedef struct
 } BN_NAME(Coefficients);
 #define Coefficients BN_NAME(Coefficients)
 
-// The coefficient arrays in the scratch block.
-static void BN_NAME(coefficientsIn)(Coefficients *k, const Scratch *s)
+// Takes the call's scratch block (allocScratch) and points k at its coefficient arrays; BN_OUT_OF_MEMORY when the
+// block cannot be had.
+static int BN_NAME(takeScratch)(Scratch *s, Coefficients *k, const Geometry *geo)
 {
+    if (allocScratch(s, geo, sizeof(Calc)) != BN_OK)
+        return BN_OUT_OF_MEMORY;
     Calc *at = (Calc *)s->coefficients;
     i64 stride = s->coefficientStride;
     k->hi = at, k->lo = at + stride, k->a = at + 2 * stride, k->b = at + 3 * stride, k->offset = at + 4 * stride;
+    return BN_OK;
 }
 
 // Maps [c, c + n): the centre as hi + lo.
@@ -813,9 +817,8 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
 {
     Scratch s;
     Coefficients k;
-    if (allocScratch(&s, geo, sizeof(Calc)) != BN_OK)
+    if (BN_NAME(takeScratch)(&s, &k, geo) != BN_OK)
         return BN_OUT_OF_MEMORY;
-    BN_NAME(coefficientsIn)(&k, &s);
     Coefficients *factors = y != NULL ? &k : NULL;
     double m = (double)geo->outer * (double)geo->inner;
 
@@ -913,9 +916,8 @@ BN_EXPORT int BN_NAME(bnNormalize)(const Data *x, Data *y, i64 outer, i64 maps, 
     Geometry geo = geometryOf(outer, maps, inner, threads);
     Scratch s;
     Coefficients k;
-    if (allocScratch(&s, &geo, sizeof(Calc)) != BN_OK)
+    if (BN_NAME(takeScratch)(&s, &k, &geo) != BN_OK)
         return BN_OUT_OF_MEMORY;
-    BN_NAME(coefficientsIn)(&k, &s);
 
 #pragma omp parallel num_threads(geo.threads) if (geo.threads > 1)
     {
@@ -992,9 +994,8 @@ BN_EXPORT int BN_NAME(bnBackward)(const Data *x, const Data *g, Data *dx, i64 ou
     Geometry geo = geometryOf(outer, maps, inner, threads);
     Scratch s;
     Coefficients k;
-    if (allocScratch(&s, &geo, sizeof(Calc)) != BN_OK)
+    if (BN_NAME(takeScratch)(&s, &k, &geo) != BN_OK)
         return BN_OUT_OF_MEMORY;
-    BN_NAME(coefficientsIn)(&k, &s);
 
     double *invstd = s.m2;
     double m = (double)outer * (double)inner;
