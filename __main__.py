@@ -152,6 +152,7 @@ def main(argv=None):
     print("\n" + DigitsExperiment.formatTable(result))
     print("\nFinal BatchNorm attributes of the BN network (mean [min, max] over the 100 features):")
     print(DigitsExperiment.formatBatchNorm(result))
+    print("\n" + DigitsExperiment.formatExactStatistics(result))
     print("\ntrained both networks in %.1f s" % result["config"]["seconds"])
 
     if args.json is not None:

@@ -108,6 +108,8 @@ class BatchNormND(Module):
         self.affine, self.inplace = affine, inplace
         self.numOfProps = 0
         self.savemean, self.saveinvvar = None, None
+        # NOTE: set by `PopulationStatistics.recomputeStatistics` only: called with the input of an evaluation forward
+        self.statisticsCollector = None
 
         self.scale, self.bias, self.mean, self.var = None, None, None, None
         if not empty:
@@ -233,6 +235,8 @@ class BatchNormND(Module):
     def updateData(self, data):
         try:
             if not self.train:
+                if self.statisticsCollector is not None:
+                    self.statisticsCollector(self, data)
                 out = self.toDnn(data) if self.inplace else None
                 result = Dnn.batchNormNd(
                     self.toDnn(data), self.scale, self.bias, self.mean, self.var, self.epsilon, test=True,

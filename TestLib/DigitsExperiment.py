@@ -13,6 +13,7 @@ from PuzzleLib.Containers import Sequential
 from PuzzleLib.Cost import CrossEntropy
 from PuzzleLib.Modules import Activation, BatchNorm, Linear
 from PuzzleLib.Modules.Activation import sigmoid
+from PuzzleLib.Modules.PopulationStatistics import recomputeStatistics
 from PuzzleLib.Optimizers import MomentumSGD
 from PuzzleLib.TestLib.RunningStatistics import loadDigits
 
@@ -91,11 +92,15 @@ def runExperiment(
         learnRate, momRate (float): MomentumSGD's rates. Defaults 0.1 and 0.9.
         wscale (float): std of the initial Gaussian weights. Default 0.1.
         progress (bool): show a tqdm progress bar per epoch (on stderr).
-        keepNets (bool): add the trained networks to the result (key ``nets``; not JSON-serializable).
+        keepNets (bool): add the trained networks to the result (key ``nets``; not JSON-serializable), with their
+            running statistics.
 
     Returns:
         dict with ``config``, ``networks`` ({"plain": ..., "batchnorm": ...}, each with per-epoch ``trainLoss``,
-        ``trainAccuracy``, ``testLoss`` and ``testAccuracy``) and ``batchNorm`` (`batchNormAttributes` at the end).
+        ``trainAccuracy``, ``testLoss`` and ``testAccuracy``), ``batchNorm`` (`batchNormAttributes` at the end of
+        training) and ``exactStatistics``: the BatchNorm network's final test loss and accuracy with its running
+        statistics (``runningTestLoss``, ``runningTestAccuracy``) and after `recomputeStatistics` over the whole
+        training set (``exactTestLoss``, ``exactTestAccuracy``).
     """
     if progress:
         from tqdm import tqdm
@@ -141,6 +146,23 @@ def runExperiment(
     config = {"epochs": epochs, "seed": seed, "batchsize": batchsize, "learnRate": learnRate, "momRate": momRate}
     config.update({"wscale": wscale, "hidden": list(HIDDEN), "train": len(trainX), "test": len(testX)})
     result = {"config": config, "networks": history, "batchNorm": batchNormAttributes(nets["batchnorm"])}
+
+    # NOTE: the running statistics follow the weights of the last steps; the exact ones are those of the training set
+    # under the final weights
+    bnNet, _, bnCost = runs["batchnorm"]
+    trainSet = [gpuarray.to_gpu(trainX[k : k + batchsize].astype(np.float32)) for k in range(0, len(trainX), batchsize)]
+    running = [(module, module.mean.get(), module.var.get()) for module in bnNet if isinstance(module, BatchNorm)]
+    recomputeStatistics(bnNet, trainSet)
+    exactLoss, exactAccuracy = evaluate(bnNet, bnCost, testData, testLabels)
+    for module, mean, var in running:
+        module.mean.set(mean)
+        module.var.set(var)
+    result["exactStatistics"] = {
+        "runningTestLoss": history["batchnorm"]["testLoss"][-1],
+        "runningTestAccuracy": history["batchnorm"]["testAccuracy"][-1],
+        "exactTestLoss": exactLoss,
+        "exactTestAccuracy": exactAccuracy,
+    }
     if keepNets:
         result["nets"] = nets
     return result
@@ -174,6 +196,19 @@ def formatBatchNorm(result):
         ]
         lines.append(("%-5s %10d  %-26s %-26s %-26s %s" % (name, entry["numOfProps"], *cells)))
     return "\n".join(lines)
+
+
+def formatExactStatistics(result):
+    """One line: the BatchNorm network's final test accuracy and loss with running and with exact statistics."""
+    exact = result["exactStatistics"]
+    return (
+        "BN network after training, test accuracy (loss): %.1f%% (%.4f) with its running statistics, %.1f%% (%.4f) "
+        "with the exact statistics of the %d training images (recomputeStatistics)"
+        % (
+            100 * exact["runningTestAccuracy"], exact["runningTestLoss"], 100 * exact["exactTestAccuracy"],
+            exact["exactTestLoss"], result["config"]["train"],
+        )
+    )
 
 
 def plotCurves(result, path):

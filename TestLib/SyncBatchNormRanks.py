@@ -85,6 +85,38 @@ def runCase(case, comm, sizes, results):
     results["%s.eval" % case] = bn(gpuarray.to_gpu(data.astype(dtype))).get()
 
 
+def recomputeSet(sizes):
+    """Every rank's rows of the seeded global set of `recomputeCase`, (sum(sizes), 5) float32, map 0 centred at 1e4."""
+    rng = np.random.default_rng(11)
+    data = rng.normal(size=(sum(sizes), 5)) * np.arange(1.0, 6.0) + np.array([1e4, -3.0, 0.0, 2.0, 5.0])
+    bounds = np.cumsum([0] + list(sizes))
+    return [data[a:b].astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def recomputeCase(comm, sizes, results):
+    """`recomputeStatistics` over a network of two synchronized modules, each rank feeding its rows of the set in
+    batches of at most 2 (none on an empty rank); saves the parameters and the statistics it sets."""
+    from PuzzleLib.Backend import gpuarray
+    from PuzzleLib.Containers import Sequential
+    from PuzzleLib.Modules import Activation, Linear, SyncBatchNorm
+    from PuzzleLib.Modules.Activation import sigmoid
+    from PuzzleLib.Modules.PopulationStatistics import recomputeStatistics
+
+    np.random.seed(7)  # the same weights on every rank
+    net = Sequential()
+    bn0 = net.append(SyncBatchNorm(5, comm=comm))
+    net.append(Activation(sigmoid))
+    fc = net.append(Linear(5, 3))
+    bn1 = net.append(SyncBatchNorm(3, comm=comm))
+
+    rows = recomputeSet(sizes)[comm.Get_rank()]
+    recomputeStatistics(net, [gpuarray.to_gpu(rows[k : k + 2]) for k in range(0, len(rows), 2)])
+    for key, ary in (("scale0", bn0.scale), ("bias0", bn0.bias), ("mean0", bn0.mean), ("var0", bn0.var),
+                     ("W", fc.W), ("b", fc.b), ("mean1", bn1.mean), ("var1", bn1.var)):
+        results["recompute.%s" % key] = ary.get()
+    results["recompute.numOfProps"] = np.array(bn0.numOfProps + bn1.numOfProps)
+
+
 def provokeErrors(comm, sizes):
     """{error case: message} of this rank; each case must raise on every rank and leave the module as it was."""
     from PuzzleLib.Backend import gpuarray
@@ -152,6 +184,7 @@ def main(out, sizes):
     for case in cases():
         if np.dtype(cases()[case][4]) in Dnn.dataTypes():
             runCase(case, comm, sizes, results)
+    recomputeCase(comm, sizes, results)
     messages = provokeErrors(comm, sizes)
 
     rank = comm.Get_rank()

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from PuzzleLib.Backend import gpuarray
 from PuzzleLib.Containers import Sequential
 from PuzzleLib.Modules import Activation, BatchNorm, Linear
+from PuzzleLib.Modules.PopulationStatistics import recomputeStatistics
 from PuzzleLib.TestLib import DigitsExperiment
 from PuzzleLib.TestLib.RunningStatistics import loadDigits
 
@@ -56,6 +58,31 @@ def test_reported_accuracy_is_what_the_networks_score(fiveEpochs):
         scores = referenceScores(net, testX / 16.0)
         accuracy = np.mean(np.argmax(scores, axis=1) == testY)
         assert abs(accuracy - fiveEpochs["networks"][key]["testAccuracy"][-1]) < 1.5 / len(testY), key
+    exact = fiveEpochs["exactStatistics"]
+    assert exact["runningTestAccuracy"] == fiveEpochs["networks"]["batchnorm"]["testAccuracy"][-1]
+
+
+def test_reported_exact_accuracy_is_what_the_network_scores_with_the_training_set_statistics(fiveEpochs):
+    """The kept network (running statistics) given the exact statistics of the 1500 training images: the first
+    BatchNorm's are numpy's mean and var(ddof=1) of its input, and the network scores the reported exact accuracy."""
+    trainX, _, testX, testY = loadDigits(0)
+    images = (trainX / 16.0).astype(np.float32)
+    net = fiveEpochs["nets"]["batchnorm"]
+    running = [(module, module.mean.get(), module.var.get()) for module in net if isinstance(module, BatchNorm)]
+    try:
+        recomputeStatistics(net, [gpuarray.to_gpu(images[k : k + 60]) for k in range(0, len(images), 60)])
+        fc0, bn0 = net["fc0"], net["bn0"]
+        h = images.astype(np.float64) @ fc0.W.get().astype(np.float64) + fc0.b.get().astype(np.float64)
+        np.testing.assert_allclose(bn0.mean.get().ravel(), h.mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(bn0.var.get().ravel(), h.var(axis=0, ddof=1), rtol=1e-5)
+        assert not np.allclose(bn0.var.get(), running[0][2], rtol=1e-3)
+
+        accuracy = np.mean(np.argmax(referenceScores(net, testX / 16.0), axis=1) == testY)
+        assert abs(accuracy - fiveEpochs["exactStatistics"]["exactTestAccuracy"]) < 1.5 / len(testY)
+    finally:
+        for module, mean, var in running:
+            module.mean.set(mean)
+            module.var.set(var)
 
 
 def test_both_networks_start_identical_and_batchnorm_state_is_consistent(fiveEpochs):
@@ -83,7 +110,8 @@ def test_main_job_is_deterministic_and_writes_json(tmp_path, capsys):
     assert first == second
     for key in ("plain", "batchnorm"):
         assert len(first["networks"][key]["testAccuracy"]) == 2 and len(first["networks"][key]["trainLoss"]) == 2
-    assert "BN test acc" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "BN test acc" in out and "with the exact statistics of the 1500 training images" in out
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path, capsys):

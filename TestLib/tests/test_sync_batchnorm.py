@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from PuzzleLib.TestLib import MpiLauncher, Reference
-from PuzzleLib.TestLib.SyncBatchNormRanks import EPSILON, STEPS, cases, localBatches
+from PuzzleLib.TestLib.SyncBatchNormRanks import EPSILON, STEPS, cases, localBatches, recomputeSet
 
 # ranks -> the batch of each rank: unequal, with a one-element rank (2 ranks) and an empty one (3 ranks)
 LAYOUTS = {2: (6, 1), 3: (4, 0, 1)}
@@ -189,3 +189,27 @@ def test_errors_are_raised_on_every_rank_alike_and_change_nothing(backend, tmp_p
             if name + ".unchanged" in messages:
                 assert messages[name + ".unchanged"] is True, "rank %d, %s changed the module" % (rank, name)
         assert messages["inStepAfterErrors"] is True
+
+
+@pytest.mark.parametrize("ranks", sorted(LAYOUTS))
+def test_recomputed_statistics_are_those_of_the_whole_set_of_every_rank(backend, tmp_path_factory, ranks):
+    """`recomputeStatistics` with synchronized modules, each rank feeding its own rows (none on an empty rank) in
+    batches of at most 2: both modules' statistics equal numpy's mean and var(ddof=1) of the union, the second module's
+    input computed in float64 with the first module's final statistics; the same bits on every rank."""
+    results = rankResults(backend.name, ranks, tmp_path_factory)
+    values = results[0][0]
+    x = np.concatenate(recomputeSet(LAYOUTS[ranks])).astype(np.float64)
+    mean0, var0 = values["recompute.mean0"].ravel(), values["recompute.var0"].ravel()
+    # NOTE: map 0 sits at 1e4: its float32 mean is rounded by up to MEAN_ROUNDING
+    assertClose(mean0, x.mean(axis=0), 2.0 * MEAN_ROUNDING, "mean of module 0", rtol=1e-6)
+    assertClose(var0, x.var(axis=0, ddof=1), 0.0, "var of module 0", rtol=1e-6 if backend.name == "cpu" else 1e-3)
+
+    gain = values["recompute.scale0"].ravel() / np.sqrt(var0.astype(np.float64) + EPSILON)
+    a = 1.0 / (1.0 + np.exp(-((x - mean0) * gain + values["recompute.bias0"].ravel())))
+    z = a @ values["recompute.W"].astype(np.float64) + values["recompute.b"].astype(np.float64)
+    assertClose(values["recompute.mean1"].ravel(), z.mean(axis=0), 1e-6, "mean of module 1", rtol=1e-5)
+    assertClose(values["recompute.var1"].ravel(), z.var(axis=0, ddof=1), 0.0, "var of module 1", rtol=1e-5)
+    assert int(values["recompute.numOfProps"]) == 0
+    for other, _ in results[1:]:
+        for key in ("mean0", "var0", "mean1", "var1"):
+            assert np.array_equal(other["recompute.%s" % key], values["recompute.%s" % key]), key
