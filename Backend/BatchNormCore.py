@@ -51,8 +51,9 @@ def finishOutput(layout, work, out):
     return out
 
 
-def trainForward(data, layout, *, scale, bias, running, epsilon, factor, out, statShape, statType):
-    """Normalizes with the batch statistics; updates `running` (a `RunningStatistics`, or None) in place.
+def trainForward(data, layout, *, scale, bias, running, epsilon, factor, out, statShape, statType, skipped):
+    """Normalizes with the batch statistics; updates `running` (a `RunningStatistics`, or None) in place, guarded by
+    the per-map counter `skipped` where it is not None (`Contract.BatchNormPrimitives.trainForward`).
 
     Returns ``(out, saved)``: the output (written into `out`, or a new pool array when None) and the
     `BatchStatistics` of the batch, new arrays of `statShape` and `statType`.
@@ -67,7 +68,7 @@ def trainForward(data, layout, *, scale, bias, running, epsilon, factor, out, st
     work = workOutput(layout, out)
     data.backend.batchNorm.trainForward(
         workInput(layout, data), work, layout.shape3, scale=scale, bias=bias, running=running, saved=saved,
-        epsilon=epsilon, factor=factor,
+        epsilon=epsilon, factor=factor, skipped=skipped,
     )
     return finishOutput(layout, work, out), saved
 

@@ -58,10 +58,16 @@ class BatchMoments(NamedTuple):
 
 class GPUArrayModule(Protocol):
     """A backend's arrays (SPEC section 2): ``GPUArray`` (a subclass of `PuzzleLib.Backend.gpuarray.GPUArray`) and
-    ``memoryPool`` (a `MemoryPool` over the backend's raw allocator), plus the three constructors."""
+    ``memoryPool`` (a `MemoryPool` over the backend's raw allocator), plus the three constructors.
+
+    ``HostMirror(ary)`` is a host copy of `ary` that follows it without waiting for the device: ``refresh()`` queues a
+    copy of its present contents (unless the previous one is still under way), ``latest()`` returns the newest copy
+    that has completed, an ndarray, or None before the first has; neither blocks.
+    """
 
     GPUArray: type
     memoryPool: object
+    HostMirror: type
 
     def empty(self, shape, dtype):
         """An uninitialized C-contiguous array of `shape` and `dtype` from the backend's pool."""
@@ -81,13 +87,16 @@ class BatchNormPrimitives(Protocol):
 
     dataTypes: tuple
 
-    def trainForward(self, data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
+    def trainForward(self, data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped):
         """Training forward with the batch statistics (m >= 2, `out` is not `data`).
 
         ``mu = mean(x)``, ``sigma2 = mean((x - mu)**2)`` (biased), ``invstd = 1 / sqrt(sigma2 + epsilon)``,
         ``out = (x - mu) * invstd * scale + bias``; writes ``saved.mean = mu`` and ``saved.invstd = invstd``; when
         `running` (a `RunningStatistics`) is not None, updates it in place:
         ``mean = (1 - factor) * mean + factor * mu``, ``var = (1 - factor) * var + factor * sigma2 * m / (m - 1)``.
+        When `skipped` (a float32 per-map array, or None) is given, a map whose mu or sigma2 is not finite (as the
+        backend computes them) keeps its running statistics and gains 1 in `skipped`; the decision is made where the
+        statistics are finished, in the same pass.
         Statistics accumulate in at least float32 with a stable method (two-pass or Welford/Chan).
         """
 

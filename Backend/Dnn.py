@@ -45,7 +45,9 @@ def dataTypes(backend=None):
     return (backend or currentBackend()).batchNorm.dataTypes
 
 
-def batchNormNd(data, scale, bias, mean, var, epsilon=1e-5, factor=1.0, test=False, mode="spatial", *, out=None):
+def batchNormNd(
+    data, scale, bias, mean, var, epsilon=1e-5, factor=1.0, test=False, mode="spatial", *, out=None, skipped=None
+):
     """Batch-normalization forward.
 
     Args:
@@ -61,6 +63,11 @@ def batchNormNd(data, scale, bias, mean, var, epsilon=1e-5, factor=1.0, test=Fal
             a tuple names the normalized axes themselves (e.g. ``(0, 1, 2)`` for channels-last (N, H, W, C) data).
         out (GPUArray or None): where to write the output (shape and dtype of `data`; in evaluation it may be `data`
             itself, for in-place normalization); a new pool array when None.
+        skipped (GPUArray or None): training with running statistics only: a float32 per-map counter (shapes as
+            `mean`, sharing no memory with another argument) that guards the running update. A map whose batch mean
+            or variance is not finite (a NaN or inf in its data) keeps its running mean and variance, and its counter
+            gains 1; the output is what the formula gives all the same. When None the update is cuDNN's and
+            PyTorch's: a NaN enters the running statistics for good.
 
     Returns:
         training: ``(out, savemean, saveinvvar)``, the batch mean and inverse standard deviation 1 / sqrt(sigma2 + eps)
@@ -69,10 +76,11 @@ def batchNormNd(data, scale, bias, mean, var, epsilon=1e-5, factor=1.0, test=Fal
     Raises:
         TypeError: an argument is not a GPUArray, or the arrays live on two backends.
         ValueError: a wrong dtype or shape, an unknown mode or bad axes, epsilon <= 0, a factor outside [0, 1], only
-            one of `mean` and `var`, or (training) fewer than 2 elements per map or `out` that is `data`. Nothing is
-            written when it raises.
+            one of `mean` and `var`, (training) fewer than 2 elements per map or `out` that is `data`, or `skipped`
+            in evaluation, without running statistics, or overlapping another argument. Nothing is written when it
+            raises.
     """
-    backend = commonBackend(data=data, scale=scale, bias=bias, mean=mean, var=var, out=out)
+    backend = commonBackend(data=data, scale=scale, bias=bias, mean=mean, var=var, out=out, skipped=skipped)
     layout = BatchNormCore.checkData("data", data, backend, modeAxes(mode, data.ndim))
     perMap = BatchNormCore.perMapTypes(data.dtype)
     for name, ary in (("scale", scale), ("bias", bias), ("mean", mean), ("var", var)):
@@ -81,6 +89,17 @@ def batchNormNd(data, scale, bias, mean, var, epsilon=1e-5, factor=1.0, test=Fal
     checkEpsilon(epsilon)
     if out is not None:
         checkArray("out", out, dtypes=(data.dtype,), shape=data.shape)
+
+    if skipped is not None:
+        if test or mean is None:
+            raise ValueError(
+                "skipped counts the running updates a training forward skips; it needs test=False and mean and var "
+                "(got test=%r, mean %s)" % (test, "None" if mean is None else "given")
+            )
+        checkPerMapOutputs(
+            layout, {"skipped": skipped}, data=data, scale=scale, bias=bias, mean=mean, var=var,
+            **({} if out is None else {"out": out}),
+        )
 
     if test:
         return BatchNormCore.evalForward(
@@ -97,7 +116,7 @@ def batchNormNd(data, scale, bias, mean, var, epsilon=1e-5, factor=1.0, test=Fal
     running = None if mean is None else RunningStatistics(mean, var)
     out, saved = BatchNormCore.trainForward(
         data, layout, scale=scale, bias=bias, running=running, epsilon=epsilon, factor=factor, out=out,
-        statShape=scale.shape if mean is None else mean.shape, statType=BatchNormCore.float32,
+        statShape=scale.shape if mean is None else mean.shape, statType=BatchNormCore.float32, skipped=skipped,
     )
     return out, saved.mean, saved.invstd
 
@@ -149,7 +168,7 @@ def batchNormNdBackward(
             raise ValueError("%s is needed for the backward pass after %s forward" % (name, after))
         layout.checkPerMap(name, ary, perMap)
     if scalegrad is not None or biasgrad is not None:
-        checkParamGradOutputs(layout, outs, data=data, grad=grad, scale=scale, **stats)
+        checkPerMapOutputs(layout, outs, data=data, grad=grad, scale=scale, **stats)
 
     if test:
         checkEpsilon(epsilon)
@@ -163,7 +182,7 @@ def batchNormNdBackward(
     )
 
 
-def checkParamGradOutputs(layout, outs, **inputs):
+def checkPerMapOutputs(layout, outs, **inputs):
     """Raises ValueError unless each array of `outs` (``{name: GPUArray or None}``) is a float32 per-map array of
     `layout` sharing no byte with the arrays of `inputs` or with the other output."""
     given = [(name, ary) for name, ary in outs.items() if ary is not None]

@@ -87,7 +87,7 @@ def batchNormTrain(
     newRunning = RunningStatistics(runningMean.copy(), runningVar.copy()) if running else None
     out, saved = BatchNormCore.trainForward(
         inputs, layout, scale=gamma, bias=beta, running=newRunning, epsilon=epsilon, factor=runningAverageFactor,
-        out=None, statShape=gamma.shape, statType=BatchNormCore.statType(inputs.dtype),
+        out=None, statShape=gamma.shape, statType=BatchNormCore.statType(inputs.dtype), skipped=None,
     )
     return (out, saved.mean, saved.invstd) + (tuple(newRunning) if running else ())
 

@@ -268,11 +268,13 @@ def overheadTable(torch, calls):
     running, saved = RunningStatistics(bn.mean, bn.var), BatchStatistics(bn.savemean, bn.saveinvvar)
     scratch = BatchStatistics(perMap[0], perMap[1])
     sums = {"scalegrad": perMap[2], "biasgrad": perMap[3]}
+    # NOTE: the module's default: the running update guarded against non-finite batch statistics
+    skipped = gpuarray.zeros(bn.scale.shape, np.float32)
 
     def primitives(module):
         return {
             "train": lambda: module.trainForward(xd, out, shape3, scale=bn.scale, bias=bn.bias, running=running,
-                                                 saved=scratch, epsilon=EPS, factor=MOMENTUM),
+                                                 saved=scratch, epsilon=EPS, factor=MOMENTUM, skipped=skipped),
             "backward": lambda: module.backward(xd, dyd, ingrad, shape3, scale=bn.scale, saved=saved, **sums),
             "eval": lambda: module.evalForward(xd, out, shape3, scale=bn.scale, bias=bn.bias, running=running,
                                                epsilon=EPS),

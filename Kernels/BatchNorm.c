@@ -314,6 +314,7 @@ typedef struct
     double epsilon, factor;
     unsigned doubleMask;
     int bitSavedMean, bitSavedSecond, bitRunMean, bitRunVar;
+    float *skipped;                // nullable: the per-map counts of running updates skipped (see finalizeStatistics)
 } StatisticsOutputs;
 
 // Writes the statistics of maps [c, c + n), n <= MAP_CHUNK, from their merged (mean, m2) over m elements each, and
@@ -339,6 +340,13 @@ static void finalizeStatistics(const StatisticsOutputs *out, i64 c, i64 n, doubl
         // NOTE: the running variance is unbiased (m / (m - 1)), as in Theano and cuDNN
         for (i64 j = 0; j < n; j++)
         {
+            // NOTE: with a skip counter, a map whose batch statistics are not finite (a NaN or inf in its data, or a
+            // variance past the double range) keeps its running statistics, and its counter counts the batch
+            if (out->skipped != NULL && !(isfinite(mean[j]) && isfinite(sigma2[j])))
+            {
+                out->skipped[c + j] += 1.0f;
+                continue;
+            }
             runMean[j] = (1.0 - f) * runMean[j] + f * mean[j];
             runVar[j] = (1.0 - f) * runVar[j] + f * sigma2[j] * unbias;
         }
@@ -883,15 +891,18 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
 }
 
 // Training forward (Contract.trainForward): y = (x - mu) * invstd * scale + bias; writes savedMean = mu and
-// savedInvstd = invstd; updates runMean and runVar (both nullable) with factor.
+// savedInvstd = invstd; updates runMean and runVar (both nullable) with factor, but for the maps whose batch mean or
+// variance is not finite where skipped (float32, nullable) is given: those keep theirs and count 1 in skipped.
 // Per-map pointers, by bit of doubleMask: 0 scale, 1 bias, 2 runMean, 3 runVar, 4 savedMean, 5 savedInvstd.
 BN_EXPORT int BN_NAME(bnTrainForward)(const Data *x, Data *y, i64 outer, i64 maps, i64 inner, int threads,
                                       const void *scale, const void *bias, void *runMean, void *runVar,
-                                      void *savedMean, void *savedInvstd, double epsilon, double factor,
-                                      unsigned doubleMask)
+                                      void *savedMean, void *savedInvstd, float *skipped, double epsilon,
+                                      double factor, unsigned doubleMask)
 {
     Geometry geo = geometryOf(outer, maps, inner, threads);
-    StatisticsOutputs out = {savedMean, savedInvstd, 0, runMean, runVar, epsilon, factor, doubleMask, 4, 5, 2, 3};
+    StatisticsOutputs out = {
+        savedMean, savedInvstd, 0, runMean, runVar, epsilon, factor, doubleMask, 4, 5, 2, 3, skipped,
+    };
     return BN_NAME(statisticsAndNormalize)(x, y, &geo, scale, bias, &out);
 }
 
@@ -901,7 +912,7 @@ BN_EXPORT int BN_NAME(bnMoments)(const Data *x, i64 outer, i64 maps, i64 inner, 
                                  void *savedVar, unsigned doubleMask)
 {
     Geometry geo = geometryOf(outer, maps, inner, threads);
-    StatisticsOutputs out = {savedMean, savedVar, 1, NULL, NULL, 0.0, 0.0, doubleMask, 4, 5, 2, 3};
+    StatisticsOutputs out = {savedMean, savedVar, 1, NULL, NULL, 0.0, 0.0, doubleMask, 4, 5, 2, 3, NULL};
     return BN_NAME(statisticsAndNormalize)(x, NULL, &geo, NULL, NULL, &out);
 }
 

@@ -372,13 +372,15 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 //   runningVar = (1 - factor) * runningVar + factor * sigma2 * m / (m - 1)
 // (the running variance is unbiased, as in Theano and cuDNN). runningMean/runningVar may be null (no running update).
 // savedVar may be null; when given it receives sigma2 (biased), the moments processes exchange to merge their batches.
+// skipped may be null; when given, a channel whose mu or sigma2 is not finite (a NaN or inf in its data, or a float32
+// overflow of its variance) keeps its running statistics and counts 1 in skipped[c] (no other thread touches it).
 // shiftStride: distance between the first elements of consecutive channels (inner for spatial, 1 for rows).
 // grid = ceil(maps / FINALIZE_WARPS), block = (32, FINALIZE_WARPS).
 template <typename T>
 __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2,
 							  int splits, int maps, int64 m, float epsilon, float factor,
 							  float *savedMean, float *savedInvstd, float *runningMean, float *runningVar,
-							  float *savedVar)
+							  float *savedVar, float *skipped)
 {
 	int c = blockIdx.x * FINALIZE_WARPS + threadIdx.y;
 	if (c >= maps)
@@ -407,7 +409,9 @@ __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, co
 		if (savedVar != 0)
 			savedVar[c] = sigma2;
 
-		if (runningMean != 0)
+		if (runningMean != 0 && skipped != 0 && !(isfinite(mu) && isfinite(sigma2)))
+			skipped[c] += 1.0f;
+		else if (runningMean != 0)
 		{
 			float unbias = (float)((double)m / (double)(m - 1));
 			runningMean[c] = (1.0f - factor) * runningMean[c] + factor * mu;
@@ -799,10 +803,10 @@ BN_ENTRIES(__half, f16, 8)
 	extern "C" __global__ void bnStatsFinalize_##SUF( \
 		const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2, int splits, int maps, \
 		int64 m, float epsilon, float factor, float *savedMean, float *savedInvstd, float *runningMean, \
-		float *runningVar, float *savedVar) \
+		float *runningVar, float *savedVar, float *skipped) \
 	{ \
 		statsFinalize<T>(x, shiftStride, pn, pmean, pm2, splits, maps, m, epsilon, factor, \
-						 savedMean, savedInvstd, runningMean, runningVar, savedVar); \
+						 savedMean, savedInvstd, runningMean, runningVar, savedVar, skipped); \
 	}
 
 BN_FINALIZE_ENTRY(float, f32)

@@ -31,8 +31,13 @@ class BatchNorm1D(BatchNormND):
         empty=False,
         inplace=False,
         axis=1,
+        *,
+        skipNonFinite=True,
     ):
-        super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis)
+        super().__init__(
+            1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis,
+            skipNonFinite=skipNonFinite,
+        )
 
 
 def unittest():

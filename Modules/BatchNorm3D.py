@@ -30,8 +30,13 @@ class BatchNorm3D(BatchNormND):
         empty=False,
         inplace=False,
         axis=1,
+        *,
+        skipNonFinite=True,
     ):
-        super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis)
+        super().__init__(
+            3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis,
+            skipNonFinite=skipNonFinite,
+        )
 
 
 def unittest():

@@ -1,6 +1,7 @@
 """BatchNormND: batch normalization of maps over the batch and all spatial axes (channels first or last)."""
 
 import math
+import warnings
 
 import numpy as np
 
@@ -47,12 +48,19 @@ class BatchNormND(Module):
             error.
         axis (int): the maps' axis, 1 (channels first, the default) to nd + 1; negative values count from the end
             (-1: channels last). Kept as the non-negative index in ``bn.axis``.
+        skipNonFinite (bool): keyword only. True (the default): a map whose batch mean or variance is not finite (a
+            NaN or inf in its data, as mixed precision produces) keeps its running statistics in that training
+            forward, the map's count in ``skipCounts`` grows by 1, and the module warns (RuntimeWarning) the first
+            time it learns of one; the output of that batch is what the formula gives. False: the running update of
+            PyTorch and cuDNN, where one such batch turns the map's running statistics into NaN for good.
 
     Attributes:
         scale, bias (GPUArray): float32, of the data's rank with `maps` on `axis` and 1 elsewhere: (1, maps, 1, ..., 1)
             channels first, (1, ..., 1, maps) channels last; trainable (``vars``) when `affine`.
         mean, var (GPUArray): float32 running statistics of the same shape (``attrs``), initially 0 and 1.
         numOfProps (int): training forwards so far.
+        skipCounts (GPUArray or None): float32 per-map counts of the running updates skipped (``skipNonFinite``);
+            None until the first guarded training forward. ``skippedUpdates`` (int) is their total.
         savemean, saveinvvar (GPUArray): the last training batch's mean and 1 / sqrt(sigma2 + epsilon).
 
     Shape:
@@ -89,6 +97,8 @@ class BatchNormND(Module):
         empty=False,
         inplace=False,
         axis=1,
+        *,
+        skipNonFinite=True,
     ):
         owner = type(self).__name__
         checkPositiveInt(owner, "nd", nd)
@@ -99,7 +109,8 @@ class BatchNormND(Module):
         checkNumber(owner, "initFactor", initFactor, "in (0, 1]", lambda v: 0 < v <= 1)
         checkNumber(owner, "minFactor", minFactor, "in [0, 1]", lambda v: 0 <= v <= 1)
         checkNumber(owner, "sscale", sscale, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
-        for flag, value in (("affine", affine), ("empty", empty), ("inplace", inplace)):
+        flags = (("affine", affine), ("empty", empty), ("inplace", inplace), ("skipNonFinite", skipNonFinite))
+        for flag, value in flags:
             checkBool(owner, flag, value)
 
         super().__init__(name)
@@ -110,6 +121,8 @@ class BatchNormND(Module):
         self.savemean, self.saveinvvar = None, None
         # NOTE: set by `PopulationStatistics.recomputeStatistics` only: called with the input of an evaluation forward
         self.statisticsCollector = None
+        self.skipNonFinite = bool(skipNonFinite)
+        self.skipCounts, self.skipMirror, self.warnedSkips = None, None, False
 
         self.scale, self.bias, self.mean, self.var = None, None, None, None
         if not empty:
@@ -246,19 +259,57 @@ class BatchNormND(Module):
 
             factor = self.nextFactor()
             result, savemean, saveinvvar = Dnn.batchNormNd(
-                self.toDnn(data), self.scale, self.bias, self.mean, self.var, self.epsilon, factor, mode=self.dnnAxes
+                self.toDnn(data), self.scale, self.bias, self.mean, self.var, self.epsilon, factor, mode=self.dnnAxes,
+                skipped=self.skipCounter(),
             )
         except ValueError as e:
             raise ModuleError("%s: %s" % (self.describe(), e)) from None
 
+        self.warnOfSkips()
         self.numOfProps += 1
         self.savemean, self.saveinvvar = savemean, saveinvvar
         return self.fromDnn(result, data)
 
     def stateArrays(self, call, updParamGrads=True):
         if call == "forward" and self.train:
-            return [self.mean, self.var]
+            return [self.mean, self.var] + ([] if self.skipCounts is None else [self.skipCounts])
         return super().stateArrays(call, updParamGrads)
+
+    # --- running updates skipped for non-finite statistics
+
+    def skipCounter(self):
+        """``skipCounts`` (created at the first call) when the running update is guarded, else None."""
+        if not self.skipNonFinite:
+            return None
+        if self.skipCounts is None:
+            arrays = self.mean.backend.gpuarray
+            self.skipCounts = arrays.zeros(self.mean.shape, np.float32)
+            self.skipMirror = arrays.HostMirror(self.skipCounts)
+        return self.skipCounts
+
+    def warnOfSkips(self):
+        """Warns once when the counts show a skipped update. The counts come through a `HostMirror`, which never waits
+        for the device: on CUDA the warning can come a forward or two after the batch."""
+        if self.skipMirror is None or self.warnedSkips:
+            return
+        self.skipMirror.refresh()
+        counts = self.skipMirror.latest()
+        if counts is not None and counts.any():
+            self.warnedSkips = True
+            warnings.warn(
+                "%s: a training batch had a non-finite mean or variance in %d of %d maps (a NaN or inf in the data); "
+                "their running statistics were left as they were (bn.skippedUpdates counts such updates; this warning "
+                "is given once; skipNonFinite=False lets them in, as PyTorch does)"
+                % (self.describe(), np.count_nonzero(counts), self.maps),
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    @property
+    def skippedUpdates(self):
+        """The running updates of single maps skipped so far for non-finite batch statistics (an int; reading it waits
+        for the device)."""
+        return 0 if self.skipCounts is None else int(self.skipCounts.get().sum(dtype=np.float64))
 
     def checkBackward(self, updParamGrads):
         """After an in-place evaluation forward the input is gone (the output overwrote it), and the scale gradient

@@ -125,12 +125,19 @@ class SyncStatistics:
         factor = self.nextFactor()
         runningMean = self.mean.get().astype(np.float64).reshape(self.maps)
         runningVar = self.var.get().astype(np.float64).reshape(self.maps)
-        self.mean.set(((1.0 - factor) * runningMean + factor * mu).astype(np.float32).reshape(self.mean.shape))
-        self.var.set(
-            ((1.0 - factor) * runningVar + factor * sigma2 * (count / (count - 1))).astype(np.float32)
-            .reshape(self.var.shape)
-        )
+        newMean = (1.0 - factor) * runningMean + factor * mu
+        newVar = (1.0 - factor) * runningVar + factor * sigma2 * (count / (count - 1))
+        counts = self.skipCounter()
+        if counts is not None:
+            # NOTE: the guard of BatchNormND's kernels, here on the host where the merged statistics are
+            finite = np.isfinite(mu) & np.isfinite(sigma2)
+            newMean, newVar = np.where(finite, newMean, runningMean), np.where(finite, newVar, runningVar)
+            if not finite.all():
+                counts.set(counts.get() + (~finite).astype(np.float32).reshape(counts.shape))
+        self.mean.set(newMean.astype(np.float32).reshape(self.mean.shape))
+        self.var.set(newVar.astype(np.float32).reshape(self.var.shape))
 
+        self.warnOfSkips()
         self.numOfProps += 1
         self.savemean, self.saveinvvar, self.globalCount = savemean, saveinvvar, count
         return self.fromDnn(out, data)
@@ -197,7 +204,8 @@ class SyncBatchNormND(SyncStatistics, BatchNormND):
     computes what `BatchNormND` does.
 
     Args:
-        nd, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis: as in `BatchNormND`.
+        nd, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis, skipNonFinite: as in
+            `BatchNormND` (the guard applies to the merged statistics).
         comm (mpi4py.MPI.Intracomm or None): keyword only; ``MPI.COMM_WORLD`` when None.
 
     Shape:

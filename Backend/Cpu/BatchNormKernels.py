@@ -69,9 +69,10 @@ def implementation(dtype):
     return CBatchNorm if dtype.char in CBatchNorm.kernels else NumpyBatchNorm
 
 
-def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
+def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped):
     implementation(data.dtype).trainForward(
-        data, out, shape3, scale=scale, bias=bias, running=running, saved=saved, epsilon=epsilon, factor=factor
+        data, out, shape3, scale=scale, bias=bias, running=running, saved=saved, epsilon=epsilon, factor=factor,
+        skipped=skipped,
     )
 
 

@@ -20,7 +20,7 @@ NAME = "c"
 pointer, i64, cint, double, uint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_uint
 SHAPE = [i64, i64, i64, cint]
 SIGNATURES = {
-    "bnTrainForward": [pointer, pointer] + SHAPE + [pointer] * 6 + [double, double, uint],
+    "bnTrainForward": [pointer, pointer] + SHAPE + [pointer] * 7 + [double, double, uint],
     "bnMoments": [pointer] + SHAPE + [pointer, pointer, uint],
     "bnNormalize": [pointer, pointer] + SHAPE + [pointer] * 4 + [cint, double, uint],
     "bnBackward": [pointer, pointer, pointer] + SHAPE + [cint] + [pointer] * 5 + [double, double, uint],
@@ -79,11 +79,11 @@ def check(status):
         raise MemoryError("the CPU batch-norm kernel could not allocate its per-map workspace")
 
 
-def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
+def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped):
     runMean, runVar = (None, None) if running is None else running
     check(kernels[data.dtype.char]["bnTrainForward"](
         data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, ptr(runMean), ptr(runVar),
-        saved.mean.ptr, saved.invstd.ptr, epsilon, factor,
+        saved.mean.ptr, saved.invstd.ptr, ptr(skipped), epsilon, factor,
         perMapMask(data, scale, bias, runMean, runVar, saved.mean, saved.invstd),
     ))
 

@@ -163,6 +163,20 @@ def hostBuffer(shape, dtype=np.float32):
     return np.empty(shape, dtype)
 
 
+class HostMirror:
+    """`Contract.GPUArrayModule.HostMirror`: the array's memory is host memory, so its mirror is the array itself,
+    always up to date (a view, no copy)."""
+
+    def __init__(self, ary):
+        self.view = hostView(ary)
+
+    def refresh(self):
+        pass
+
+    def latest(self):
+        return self.view
+
+
 def zeros(shape, dtype=np.float32):
     """Returns an array of zeros of `shape` and `dtype` from the memory pool."""
     return empty(shape, dtype).fill(0)

@@ -102,10 +102,13 @@ class Chunks:
 
         def runGroup(t):
             scratch = None if workspace is None else hostView(workspace)[t]
-            for rows in groups[t]:
-                if stop.is_set():
-                    return
-                work(rows, None if scratch is None else scratch[: (rows.stop - rows.start) * self.rowLength])
+            # NOTE: a NaN or inf in the data gives what the formulas give, quietly, as in the C and CUDA kernels
+            # (numpy's error state is per thread, so it is set here)
+            with np.errstate(invalid="ignore", over="ignore"):
+                for rows in groups[t]:
+                    if stop.is_set():
+                        return
+                    work(rows, None if scratch is None else scratch[: (rows.stop - rows.start) * self.rowLength])
 
         # NOTE: a single chunk runs on the calling thread; handing it to the pool would only add latency
         if len(groups) == 1:
@@ -194,7 +197,6 @@ def moments(chunks, x, corrected=False):
         return mu, chunks.sums(x, x, center=mu, dtype=ctype) / m
 
     # NOTE: the corrected two-pass algorithm (Chan, Golub & LeVeque 1983): the second pass also sums the deviations
-    # from the first pass's mean, which repairs that mean where its float32 partial sums, long columns, lost digits
     # from the first pass's mean, which repairs that mean where its float32 partial sums, long columns, lost digits;
     # the deviations are taken from the center as the pass uses it, rounded to the compute type
     center = mu.astype(ctype).astype(np.float64)
@@ -202,14 +204,16 @@ def moments(chunks, x, corrected=False):
     return center + deviation / m, np.maximum(squares / m - (deviation / m) ** 2, 0.0)
 
 
-def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
-    """The statistics of `moments`, then one normalization pass."""
+def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped):
+    """The statistics of `moments`, then one normalization pass; with `skipped`, the maps whose batch mean or variance
+    is not finite keep their running statistics and count 1 there."""
     chunks = Chunks(shape3)
     maps, m = shape3[1], shape3[0] * shape3[2]
     x, y = chunks.view(data), chunks.view(out)
 
-    mu, sigma2 = moments(chunks, x)
-    invstd = 1.0 / np.sqrt(sigma2 + epsilon)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mu, sigma2 = moments(chunks, x)
+        invstd = 1.0 / np.sqrt(sigma2 + epsilon)
     normalizeRows(chunks, x, y, center=mu, gain=invstd * mapVector(scale, maps), shift=mapVector(bias, maps))
 
     mapVector(saved.mean, maps)[...] = mu
@@ -217,8 +221,13 @@ def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, fac
 
     if running is not None:
         runningMean, runningVar = mapVector(running.mean, maps), mapVector(running.var, maps)
-        runningMean[...] = (1.0 - factor) * runningMean + factor * mu
-        runningVar[...] = (1.0 - factor) * runningVar + factor * sigma2 * (m / (m - 1))
+        newMean = (1.0 - factor) * runningMean + factor * mu
+        newVar = (1.0 - factor) * runningVar + factor * sigma2 * (m / (m - 1))
+        if skipped is not None:
+            finite = np.isfinite(mu) & np.isfinite(sigma2)
+            newMean, newVar = np.where(finite, newMean, runningMean), np.where(finite, newVar, runningVar)
+            mapVector(skipped, maps)[...] += ~finite
+        runningMean[...], runningVar[...] = newMean, newVar
 
 
 def batchStatistics(data, shape3, *, saved):

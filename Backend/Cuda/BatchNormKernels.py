@@ -125,9 +125,11 @@ def reduceGradient(data, grad, shape3, mean, finalize, **finalizeArguments):
     kernels.launch(finalize, grid, block, psum=psum, pdot=pdot, splits=splits, maps=maps, **finalizeArguments)
 
 
-def reduceMoments(data, shape3, *, savedMean, savedInvstd, savedVar, runningMean, runningVar, epsilon, factor):
+def reduceMoments(data, shape3, *, savedMean, savedInvstd, savedVar, runningMean, runningVar, epsilon, factor,
+                  skipped=None):
     """Partial moments per block (Welford within a thread, Chan across threads), then ``bnStatsFinalize`` merges them
-    per map and writes the saved statistics, `savedVar` (the biased variance) and the running update where given."""
+    per map and writes the saved statistics, `savedVar` (the biased variance) and the running update where given (with
+    `skipped`, not for maps whose statistics are not finite: those count 1 there)."""
     outer, maps, inner = shape3
     suffix = suffixes[data.dtype]
     vec = vectorWidth(suffix, inner if inner > 1 else maps, data)
@@ -150,17 +152,17 @@ def reduceMoments(data, shape3, *, savedMean, savedInvstd, savedVar, runningMean
     kernels.launch(
         declared.statsFinalize, grid, block, {"dtype": suffix}, x=data, shiftStride=inner, pn=pn, pmean=pmean, pm2=pm2,
         splits=splits, maps=maps, m=outer * inner, epsilon=epsilon, factor=factor, savedMean=savedMean,
-        savedInvstd=savedInvstd, runningMean=runningMean, runningVar=runningVar, savedVar=savedVar,
+        savedInvstd=savedInvstd, runningMean=runningMean, runningVar=runningVar, savedVar=savedVar, skipped=skipped,
     )
 
 
-def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor):
+def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped):
     """Kernels: partial moments -> merge per map and running update (`reduceMoments`) -> normalization."""
     runningArrays = (None, None) if running is None else running
-    checkShapes(shape3, (data, out), (scale, bias, *runningArrays, *saved))
+    checkShapes(shape3, (data, out), (scale, bias, *runningArrays, *saved, skipped))
     reduceMoments(
         data, shape3, savedMean=saved.mean, savedInvstd=saved.invstd, savedVar=None, runningMean=runningArrays[0],
-        runningVar=runningArrays[1], epsilon=epsilon, factor=factor,
+        runningVar=runningArrays[1], epsilon=epsilon, factor=factor, skipped=skipped,
     )
 
     params = ChannelParams(mean=saved.mean, invstd=saved.invstd, scale=scale, bias=bias)

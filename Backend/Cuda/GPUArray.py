@@ -219,6 +219,33 @@ def hostBuffer(shape, dtype=np.float32):
     return cuda.pagelocked_empty(gpuarray.normalizeShape(shape), np.dtype(dtype))
 
 
+class HostMirror:
+    """`Contract.GPUArrayModule.HostMirror`: a page-locked host buffer filled by an asynchronous copy queued on the
+    legacy default stream (after the work that writes the array), and an event that says when it has landed. A refresh
+    while a copy is under way queues nothing, so the buffer is never written while it is read."""
+
+    def __init__(self, ary):
+        self.ary = ary
+        self.buffer = hostBuffer(ary.shape, ary.dtype)
+        self.landed = None
+        self.event = None
+
+    def poll(self):
+        if self.event is not None and self.event.query():
+            self.landed, self.event = self.buffer.copy(), None
+
+    def refresh(self):
+        self.poll()
+        if self.event is None:
+            cuda.memcpy_dtoh_async(self.buffer, self.ary.ptr)
+            self.event = cuda.Event()
+            self.event.record()
+
+    def latest(self):
+        self.poll()
+        return self.landed
+
+
 def zeros(shape, dtype=np.float32):
     """Returns an array of zeros of `shape` and `dtype` from the memory pool."""
     return empty(shape, dtype).fill(0)

@@ -232,7 +232,7 @@ def test_forward_primitives(monkeypatch, name, dtype, case):
         out = GPUArray.empty(shape3, dtype)
         saved = BatchStatistics(GPUArray.empty((maps,), mapType), GPUArray.empty((maps,), mapType))
         kernels.trainForward(data, out, shape3, scale=gpuScale, bias=gpuBias, running=running, saved=saved,
-                             epsilon=EPS, factor=FACTOR)
+                             epsilon=EPS, factor=FACTOR, skipped=None)
         checkTrainOut("trainForward out", out.get(), refOut, tol)
         check("saved mean", saved.mean.get(), refMean, tol["stats"])
         check("saved invstd", saved.invstd.get(), refInvstd, tol["stats"])
@@ -627,7 +627,7 @@ def test_a_compiler_that_refuses_the_optional_options_still_builds_working_kerne
     data, out = GPUArray.to_gpu(host), GPUArray.empty(shape3, np.float32)
     saved = BatchStatistics(GPUArray.empty((3,)), GPUArray.empty((3,)))
     CBatchNorm.trainForward(data, out, shape3, scale=GPUArray.to_gpu(scale), bias=GPUArray.to_gpu(bias),
-                            running=None, saved=saved, epsilon=EPS, factor=FACTOR)
+                            running=None, saved=saved, epsilon=EPS, factor=FACTOR, skipped=None)
     moments = BatchMoments(GPUArray.empty((3,), np.float64), GPUArray.empty((3,), np.float64))
     CBatchNorm.batchStatistics(data, shape3, saved=moments)
 

@@ -61,7 +61,7 @@ def test_train_forward(backend, name, dtype):
     saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
     backend.batchNorm.trainForward(
         arrays.to_gpu(host), out, shape3, scale=arrays.to_gpu(scale), bias=arrays.to_gpu(bias), running=running,
-        saved=saved, epsilon=eps, factor=factor,
+        saved=saved, epsilon=eps, factor=factor, skipped=None,
     )
 
     ref = Reference.batchNormTrain(host, scale, bias, AXES, eps)
@@ -242,12 +242,49 @@ def test_large_mean(backend, shape3):
     saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
     backend.batchNorm.trainForward(
         arrays.to_gpu(host), arrays.empty(shape3), shape3, scale=arrays.zeros((maps,)).fill(1.0),
-        bias=arrays.zeros((maps,)), running=running, saved=saved, epsilon=0.0, factor=1.0,
+        bias=arrays.zeros((maps,)), running=running, saved=saved, epsilon=0.0, factor=1.0, skipped=None,
     )
 
     np.testing.assert_allclose(running.var.get(), ref.unbiasedVar.ravel(), rtol=1e-3)
     np.testing.assert_allclose(1.0 / saved.invstd.get().astype(np.float64) ** 2, ref.var.ravel(), rtol=1e-3)
     np.testing.assert_allclose(saved.mean.get(), ref.mean.ravel(), rtol=1e-6)
+
+
+@dtypes
+@cases
+def test_train_forward_guard_keeps_running_statistics_of_non_finite_maps(backend, name, dtype):
+    """Maps 0 and 1 hold a NaN and an inf: with a counter they keep their running statistics and count 1, the others
+    take the reference update; without one, NaN enters the two maps' running statistics (cuDNN's and PyTorch's
+    update). The outputs of the finite maps are the reference's either way."""
+    shape3 = CASES[name]
+    rng = np.random.default_rng(4)
+    arrays, maps = backend.gpuarray, shape3[1]
+    host = makeData(rng, shape3, dtype)
+    host[shape3[0] - 1, 0, shape3[2] - 1] = np.nan
+    host[0, 1, 0] = np.inf
+    scale, bias, mean, var = makeParams(rng, maps)
+    counts = np.zeros(maps, np.float32)
+    counts[1] = 2.0
+
+    ref = Reference.batchNormTrain(host[:, 2:], scale[2:], bias[2:], AXES, 1e-5)
+    newMean, newVar = Reference.runningUpdate(mean[2:], var[2:], ref.mean.ravel(), ref.var.ravel(), ref.m, 0.3)
+    for guarded in (True, False):
+        out = arrays.empty(shape3, dtype)
+        running = RunningStatistics(arrays.to_gpu(mean), arrays.to_gpu(var))
+        saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
+        skipped = arrays.to_gpu(counts) if guarded else None
+        backend.batchNorm.trainForward(
+            arrays.to_gpu(host), out, shape3, scale=arrays.to_gpu(scale), bias=arrays.to_gpu(bias), running=running,
+            saved=saved, epsilon=1e-5, factor=0.3, skipped=skipped,
+        )
+        np.testing.assert_allclose(out.get()[:, 2:].astype(np.float64), ref.out, **TOL[dtype], err_msg=name)
+        np.testing.assert_allclose(running.mean.get()[2:], newMean, **STAT_TOL[dtype], err_msg=name)
+        np.testing.assert_allclose(running.var.get()[2:], newVar, **STAT_TOL[dtype], err_msg=name)
+        if guarded:
+            assert np.array_equal(running.mean.get()[:2], mean[:2]) and np.array_equal(running.var.get()[:2], var[:2])
+            assert skipped.get().tolist() == [1.0, 3.0] + [0.0] * (maps - 2)
+        else:
+            assert not np.isfinite(running.var.get()[:2]).any()
 
 
 def test_training_loop_makes_no_raw_allocation(backend):
@@ -262,7 +299,7 @@ def test_training_loop_makes_no_raw_allocation(backend):
         saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
         scalegrad, biasgrad = arrays.empty((maps,)), arrays.empty((maps,))
         backend.batchNorm.trainForward(data, out, shape3, scale=scale, bias=bias, running=RunningStatistics(mean, var),
-                                       saved=saved, epsilon=1e-5, factor=0.1)
+                                       saved=saved, epsilon=1e-5, factor=0.1, skipped=None)
         backend.batchNorm.backward(data, grad, ingrad, shape3, scale=scale, saved=saved, scalegrad=scalegrad,
                                    biasgrad=biasgrad)
 
