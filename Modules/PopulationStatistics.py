@@ -16,9 +16,9 @@ class StatisticsTaken(Exception):  # noqa: N818 (a signal, not an error)
 
 
 class MomentsAccumulator:
-    """The per-map element count, mean and sum of squared deviations (M2) of every batch a module is given, merged
-    exactly in float64 with the pairwise formula of Chan, Golub & LeVeque (1979), so the result does not depend on how
-    the set is cut into batches.
+    """The per-map element count, mean and biased variance of every batch a module is given, merged exactly in float64
+    with the pairwise formula of Chan, Golub & LeVeque (1979) (`Collective.mergeMoments`), so the result does not
+    depend on how the set is cut into batches.
 
     Installed as a module's ``statisticsCollector``: `BatchNormND` calls it with its (checked) input in an evaluation
     forward; it adds the batch's moments, then raises `StatisticsTaken`.
@@ -28,7 +28,7 @@ class MomentsAccumulator:
         self.module = module
         self.count = 0
         self.mean = np.zeros(module.maps, np.float64)
-        self.m2 = np.zeros(module.maps, np.float64)
+        self.var = np.zeros(module.maps, np.float64)
 
     def __call__(self, module, data):
         n = module.elementsPerMap(data.shape)
@@ -38,21 +38,17 @@ class MomentsAccumulator:
             moments = BatchMoments(record[0].reshape(module.paramShape), record[1].reshape(module.paramShape))
             Dnn.batchNormNdStatistics(module.toDnn(data), module.dnnAxes, out=moments)
             mu, var = record.get()
-
-            total = self.count + n
-            delta = mu - self.mean
-            self.mean = self.mean + delta * (n / total)
-            self.m2 = self.m2 + var * n + delta * delta * (self.count * n / total)
-            self.count = total
+            self.count, self.mean, self.var = mergeMoments(
+                np.array([self.count, n]), np.stack([self.mean, mu]), np.stack([self.var, var])
+            )
         raise StatisticsTaken()
 
     def merged(self):
         """``(count, mean, var)`` over the whole set, var biased; for a synchronized module, over the sets of every
         process (one exchange, merged in rank order, so every process computes the same bits)."""
         if not isinstance(self.module, SyncStatistics):
-            return self.count, self.mean, self.m2 / self.count if self.count else self.m2
-        local = np.concatenate(([self.count], self.mean, self.m2 / self.count if self.count else self.m2))
-        gathered = self.module.exchange.allgatherHost(local)
+            return self.count, self.mean, self.var
+        gathered = self.module.exchange.allgatherHost(np.concatenate(([self.count], self.mean, self.var)))
         maps = self.module.maps
         return mergeMoments(gathered[:, 0], gathered[:, 1 : 1 + maps], gathered[:, 1 + maps :])
 
