@@ -12,7 +12,7 @@ import numpy as np
 from PuzzleLib.Backend import Permute
 from PuzzleLib.Backend.BatchNormLayout import layoutOf
 from PuzzleLib.Backend.Checks import checkArray
-from PuzzleLib.Backend.Contract import BatchMoments, BatchStatistics
+from PuzzleLib.Backend.Contract import AffineParams, BatchMoments, BatchStatistics, RenormCorrection
 
 float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
 
@@ -113,6 +113,53 @@ def inputGradient(data, grad, layout, *, scale, saved, scalegrad, biasgrad, coun
     return finishOutput(layout, work, ingrad)
 
 
+def renormForward(
+    data, layout, *, scale, bias, running, renorm, epsilon, factor, renormMomentum, clipping, out, statShape, statType,
+    skipped,
+):
+    """Batch Renormalization's training forward: the batch moments (`batchStatistics`), the per-map step
+    (`Contract.BatchNormPrimitives.renormStatistics`, which updates `running` and `renorm` in place), then the
+    normalization pass with the corrected scale and bias (on CUDA the data is read twice, as in `trainForward`).
+
+    Returns ``(out, saved, correction)``: the output (into `out`, or a new pool array), the `BatchStatistics` and the
+    `RenormCorrection` of the batch, new arrays of `statShape` and `statType`.
+    """
+    arrays = data.backend.gpuarray
+    out = arrays.empty(data.shape, data.dtype) if out is None else out
+    saved = BatchStatistics(arrays.empty(statShape, statType), arrays.empty(statShape, statType))
+    correction = RenormCorrection(arrays.empty(statShape, statType), arrays.empty(statShape, statType))
+    if data.size == 0:
+        return out, saved, correction
+
+    moments = batchStatistics(data, layout, statType=statType, out=None)
+    corrected = AffineParams(arrays.empty(scale.shape, scale.dtype), arrays.empty(bias.shape, bias.dtype))
+    outer, _, inner = layout.shape3
+    data.backend.batchNorm.renormStatistics(
+        moments, outer * inner, scale=scale, bias=bias, running=running, renorm=renorm, saved=saved,
+        correction=correction, corrected=corrected, epsilon=epsilon, factor=factor, renormMomentum=renormMomentum,
+        clipping=clipping, skipped=skipped,
+    )
+    return normalize(data, layout, scale=corrected.scale, bias=corrected.bias, saved=saved, out=out), saved, correction
+
+
+def renormBackward(
+    data, grad, layout, *, scale, saved, correction, updGrad, gradType, paramGrads=(None, None), ingrad=None
+):
+    """Backward after a Batch Renormalization forward, r and d constants: the training backward with the scale
+    ``r * scale``, whose scale gradient ``sum(grad * xhat)`` then becomes ``r * sum(grad * xhat) + d * sum(grad)``
+    (the gradient of ``(xhat * r + d) * scale``). Returns as `trainBackward`."""
+    renormCombine = data.backend.batchNorm.renormCombine
+    correctedScale = data.backend.gpuarray.empty(scale.shape, scale.dtype)
+    renormCombine(correction, scale, None, correctedScale)
+    ingrad, scalegrad, biasgrad = trainBackward(
+        data, grad, layout, scale=correctedScale, saved=saved, updGrad=updGrad, gradType=gradType,
+        paramGrads=paramGrads, ingrad=ingrad,
+    )
+    if data.size:
+        renormCombine(correction, scalegrad, biasgrad, scalegrad)
+    return ingrad, scalegrad, biasgrad
+
+
 def evalForward(data, layout, *, scale, bias, running, epsilon, out):
     """Normalizes with the given statistics (a `RunningStatistics`); `out` may be `data` (in place) or None (a new pool
     array). Returns the output."""
@@ -127,12 +174,12 @@ def evalForward(data, layout, *, scale, bias, running, epsilon, out):
     return finishOutput(layout, work, out)
 
 
-def backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, **statistics):
-    """Allocates ``(ingrad, scalegrad, biasgrad)`` (ingrad like `data`, None unless `updGrad`; the parameter gradients
-    of scale's shape and `gradType`, or the arrays `paramGrads` names), runs `primitive` with `statistics` over the
-    layout and returns them."""
+def backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, ingrad, **statistics):
+    """Allocates ``(ingrad, scalegrad, biasgrad)`` (ingrad like `data`, None unless `updGrad`, or the given one; the
+    parameter gradients of scale's shape and `gradType`, or the arrays `paramGrads` names), runs `primitive` with
+    `statistics` over the layout and returns them."""
     arrays = data.backend.gpuarray
-    ingrad = arrays.empty(data.shape, data.dtype) if updGrad else None
+    ingrad = (arrays.empty(data.shape, data.dtype) if ingrad is None else ingrad) if updGrad else None
     scalegrad, biasgrad = paramGrads
     scalegrad = arrays.empty(scale.shape, gradType) if scalegrad is None else scalegrad
     biasgrad = arrays.empty(scale.shape, gradType) if biasgrad is None else biasgrad
@@ -149,17 +196,19 @@ def backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, paramG
     return finishOutput(layout, work, ingrad), scalegrad, biasgrad
 
 
-def trainBackward(data, grad, layout, *, scale, saved, updGrad, gradType, paramGrads=(None, None)):
+def trainBackward(data, grad, layout, *, scale, saved, updGrad, gradType, paramGrads=(None, None), ingrad=None):
     """Backward after a training forward, from its `BatchStatistics`. Returns ``(ingrad, scalegrad, biasgrad)``: ingrad
-    like `data` (None unless `updGrad`), the parameter gradients of scale's shape and `gradType`, written into the
-    arrays of `paramGrads` ``(scalegrad, biasgrad)`` where they are not None."""
+    like `data` (None unless `updGrad`; written into `ingrad` when given), the parameter gradients of scale's shape and
+    `gradType`, written into the arrays of `paramGrads` ``(scalegrad, biasgrad)`` where they are not None."""
     primitive = data.backend.batchNorm.backward
-    return backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, saved=saved)
+    return backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, ingrad, saved=saved)
 
 
-def frozenBackward(data, grad, layout, *, scale, running, epsilon, updGrad, gradType, paramGrads=(None, None)):
+def frozenBackward(
+    data, grad, layout, *, scale, running, epsilon, updGrad, gradType, paramGrads=(None, None), ingrad=None
+):
     """Backward after an evaluation forward with the statistics `running` (constants). Returns as `trainBackward`."""
     primitive = data.backend.batchNorm.frozenBackward
     return backwardPass(
-        primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, running=running, epsilon=epsilon
+        primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, ingrad, running=running, epsilon=epsilon
     )

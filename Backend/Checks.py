@@ -6,7 +6,12 @@ raise TypeError; a wrong dtype, shape or value raises ValueError. The messages n
 and what came.
 """
 
+import math
+
+import numpy as np
+
 from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Backend.Contract import RenormClipping
 
 
 def checkArray(name, ary, dtypes=None, shape=None):
@@ -52,3 +57,29 @@ def checkEpsilon(epsilon):
 def checkFactor(factor, name="factor"):
     if not 0.0 <= factor <= 1.0:
         raise ValueError("%s must be in [0, 1]; got %r" % (name, factor))
+
+
+def renormClipping(rmax=None, rmin=None, dmax=None):
+    """The `Contract.RenormClipping` of Batch Renormalization's bounds, each None for no bound: r in [rmin, rmax] and d
+    in [-dmax, dmax] (Ioffe 2017, arXiv 1702.03275, section 3). A missing `rmin` is ``1 / rmax``, the paper's
+    interval (TensorFlow's ``renorm_clipping`` takes a missing rmin as 0: pass ``rmin=0`` for that).
+
+    Raises:
+        ValueError: rmax not a number >= 1 (inf allowed), rmin not in [0, 1], dmax not a number >= 0 (inf allowed): the
+            bounds must let r = 1, d = 0 through, where Batch Renormalization is batch normalization.
+    """
+
+    def bound(name, value, isValid, expected):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError("%s must be a number (%s) or None; got %r" % (name, expected, value))
+        if not isValid(float(value)):
+            raise ValueError("%s must be %s; got %r" % (name, expected, value))
+        return float(value)
+
+    rmax = bound("rmax", rmax, lambda v: v >= 1, ">= 1, inf allowed")
+    rmin = bound("rmin", rmin, lambda v: 0 <= v <= 1, "in [0, 1]")
+    dmax = bound("dmax", dmax, lambda v: v >= 0, ">= 0, inf allowed")
+    rmax = math.inf if rmax is None else rmax
+    return RenormClipping(rmin=1.0 / rmax if rmin is None else rmin, rmax=rmax, dmax=math.inf if dmax is None else dmax)

@@ -56,6 +56,51 @@ class BatchMoments(NamedTuple):
     var: object
 
 
+class RenormStatistics(NamedTuple):
+    """The moving statistics Batch Renormalization corrects its training batches with, per map (Ioffe 2017, arXiv
+    1702.03275; TensorFlow's ``renorm_mean`` and ``renorm_stddev``).
+
+    Attributes:
+        mean (GPUArray): moving average of the batch means; std (GPUArray): of the batch sqrt(sigma2 + epsilon).
+    """
+
+    mean: object
+    std: object
+
+
+class RenormCorrection(NamedTuple):
+    """Batch Renormalization's per-map correction of one training batch, constants in backward:
+    ``out = (xhat * r + d) * scale + bias``.
+
+    Attributes:
+        r (GPUArray): the clipped ratio of the batch's standard deviation to the moving one; d (GPUArray): the
+            clipped shift of the batch mean from the moving one, in moving standard deviations.
+    """
+
+    r: object
+    d: object
+
+
+class RenormClipping(NamedTuple):
+    """The bounds of Batch Renormalization's correction: r in [rmin, rmax], d in [-dmax, dmax]; floats, inf where a
+    bound is absent."""
+
+    rmin: float
+    rmax: float
+    dmax: float
+
+
+class AffineParams(NamedTuple):
+    """Per-map scale and bias of a normalization pass, ``out = xhat * scale + bias``.
+
+    Attributes:
+        scale (GPUArray); bias (GPUArray).
+    """
+
+    scale: object
+    bias: object
+
+
 class GPUArrayModule(Protocol):
     """A backend's arrays (SPEC section 2): ``GPUArray`` (a subclass of `PuzzleLib.Backend.gpuarray.GPUArray`) and
     ``memoryPool`` (a `MemoryPool` over the backend's raw allocator), plus the three constructors.
@@ -133,6 +178,34 @@ class BatchNormPrimitives(Protocol):
         ``invstd = 1 / sqrt(running.var + epsilon)``: ``biasgrad = sum(grad)``,
         ``scalegrad = sum(grad * (x - running.mean) * invstd)``; when `ingrad` is not None,
         ``ingrad = grad * scale * invstd`` (the data is not read for it)."""
+
+    def renormStatistics(
+        self, moments, count, *, scale, bias, running, renorm, saved, correction, corrected, epsilon, factor,
+        renormMomentum, clipping, skipped,
+    ):
+        """The per-map step of a Batch Renormalization training forward (Ioffe 2017, arXiv 1702.03275), between the
+        batch's `moments` (a `BatchMoments` over `count` >= 2 elements per map) and the normalization pass. With
+        ``mu, sigma2 = moments``, ``sigma = sqrt(sigma2 + epsilon)`` and ``std = max(renorm.std, sqrt(epsilon))``
+        (the moving values before this batch; the floor is TensorFlow's):
+
+        - ``saved.mean = mu``, ``saved.invstd = 1 / sigma`` (a `BatchStatistics`);
+        - ``correction.r = clip(sigma / std, clipping.rmin, clipping.rmax)``,
+          ``correction.d = clip((mu - renorm.mean) / std, -clipping.dmax, clipping.dmax)`` (a `RenormCorrection`;
+          a NaN stays NaN);
+        - ``corrected.scale = r * scale``, ``corrected.bias = d * scale + bias`` (an `AffineParams`), what the
+          normalization pass of `normalize` takes to compute ``((x - mu) / sigma * r + d) * scale + bias``;
+        - the moving updates, in place: `running` (a `RunningStatistics`, or None) as `trainForward` updates it with
+          `factor`, and ``renorm.mean = renormMomentum * renorm.mean + (1 - renormMomentum) * mu``,
+          ``renorm.std = renormMomentum * renorm.std + (1 - renormMomentum) * sigma``. Where `skipped` is given, a
+          map whose mu or sigma2 is not finite keeps both (running and renorm) and gains 1 in `skipped`.
+
+        Per-map arrays are float32 (float64 with float64 data on the CPU backend), `clipping` a `RenormClipping`.
+        """
+
+    def renormCombine(self, correction, x, y, out):
+        """``out = correction.r * x + correction.d * y`` per map (``out = r * x`` when `y` is None), for Batch
+        Renormalization's backward: the scale a backward pass sees (``r * scale``) and the scale gradient
+        (``r * sum(grad * xhat) + d * sum(grad)``). `out` may be `x` or `y`."""
 
 
 class BlasPrimitives(Protocol):

@@ -6,6 +6,8 @@
 - The training forward and backward in two halves each, for statistics merged across processes
   (`Modules.SyncBatchNormND`): `batchNormNdStatistics` then `batchNormNdNormalize`; `batchNormNdBackward` with
   ``updGrad=False`` (the sums) then `batchNormNdInputGradient`.
+- Batch Renormalization (Ioffe 2017, arXiv 1702.03275): `batchRenormNd` and `batchRenormNdBackward`, batch
+  normalization's training passes with a per-map correction toward moving statistics.
 - Theano-like, pure: `batchNormTrain`, `batchNormTest`, `batchNormalization` and their gradients, re-exported from
   `Backend.TheanoBatchNorm`.
 
@@ -20,8 +22,14 @@ import numpy as np
 
 from PuzzleLib.Backend import BatchNormCore
 from PuzzleLib.Backend.BatchNormLayout import modeAxes
-from PuzzleLib.Backend.Checks import checkArray, checkEpsilon, checkFactor, commonBackend
-from PuzzleLib.Backend.Contract import BatchMoments, BatchStatistics, RunningStatistics
+from PuzzleLib.Backend.Checks import checkArray, checkEpsilon, checkFactor, commonBackend, renormClipping
+from PuzzleLib.Backend.Contract import (
+    BatchMoments,
+    BatchStatistics,
+    RenormCorrection,
+    RenormStatistics,
+    RunningStatistics,
+)
 from PuzzleLib.Backend.Dispatch import currentBackend
 from PuzzleLib.Backend.TheanoBatchNorm import (
     batchNormalization,
@@ -34,8 +42,8 @@ from PuzzleLib.Backend.TheanoBatchNorm import (
 
 __all__ = [
     "dataTypes", "batchNormNd", "batchNormNdBackward", "batchNormNdStatistics", "batchNormNdNormalize",
-    "batchNormNdInputGradient", "batchNormTrain", "batchNormTest", "batchNormalization",
-    "batchNormTrainBackward", "batchNormTestBackward", "batchNormalizationBackward",
+    "batchNormNdInputGradient", "batchRenormNd", "batchRenormNdBackward", "batchNormTrain", "batchNormTest",
+    "batchNormalization", "batchNormTrainBackward", "batchNormTestBackward", "batchNormalizationBackward",
 ]
 
 
@@ -96,12 +104,7 @@ def batchNormNd(
                 "skipped counts the running updates a training forward skips; it needs test=False and mean and var "
                 "(got test=%r, mean %s)" % (test, "None" if mean is None else "given")
             )
-        layout.checkPerMap("skipped", skipped, (BatchNormCore.float32,))
-        # NOTE: the overlap test of `checkPerMapOutputs`, written out for one output: this runs every training forward
-        start, end = skipped.ptr, skipped.ptr + skipped.nbytes
-        for name, ary in (("data", data), ("scale", scale), ("bias", bias), ("mean", mean), ("var", var), ("out", out)):
-            if ary is not None and ary.nbytes and start < ary.ptr + ary.nbytes and ary.ptr < end:
-                raise ValueError("skipped must not share memory with %s (the counter is an output of its own)" % name)
+        checkCounter(layout, skipped, data=data, scale=scale, bias=bias, mean=mean, var=var, out=out)
 
     if test:
         return BatchNormCore.evalForward(
@@ -125,7 +128,7 @@ def batchNormNd(
 
 def batchNormNdBackward(
     data, grad, scale, savemean=None, saveinvvar=None, epsilon=1e-5, mode="spatial", *, test=False, mean=None,
-    var=None, updGrad=True, scalegrad=None, biasgrad=None,
+    var=None, updGrad=True, scalegrad=None, biasgrad=None, ingrad=None,
 ):
     """Batch-normalization backward.
 
@@ -146,6 +149,8 @@ def batchNormNdBackward(
         scalegrad, biasgrad (GPUArray or None): where to write the parameter gradients (float32 per-map arrays, in
             the shapes `scale` may have, apart from every input and from each other), overwriting what they held, as
             a module does into its parameters' gradients; new pool arrays when None.
+        ingrad (GPUArray or None): where to write the input gradient (shape and dtype of `data`, apart from every
+            other argument; needs `updGrad`), such as rows of a larger array; a new pool array when None.
 
     Returns:
         ``(ingrad, scalegrad, biasgrad)``: `ingrad` like `data`; the parameter gradients float32, shaped like `scale`
@@ -153,12 +158,32 @@ def batchNormNdBackward(
 
     Raises:
         TypeError, ValueError: as `batchNormNd`, and when `grad` differs from `data` in shape or dtype, a needed
-            statistic is missing, or a given `scalegrad` or `biasgrad` overlaps an input or the other. Nothing is
-            written when it raises.
+            statistic is missing, or a given `scalegrad`, `biasgrad` or `ingrad` does not fit or overlaps another
+            argument. Nothing is written when it raises.
     """
     stats = {"mean": mean, "var": var} if test else {"savemean": savemean, "saveinvvar": saveinvvar}
     outs = {"scalegrad": scalegrad, "biasgrad": biasgrad}
-    backend = commonBackend(data=data, grad=grad, scale=scale, **stats, **outs)
+    layout = checkBackward(
+        data, grad, scale, mode, stats, outs, ingrad, updGrad, "an evaluation" if test else "a training"
+    )
+
+    if test:
+        checkEpsilon(epsilon)
+        return BatchNormCore.frozenBackward(
+            data, grad, layout, scale=scale, running=RunningStatistics(mean, var), epsilon=epsilon, updGrad=updGrad,
+            gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad), ingrad=ingrad,
+        )
+    return BatchNormCore.trainBackward(
+        data, grad, layout, scale=scale, saved=BatchStatistics(savemean, saveinvvar), updGrad=updGrad,
+        gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad), ingrad=ingrad,
+    )
+
+
+def checkBackward(data, grad, scale, mode, stats, outs, ingrad, updGrad, after):
+    """The checks of the backward entry points; returns the data's layout. `stats` ({name: per-map array}) are all
+    needed, after `after` forward (for the message); `outs` ({name: per-map array or None}) are the parameter
+    gradients' outputs."""
+    backend = commonBackend(data=data, grad=grad, scale=scale, ingrad=ingrad, **stats, **outs)
     layout = BatchNormCore.checkData("data", data, backend, modeAxes(mode, data.ndim))
     checkArray("grad", grad, dtypes=(data.dtype,), shape=data.shape)
 
@@ -166,21 +191,150 @@ def batchNormNdBackward(
     layout.checkPerMap("scale", scale, perMap)
     for name, ary in stats.items():
         if ary is None:
-            after = "an evaluation" if test else "a training"
             raise ValueError("%s is needed for the backward pass after %s forward" % (name, after))
         layout.checkPerMap(name, ary, perMap)
-    if scalegrad is not None or biasgrad is not None:
+    if outs["scalegrad"] is not None or outs["biasgrad"] is not None:
         checkPerMapOutputs(layout, outs, data=data, grad=grad, scale=scale, **stats)
+    if ingrad is not None:
+        checkInputGradient(ingrad, updGrad, data=data, grad=grad, scale=scale, **stats, **outs)
+    return layout
 
-    if test:
-        checkEpsilon(epsilon)
-        return BatchNormCore.frozenBackward(
-            data, grad, layout, scale=scale, running=RunningStatistics(mean, var), epsilon=epsilon, updGrad=updGrad,
-            gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad),
+
+def checkInputGradient(ingrad, updGrad, data, **arrays):
+    """Raises ValueError unless `ingrad` can take the input gradient of `data`: `updGrad` set, the shape and dtype of
+    `data`, no byte shared with `data` or the other `arrays` (None values are skipped)."""
+    if not updGrad:
+        raise ValueError("ingrad is given but updGrad is False: no input gradient is computed")
+    checkArray("ingrad", ingrad, dtypes=(data.dtype,), shape=data.shape)
+    checkApart("ingrad", ingrad, "an output may overlap no other argument", data=data, **arrays)
+
+
+def checkApart(name, ary, why, **arrays):
+    """Raises ValueError, saying `why`, when the C-contiguous `ary` shares a byte with one of `arrays` (None values are
+    skipped)."""
+    start, end = ary.ptr, ary.ptr + ary.nbytes
+    for other, otherArray in arrays.items():
+        if otherArray is not None and otherArray.nbytes and start < otherArray.ptr + otherArray.nbytes:
+            if otherArray.ptr < end:
+                raise ValueError("%s must not share memory with %s (%s)" % (name, other, why))
+
+
+def checkCounter(layout, skipped, **arrays):
+    """Raises ValueError unless `skipped` is a float32 per-map array of `layout` sharing no byte with `arrays` (None
+    values are skipped)."""
+    layout.checkPerMap("skipped", skipped, (BatchNormCore.float32,))
+    # NOTE: one output's overlap test, not `checkPerMapOutputs`'s for several: this runs every training forward
+    checkApart("skipped", skipped, "the counter is an output of its own", **arrays)
+
+
+def batchRenormNd(
+    data, scale, bias, mean, var, renormMean, renormStd, epsilon=1e-5, factor=1.0, renormMomentum=0.99, mode="spatial",
+    *, rmax=None, rmin=None, dmax=None, out=None, skipped=None,
+):
+    """Batch Renormalization's training forward (Ioffe 2017, "Batch Renormalization: Towards Reducing Minibatch
+    Dependence in Batch-Normalized Models", arXiv 1702.03275, Algorithm 1; TensorFlow's ``renorm=True``).
+
+    With the batch's mu and biased sigma2 per map, ``sigma = sqrt(sigma2 + epsilon)`` and
+    ``std = max(renormStd, sqrt(epsilon))`` (TensorFlow's floor), the moving values before this batch::
+
+        r = clip(sigma / std, rmin, rmax)                   # constants in backward
+        d = clip((mu - renormMean) / std, -dmax, dmax)
+        out = ((x - mu) / sigma * r + d) * scale + bias
+        renormMean = renormMomentum * renormMean + (1 - renormMomentum) * mu
+        renormStd  = renormMomentum * renormStd  + (1 - renormMomentum) * sigma
+
+    and `mean` and `var`, the statistics evaluation normalizes with, move as in `batchNormNd` with `factor` (batch
+    normalization's unbiased update; TensorFlow too keeps them apart from the renorm ones). With r = 1 and d = 0 (rmax
+    = 1, dmax = 0: the paper's first steps) this is `batchNormNd`'s training forward.
+
+    Args:
+        data, scale, bias, epsilon, factor, mode, out: as in `batchNormNd` (training).
+        mean, var (GPUArray or None): the running statistics, updated in place; both None for no update.
+        renormMean, renormStd (GPUArray): the moving statistics r and d are taken from, updated in place (per-map
+            arrays as `mean`; a model starts them at 0 and 1, as TensorFlow does).
+        renormMomentum (float): in [0, 1], the weight of the old value in their update. Default 0.99 (TensorFlow's).
+        rmax, rmin, dmax (float or None): the clipping bounds, None for none; a missing rmin is 1 / rmax (the paper's
+            [1 / rmax, rmax]; TensorFlow takes 0). rmax >= 1, rmin in [0, 1], dmax >= 0.
+        skipped (GPUArray or None): a float32 per-map counter: a map whose batch mean or variance is not finite keeps
+            its running and renorm statistics, and gains 1 there (as in `batchNormNd`, here with or without `mean`).
+
+    Returns:
+        ``(out, savemean, saveinvvar, r, d)``: the output, the batch mean and 1 / sigma, and the correction, per-map
+        arrays of float32 (float64 for float64 data) shaped like `mean` (like `scale` without it); pass them to
+        `batchRenormNdBackward`.
+
+    Raises:
+        TypeError, ValueError: as `batchNormNd` (training), and for a missing or misshapen renormMean or renormStd,
+            renormMomentum outside [0, 1], bad clipping bounds, or a `skipped` that overlaps another argument. Nothing
+            is written when it raises.
+    """
+    backend = commonBackend(
+        data=data, scale=scale, bias=bias, mean=mean, var=var, renormMean=renormMean, renormStd=renormStd, out=out,
+        skipped=skipped,
+    )
+    layout = BatchNormCore.checkData("data", data, backend, modeAxes(mode, data.ndim))
+    perMap = BatchNormCore.perMapTypes(data.dtype)
+    for name, ary in (("scale", scale), ("bias", bias), ("renormMean", renormMean), ("renormStd", renormStd)):
+        layout.checkPerMap(name, ary, perMap)
+    if (mean is None) != (var is None):
+        raise ValueError("mean and var must be given together or not at all")
+    for name, ary in (("mean", mean), ("var", var)):
+        if ary is not None:
+            layout.checkPerMap(name, ary, perMap)
+    checkEpsilon(epsilon)
+    checkFactor(factor)
+    checkFactor(renormMomentum, "renormMomentum")
+    clipping = renormClipping(rmax=rmax, rmin=rmin, dmax=dmax)
+    if out is not None:
+        checkArray("out", out, dtypes=(data.dtype,), shape=data.shape)
+        if out.ptr == data.ptr:
+            raise ValueError("training batch normalization cannot write its output over its input (out is data)")
+    if skipped is not None:
+        checkCounter(
+            layout, skipped, data=data, scale=scale, bias=bias, mean=mean, var=var, renormMean=renormMean,
+            renormStd=renormStd, out=out,
         )
-    return BatchNormCore.trainBackward(
-        data, grad, layout, scale=scale, saved=BatchStatistics(savemean, saveinvvar), updGrad=updGrad,
-        gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad),
+    layout.checkBatch()
+
+    out, saved, correction = BatchNormCore.renormForward(
+        data, layout, scale=scale, bias=bias, running=None if mean is None else RunningStatistics(mean, var),
+        renorm=RenormStatistics(renormMean, renormStd), epsilon=epsilon, factor=factor, renormMomentum=renormMomentum,
+        clipping=clipping, out=out, statShape=renormMean.shape, statType=BatchNormCore.statType(data.dtype),
+        skipped=skipped,
+    )
+    return out, saved.mean, saved.invstd, correction.r, correction.d
+
+
+def batchRenormNdBackward(
+    data, grad, scale, savemean, saveinvvar, r, d, mode="spatial", *, updGrad=True, scalegrad=None, biasgrad=None,
+    ingrad=None,
+):
+    """Backward after `batchRenormNd`, r and d constants (Ioffe 2017, arXiv 1702.03275, section 3; TensorFlow stops
+    their gradients). With xhat = (x - savemean) * saveinvvar and m elements per map::
+
+        biasgrad  = sum(grad)
+        scalegrad = r * sum(grad * xhat) + d * biasgrad
+        ingrad    = r * scale * saveinvvar / m * (m * grad - biasgrad - xhat * sum(grad * xhat))
+
+    Args:
+        data, grad, mode, updGrad, scalegrad, biasgrad, ingrad: as in `batchNormNdBackward` (after a training
+            forward).
+        scale, savemean, saveinvvar, r, d (GPUArray): per-map arrays: the parameters and what `batchRenormNd`
+            returned.
+
+    Returns:
+        ``(ingrad, scalegrad, biasgrad)`` as `batchNormNdBackward`.
+
+    Raises:
+        TypeError, ValueError: as `batchNormNdBackward`. Nothing is written when it raises.
+    """
+    stats = {"savemean": savemean, "saveinvvar": saveinvvar, "r": r, "d": d}
+    outs = {"scalegrad": scalegrad, "biasgrad": biasgrad}
+    layout = checkBackward(data, grad, scale, mode, stats, outs, ingrad, updGrad, "a renormalizing")
+
+    return BatchNormCore.renormBackward(
+        data, grad, layout, scale=scale, saved=BatchStatistics(savemean, saveinvvar), correction=RenormCorrection(r, d),
+        updGrad=updGrad, gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad), ingrad=ingrad,
     )
 
 

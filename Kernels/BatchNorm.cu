@@ -366,6 +366,25 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 	}
 }
 
+// The running update of channel c from its batch statistics (below); with skipped, guarded: a channel whose mu or
+// sigma2 is not finite keeps its running statistics, counts 1 in skipped[c], and false is returned.
+__device__ __forceinline__ bool runningUpdate(int c, float mu, float sigma2, int64 m, float factor, float *runningMean,
+											  float *runningVar, float *skipped)
+{
+	if (skipped != 0 && !(isfinite(mu) && isfinite(sigma2)))
+	{
+		skipped[c] += 1.0f;
+		return false;
+	}
+	if (runningMean != 0)
+	{
+		float unbias = (float)((double)m / (double)(m - 1));
+		runningMean[c] = (1.0f - factor) * runningMean[c] + factor * mu;
+		runningVar[c] = (1.0f - factor) * runningVar[c] + factor * sigma2 * unbias;
+	}
+	return true;
+}
+
 // Training statistics, stage 2: merge the partials of each channel, then
 //   savedMean = mu, savedInvstd = 1 / sqrt(sigma2 + eps),
 //   runningMean = (1 - factor) * runningMean + factor * mu,
@@ -409,14 +428,8 @@ __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, co
 		if (savedVar != 0)
 			savedVar[c] = sigma2;
 
-		if (runningMean != 0 && skipped != 0 && !(isfinite(mu) && isfinite(sigma2)))
-			skipped[c] += 1.0f;
-		else if (runningMean != 0)
-		{
-			float unbias = (float)((double)m / (double)(m - 1));
-			runningMean[c] = (1.0f - factor) * runningMean[c] + factor * mu;
-			runningVar[c] = (1.0f - factor) * runningVar[c] + factor * sigma2 * unbias;
-		}
+		if (runningMean != 0)
+			runningUpdate(c, mu, sigma2, m, factor, runningMean, runningVar, skipped);
 	}
 }
 
@@ -811,3 +824,61 @@ BN_ENTRIES(__half, f16, 8)
 
 BN_FINALIZE_ENTRY(float, f32)
 BN_FINALIZE_ENTRY(__half, f16)
+
+// ---------------------------------------------------------------------------------------------------------------
+// Batch Renormalization (Ioffe 2017, arXiv 1702.03275): the per-channel step between the batch moments and the
+// normalization pass (the twin of NumpyBatchNorm.renormStatistics). With sigma = sqrt(sigma2 + eps) and
+// moving = max(renormStd, sqrt(eps)) (the moving values before this batch; TensorFlow's floor):
+//   savedMean = mu, savedInvstd = 1 / sigma,
+//   r = clip(sigma / moving, rmin, rmax), d = clip((mu - renormMean) / moving, -dmax, dmax) (a NaN stays a NaN),
+//   correctedScale = r * scale, correctedBias = d * scale + bias (what bnApply*_trainForward then takes),
+//   the running update of statsFinalize (runningMean may be null) and
+//   renormMean = momentum * renormMean + (1 - momentum) * mu, renormStd = momentum * renormStd + (1 - momentum) * sigma,
+// both skipped, counting 1 in skipped[c], for a channel whose mu or sigma2 is not finite (when skipped is given).
+// One thread per channel, grid-stride.
+
+__device__ __forceinline__ float clipKeepingNaN(float v, float low, float high)
+{
+	return v < low ? low : (v > high ? high : v);
+}
+
+extern "C" __global__ void bnRenormStatistics(const float *batchMean, const float *batchVar, int maps, int64 m,
+											  float epsilon, float factor, float momentum, float rmin, float rmax,
+											  float dmax, const float *scale, const float *bias, float *savedMean,
+											  float *savedInvstd, float *r, float *d, float *correctedScale,
+											  float *correctedBias, float *runningMean, float *runningVar,
+											  float *renormMean, float *renormStd, float *skipped)
+{
+	for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < maps; c += gridDim.x * blockDim.x)
+	{
+		float mu = batchMean[c], sigma2 = batchVar[c];
+		float sigma = sqrtf(sigma2 + epsilon);
+		// NOTE: a comparison, not fmaxf, so that a NaN renormStd stays a NaN, as numpy's maximum keeps it
+		float minStd = sqrtf(epsilon), moving = renormStd[c] < minStd ? minStd : renormStd[c];
+
+		float rc = clipKeepingNaN(sigma / moving, rmin, rmax);
+		float dc = clipKeepingNaN((mu - renormMean[c]) / moving, -dmax, dmax);
+
+		savedMean[c] = mu;
+		savedInvstd[c] = 1.0f / sigma;
+		r[c] = rc;
+		d[c] = dc;
+		correctedScale[c] = rc * scale[c];
+		correctedBias[c] = dc * scale[c] + bias[c];
+
+		if (runningUpdate(c, mu, sigma2, m, factor, runningMean, runningVar, skipped))
+		{
+			renormMean[c] = momentum * renormMean[c] + (1.0f - momentum) * mu;
+			renormStd[c] = momentum * renormStd[c] + (1.0f - momentum) * sigma;
+		}
+	}
+}
+
+// out = r * x + d * y per channel (out = r * x when y is null): Batch Renormalization's backward, for the scale the
+// backward pass sees and for the scale gradient. out may be x or y. One thread per channel, grid-stride.
+extern "C" __global__ void bnRenormCombine(const float *r, const float *x, const float *d, const float *y, int maps,
+										   float *out)
+{
+	for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < maps; c += gridDim.x * blockDim.x)
+		out[c] = r[c] * x[c] + (y != 0 ? d[c] * y[c] : 0.0f);
+}

@@ -80,11 +80,23 @@ applySpatial = Signature(
     "bnApplySpatial_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *spatialView(), channelParams("p")
 )
 applyRows = Signature("bnApplyRows_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"))
+renormStatistics = Signature(
+    "bnRenormStatistics",
+    *pointers("batchMean", "batchVar"), Int32("maps"), Int64("m"), Float32("epsilon"), Float32("factor"),
+    Float32("momentum"), Float32("rmin"), Float32("rmax"), Float32("dmax"),
+    *pointers(
+        "scale", "bias", "savedMean", "savedInvstd", "r", "d", "correctedScale", "correctedBias", "runningMean",
+        "runningVar", "renormMean", "renormStd", "skipped",
+    ),
+)
+renormCombine = Signature("bnRenormCombine", *pointers("r", "x", "d", "y"), Int32("maps"), Pointer("out"))
 
 
 def entries():
     """{entry name: `Signature`} of every entry point the source compiles to."""
-    result = {gradFinalize.name(): gradFinalize, gradFinalizeFrozen.name(): gradFinalizeFrozen}
+    result = {
+        signature.name(): signature for signature in (gradFinalize, gradFinalizeFrozen, renormStatistics, renormCombine)
+    }
     for dtype, widths in vectorWidths.items():
         result[statsFinalize.name(dtype=dtype)] = statsFinalize
         for vec in widths:

@@ -45,13 +45,18 @@ class BatchNorm(BatchNormND):
         axis=1,
         *,
         skipNonFinite=True,
+        renorm=False,
+        renormClipping=None,
+        renormMomentum=0.99,
+        virtualBatch=None,
     ):
         if isinstance(axis, (bool, np.bool_)) or axis not in (1, -1):
             raise ValueError(
                 "%s: axis must be 1 or -1 (the features of (batch, size) data); got %r" % (type(self).__name__, axis)
             )
         super().__init__(
-            2, size, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, skipNonFinite=skipNonFinite
+            2, size, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, skipNonFinite=skipNonFinite,
+            renorm=renorm, renormClipping=renormClipping, renormMomentum=renormMomentum, virtualBatch=virtualBatch,
         )
         self.size = self.maps
 

@@ -33,10 +33,18 @@ class BatchNorm1D(BatchNormND):
         axis=1,
         *,
         skipNonFinite=True,
+        renorm=False,
+        renormClipping=None,
+        renormMomentum=0.99,
+        virtualBatch=None,
     ):
         super().__init__(
             1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis,
             skipNonFinite=skipNonFinite,
+            renorm=renorm,
+            renormClipping=renormClipping,
+            renormMomentum=renormMomentum,
+            virtualBatch=virtualBatch,
         )
 
 

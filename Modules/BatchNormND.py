@@ -5,7 +5,8 @@ import warnings
 
 import numpy as np
 
-from PuzzleLib.Backend import Dnn, gpuarray
+from PuzzleLib.Backend import Blas, Checks, Dnn, gpuarray
+from PuzzleLib.Backend.Contract import RenormCorrection
 from PuzzleLib.Modules.Module import Module, ModuleError, checkBool, checkNumber, checkPositiveInt
 from PuzzleLib.Modules.Variable import Variable
 
@@ -53,6 +54,30 @@ class BatchNormND(Module):
             forward, the map's count in ``skipCounts`` grows by 1, and the module warns (RuntimeWarning) the first
             time it learns of one; the output of that batch is what the formula gives. False: the running update of
             PyTorch and cuDNN, where one such batch turns the map's running statistics into NaN for good.
+        renorm (bool): keyword only. Batch Renormalization in training (Ioffe 2017, "Batch Renormalization: Towards
+            Reducing Minibatch Dependence in Batch-Normalized Models", arXiv 1702.03275; TensorFlow's ``renorm``):
+            with the batch's sigma = sqrt(sigma2 + epsilon) and the moving ``renormMean`` and ``renormStd`` before the
+            batch (``std = max(renormStd, sqrt(epsilon))``)::
+
+                r = clip(sigma / std, rmin, rmax),  d = clip((mu - renormMean) / std, -dmax, dmax)
+                out = ((x - mu) / sigma * r + d) * scale + bias        # r and d constants in backward
+                renormMean = renormMomentum * renormMean + (1 - renormMomentum) * mu
+                renormStd  = renormMomentum * renormStd  + (1 - renormMomentum) * sigma
+
+            ``mean`` and ``var`` follow the factor schedule above and serve evaluation, which is unchanged. Default
+            False. See `Backend.Dnn.batchRenormNd`.
+        renormClipping (dict or None): keyword only, with renorm: the bounds, some of ``{"rmax": float >= 1, "rmin":
+            float in [0, 1], "dmax": float >= 0}``; a missing bound is none, a missing rmin is 1 / rmax (the paper's
+            interval; TensorFlow's is 0). None (the default): no clipping, TensorFlow's default. Assign
+            ``bn.renormClipping`` between steps to follow the paper's schedule (rmax from 1 to 3, dmax from 0 to 5).
+        renormMomentum (float): keyword only, in [0, 1], the weight of the old value in the renorm statistics'
+            update. Default 0.99 (TensorFlow's ``renorm_momentum``).
+        virtualBatch (int or None): keyword only. Ghost batch normalization (Hoffer, Hubara & Soudry 2017, "Train
+            longer, generalize better", arXiv 1705.08741, Algorithm 1; Keras's ``virtual_batch_size``): in training,
+            the batch is cut along axis 0 into ghost batches of `virtualBatch` samples (the last holds the rest, and
+            needs 2 elements per map too), each normalized with its own statistics (and its own renorm correction),
+            each moving the running statistics in turn: ``numOfProps`` grows by the ghost count. Evaluation is
+            unchanged. None (the default): the whole batch.
 
     Attributes:
         scale, bias (GPUArray): float32, of the data's rank with `maps` on `axis` and 1 elsewhere: (1, maps, 1, ..., 1)
@@ -61,7 +86,12 @@ class BatchNormND(Module):
         numOfProps (int): training forwards so far.
         skipCounts (GPUArray or None): float32 per-map counts of the running updates skipped (``skipNonFinite``);
             None until the first guarded training forward. ``skippedUpdates`` (int) is their total.
-        savemean, saveinvvar (GPUArray): the last training batch's mean and 1 / sqrt(sigma2 + epsilon).
+        savemean, saveinvvar (GPUArray): the last training batch's mean and 1 / sqrt(sigma2 + epsilon); with
+            `virtualBatch`, of shape (ghosts,) + the parameters' shape, ghost batch g in row g.
+        renormMean, renormStd (GPUArray): with `renorm`, the float32 moving statistics of r and d (``attrs``, saved
+            with the module), initially 0 and 1 as in TensorFlow.
+        renormCorrection (`Contract.RenormCorrection` or None): the last training batch's (r, d), per map (stacked as
+            ``savemean`` with `virtualBatch`).
 
     Shape:
         data and output: (batch, maps, d1, ..., dnd) with ``axis=1``, (batch, d1, ..., dnd, maps) with ``axis=-1``;
@@ -69,15 +99,19 @@ class BatchNormND(Module):
 
     Raises:
         ValueError: at construction, for a bad argument (named with its value): not a number where one is expected,
-            out of its range, not finite, or a flag that is not a bool.
+            out of its range, not finite, a flag that is not a bool, bad clipping bounds, or renormClipping without
+            renorm.
         ModuleError: on forward, for data of another rank, map count or dtype, a module created empty, a training
-            batch of one element per map (no variance), or in-place training; the module is left as it was.
+            batch (or ghost batch) of one element per map (no variance), or in-place training; the module is left as
+            it was.
 
     Example:
         >>> bn = BatchNorm2D(16)
         >>> y = bn(gpuarray.to_gpu(np.random.randn(8, 16, 32, 32).astype(np.float32)))
         >>> bnLast = BatchNorm2D(16, axis=-1)               # TensorFlow's channels-last layout
         >>> y = bnLast(gpuarray.to_gpu(np.random.randn(8, 32, 32, 16).astype(np.float32)))
+        >>> renormed = BatchNorm2D(16, renorm=True, renormClipping={"rmax": 3.0, "dmax": 5.0})
+        >>> ghosts = BatchNorm2D(16, virtualBatch=32)       # a batch of 256 is normalized as 8 ghost batches
     """
 
     spatialText = None
@@ -99,6 +133,10 @@ class BatchNormND(Module):
         axis=1,
         *,
         skipNonFinite=True,
+        renorm=False,
+        renormClipping=None,
+        renormMomentum=0.99,
+        virtualBatch=None,
     ):
         owner = type(self).__name__
         checkPositiveInt(owner, "nd", nd)
@@ -109,9 +147,18 @@ class BatchNormND(Module):
         checkNumber(owner, "initFactor", initFactor, "in (0, 1]", lambda v: 0 < v <= 1)
         checkNumber(owner, "minFactor", minFactor, "in [0, 1]", lambda v: 0 <= v <= 1)
         checkNumber(owner, "sscale", sscale, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
-        flags = (("affine", affine), ("empty", empty), ("inplace", inplace), ("skipNonFinite", skipNonFinite))
+        flags = (
+            ("affine", affine), ("empty", empty), ("inplace", inplace), ("skipNonFinite", skipNonFinite),
+            ("renorm", renorm),
+        )
         for flag, value in flags:
             checkBool(owner, flag, value)
+        checkNumber(owner, "renormMomentum", renormMomentum, "in [0, 1]", lambda v: 0 <= v <= 1)
+        if renormClipping is not None and not renorm:
+            raise ValueError("%s: renormClipping needs renorm=True; got %r" % (owner, renormClipping))
+        renormClipping = self.checkRenormClipping(owner, renormClipping)
+        if virtualBatch is not None:
+            checkPositiveInt(owner, "virtualBatch", virtualBatch)
 
         super().__init__(name)
         self.nd, self.maps, self.axis = int(nd), int(maps), axis
@@ -123,6 +170,10 @@ class BatchNormND(Module):
         self.statisticsCollector = None
         self.skipNonFinite = bool(skipNonFinite)
         self.skipCounts, self.skipMirror, self.warnedSkips = None, None, False
+        self.renorm, self.renormMomentum = bool(renorm), float(renormMomentum)
+        self.renormBounds = renormClipping
+        self.renormCorrection = None
+        self.virtualBatch = None if virtualBatch is None else int(virtualBatch)
 
         self.scale, self.bias, self.mean, self.var = None, None, None, None
         if not empty:
@@ -139,6 +190,35 @@ class BatchNormND(Module):
                 % (owner, rank - 1, -(rank - 1), rank, axis)
             )
         return int(axis) % rank
+
+    @staticmethod
+    def checkRenormClipping(owner, clipping):
+        """`clipping` (None, or a dict with some of the keys rmax, rmin, dmax) checked, as a new dict of floats."""
+        if clipping is None:
+            return {}
+        if not isinstance(clipping, dict) or not set(clipping) <= {"rmax", "rmin", "dmax"}:
+            raise ValueError(
+                "%s: renormClipping must be None or a dict with some of the keys 'rmax', 'rmin', 'dmax'; got %r"
+                % (owner, clipping)
+            )
+        try:
+            Checks.renormClipping(**clipping)
+        except ValueError as e:
+            raise ValueError("%s: renormClipping: %s" % (owner, e)) from None
+        return {key: None if value is None else float(value) for key, value in clipping.items()}
+
+    @property
+    def renormClipping(self):
+        """Batch Renormalization's clipping bounds, a dict with some of the keys rmax, rmin, dmax (a copy). Assign a
+        new dict to change them between training steps, as the paper's schedule of rmax and dmax does; it is checked
+        as the constructor checks it (ValueError)."""
+        return dict(self.renormBounds)
+
+    @renormClipping.setter
+    def renormClipping(self, clipping):
+        if not self.renorm:
+            raise ValueError("%s: renormClipping needs renorm=True" % self.describe())
+        self.renormBounds = self.checkRenormClipping(self.describe(), clipping)
 
     @property
     def paramShape(self):
@@ -168,6 +248,9 @@ class BatchNormND(Module):
 
         self.setAttr("mean", gpuarray.zeros(shape, np.float32))
         self.setAttr("var", gpuarray.to_gpu(np.ones(shape, dtype=np.float32)))
+        if self.renorm:
+            self.setAttr("renormMean", gpuarray.zeros(shape, np.float32))
+            self.setAttr("renormStd", gpuarray.to_gpu(np.ones(shape, dtype=np.float32)))
 
     def calcTypes(self):
         """float32 and float16 everywhere, float64 too on the CPU backend (`Backend.Dnn.dataTypes`)."""
@@ -176,7 +259,10 @@ class BatchNormND(Module):
     def paramSpecs(self):
         group = "params" if self.affine else "attrs"
         shape = self.paramShape
-        return {"scale": (group, shape), "bias": (group, shape), "mean": ("attrs", shape), "var": ("attrs", shape)}
+        specs = {"scale": (group, shape), "bias": (group, shape), "mean": ("attrs", shape), "var": ("attrs", shape)}
+        if self.renorm:
+            specs.update(renormMean=("attrs", shape), renormStd=("attrs", shape))
+        return specs
 
     def savedAsParams(self):
         """A non-affine module's scale and bias: PuzzleLib keeps them as parameters (params and links) in its files."""
@@ -206,13 +292,29 @@ class BatchNormND(Module):
         self.checkElementsPerMap(shape)
 
     def checkElementsPerMap(self, shape):
-        """In training, a map needs at least 2 elements to estimate a variance (SPEC section 4.2)."""
+        """In training, a map needs at least 2 elements to estimate a variance (SPEC section 4.2), in every ghost batch
+        with `virtualBatch`."""
         m = self.elementsPerMap(shape)
         if self.train and m < 2:
             raise ModuleError(
                 "%s: training needs at least 2 elements per map to estimate a variance; data of shape %s has %d"
                 % (self.describe(), shape, m)
             )
+        if self.train and self.virtualBatch is not None:
+            start, stop = self.ghostBatches(shape[0])[-1]
+            ghostM = m // shape[0] * (stop - start)
+            if ghostM < 2:
+                raise ModuleError(
+                    "%s: training with virtualBatch=%d needs at least 2 elements per map in every ghost batch; the "
+                    "last of data of shape %s holds %d sample(s), %d element(s) per map"
+                    % (self.describe(), self.virtualBatch, shape, stop - start, ghostM)
+                )
+
+    def ghostBatches(self, batch):
+        """The (start, stop) rows of each ghost batch of a batch of `batch` samples: `virtualBatch` each, the last
+        holding what is left; the whole batch without `virtualBatch`."""
+        size = batch if self.virtualBatch is None else self.virtualBatch
+        return [(start, min(start + size, batch)) for start in range(0, batch, size)] or [(0, 0)]
 
     def elementsPerMap(self, shape):
         """m, the elements each map of data of `shape` holds (the product of the normalized axes)."""
@@ -257,22 +359,59 @@ class BatchNormND(Module):
                 )
                 return self.fromDnn(result, data)
 
-            factor = self.nextFactor()
-            result, savemean, saveinvvar = Dnn.batchNormNd(
-                self.toDnn(data), self.scale, self.bias, self.mean, self.var, self.epsilon, factor, mode=self.dnnAxes,
-                skipped=self.skipCounter(),
-            )
+            x = self.toDnn(data)
+            if self.virtualBatch is None:
+                result = self.trainStep(x, None)
+            else:
+                result = self.trainGhostBatches(x)
         except ValueError as e:
             raise ModuleError("%s: %s" % (self.describe(), e)) from None
 
         self.warnOfSkips()
+        return self.fromDnn(result, data)
+
+    def trainStep(self, x, out):
+        """One training normalization of `x` (the whole batch, or a ghost batch), into `out` (or a new array), and its
+        running update: sets ``savemean``, ``saveinvvar``, ``renormCorrection``; returns the output."""
+        factor = self.nextFactor()
+        if self.renorm:
+            out, savemean, saveinvvar, r, d = Dnn.batchRenormNd(
+                x, self.scale, self.bias, self.mean, self.var, self.renormMean, self.renormStd, self.epsilon, factor,
+                self.renormMomentum, self.dnnAxes, out=out, skipped=self.skipCounter(), **self.renormBounds,
+            )
+            self.renormCorrection = RenormCorrection(r, d)
+        else:
+            out, savemean, saveinvvar = Dnn.batchNormNd(
+                x, self.scale, self.bias, self.mean, self.var, self.epsilon, factor, mode=self.dnnAxes, out=out,
+                skipped=self.skipCounter(),
+            )
         self.numOfProps += 1
         self.savemean, self.saveinvvar = savemean, saveinvvar
-        return self.fromDnn(result, data)
+        return out
+
+    def trainGhostBatches(self, x):
+        """Ghost batch normalization (Hoffer, Hubara & Soudry 2017, arXiv 1705.08741, Algorithm 1): `trainStep` on
+        each ghost batch in turn, into its rows of one output; the per-ghost statistics are stacked on a new first
+        axis of ``savemean``, ``saveinvvar`` (and ``renormCorrection``), ghost g in row g."""
+        out = x.backend.gpuarray.empty(x.shape, x.dtype)
+        ghosts = self.ghostBatches(x.shape[0])
+        stacked = None
+        for g, (start, stop) in enumerate(ghosts):
+            self.trainStep(x[start:stop], out[start:stop])
+            perGhost = [self.savemean, self.saveinvvar] + (list(self.renormCorrection) if self.renorm else [])
+            if stacked is None:
+                arrays = x.backend.gpuarray
+                stacked = [arrays.empty((len(ghosts),) + ary.shape, ary.dtype) for ary in perGhost]
+            for target, ary in zip(stacked, perGhost, strict=True):
+                target[g].set(ary)
+        self.savemean, self.saveinvvar = stacked[:2]
+        self.renormCorrection = RenormCorrection(*stacked[2:]) if self.renorm else None
+        return out
 
     def stateArrays(self, call, updParamGrads=True):
         if call == "forward" and self.train:
-            return [self.mean, self.var] + ([] if self.skipCounts is None else [self.skipCounts])
+            renorm = [self.renormMean, self.renormStd] if self.renorm else []
+            return [self.mean, self.var] + renorm + ([] if self.skipCounts is None else [self.skipCounts])
         return super().stateArrays(call, updParamGrads)
 
     # --- running updates skipped for non-finite statistics
@@ -341,10 +480,19 @@ class BatchNormND(Module):
         paramGrads = {"scalegrad": self.vars["scale"].grad, "biasgrad": self.vars["bias"].grad} if overwrite else {}
         snapshot = self.snapshot("backward", updParamGrads)
         try:
-            ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
-                self.toDnn(self.inData), self.toDnn(grad), self.scale, self.savemean, self.saveinvvar, self.epsilon,
-                self.dnnAxes, test=not self.train, mean=self.mean, var=self.var, updGrad=updGrad, **paramGrads,
-            )
+            x, dy = self.toDnn(self.inData), self.toDnn(grad)
+            if self.train and self.virtualBatch is not None:
+                ingrad, scalegrad, biasgrad = self.ghostBackward(x, dy, updGrad, paramGrads)
+            elif self.train and self.renorm:
+                ingrad, scalegrad, biasgrad = Dnn.batchRenormNdBackward(
+                    x, dy, self.scale, self.savemean, self.saveinvvar, *self.renormCorrection, self.dnnAxes,
+                    updGrad=updGrad, **paramGrads,
+                )
+            else:
+                ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+                    x, dy, self.scale, self.savemean, self.saveinvvar, self.epsilon, self.dnnAxes, test=not self.train,
+                    mean=self.mean, var=self.var, updGrad=updGrad, **paramGrads,
+                )
             if updParamGrads and not overwrite:
                 self.accumulate(self.vars["scale"], scalegrad, scale, momentum)
                 self.accumulate(self.vars["bias"], biasgrad, scale, momentum)
@@ -355,13 +503,38 @@ class BatchNormND(Module):
             snapshot.restore()
             raise
 
+    def ghostBackward(self, x, dy, updGrad, paramGrads):
+        """The training backward of each ghost batch with its own statistics (`trainGhostBatches`), each writing its
+        rows of one input gradient; the parameter gradients summed (into the arrays of `paramGrads` when given)."""
+        ingrad = x.backend.gpuarray.empty(x.shape, x.dtype) if updGrad else None
+        sums = None
+        for g, (start, stop) in enumerate(self.ghostBatches(x.shape[0])):
+            saved = (self.savemean[g], self.saveinvvar[g])
+            outs = dict(paramGrads if g == 0 else {}, ingrad=ingrad[start:stop] if updGrad else None)
+            if self.renorm:
+                _, scalegrad, biasgrad = Dnn.batchRenormNdBackward(
+                    x[start:stop], dy[start:stop], self.scale, *saved, *(ary[g] for ary in self.renormCorrection),
+                    self.dnnAxes, updGrad=updGrad, **outs,
+                )
+            else:
+                _, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+                    x[start:stop], dy[start:stop], self.scale, *saved, self.epsilon, self.dnnAxes, updGrad=updGrad,
+                    **outs,
+                )
+            if sums is None:
+                sums = (scalegrad, biasgrad)
+            else:
+                Blas.toVectorAddVector(sums[0], scalegrad)
+                Blas.toVectorAddVector(sums[1], biasgrad)
+        return (ingrad, *sums)
+
     def releaseResults(self):
         super().releaseResults()
-        self.savemean, self.saveinvvar = None, None
+        self.savemean, self.saveinvvar, self.renormCorrection = None, None, None
 
     def reset(self):
         super().reset()
-        self.savemean, self.saveinvvar = None, None
+        self.savemean, self.saveinvvar, self.renormCorrection = None, None, None
 
 
 def checkAgainstReference(bn, shape, seed):
@@ -394,6 +567,8 @@ def checkAgainstReference(bn, shape, seed):
 
 
 def unittest():
+    from PuzzleLib.TestLib import Reference
+
     for nd in (1, 2, 3):
         maps = 3
         bn = BatchNormND(nd, maps)
@@ -407,6 +582,18 @@ def unittest():
         assert bnLast.mean.shape == (1,) * (nd + 1) + (maps,)
         assert np.allclose(out, np.moveaxis(ref.out, 1, -1), atol=1e-5)
         assert np.allclose(bnLast.var.get().ravel(), ref.unbiasedVar.ravel(), rtol=1e-5)
+
+        # ghost batches of 2 samples, each renormalized toward the moving statistics the one before left
+        ghosts = BatchNormND(nd, maps, virtualBatch=2, renorm=True, renormMomentum=0.5, renormClipping={"rmax": 1.5})
+        out = ghosts(gpuarray.to_gpu(hostData)).get()
+        scale, bias, axes = ghosts.scale.get(), ghosts.bias.get(), Reference.spatialAxes(hostData.ndim)
+        renormMean, renormStd = np.zeros(scale.shape), np.ones(scale.shape)
+        for start in (0, 2):
+            part = hostData[start : start + 2]
+            ghost = Reference.batchRenormTrain(part, scale, bias, axes, 1e-5, renormMean, renormStd, 2 / 3, 1.5)
+            assert np.allclose(out[start : start + 2], ghost.out, atol=1e-5)
+            renormMean, renormStd = (renormMean + ghost.mean) / 2, (renormStd + ghost.sigma) / 2
+        assert np.allclose(ghosts.renormStd.get(), renormStd, rtol=1e-5) and ghosts.numOfProps == 2
 
 
 if __name__ == "__main__":

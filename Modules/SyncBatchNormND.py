@@ -48,6 +48,13 @@ class SyncStatistics:
 
     def __init__(self, *args, comm=None, **kwargs):
         comm = Collective.checkCommunicator(type(self).__name__, comm)
+        # NOTE: both change the statistics a training batch is normalized with; the exchange merges plain ones only
+        for option in ("renorm", "virtualBatch"):
+            if kwargs.get(option) not in (None, False):
+                raise ValueError(
+                    "%s: %s is not supported by the synchronized modules; got %s=%r"
+                    % (type(self).__name__, option, option, kwargs[option])
+                )
         super().__init__(*args, **kwargs)
         self.comm = comm
         self.exchange = Collective.Exchange(comm)
@@ -205,7 +212,8 @@ class SyncBatchNormND(SyncStatistics, BatchNormND):
 
     Args:
         nd, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis, skipNonFinite: as in
-            `BatchNormND` (the guard applies to the merged statistics).
+            `BatchNormND` (the guard applies to the merged statistics). `BatchNormND`'s renorm and virtualBatch are
+            refused (ValueError): the exchange merges plain batch statistics only.
         comm (mpi4py.MPI.Intracomm or None): keyword only; ``MPI.COMM_WORLD`` when None.
 
     Shape:

@@ -35,3 +35,14 @@ def relativeError(analytic, numeric):
     """max |analytic - numeric| / max(1, max |numeric|)."""
     analytic, numeric = np.asarray(analytic, dtype=np.float64), np.asarray(numeric, dtype=np.float64)
     return float(np.max(np.abs(analytic - numeric)) / max(1.0, float(np.max(np.abs(numeric)))))
+
+
+def moduleInputGradientError(module, x, grad):
+    """`relativeError` of a module's input gradient (one forward on the float64 host array `x`, then ``backward(grad)``)
+    against the central differences of its forward; the module is left after that forward and backward."""
+    from PuzzleLib.Backend import gpuarray
+
+    numeric = numericGradient(lambda point: module(gpuarray.to_gpu(point)).get(), x, grad)
+    module(gpuarray.to_gpu(x))
+    module.backward(gpuarray.to_gpu(grad))
+    return relativeError(module.grad.get(), numeric)

@@ -91,3 +91,41 @@ def frozenBackward(x, grad, scale, mean, var, epsilon, axes=None):
     xhat = (x - mean) / np.sqrt(var + epsilon)
     dx = grad * scale / np.sqrt(var + epsilon)
     return dx, np.sum(grad * xhat, axis=axes, keepdims=True), np.sum(grad, axis=axes, keepdims=True)
+
+
+def batchRenormTrain(x, scale, bias, axes, epsilon, renormMean, renormStd, rmin=0.0, rmax=np.inf, dmax=np.inf):
+    """Batch Renormalization's training forward (Ioffe 2017, arXiv 1702.03275, Algorithm 1, with TensorFlow's floor
+    of the moving standard deviation at sqrt(epsilon)); returns the namespace of `batchNormTrain` plus r, d, sigma (all
+    keepdims, float64)."""
+    ref = batchNormTrain(x, scale, bias, axes, epsilon)
+    x = np.asarray(x, dtype=np.float64)
+    renormMean, renormStd = asParam(renormMean, x, ref.axes), asParam(renormStd, x, ref.axes)
+    std = np.maximum(renormStd, np.sqrt(epsilon))
+    ref.sigma = np.sqrt(ref.var + epsilon)
+    ref.r = np.clip(ref.sigma / std, rmin, rmax)
+    ref.d = np.clip((ref.mean - renormMean) / std, -dmax, dmax)
+    xhat = (x - ref.mean) / ref.sigma
+    ref.out = (xhat * ref.r + ref.d) * asParam(scale, x, ref.axes) + asParam(bias, x, ref.axes)
+    return ref
+
+
+def batchRenormBackward(x, grad, scale, axes, epsilon, r, d):
+    """Backward of `batchRenormTrain` with r and d constants; returns (dx, dscale, dbias), written out through dxhat,
+    dvar and dmu as `batchNormBackward` is."""
+    x, grad = np.asarray(x, dtype=np.float64), np.asarray(grad, dtype=np.float64)
+    axes = tuple(axes)
+    scale, r, d = (asParam(p, x, axes) for p in (scale, r, d))
+    m = elementsPerMap(x.shape, axes)
+
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    xmu = x - mean
+    xhat = xmu / np.sqrt(var + epsilon)
+
+    dxhat = grad * scale * r
+    dvar = np.sum(dxhat * xmu, axis=axes, keepdims=True) * -0.5 * (var + epsilon) ** -1.5
+    dmean = np.sum(-dxhat / np.sqrt(var + epsilon), axis=axes, keepdims=True) + dvar * np.mean(
+        -2.0 * xmu, axis=axes, keepdims=True
+    )
+    dx = dxhat / np.sqrt(var + epsilon) + dvar * 2.0 * xmu / m + dmean / m
+    return dx, np.sum(grad * (xhat * r + d), axis=axes, keepdims=True), np.sum(grad, axis=axes, keepdims=True)

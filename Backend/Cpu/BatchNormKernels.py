@@ -105,3 +105,19 @@ def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scale
         data, grad, ingrad, shape3, scale=scale, running=running, epsilon=epsilon, scalegrad=scalegrad,
         biasgrad=biasgrad,
     )
+
+
+def renormStatistics(
+    moments, count, *, scale, bias, running, renorm, saved, correction, corrected, epsilon, factor, renormMomentum,
+    clipping, skipped,
+):
+    # NOTE: per-map vectors only, the same numpy step under either kernel set
+    NumpyBatchNorm.renormStatistics(
+        moments, count, scale=scale, bias=bias, running=running, renorm=renorm, saved=saved, correction=correction,
+        corrected=corrected, epsilon=epsilon, factor=factor, renormMomentum=renormMomentum, clipping=clipping,
+        skipped=skipped,
+    )
+
+
+def renormCombine(correction, x, y, out):
+    NumpyBatchNorm.renormCombine(correction, x, y, out)

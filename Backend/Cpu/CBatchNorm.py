@@ -13,6 +13,7 @@ import ctypes
 import numpy as np
 
 from PuzzleLib import Config
+from PuzzleLib.Backend.Cpu import NumpyBatchNorm
 from PuzzleLib.Backend.Cpu.SourceLibrary import loadLibrary
 
 NAME = "c"
@@ -130,3 +131,19 @@ def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgr
 
 def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
     backwardCall(FROZEN, data, grad, ingrad, shape3, scale, running.mean, running.var, scalegrad, biasgrad, epsilon)
+
+
+def renormStatistics(
+    moments, count, *, scale, bias, running, renorm, saved, correction, corrected, epsilon, factor, renormMomentum,
+    clipping, skipped,
+):
+    """Per-map vectors only: the numpy step (`NumpyBatchNorm.renormStatistics`) serves both kernel sets."""
+    NumpyBatchNorm.renormStatistics(
+        moments, count, scale=scale, bias=bias, running=running, renorm=renorm, saved=saved, correction=correction,
+        corrected=corrected, epsilon=epsilon, factor=factor, renormMomentum=renormMomentum, clipping=clipping,
+        skipped=skipped,
+    )
+
+
+def renormCombine(correction, x, y, out):
+    NumpyBatchNorm.renormCombine(correction, x, y, out)

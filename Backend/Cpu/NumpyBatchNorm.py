@@ -335,3 +335,52 @@ def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scale
         np.multiply(g[rows], chunks.part(gains, rows), out=dx[rows], casting="same_kind")
 
     chunks.run(inputGradient)
+
+
+def renormStatistics(
+    moments, count, *, scale, bias, running, renorm, saved, correction, corrected, epsilon, factor, renormMomentum,
+    clipping, skipped,
+):
+    """Batch Renormalization's per-map step in float64 (the formulas are `Contract.BatchNormPrimitives`'); the twin of
+    the CUDA kernel ``bnRenormStatistics``. Both CPU kernel sets run it: it reads and writes per-map vectors only."""
+    maps = scale.size
+    mu, sigma2 = (mapVector(ary, maps).astype(np.float64) for ary in moments)
+    renormMean, renormStd = mapVector(renorm.mean, maps), mapVector(renorm.std, maps)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        sigma = np.sqrt(sigma2 + epsilon)
+        std = np.maximum(renormStd, np.sqrt(epsilon), dtype=np.float64)
+        # NOTE: np.clip keeps a NaN a NaN, as the kernel's comparisons do
+        r = np.clip(sigma / std, clipping.rmin, clipping.rmax)
+        d = np.clip((mu - renormMean) / std, -clipping.dmax, clipping.dmax)
+        scaleVector = mapVector(scale, maps)
+
+        mapVector(saved.mean, maps)[...] = mu
+        mapVector(saved.invstd, maps)[...] = 1.0 / sigma
+        mapVector(correction.r, maps)[...] = r
+        mapVector(correction.d, maps)[...] = d
+        mapVector(corrected.scale, maps)[...] = r * scaleVector
+        mapVector(corrected.bias, maps)[...] = d * scaleVector + mapVector(bias, maps)
+
+        keep = None
+        if skipped is not None:
+            keep = ~(np.isfinite(mu) & np.isfinite(sigma2))
+            keep = keep if keep.any() else None
+        updates = [(renormMean, mu, 1.0 - renormMomentum), (renormStd, sigma, 1.0 - renormMomentum)]
+        if running is not None:
+            unbiased = sigma2 * (count / (count - 1))
+            updates += [(mapVector(running.mean, maps), mu, factor), (mapVector(running.var, maps), unbiased, factor)]
+        for target, value, weight in updates:
+            new = (1.0 - weight) * target + weight * value
+            target[...] = new if keep is None else np.where(keep, target, new)
+    if keep is not None:
+        mapVector(skipped, maps)[...] += keep
+
+
+def renormCombine(correction, x, y, out):
+    """``out = r * x + d * y`` per map in float64 (`Contract.BatchNormPrimitives.renormCombine`)."""
+    maps = x.size
+    r = mapVector(correction.r, maps).astype(np.float64)
+    result = r * mapVector(x, maps)
+    if y is not None:
+        result += mapVector(correction.d, maps) * mapVector(y, maps).astype(np.float64)
+    mapVector(out, maps)[...] = result

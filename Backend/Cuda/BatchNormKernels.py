@@ -19,7 +19,7 @@ arrays of ``maps`` elements. How the work is laid out on the device:
 import numpy as np
 
 from PuzzleLib.Backend.Cuda.GPUArray import empty
-from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, residentBlocks
+from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, grid1d, residentBlocks
 from PuzzleLib.Kernels import BatchNorm as declared
 from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, ROWS_BX, ROWS_BY, ChannelParams
 
@@ -29,6 +29,8 @@ suffixes = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 MAX_SPLITS = 1024
 MIN_VECTORS_PER_BLOCK = 4 * BLOCK_SIZE
 MIN_ROWS_PER_BLOCK = 16 * ROWS_BY
+# NOTE: the per-map kernels of Batch Renormalization: one thread per map
+PER_MAP_BLOCK = 256
 
 kernels = KernelSource(declared)
 
@@ -238,3 +240,30 @@ def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scale
     if ingrad is not None:
         params = ChannelParams(var=running.var, scale=scale, epsilon=epsilon)
         applyPass("frozenBackward", None, grad, ingrad, shape3, params)
+
+
+def renormStatistics(
+    moments, count, *, scale, bias, running, renorm, saved, correction, corrected, epsilon, factor, renormMomentum,
+    clipping, skipped,
+):
+    """One kernel, one thread per map (``bnRenormStatistics``, the twin of `NumpyBatchNorm.renormStatistics`)."""
+    runningArrays = (None, None) if running is None else running
+    perMap = (*moments, scale, bias, *saved, *correction, *corrected, *runningArrays, *renorm, skipped)
+    maps = scale.size
+    assert all(ary.dtype == np.float32 and ary.size == maps for ary in perMap if ary is not None), maps
+    grid, block = grid1d(maps, PER_MAP_BLOCK)
+    kernels.launch(
+        declared.renormStatistics, grid, block, batchMean=moments.mean, batchVar=moments.var, maps=maps, m=count,
+        epsilon=epsilon, factor=factor, momentum=renormMomentum, rmin=clipping.rmin, rmax=clipping.rmax,
+        dmax=clipping.dmax, scale=scale, bias=bias, savedMean=saved.mean, savedInvstd=saved.invstd, r=correction.r,
+        d=correction.d, correctedScale=corrected.scale, correctedBias=corrected.bias, runningMean=runningArrays[0],
+        runningVar=runningArrays[1], renormMean=renorm.mean, renormStd=renorm.std, skipped=skipped,
+    )
+
+
+def renormCombine(correction, x, y, out):
+    """One kernel, one thread per map (``bnRenormCombine``)."""
+    maps = x.size
+    assert all(ary.dtype == np.float32 and ary.size == maps for ary in (*correction, x, y, out) if ary is not None)
+    grid, block = grid1d(maps, PER_MAP_BLOCK)
+    kernels.launch(declared.renormCombine, grid, block, r=correction.r, x=x, d=correction.d, y=y, maps=maps, out=out)

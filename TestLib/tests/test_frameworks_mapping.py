@@ -1,6 +1,6 @@
-"""How other frameworks' running-average knobs map onto ``initFactor`` / ``minFactor`` (README, "Coming from another
-framework"): each test writes the other framework's documented update rule in a few lines of float64 numpy, feeds the
-same batches to it and to our module, and compares the running statistics.
+"""How other frameworks' knobs map onto ours (README, "Coming from another framework"): each test writes the other
+framework's documented rule in a few lines of float64 numpy, feeds the same batches to it and to our module, and
+compares the running statistics (and, for renorm, the outputs).
 """
 
 import numpy as np
@@ -124,3 +124,53 @@ def test_pytorch_momentum():
 
     np.testing.assert_allclose(ourMean, runningMean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ourVar, runningVar, rtol=1e-5)
+
+
+def test_tensorflow_renorm():
+    """TF's renorm, written from its documentation: r = stddev / max(renorm_stddev, sqrt(eps)) clipped to
+    [rmin, rmax] with a missing rmin taken as 0, d = (mean - renorm_mean) / that stddev clipped to [-dmax, dmax], both
+    moving statistics updated with renorm_momentum, starting at 0 and 1; channels last. Ours with rmin=0 gives the same
+    outputs and renorm statistics."""
+    data = batches((4, 5, 6, 3), seed=6)
+    eps, renormMomentum = 1e-3, 0.9
+    bn = BatchNorm2D(
+        3, axis=-1, epsilon=eps, renorm=True, renormMomentum=renormMomentum,
+        renormClipping={"rmax": 1.3, "dmax": 0.4, "rmin": 0},
+    )
+    gamma, beta = bn.scale.get().astype(np.float64).ravel(), bn.bias.get().astype(np.float64).ravel()
+
+    renormMean, renormStddev = np.zeros(3), np.ones(3)
+    for x in data:
+        out = bn(gpuarray.to_gpu(x)).get()
+        mu, sigma2, _ = moments(x, (0, 1, 2))
+        stddev = np.sqrt(sigma2 + eps)
+        floor = np.maximum(renormStddev, np.sqrt(eps))
+        r = np.minimum(np.maximum(stddev / floor, 0.0), 1.3)
+        d = np.minimum(np.maximum((mu - renormMean) / floor, -0.4), 0.4)
+        expected = ((x - mu) / stddev * r + d) * gamma + beta
+        np.testing.assert_allclose(out, expected, atol=5e-5)
+        renormMean = renormMomentum * renormMean + (1 - renormMomentum) * mu
+        renormStddev = renormMomentum * renormStddev + (1 - renormMomentum) * stddev
+
+    np.testing.assert_allclose(bn.renormMean.get().ravel(), renormMean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.renormStd.get().ravel(), renormStddev, rtol=1e-5)
+
+
+def test_keras_virtual_batch_size():
+    """Keras's virtual_batch_size normalizes each ghost batch by itself, as ours does, but moves the moving statistics
+    once per batch by the ghost batches' averaged moments; ours moves them once per ghost batch (Hoffer et al.'s
+    Algorithm 1). With the same per-step weight the two running means differ, and ours equals the sequential rule."""
+    data = batches((12, 3), seed=7)
+    factor = 0.1
+    bn = BatchNorm(3, initFactor=factor, minFactor=factor, virtualBatch=4)
+    ourMean, _ = feed(bn, data)
+
+    sequential, averaged = np.zeros(3), np.zeros(3)
+    for x in data:
+        ghostMeans = [moments(x[k : k + 4], (0,))[0] for k in (0, 4, 8)]
+        for mu in ghostMeans:
+            sequential = (1 - factor) * sequential + factor * mu
+        averaged = (1 - factor) * averaged + factor * np.mean(ghostMeans, axis=0)
+
+    np.testing.assert_allclose(ourMean, sequential, rtol=1e-5, atol=1e-6)
+    assert np.abs(ourMean - averaged).max() > 0.1
