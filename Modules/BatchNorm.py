@@ -18,7 +18,9 @@ class BatchNorm(BatchNormND):
         size (int): number of features.
         axis (int): the features' axis, 1 or -1 (the same axis of 2D data; -1 is accepted for code written for
             TensorFlow/Keras, whose default it is). Stored as 1.
-        epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, skipNonFinite: as in `BatchNormND`.
+        epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace: as in `BatchNormND`.
+        **options: `BatchNormND`'s keyword-only options (skipNonFinite, renorm, renormClipping, renormMomentum,
+            virtualBatch); an unknown one is a TypeError.
 
     Shape:
         data and output: (batch, size); scale, bias, mean, var: (1, size, 1, 1), float32.
@@ -43,21 +45,14 @@ class BatchNorm(BatchNormND):
         empty=False,
         inplace=False,
         axis=1,
-        *,
-        skipNonFinite=True,
-        renorm=False,
-        renormClipping=None,
-        renormMomentum=0.99,
-        virtualBatch=None,
+        **options,
     ):
         if isinstance(axis, (bool, np.bool_)) or axis not in (1, -1):
             raise ValueError(
                 "%s: axis must be 1 or -1 (the features of (batch, size) data); got %r" % (type(self).__name__, axis)
             )
-        super().__init__(
-            2, size, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, skipNonFinite=skipNonFinite,
-            renorm=renorm, renormClipping=renormClipping, renormMomentum=renormMomentum, virtualBatch=virtualBatch,
-        )
+        # NOTE: the keyword-only options (skipNonFinite, renorm, virtualBatch, ...) are BatchNormND's, checked there
+        super().__init__(2, size, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, **options)
         self.size = self.maps
 
     def checkDataShape(self, shape):

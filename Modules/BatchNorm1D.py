@@ -10,7 +10,8 @@ class BatchNorm1D(BatchNormND):
         maps (int): number of maps.
         axis (int): the maps' axis: 1 (default, channels first) or -1 (channels last, e.g. sequence data
             (batch, time, features) normalized over batch and time, Theano's axes (0, 1));
-            the other arguments as in `BatchNormND`.
+            the other arguments as in `BatchNormND`, its keyword-only options (skipNonFinite, renorm, renormClipping,
+            renormMomentum, virtualBatch) included; an unknown keyword is a TypeError.
 
     Shape:
         data and output: (batch, maps, length), or (batch, length, maps) with ``axis=-1``;
@@ -31,21 +32,10 @@ class BatchNorm1D(BatchNormND):
         empty=False,
         inplace=False,
         axis=1,
-        *,
-        skipNonFinite=True,
-        renorm=False,
-        renormClipping=None,
-        renormMomentum=0.99,
-        virtualBatch=None,
+        **options,
     ):
-        super().__init__(
-            1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis,
-            skipNonFinite=skipNonFinite,
-            renorm=renorm,
-            renormClipping=renormClipping,
-            renormMomentum=renormMomentum,
-            virtualBatch=virtualBatch,
-        )
+        # NOTE: the keyword-only options (skipNonFinite, renorm, virtualBatch, ...) are BatchNormND's, checked there
+        super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis, **options)
 
 
 def unittest():

@@ -9,7 +9,8 @@ class BatchNorm3D(BatchNormND):
     Args:
         maps (int): number of maps.
         axis (int): the maps' axis: 1 (default, channels first) or -1 (channels last, e.g. NDHWC volumes);
-            the other arguments as in `BatchNormND`.
+            the other arguments as in `BatchNormND`, its keyword-only options (skipNonFinite, renorm, renormClipping,
+            renormMomentum, virtualBatch) included; an unknown keyword is a TypeError.
 
     Shape:
         data and output: (batch, maps, depth, height, width), or (batch, depth, height, width, maps) with ``axis=-1``;
@@ -30,21 +31,10 @@ class BatchNorm3D(BatchNormND):
         empty=False,
         inplace=False,
         axis=1,
-        *,
-        skipNonFinite=True,
-        renorm=False,
-        renormClipping=None,
-        renormMomentum=0.99,
-        virtualBatch=None,
+        **options,
     ):
-        super().__init__(
-            3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis,
-            skipNonFinite=skipNonFinite,
-            renorm=renorm,
-            renormClipping=renormClipping,
-            renormMomentum=renormMomentum,
-            virtualBatch=virtualBatch,
-        )
+        # NOTE: the keyword-only options (skipNonFinite, renorm, virtualBatch, ...) are BatchNormND's, checked there
+        super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, axis, **options)
 
 
 def unittest():

@@ -314,7 +314,7 @@ class BatchNormND(Module):
         """The (start, stop) rows of each ghost batch of a batch of `batch` samples: `virtualBatch` each, the last
         holding what is left; the whole batch without `virtualBatch`."""
         size = batch if self.virtualBatch is None else self.virtualBatch
-        return [(start, min(start + size, batch)) for start in range(0, batch, size)] or [(0, 0)]
+        return [(start, min(start + size, batch)) for start in range(0, batch, size)]
 
     def elementsPerMap(self, shape):
         """m, the elements each map of data of `shape` holds (the product of the normalized axes)."""
