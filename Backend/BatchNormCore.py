@@ -7,6 +7,8 @@ functions, which allocate the outputs from the data's pool, permute the data whe
 (`Contract.BatchNormPrimitives`). Per-map statistics are `Contract.RunningStatistics` and `Contract.BatchStatistics`.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from PuzzleLib.Backend import Permute
@@ -15,6 +17,17 @@ from PuzzleLib.Backend.Checks import checkArray
 from PuzzleLib.Backend.Contract import AffineParams, BatchMoments, BatchStatistics, RenormCorrection
 
 float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+class FusedGradient(NamedTuple):
+    """What a backward after a fused forward adds: the `Contract.FusedActivation`, the forward's output `outdata`, the
+    residual's gradient `resgrad` (an array like the data to write, or None) and `bias` (read to rebuild xhat from the
+    output when the input is gone, InPlace-ABN; else None)."""
+
+    activation: object
+    outdata: object
+    resgrad: object = None
+    bias: object = None
 
 
 def checkData(name, data, backend, axes):
@@ -35,13 +48,15 @@ def statType(dtype):
 
 
 def workInput(layout, ary):
-    """The array the primitives read: `ary` itself, or its permuted copy (a new pool array)."""
-    return ary if layout.perm is None else Permute.permute(ary, layout.perm)
+    """The array the primitives read: `ary` itself, or its permuted copy (a new pool array); None stays None."""
+    return ary if layout.perm is None or ary is None else Permute.permute(ary, layout.perm)
 
 
 def workOutput(layout, out):
-    """Where the primitives write: `out` itself, or a pool buffer of the permuted shape."""
-    return out if layout.perm is None else out.backend.gpuarray.empty(layout.permutedShape, out.dtype)
+    """Where the primitives write: `out` itself, or a pool buffer of the permuted shape; None stays None."""
+    if layout.perm is None or out is None:
+        return out
+    return out.backend.gpuarray.empty(layout.permutedShape, out.dtype)
 
 
 def finishOutput(layout, work, out):
@@ -51,9 +66,14 @@ def finishOutput(layout, work, out):
     return out
 
 
-def trainForward(data, layout, *, scale, bias, running, epsilon, factor, out, statShape, statType, skipped):
+def trainForward(
+    data, layout, *, scale, bias, running, epsilon, factor, out, statShape, statType, skipped, activation=None,
+    residual=None,
+):
     """Normalizes with the batch statistics; updates `running` (a `RunningStatistics`, or None) in place, guarded by
-    the per-map counter `skipped` where it is not None (`Contract.BatchNormPrimitives.trainForward`).
+    the per-map counter `skipped` where it is not None (`Contract.BatchNormPrimitives.trainForward`); with
+    `activation` (a `FusedActivation`) and `residual`, ``out = act(bn(x) + residual)`` in the same pass. `out` may be
+    `data` with an invertible activation (InPlace-ABN): the statistics are taken before the pass writes.
 
     Returns ``(out, saved)``: the output (written into `out`, or a new pool array when None) and the
     `BatchStatistics` of the batch, new arrays of `statShape` and `statType`.
@@ -68,7 +88,7 @@ def trainForward(data, layout, *, scale, bias, running, epsilon, factor, out, st
     work = workOutput(layout, out)
     data.backend.batchNorm.trainForward(
         workInput(layout, data), work, layout.shape3, scale=scale, bias=bias, running=running, saved=saved,
-        epsilon=epsilon, factor=factor, skipped=skipped,
+        epsilon=epsilon, factor=factor, skipped=skipped, activation=activation, residual=workInput(layout, residual),
     )
     return finishOutput(layout, work, out), saved
 
@@ -87,14 +107,18 @@ def batchStatistics(data, layout, *, statType, out):
     return moments
 
 
-def normalize(data, layout, *, scale, bias, saved, out):
-    """Normalizes with given batch statistics (a `BatchStatistics`) into `out` (a new pool array when None)."""
+def normalize(data, layout, *, scale, bias, saved, out, activation=None, residual=None):
+    """Normalizes with given batch statistics (a `BatchStatistics`) into `out` (a new pool array when None), fused with
+    `activation` and `residual` as `trainForward`."""
     out = data.backend.gpuarray.empty(data.shape, data.dtype) if out is None else out
     if data.size == 0:
         return out
 
     work = workOutput(layout, out)
-    data.backend.batchNorm.normalize(workInput(layout, data), work, layout.shape3, scale=scale, bias=bias, saved=saved)
+    data.backend.batchNorm.normalize(
+        workInput(layout, data), work, layout.shape3, scale=scale, bias=bias, saved=saved, activation=activation,
+        residual=workInput(layout, residual),
+    )
     return finishOutput(layout, work, out)
 
 
@@ -160,55 +184,75 @@ def renormBackward(
     return ingrad, scalegrad, biasgrad
 
 
-def evalForward(data, layout, *, scale, bias, running, epsilon, out):
-    """Normalizes with the given statistics (a `RunningStatistics`); `out` may be `data` (in place) or None (a new pool
-    array). Returns the output."""
+def evalForward(data, layout, *, scale, bias, running, epsilon, out, activation=None, residual=None):
+    """Normalizes with the given statistics (a `RunningStatistics`), fused with `activation` and `residual` as
+    `trainForward`; `out` may be `data` (in place) or None (a new pool array). Returns the output."""
     out = data.backend.gpuarray.empty(data.shape, data.dtype) if out is None else out
     if data.size == 0:
         return out
 
     work = workOutput(layout, out)
     data.backend.batchNorm.evalForward(
-        workInput(layout, data), work, layout.shape3, scale=scale, bias=bias, running=running, epsilon=epsilon
+        workInput(layout, data), work, layout.shape3, scale=scale, bias=bias, running=running, epsilon=epsilon,
+        activation=activation, residual=workInput(layout, residual),
     )
     return finishOutput(layout, work, out)
 
 
-def backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, ingrad, **statistics):
-    """Allocates ``(ingrad, scalegrad, biasgrad)`` (ingrad like `data`, None unless `updGrad`, or the given one; the
-    parameter gradients of scale's shape and `gradType`, or the arrays `paramGrads` names), runs `primitive` with
-    `statistics` over the layout and returns them."""
-    arrays = data.backend.gpuarray
-    ingrad = (arrays.empty(data.shape, data.dtype) if ingrad is None else ingrad) if updGrad else None
+def backwardPass(
+    primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, ingrad, fused=None, **statistics
+):
+    """Allocates ``(ingrad, scalegrad, biasgrad)`` (ingrad like `grad`, None unless `updGrad`, or the given one, which
+    may be `grad` itself; the parameter gradients of scale's shape and `gradType`, or the arrays `paramGrads` names),
+    runs `primitive` with `statistics` over the layout and returns them. `fused` (a `FusedGradient`, after a fused
+    forward) adds the activation, the forward's output and the residual's gradient; `data` may be None then
+    (InPlace-ABN)."""
+    arrays = grad.backend.gpuarray
+    ingrad = (arrays.empty(grad.shape, grad.dtype) if ingrad is None else ingrad) if updGrad else None
     scalegrad, biasgrad = paramGrads
     scalegrad = arrays.empty(scale.shape, gradType) if scalegrad is None else scalegrad
     biasgrad = arrays.empty(scale.shape, gradType) if biasgrad is None else biasgrad
 
     # NOTE: sums over no elements are zero; handled here once, so the primitives never see empty data
-    if data.size == 0:
+    if grad.size == 0:
         return ingrad, scalegrad.fill(0), biasgrad.fill(0)
 
     work = workOutput(layout, ingrad) if updGrad else None
+    extra = {}
+    if fused is not None:
+        resgradWork = workOutput(layout, fused.resgrad)
+        extra = dict(activation=fused.activation, outdata=workInput(layout, fused.outdata), resgrad=resgradWork)
     primitive(
         workInput(layout, data), workInput(layout, grad), work, layout.shape3, scale=scale, scalegrad=scalegrad,
-        biasgrad=biasgrad, **statistics,
+        biasgrad=biasgrad, **statistics, **extra,
     )
+    if fused is not None and fused.resgrad is not None:
+        finishOutput(layout, resgradWork, fused.resgrad)
     return finishOutput(layout, work, ingrad), scalegrad, biasgrad
 
 
-def trainBackward(data, grad, layout, *, scale, saved, updGrad, gradType, paramGrads=(None, None), ingrad=None):
+def trainBackward(
+    data, grad, layout, *, scale, saved, updGrad, gradType, paramGrads=(None, None), ingrad=None, fused=None
+):
     """Backward after a training forward, from its `BatchStatistics`. Returns ``(ingrad, scalegrad, biasgrad)``: ingrad
     like `data` (None unless `updGrad`; written into `ingrad` when given), the parameter gradients of scale's shape and
-    `gradType`, written into the arrays of `paramGrads` ``(scalegrad, biasgrad)`` where they are not None."""
-    primitive = data.backend.batchNorm.backward
-    return backwardPass(primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, ingrad, saved=saved)
+    `gradType`, written into the arrays of `paramGrads` ``(scalegrad, biasgrad)`` where they are not None. After a
+    fused forward, `fused` (a `FusedGradient`); with `data` None, xhat is rebuilt from the output with ``fused.bias``
+    and `scale` (InPlace-ABN)."""
+    primitive = grad.backend.batchNorm.backward
+    extra = {} if fused is None else {"bias": fused.bias}
+    return backwardPass(
+        primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, ingrad, fused, saved=saved, **extra
+    )
 
 
 def frozenBackward(
-    data, grad, layout, *, scale, running, epsilon, updGrad, gradType, paramGrads=(None, None), ingrad=None
+    data, grad, layout, *, scale, running, epsilon, updGrad, gradType, paramGrads=(None, None), ingrad=None,
+    fused=None,
 ):
     """Backward after an evaluation forward with the statistics `running` (constants). Returns as `trainBackward`."""
-    primitive = data.backend.batchNorm.frozenBackward
+    primitive = grad.backend.batchNorm.frozenBackward
     return backwardPass(
-        primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, ingrad, running=running, epsilon=epsilon
+        primitive, data, grad, layout, scale, updGrad, gradType, paramGrads, ingrad, fused, running=running,
+        epsilon=epsilon,
     )

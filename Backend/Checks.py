@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from PuzzleLib.Backend import gpuarray
-from PuzzleLib.Backend.Contract import RenormClipping
+from PuzzleLib.Backend.Contract import FusedActivation, RenormClipping, fusedActivations
 
 
 def checkArray(name, ary, dtypes=None, shape=None):
@@ -83,3 +83,38 @@ def renormClipping(rmax=None, rmin=None, dmax=None):
     dmax = bound("dmax", dmax, lambda v: v >= 0, ">= 0, inf allowed")
     rmax = math.inf if rmax is None else rmax
     return RenormClipping(rmin=1.0 / rmax if rmin is None else rmin, rmax=rmax, dmax=math.inf if dmax is None else dmax)
+
+
+# NOTE: the default slopes just below 0: PyTorch's LeakyReLU negative_slope and ELU alpha (InPlace-ABN's too)
+defaultSlopes = {"leakyRelu": 0.01, "elu": 1.0}
+
+
+def fusedActivation(activation, slope=None):
+    """`activation` (one of `Contract.fusedActivations`, or None) and its `slope` as a `Contract.FusedActivation`, or
+    None for None. A missing slope takes the default (leakyRelu 0.01, elu 1.0).
+
+    Raises:
+        ValueError: an unknown activation, a slope for a kind that has none, or a slope that is not a finite number
+            >= 0 (leakyRelu, elu).
+    """
+    if activation is None:
+        if slope is not None:
+            raise ValueError("slope is given (%r) but there is no activation" % (slope,))
+        return None
+    if activation not in fusedActivations:
+        raise ValueError("activation must be one of %s or None; got %r" % (", ".join(fusedActivations), activation))
+    if activation not in defaultSlopes:
+        if slope is not None:
+            raise ValueError("slope applies to leakyRelu and elu only; got slope=%r with %r" % (slope, activation))
+        return FusedActivation(activation, 0.0)
+    slope = defaultSlopes[activation] if slope is None else slope
+    isReal = isinstance(slope, (int, float, np.integer, np.floating)) and not isinstance(slope, (bool, np.bool_))
+    if not isReal or not (math.isfinite(slope) and slope >= 0):
+        raise ValueError("slope of %s must be a finite number >= 0; got %r" % (activation, slope))
+    return FusedActivation(activation, float(slope))
+
+
+def invertible(activation):
+    """True when `activation` (a `FusedActivation`) can be inverted exactly and stably: identity, and leakyRelu and
+    elu with a slope > 0 (InPlace-ABN's choices)."""
+    return activation.kind == "identity" or (activation.kind in ("leakyRelu", "elu") and activation.slope > 0)

@@ -101,6 +101,32 @@ class AffineParams(NamedTuple):
     bias: object
 
 
+class FusedActivation(NamedTuple):
+    """An activation computed inside the batch-normalization passes, ``y = act(z)`` with z the normalized output (plus
+    the residual, where one is given); its derivative is taken from y, so backward needs the output, not z.
+
+    Kinds, with s = `slope`: ``"identity"`` (y = z), ``"relu"`` (max(z, 0)), ``"leakyRelu"`` (z, or s * z below 0),
+    ``"elu"`` (z, or s * (exp(z) - 1) below 0; Clevert et al. 2015, arXiv 1511.07289, s is its alpha), ``"sigmoid"``,
+    ``"tanh"``. Derivatives from y: 1; (y > 0); 1, or s where y <= 0; 1, or y + s where y <= 0; y * (1 - y);
+    1 - y**2. Inverses (InPlace-ABN, Rota Bulo et al. 2018, arXiv 1712.02616) exist for identity, leakyRelu (s > 0)
+    and elu (s > 0): z = y, or y / s, or log1p(y / s) where y < 0.
+
+    Attributes:
+        kind (str): one of `fusedActivations`; slope (float): the slope just below 0 (leakyRelu's negative slope,
+            elu's alpha); 0 for the other kinds.
+    """
+
+    kind: str
+    slope: float
+
+
+# NOTE: the order is the kernels' numbering of the kinds (Kernels/BatchNorm.cu, ACT_*)
+fusedActivations = ("identity", "relu", "leakyRelu", "elu", "sigmoid", "tanh")
+# NOTE: InPlace-ABN divides by the scale to rebuild xhat; a |scale| below this divides by it instead (with the
+# scale's sign, + for 0), the paper's guard against a vanishing scale without changing the forward's formula
+reconstructionFloor = 1e-5
+
+
 class GPUArrayModule(Protocol):
     """A backend's arrays (SPEC section 2): ``GPUArray`` (a subclass of `PuzzleLib.Backend.gpuarray.GPUArray`) and
     ``memoryPool`` (a `MemoryPool` over the backend's raw allocator), plus the three constructors.
@@ -132,7 +158,10 @@ class BatchNormPrimitives(Protocol):
 
     dataTypes: tuple
 
-    def trainForward(self, data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped):
+    def trainForward(
+        self, data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped, activation=None,
+        residual=None,
+    ):
         """Training forward with the batch statistics (m >= 2, `out` is not `data`).
 
         ``mu = mean(x)``, ``sigma2 = mean((x - mu)**2)`` (biased), ``invstd = 1 / sqrt(sigma2 + epsilon)``,
@@ -143,6 +172,8 @@ class BatchNormPrimitives(Protocol):
         backend computes them) keeps its running statistics and gains 1 in `skipped`; the decision is made where the
         statistics are finished, in the same pass.
         Statistics accumulate in at least float32 with a stable method (two-pass or Welford/Chan).
+        With `activation` (a `FusedActivation`) and/or `residual` (an array like `data`) the pass writes
+        ``out = act(xhat * scale + bias + residual)`` instead, in the same walk (`fusedForward`).
         """
 
     def batchStatistics(self, data, shape3, *, saved):
@@ -151,19 +182,31 @@ class BatchNormPrimitives(Protocol):
         method of `trainForward`. `saved` is a `BatchMoments` of two float32 or two float64 arrays (whatever the data
         type); nothing else is written."""
 
-    def normalize(self, data, out, shape3, *, scale, bias, saved):
+    def normalize(self, data, out, shape3, *, scale, bias, saved, activation=None, residual=None):
         """The normalization pass of `trainForward` with given statistics (a `BatchStatistics`, such as those merged
-        across processes): ``out = (x - saved.mean) * saved.invstd * scale + bias``. Nothing else is written."""
+        across processes): ``out = (x - saved.mean) * saved.invstd * scale + bias``, fused with `activation` and
+        `residual` as `trainForward`. Nothing else is written."""
 
-    def evalForward(self, data, out, shape3, *, scale, bias, running, epsilon):
-        """Evaluation forward: ``out = (x - running.mean) / sqrt(running.var + epsilon) * scale + bias``; `out` may be
-        `data` (in place: then no pool block is taken). Nothing else is written."""
+    def evalForward(self, data, out, shape3, *, scale, bias, running, epsilon, activation=None, residual=None):
+        """Evaluation forward: ``out = (x - running.mean) / sqrt(running.var + epsilon) * scale + bias``, fused with
+        `activation` and `residual` as `trainForward`; `out` may be `data` (in place: then no pool block is taken).
+        Nothing else is written."""
 
-    def backward(self, data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
+    def backward(
+        self, data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, activation=None, outdata=None,
+        bias=None, resgrad=None,
+    ):
         """Backward after a training forward, with ``xhat = (x - saved.mean) * saved.invstd`` (non-empty data).
 
         Overwrites ``biasgrad = sum(grad)`` and ``scalegrad = sum(grad * xhat)``; when `ingrad` is not None,
-        ``ingrad = scale * invstd / m * (m * grad - biasgrad - xhat * scalegrad)``.
+        ``ingrad = scale * invstd / m * (m * grad - biasgrad - xhat * scalegrad)``. `ingrad` may be `grad` (in place).
+
+        After a fused forward (`activation` given, with its output `outdata`): every formula takes
+        ``grad * act'(outdata)`` in place of grad, computed in the same walks (`fusedBackward`), and `resgrad` (or
+        None) receives it, the gradient of the residual. With `data` None (InPlace-ABN: the output overwrote the
+        input) ``xhat = (act^-1(outdata) - bias) / scale`` instead, for an invertible activation (a |scale| below
+        `reconstructionFloor` counts as that floor, with scale's sign); `saved.mean` is not read then. `bias` is read
+        only then.
         """
 
     def inputGradient(self, data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
@@ -173,11 +216,15 @@ class BatchNormPrimitives(Protocol):
         read, not written: sums over `count` elements per map, which may be more than this data holds (the batch of
         every process)."""
 
-    def frozenBackward(self, data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
+    def frozenBackward(
+        self, data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad, activation=None,
+        outdata=None, resgrad=None,
+    ):
         """Backward after an evaluation forward, the statistics constants (non-empty data); with
         ``invstd = 1 / sqrt(running.var + epsilon)``: ``biasgrad = sum(grad)``,
         ``scalegrad = sum(grad * (x - running.mean) * invstd)``; when `ingrad` is not None,
-        ``ingrad = grad * scale * invstd`` (the data is not read for it)."""
+        ``ingrad = grad * scale * invstd`` (the data is not read for it). After a fused forward, grad becomes
+        ``grad * act'(outdata)`` and `resgrad` receives it, as in `backward`."""
 
     def renormStatistics(
         self, moments, count, *, scale, bias, running, renorm, saved, correction, corrected, epsilon, factor,

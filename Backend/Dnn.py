@@ -22,7 +22,15 @@ import numpy as np
 
 from PuzzleLib.Backend import BatchNormCore
 from PuzzleLib.Backend.BatchNormLayout import modeAxes
-from PuzzleLib.Backend.Checks import checkArray, checkEpsilon, checkFactor, commonBackend, renormClipping
+from PuzzleLib.Backend.Checks import (
+    checkArray,
+    checkEpsilon,
+    checkFactor,
+    commonBackend,
+    fusedActivation,
+    invertible,
+    renormClipping,
+)
 from PuzzleLib.Backend.Contract import (
     BatchMoments,
     BatchStatistics,
@@ -54,9 +62,11 @@ def dataTypes(backend=None):
 
 
 def batchNormNd(
-    data, scale, bias, mean, var, epsilon=1e-5, factor=1.0, test=False, mode="spatial", *, out=None, skipped=None
+    data, scale, bias, mean, var, epsilon=1e-5, factor=1.0, test=False, mode="spatial", *, out=None, skipped=None,
+    activation=None, slope=None, residual=None,
 ):
-    """Batch-normalization forward.
+    """Batch-normalization forward, optionally fused with an activation and a residual addition:
+    ``out = act(bn(x) + residual)`` in the normalization pass itself (cuDNN's BN_ADD_ACTIVATION, Apex's bn_add_relu).
 
     Args:
         data (GPUArray): of a dtype in `dataTypes` (float32, float16; float64 on the CPU backend); shape
@@ -76,6 +86,13 @@ def batchNormNd(
             or variance is not finite (a NaN or inf in its data) keeps its running mean and variance, and its counter
             gains 1; the output is what the formula gives all the same. When None the update is cuDNN's and
             PyTorch's: a NaN enters the running statistics for good.
+        activation (str or None): ``"identity"``, ``"relu"``, ``"leakyRelu"``, ``"elu"``, ``"sigmoid"`` or ``"tanh"``
+            (`Contract.FusedActivation` gives the formulas), applied in the same pass; None: none.
+        slope (float or None): leakyRelu's negative slope (default 0.01) or elu's alpha (default 1.0), >= 0.
+        residual (GPUArray or None): added before the activation; shape and dtype of `data`, apart from `out`.
+            With an invertible activation (identity, leakyRelu or elu with slope > 0) and no residual, a training
+            `out` may be `data` (InPlace-ABN, Rota Bulo et al. 2018, arXiv 1712.02616): pass ``data=None`` and the
+            output to `batchNormNdBackward`, which rebuilds xhat from it.
 
     Returns:
         training: ``(out, savemean, saveinvvar)``, the batch mean and inverse standard deviation 1 / sqrt(sigma2 + eps)
@@ -88,15 +105,22 @@ def batchNormNd(
             in evaluation, without running statistics, or overlapping another argument. Nothing is written when it
             raises.
     """
-    backend = commonBackend(data=data, scale=scale, bias=bias, mean=mean, var=var, out=out, skipped=skipped)
+    backend = commonBackend(
+        data=data, scale=scale, bias=bias, mean=mean, var=var, out=out, skipped=skipped, residual=residual
+    )
     layout = BatchNormCore.checkData("data", data, backend, modeAxes(mode, data.ndim))
     perMap = BatchNormCore.perMapTypes(data.dtype)
     for name, ary in (("scale", scale), ("bias", bias), ("mean", mean), ("var", var)):
         if ary is not None or test:
             layout.checkPerMap(name, ary, perMap)
     checkEpsilon(epsilon)
+    fused = fusedActivation(activation, slope)
     if out is not None:
         checkArray("out", out, dtypes=(data.dtype,), shape=data.shape)
+    if residual is not None:
+        checkArray("residual", residual, dtypes=(data.dtype,), shape=data.shape)
+        if out is not None:
+            checkApart("out", out, "the residual is read while the output is written", residual=residual)
 
     if skipped is not None:
         if test or mean is None:
@@ -108,27 +132,35 @@ def batchNormNd(
 
     if test:
         return BatchNormCore.evalForward(
-            data, layout, scale=scale, bias=bias, running=RunningStatistics(mean, var), epsilon=epsilon, out=out
+            data, layout, scale=scale, bias=bias, running=RunningStatistics(mean, var), epsilon=epsilon, out=out,
+            activation=fused, residual=residual,
         )
 
     if (mean is None) != (var is None):
         raise ValueError("mean and var must be given together or not at all")
     layout.checkBatch()
     checkFactor(factor)
-    if out is not None and out.ptr == data.ptr:
-        raise ValueError("training batch normalization cannot write its output over its input (out is data)")
+    if out is not None and out.ptr == data.ptr and not (fused is not None and invertible(fused) and residual is None):
+        raise ValueError(
+            "training batch normalization writes its output over its input (out is data) only with an invertible "
+            "activation (identity, leakyRelu or elu with slope > 0) and no residual, whose backward rebuilds the "
+            "input from the output; got activation=%r%s"
+            % (activation, " and a residual" if residual is not None else "")
+        )
 
     running = None if mean is None else RunningStatistics(mean, var)
     out, saved = BatchNormCore.trainForward(
         data, layout, scale=scale, bias=bias, running=running, epsilon=epsilon, factor=factor, out=out,
         statShape=scale.shape if mean is None else mean.shape, statType=BatchNormCore.float32, skipped=skipped,
+        activation=fused, residual=residual,
     )
     return out, saved.mean, saved.invstd
 
 
 def batchNormNdBackward(
     data, grad, scale, savemean=None, saveinvvar=None, epsilon=1e-5, mode="spatial", *, test=False, mean=None,
-    var=None, updGrad=True, scalegrad=None, biasgrad=None, ingrad=None,
+    var=None, updGrad=True, scalegrad=None, biasgrad=None, ingrad=None, activation=None, slope=None, outdata=None,
+    bias=None, resgrad=None,
 ):
     """Batch-normalization backward.
 
@@ -150,42 +182,99 @@ def batchNormNdBackward(
             the shapes `scale` may have, apart from every input and from each other), overwriting what they held, as
             a module does into its parameters' gradients; new pool arrays when None.
         ingrad (GPUArray or None): where to write the input gradient (shape and dtype of `data`, apart from every
-            other argument; needs `updGrad`), such as rows of a larger array; a new pool array when None.
+            other argument, but with ``data=None`` it may be `grad` itself: in place; needs `updGrad`), such as rows of
+            a larger array; a new pool array when None.
+        activation, slope (str or None, float or None): the fused forward's (`batchNormNd`): the formulas above then
+            take ``grad * act'(outdata)`` in place of grad, in the same passes.
+        outdata (GPUArray or None): the fused forward's output (shape and dtype of `grad`), needed with `activation`.
+        bias (GPUArray or None): with ``data=None`` only: the forward's bias.
+        resgrad (GPUArray or None): with `activation`: receives ``grad * act'(outdata)``, the gradient of the forward's
+            residual (shape and dtype of `grad`, apart from every other argument).
+
+    With ``data=None`` after an in-place training forward (InPlace-ABN, Rota Bulo et al. 2018, arXiv 1712.02616;
+    `activation` invertible, `bias` given), ``xhat = (act^-1(outdata) - bias) / scale`` is rebuilt from the output;
+    a map whose |scale| is below ``Contract.reconstructionFloor`` divides by that floor (with scale's sign) instead,
+    the paper's guard against a vanishing scale, which here leaves the forward's formula as it is.
 
     Returns:
-        ``(ingrad, scalegrad, biasgrad)``: `ingrad` like `data`; the parameter gradients float32, shaped like `scale`
+        ``(ingrad, scalegrad, biasgrad)``: `ingrad` like `grad`; the parameter gradients float32, shaped like `scale`
         (or the given arrays).
 
     Raises:
         TypeError, ValueError: as `batchNormNd`, and when `grad` differs from `data` in shape or dtype, a needed
-            statistic is missing, or a given `scalegrad`, `biasgrad` or `ingrad` does not fit or overlaps another
-            argument. Nothing is written when it raises.
+            statistic is missing, or a given `scalegrad`, `biasgrad`, `ingrad` or `resgrad` does not fit or overlaps
+            another argument; `data` None without an invertible activation, `outdata` and `bias`, or after an
+            evaluation forward. Nothing is written when it raises.
     """
     stats = {"mean": mean, "var": var} if test else {"savemean": savemean, "saveinvvar": saveinvvar}
     outs = {"scalegrad": scalegrad, "biasgrad": biasgrad}
+    fused = checkFusedBackward(data, grad, activation, slope, outdata, bias, resgrad, test, ingrad)
+    if resgrad is not None and not updGrad:
+        raise ValueError("resgrad is written by the input gradient's pass: it needs updGrad=True")
     layout = checkBackward(
-        data, grad, scale, mode, stats, outs, ingrad, updGrad, "an evaluation" if test else "a training"
+        data, grad, scale, mode, stats, outs, ingrad, updGrad, "an evaluation" if test else "a training",
+        outdata=outdata, bias=bias, resgrad=resgrad,
     )
+    if data is None:
+        layout.checkPerMap("bias", bias, BatchNormCore.perMapTypes(grad.dtype))
 
     if test:
         checkEpsilon(epsilon)
         return BatchNormCore.frozenBackward(
             data, grad, layout, scale=scale, running=RunningStatistics(mean, var), epsilon=epsilon, updGrad=updGrad,
-            gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad), ingrad=ingrad,
+            gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad), ingrad=ingrad, fused=fused,
         )
     return BatchNormCore.trainBackward(
         data, grad, layout, scale=scale, saved=BatchStatistics(savemean, saveinvvar), updGrad=updGrad,
-        gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad), ingrad=ingrad,
+        gradType=BatchNormCore.float32, paramGrads=(scalegrad, biasgrad), ingrad=ingrad, fused=fused,
     )
 
 
-def checkBackward(data, grad, scale, mode, stats, outs, ingrad, updGrad, after):
+def checkFusedBackward(data, grad, activation, slope, outdata, bias, resgrad, test, ingrad):
+    """The checks of a backward's fused arguments; returns the `BatchNormCore.FusedGradient`, or None without an
+    activation."""
+    fused = fusedActivation(activation, slope)
+    if fused is None:
+        if outdata is not None or resgrad is not None or data is None:
+            raise ValueError(
+                "outdata, resgrad and data=None belong to the backward of a forward fused with an activation; got no "
+                "activation (without one the residual's gradient is grad itself)"
+            )
+        return None
+    if outdata is None:
+        raise ValueError("the backward after a forward fused with %r needs its output (outdata)" % activation)
+    checkArray("grad", grad)
+    checkArray("outdata", outdata, dtypes=(grad.dtype,), shape=grad.shape)
+    if resgrad is not None:
+        checkArray("resgrad", resgrad, dtypes=(grad.dtype,), shape=grad.shape)
+        checkApart("resgrad", resgrad, "an output may overlap no other argument", grad=grad, outdata=outdata,
+                   data=data, ingrad=ingrad)
+    if data is None:
+        if test or not invertible(fused) or bias is None or resgrad is not None:
+            raise ValueError(
+                "data=None (the input rebuilt from the output, InPlace-ABN) needs a training backward, an invertible "
+                "activation (identity, leakyRelu or elu with slope > 0), bias, and no residual; got test=%r, "
+                "activation=%r, bias %s, resgrad %s"
+                % (test, activation, "None" if bias is None else "given", "None" if resgrad is None else "given")
+            )
+    elif bias is not None:
+        raise ValueError("bias is read only with data=None (the input rebuilt from the output)")
+    return BatchNormCore.FusedGradient(fused, outdata, resgrad, bias)
+
+
+def checkBackward(data, grad, scale, mode, stats, outs, ingrad, updGrad, after, **fusedArrays):
     """The checks of the backward entry points; returns the data's layout. `stats` ({name: per-map array}) are all
     needed, after `after` forward (for the message); `outs` ({name: per-map array or None}) are the parameter
-    gradients' outputs."""
-    backend = commonBackend(data=data, grad=grad, scale=scale, ingrad=ingrad, **stats, **outs)
-    layout = BatchNormCore.checkData("data", data, backend, modeAxes(mode, data.ndim))
-    checkArray("grad", grad, dtypes=(data.dtype,), shape=data.shape)
+    gradients' outputs; `fusedArrays` the fused backward's other arrays (checked by `checkFusedBackward`). `data` may
+    be None (InPlace-ABN): the layout is `grad`'s then."""
+    backend = commonBackend(data=data, grad=grad, scale=scale, ingrad=ingrad, **stats, **outs, **fusedArrays)
+    rebuilt = data is None
+    if rebuilt:
+        layout = BatchNormCore.checkData("grad", grad, backend, modeAxes(mode, grad.ndim))
+        data = grad
+    else:
+        layout = BatchNormCore.checkData("data", data, backend, modeAxes(mode, data.ndim))
+        checkArray("grad", grad, dtypes=(data.dtype,), shape=data.shape)
 
     perMap = BatchNormCore.perMapTypes(data.dtype)
     layout.checkPerMap("scale", scale, perMap)
@@ -196,16 +285,23 @@ def checkBackward(data, grad, scale, mode, stats, outs, ingrad, updGrad, after):
     if outs["scalegrad"] is not None or outs["biasgrad"] is not None:
         checkPerMapOutputs(layout, outs, data=data, grad=grad, scale=scale, **stats)
     if ingrad is not None:
-        checkInputGradient(ingrad, updGrad, data=data, grad=grad, scale=scale, **stats, **outs)
+        others = {name: ary for name, ary in fusedArrays.items() if name != "resgrad"}
+        # NOTE: InPlace-ABN's input gradient may overwrite grad exactly (each element is read before it is written)
+        inPlace = rebuilt and ingrad.ptr == grad.ptr and ingrad.shape == grad.shape and ingrad.dtype == grad.dtype
+        checkInputGradient(
+            ingrad, updGrad, data=data if data is not grad else None, grad=None if inPlace else grad, scale=scale,
+            **stats, **outs, **others, like=grad,
+        )
     return layout
 
 
-def checkInputGradient(ingrad, updGrad, data, **arrays):
+def checkInputGradient(ingrad, updGrad, data, like=None, **arrays):
     """Raises ValueError unless `ingrad` can take the input gradient of `data`: `updGrad` set, the shape and dtype of
-    `data`, no byte shared with `data` or the other `arrays` (None values are skipped)."""
+    `data` (or of `like`), no byte shared with `data` or the other `arrays` (None values are skipped)."""
     if not updGrad:
         raise ValueError("ingrad is given but updGrad is False: no input gradient is computed")
-    checkArray("ingrad", ingrad, dtypes=(data.dtype,), shape=data.shape)
+    like = data if like is None else like
+    checkArray("ingrad", ingrad, dtypes=(like.dtype,), shape=like.shape)
     checkApart("ingrad", ingrad, "an output may overlap no other argument", data=data, **arrays)
 
 

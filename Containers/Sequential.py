@@ -76,8 +76,10 @@ class Sequential(Module):
 
         Raises:
             ModuleError: for an object that is not a Module, a name another child already has, a module already in the
-                chain (at any depth: its gradients would be overwritten by its second use), the container itself, or a
-                container that holds this one (a cycle).
+                chain (at any depth: its gradients would be overwritten by its second use), the container itself, a
+                container that holds this one (a cycle), or an in-place module (one that writes its output over its
+                input, such as InPlace-ABN) after a module whose backward reads that memory (its output, or its
+                input when it is in place too), as PuzzleLib's containers check ``gradUsesOutData``.
         """
         if not isinstance(module, Module):
             raise ModuleError("%s.append expects a Module; got %s" % (self.describe(), type(module).__name__))
@@ -88,6 +90,13 @@ class Sequential(Module):
                 "%s already holds %s; a module runs once per chain (create another for a second use)"
                 % (self.describe(), module.describe())
             )
+        if module.overwritesInput:
+            reader = self.outputReader()
+            if reader is not None:
+                raise ModuleError(
+                    "%s.append: %s writes its output over its input, which %s reads in its backward; make one of them "
+                    "not in place (inplace=False)" % (self.describe(), module.describe(), reader.describe())
+                )
         name = module.name if module.name is not None else str(len(self.modules))
         if name in self.names:
             raise ModuleError(
@@ -97,6 +106,27 @@ class Sequential(Module):
         self.modules.append(module)
         self.names.append(name)
         return module
+
+    def outputReader(self):
+        """The child whose backward reads the chain's output memory (None when none does): the last child when it
+        reads its output, or, through children that write over their input, one that reads the memory they share."""
+        for module in reversed(self.modules):
+            if module.gradUsesOutData:
+                return module
+            if not module.overwritesInput:
+                return None
+            if module.gradUsesInData:
+                return module
+        return None
+
+    @property
+    def gradUsesOutData(self):
+        return self.outputReader() is not None
+
+    @property
+    def overwritesInput(self):
+        """True when every child writes over its input (the chain's output is then its input's memory)."""
+        return bool(self.modules) and all(module.overwritesInput for module in self.modules)
 
     def __len__(self):
         return len(self.modules)

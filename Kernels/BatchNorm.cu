@@ -654,6 +654,105 @@ __device__ __forceinline__ float applyCoef(const Coef &q, float x, float dy)
 		return dy * q.a;
 }
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fused activation and residual (Contract.FusedActivation; the twins of NumpyBatchNorm.activate,
+// activationDerivative and activationInverse): y = act(z) with z = bn(x) + residual in the forward's pass; backward
+// takes dz = dy * act'(y) from the output in both of its passes, and with reconstruct (InPlace-ABN, Rota Bulo et al.
+// 2018, arXiv 1712.02616: the output overwrote x) rebuilds x - mean = (act^-1(y) - bias) / scale / invstd from it.
+
+#define ACT_IDENTITY 0
+#define ACT_RELU 1
+#define ACT_LEAKY_RELU 2
+#define ACT_ELU 3
+#define ACT_SIGMOID 4
+#define ACT_TANH 5
+
+// Passed by value to the fused entry points; Kernels/BatchNorm.py mirrors it. residual: the forward's addend (T *,
+// nullable); y: the forward's output (backward); resgrad: receives dz (T *, nullable); reconstruct: x is not read.
+struct FusedParams
+{
+	const void *residual, *y;
+	void *resgrad;
+	int act, reconstruct;
+	float slope, floor;
+};
+
+__device__ __forceinline__ float actForward(float z, int act, float slope)
+{
+	switch (act)
+	{
+	case ACT_RELU: return fmaxf(z, 0.0f);
+	case ACT_LEAKY_RELU: return z > 0.0f ? z : slope * z;
+	case ACT_ELU: return z > 0.0f ? z : slope * expm1f(z);
+	case ACT_SIGMOID: return 1.0f / (1.0f + expf(-z));
+	case ACT_TANH: return tanhf(z);
+	default: return z;
+	}
+}
+
+__device__ __forceinline__ float actDerivative(float y, int act, float slope)
+{
+	switch (act)
+	{
+	case ACT_RELU: return y > 0.0f ? 1.0f : 0.0f;
+	case ACT_LEAKY_RELU: return y > 0.0f ? 1.0f : slope;
+	case ACT_ELU: return y > 0.0f ? 1.0f : y + slope;
+	case ACT_SIGMOID: return y * (1.0f - y);
+	case ACT_TANH: return 1.0f - y * y;
+	default: return 1.0f;
+	}
+}
+
+__device__ __forceinline__ float actInverse(float y, int act, float slope)
+{
+	if (y >= 0.0f)
+		return y;
+	if (act == ACT_LEAKY_RELU)
+		return y / slope;
+	if (act == ACT_ELU)
+		return log1pf(y / slope);
+	return y;
+}
+
+// The per-channel constants of the reconstruction: x - mean = (act^-1(y) - bias) * recon, recon = 1 / (scale * invstd)
+// with scale kept at least `floor` in magnitude (its sign kept, + for 0).
+__device__ __forceinline__ float reconFactor(const ChannelParams &p, const FusedParams &f, int c)
+{
+	float s = p.scale[c];
+	if (fabsf(s) < f.floor)
+		s = s < 0.0f ? -f.floor : f.floor;
+	return 1.0f / (s * p.invstd[c]);
+}
+
+// Loads VEC values of dy and y (and x unless reconstruct) at `off` and turns them into dz and x - mean.
+template <typename T, int VEC>
+__device__ __forceinline__ void fusedLoad(const T *x, const T *dy, const FusedParams &f, int64 off, float mu,
+										  float bias, float recon, float (&gv)[VEC], float (&xc)[VEC])
+{
+	float yv[VEC];
+	loadPack<T, VEC>(dy + off, gv);
+	loadPack<T, VEC>(reinterpret_cast<const T *>(f.y) + off, yv);
+
+	if (f.reconstruct)
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			xc[k] = (actInverse(yv[k], f.act, f.slope) - bias) * recon;
+	}
+	else
+	{
+		loadPack<T, VEC>(x + off, xc);
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			xc[k] -= mu;
+	}
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+		gv[k] *= actDerivative(yv[k], f.act, f.slope);
+}
+
 // Inputs the mode reads: x for the forward modes and the training backward, dy for both backward modes.
 #define MODE_READS_X(MODE) ((MODE) != MODE_FROZEN_BACKWARD)
 #define MODE_READS_DY(MODE) ((MODE) == MODE_BACKWARD || (MODE) == MODE_FROZEN_BACKWARD)
@@ -764,6 +863,253 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 	}
 }
 
+
+// Backward reduction, stage 1, after a fused forward: the partial sums of dz and dz * (x - mean) of gradSpatial and
+// gradRows, with dz and x - mean from fusedLoad. p gives scale, bias and invstd (for the reconstruction).
+template <typename T, int VEC>
+__device__ void gradSpatialFused(const T *x, const T *dy, int64 outer, int maps, int64 innerV, const float *mean,
+								 float *psum, float *pdot, ChannelParams p, FusedParams f)
+{
+	int c = blockIdx.x;
+	float mu = f.reconstruct ? 0.0f : mean[c];
+	float bias = f.reconstruct ? p.bias[c] : 0.0f, recon = f.reconstruct ? reconFactor(p, f, c) : 0.0f;
+
+	int64 begin, end;
+	blockSlice(outer * innerV, begin, end);
+
+	float sum = 0.0f, dot = 0.0f;
+	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE);
+
+	for (; cur.j < end; advance(cur, innerV, BLOCK_SIZE))
+	{
+		int64 off = ((cur.o * maps + c) * innerV + cur.i) * VEC;
+
+		float gv[VEC], xc[VEC];
+		fusedLoad<T, VEC>(x, dy, f, off, mu, bias, recon, gv, xc);
+
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+		{
+			sum += gv[k];
+			dot += gv[k] * xc[k];
+		}
+	}
+
+	blockSum2(sum, dot);
+
+	if (threadIdx.x == 0)
+	{
+		int64 k = (int64)blockIdx.y * maps + c;
+		psum[k] = sum; pdot[k] = dot;
+	}
+}
+
+template <typename T, int VEC>
+__device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum,
+							  float *pdot, ChannelParams p, FusedParams f)
+{
+	__shared__ float ssum[ROWS_BY][ROWS_BX * VEC], sdot[ROWS_BY][ROWS_BX * VEC];
+
+	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	bool active = c0 < maps;
+
+	float sum[VEC], dot[VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		sum[k] = 0.0f; dot[k] = 0.0f;
+	}
+
+	if (active)
+	{
+		float mu[VEC], bias[VEC], recon[VEC];
+
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+		{
+			mu[k] = f.reconstruct ? 0.0f : mean[c0 + k];
+			bias[k] = f.reconstruct ? p.bias[c0 + k] : 0.0f;
+			recon[k] = f.reconstruct ? reconFactor(p, f, c0 + k) : 0.0f;
+		}
+
+		int64 begin, end;
+		blockSlice(rows, begin, end);
+
+		for (int64 r = begin + threadIdx.y; r < end; r += ROWS_BY)
+		{
+			float gv[VEC], xc[VEC];
+			int64 off = r * maps + c0;
+
+			// NOTE: one channel per lane of the vector, so the constants are taken lane by lane
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+			{
+				float g1[1], x1[1];
+				fusedLoad<T, 1>(x, dy, f, off + k, mu[k], bias[k], recon[k], g1, x1);
+				gv[k] = g1[0]; xc[k] = x1[0];
+			}
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+			{
+				sum[k] += gv[k];
+				dot[k] += gv[k] * xc[k];
+			}
+		}
+	}
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		ssum[threadIdx.y][threadIdx.x * VEC + k] = sum[k];
+		sdot[threadIdx.y][threadIdx.x * VEC + k] = dot[k];
+	}
+	__syncthreads();
+
+	if (threadIdx.y == 0 && active)
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+		{
+			float s = sum[k], d = dot[k];
+
+			for (int y = 1; y < ROWS_BY; y++)
+			{
+				s += ssum[y][threadIdx.x * VEC + k];
+				d += sdot[y][threadIdx.x * VEC + k];
+			}
+
+			int64 idx = (int64)blockIdx.y * maps + c0 + k;
+			psum[idx] = s; pdot[idx] = d;
+		}
+	}
+}
+
+// The fused elementwise pass of one VEC group at `off` of channel constants q (fb, fr: bias and recon of the
+// reconstruction), for every mode: forward out = act(bn(x) + residual); backward dx from dz and x - mean (frozen: dz
+// only), and resgrad = dz where given.
+template <typename T, int VEC, int MODE>
+__device__ __forceinline__ void fusedApply(const T *x, const T *dy, T *out, int64 off, const Coef &q, float fb,
+										   float fr, const FusedParams &f)
+{
+	float ov[VEC];
+
+	if (MODE == MODE_TRAIN_FORWARD || MODE == MODE_EVAL_FORWARD)
+	{
+		float xv[VEC];
+		loadPack<T, VEC>(x + off, xv);
+
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			ov[k] = applyCoef<MODE>(q, xv[k], 0.0f);
+
+		if (f.residual != 0)
+		{
+			float rv[VEC];
+			loadPack<T, VEC>(reinterpret_cast<const T *>(f.residual) + off, rv);
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+				ov[k] += rv[k];
+		}
+
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			ov[k] = actForward(ov[k], f.act, f.slope);
+	}
+	else
+	{
+		float gv[VEC], xc[VEC];
+		if (MODE == MODE_BACKWARD)
+			fusedLoad<T, VEC>(x, dy, f, off, q.mu, fb, fr, gv, xc);
+		else
+		{
+			float yv[VEC];
+			loadPack<T, VEC>(dy + off, gv);
+			loadPack<T, VEC>(reinterpret_cast<const T *>(f.y) + off, yv);
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+				gv[k] *= actDerivative(yv[k], f.act, f.slope);
+		}
+
+		if (f.resgrad != 0)
+			storePack<T, VEC>(reinterpret_cast<T *>(f.resgrad) + off, gv);
+
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			ov[k] = MODE == MODE_BACKWARD ? q.a * (gv[k] - q.b - xc[k] * q.k) : gv[k] * q.a;
+	}
+
+	storePack<T, VEC>(out + off, ov);
+}
+
+// The fused passes over the spatial and rows layouts, walked as applySpatial and applyRows walk them.
+template <typename T, int VEC, int MODE>
+__device__ void applySpatialFused(const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV,
+								  ChannelParams p, FusedParams f)
+{
+	int64 total = outer * maps * innerV;
+	int64 step = (int64)gridDim.x * BLOCK_SIZE;
+	int64 j = (int64)blockIdx.x * BLOCK_SIZE + threadIdx.x;
+
+	if (j >= total)
+		return;
+
+	int64 row = j / innerV;
+	int c = (int)(row % maps);
+	int cached = -1;
+	Coef q;
+	float fb = 0.0f, fr = 0.0f;
+
+	for (; j < total; j += step)
+	{
+		row = j / innerV;
+		c = (int)(row % maps);
+
+		if (c != cached)
+		{
+			q = channelCoef<MODE>(p, c);
+			if (MODE == MODE_BACKWARD && f.reconstruct)
+			{
+				fb = p.bias[c]; fr = reconFactor(p, f, c);
+			}
+			cached = c;
+		}
+
+		fusedApply<T, VEC, MODE>(x, dy, out, j * VEC, q, fb, fr, f);
+	}
+}
+
+template <typename T, int VEC, int MODE>
+__device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p, FusedParams f)
+{
+	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	if (c0 >= maps)
+		return;
+
+	Coef q[VEC];
+	float fb[VEC], fr[VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		q[k] = channelCoef<MODE>(p, c0 + k);
+		bool rebuild = MODE == MODE_BACKWARD && f.reconstruct;
+		fb[k] = rebuild ? p.bias[c0 + k] : 0.0f;
+		fr[k] = rebuild ? reconFactor(p, f, c0 + k) : 0.0f;
+	}
+
+	for (int64 r = (int64)blockIdx.y * ROWS_BY + threadIdx.y; r < rows; r += (int64)gridDim.y * ROWS_BY)
+	{
+		// NOTE: one channel per lane of the vector: element by element
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			fusedApply<T, 1, MODE>(x, dy, out, r * maps + c0 + k, q[k], fb[k], fr[k], f);
+	}
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // C entry points, one per (data type, vector width[, mode]): pycuda looks kernels up by these unmangled names, and
 // Kernels/BatchNorm.py declares each one's parameters. Suffixes: f32 / f16 data; v1 scalar, v4 / v8 16-byte vectors;
@@ -779,6 +1125,18 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 		const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p) \
 	{ \
 		applyRows<T, VEC, MODE>(x, dy, out, rows, maps, p); \
+	}
+
+#define BN_FUSED_ENTRIES(T, SUF, VEC, MSUF, MODE) \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplySpatialFused_##MSUF##_##SUF##_v##VEC( \
+		const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV, ChannelParams p, FusedParams f) \
+	{ \
+		applySpatialFused<T, VEC, MODE>(x, dy, out, outer, maps, innerV, p, f); \
+	} \
+	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnApplyRowsFused_##MSUF##_##SUF##_v##VEC( \
+		const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p, FusedParams f) \
+	{ \
+		applyRowsFused<T, VEC, MODE>(x, dy, out, rows, maps, p, f); \
 	}
 
 #define BN_ENTRIES(T, SUF, VEC) \
@@ -805,7 +1163,23 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 	BN_APPLY_ENTRIES(T, SUF, VEC, trainForward, MODE_TRAIN_FORWARD) \
 	BN_APPLY_ENTRIES(T, SUF, VEC, evalForward, MODE_EVAL_FORWARD) \
 	BN_APPLY_ENTRIES(T, SUF, VEC, backward, MODE_BACKWARD) \
-	BN_APPLY_ENTRIES(T, SUF, VEC, frozenBackward, MODE_FROZEN_BACKWARD)
+	BN_APPLY_ENTRIES(T, SUF, VEC, frozenBackward, MODE_FROZEN_BACKWARD) \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradSpatialFused_##SUF##_v##VEC( \
+		const T *x, const T *dy, int64 outer, int maps, int64 innerV, const float *mean, float *psum, float *pdot, \
+		ChannelParams p, FusedParams f) \
+	{ \
+		gradSpatialFused<T, VEC>(x, dy, outer, maps, innerV, mean, psum, pdot, p, f); \
+	} \
+	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnGradRowsFused_##SUF##_v##VEC( \
+		const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot, ChannelParams p, \
+		FusedParams f) \
+	{ \
+		gradRowsFused<T, VEC>(x, dy, rows, maps, mean, psum, pdot, p, f); \
+	} \
+	BN_FUSED_ENTRIES(T, SUF, VEC, trainForward, MODE_TRAIN_FORWARD) \
+	BN_FUSED_ENTRIES(T, SUF, VEC, evalForward, MODE_EVAL_FORWARD) \
+	BN_FUSED_ENTRIES(T, SUF, VEC, backward, MODE_BACKWARD) \
+	BN_FUSED_ENTRIES(T, SUF, VEC, frozenBackward, MODE_FROZEN_BACKWARD)
 
 BN_ENTRIES(float, f32, 1)
 BN_ENTRIES(float, f32, 4)

@@ -42,6 +42,35 @@ def channelParams(name):
     return Struct(name, "ChannelParams", arrays + [Float32("epsilon"), Float32("invM")])
 
 
+class FusedParams(NamedTuple):
+    """The Python mirror of ``struct FusedParams``: the fused passes' residual, the forward's output ``y``, the
+    residual's gradient ``resgrad`` (arrays or None), the activation's number (`activationNumbers`), whether x is
+    rebuilt from y (InPlace-ABN), its slope and the scale's floor for the rebuild."""
+
+    residual: object = None
+    y: object = None
+    resgrad: object = None
+    act: int = 0
+    reconstruct: int = 0
+    slope: float = 0.0
+    floor: float = 0.0
+
+
+# NOTE: ACT_* of the source, in the order of Contract.fusedActivations
+activationNumbers = {
+    "identity": 0, "relu": 1, "leakyRelu": 2, "elu": 3, "sigmoid": 4, "tanh": 5,
+}
+
+
+def fusedParams(name):
+    """``FusedParams`` as a parameter passed by value, its fields in the order of `FusedParams`."""
+    return Struct(
+        name, "FusedParams",
+        [Pointer("residual"), Pointer("y"), Pointer("resgrad"), Int32("act"), Int32("reconstruct"), Float32("slope"),
+         Float32("floor")],
+    )
+
+
 def spatialView():
     """The (outer, maps, inner / VEC) view of the spatial kernels."""
     return Int64("outer"), Int32("maps"), Int64("innerV")
@@ -80,6 +109,22 @@ applySpatial = Signature(
     "bnApplySpatial_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *spatialView(), channelParams("p")
 )
 applyRows = Signature("bnApplyRows_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"))
+gradSpatialFused = Signature(
+    "bnGradSpatialFused_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(), *pointers("mean", "psum", "pdot"),
+    channelParams("p"), fusedParams("f"),
+)
+gradRowsFused = Signature(
+    "bnGradRowsFused_{dtype}_v{vec}", *pointers("x", "dy"), *rowsView(), *pointers("mean", "psum", "pdot"),
+    channelParams("p"), fusedParams("f"),
+)
+applySpatialFused = Signature(
+    "bnApplySpatialFused_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *spatialView(), channelParams("p"),
+    fusedParams("f"),
+)
+applyRowsFused = Signature(
+    "bnApplyRowsFused_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"),
+    fusedParams("f"),
+)
 renormStatistics = Signature(
     "bnRenormStatistics",
     *pointers("batchMean", "batchVar"), Int32("maps"), Int64("m"), Float32("epsilon"), Float32("factor"),
@@ -100,9 +145,9 @@ def entries():
     for dtype, widths in vectorWidths.items():
         result[statsFinalize.name(dtype=dtype)] = statsFinalize
         for vec in widths:
-            for signature in (statsSpatial, statsRows, gradSpatial, gradRows):
+            for signature in (statsSpatial, statsRows, gradSpatial, gradRows, gradSpatialFused, gradRowsFused):
                 result[signature.name(dtype=dtype, vec=vec)] = signature
             for mode in modes:
-                for signature in (applySpatial, applyRows):
+                for signature in (applySpatial, applyRows, applySpatialFused, applyRowsFused):
                     result[signature.name(mode=mode, dtype=dtype, vec=vec)] = signature
     return result

@@ -43,6 +43,14 @@ class Activation(Module):
         super().__init__(name)
         self.activation, self.inplace = activation, inplace
 
+    # NOTE: the derivative is taken from the output; the input is not read again
+    gradUsesOutData = True
+    gradUsesInData = False
+
+    @property
+    def overwritesInput(self):
+        return self.inplace
+
     def calcTypes(self):
         """float32 everywhere, float64 on the CPU backend (`Backend.ElementWise.dataTypes`)."""
         return ElementWise.dataTypes(self.backend)

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 
 from PuzzleLib.Backend import Blas, Checks, Dnn, gpuarray
-from PuzzleLib.Backend.Contract import RenormCorrection
+from PuzzleLib.Backend.Contract import FusedActivation, RenormCorrection
 from PuzzleLib.Modules.Module import Module, ModuleError, checkBool, checkNumber, checkPositiveInt
 from PuzzleLib.Modules.Variable import Variable
 
@@ -45,8 +45,10 @@ class BatchNormND(Module):
             among the parameters as PuzzleLib saves them).
         name (str or None): the module's name (prefix of its saved entries).
         empty (bool): create no arrays (``scale``, ``bias``, ``mean``, ``var`` are None) for a later `load`.
-        inplace (bool): in evaluation mode write the output over the input (no new memory). Training in place is an
-            error.
+        inplace (bool): write the output over the input (no new memory). In evaluation always; in training only with
+            an activation that inverts exactly (None, leakyRelu or elu with slope > 0): InPlace-ABN (Rota Bulo et al.
+            2018, arXiv 1712.02616), whose backward rebuilds xhat = (act^-1(y) - bias) / scale from the output (a
+            |scale| below 1e-5 divides by that floor) and writes the input gradient over the output's gradient.
         axis (int): the maps' axis, 1 (channels first, the default) to nd + 1; negative values count from the end
             (-1: channels last). Kept as the non-negative index in ``bn.axis``.
         skipNonFinite (bool): keyword only. True (the default): a map whose batch mean or variance is not finite (a
@@ -78,6 +80,14 @@ class BatchNormND(Module):
             needs 2 elements per map too), each normalized with its own statistics (and its own renorm correction),
             each moving the running statistics in turn: ``numOfProps`` grows by the ghost count. Evaluation is
             unchanged. None (the default): the whole batch.
+        activation (str or None): keyword only. ``"relu"``, ``"leakyRelu"``, ``"elu"``, ``"sigmoid"`` or ``"tanh"``,
+            computed in the normalization pass, ``out = act(bn(x) [+ residual])``, its derivative taken from the output
+            inside backward's passes (`Contract.FusedActivation`); None (the default): none. Not with renorm or
+            virtualBatch yet.
+        slope (float or None): keyword only: leakyRelu's negative slope (default 0.01) or elu's alpha (default 1.0).
+
+    Call: ``bn(data, residual=None)``; a residual (data's shape and dtype) is added before the activation (cuDNN's
+    BN_ADD_ACTIVATION), and backward sets ``residualGrad``, its gradient.
 
     Attributes:
         scale, bias (GPUArray): float32, of the data's rank with `maps` on `axis` and 1 elsewhere: (1, maps, 1, ..., 1)
@@ -99,11 +109,12 @@ class BatchNormND(Module):
 
     Raises:
         ValueError: at construction, for a bad argument (named with its value): not a number where one is expected,
-            out of its range, not finite, a flag that is not a bool, bad clipping bounds, or renormClipping without
-            renorm.
+            out of its range, not finite, a flag that is not a bool, bad clipping bounds, renormClipping without
+            renorm, an unknown activation or a bad slope.
         ModuleError: on forward, for data of another rank, map count or dtype, a module created empty, a training
-            batch (or ghost batch) of one element per map (no variance), or in-place training; the module is left as
-            it was.
+            batch (or ghost batch) of one element per map (no variance), in-place training with an activation that
+            cannot be inverted (relu, sigmoid, tanh) or with a residual, or a residual unlike the data; the module is
+            left as it was.
 
     Example:
         >>> bn = BatchNorm2D(16)
@@ -137,6 +148,8 @@ class BatchNormND(Module):
         renormClipping=None,
         renormMomentum=0.99,
         virtualBatch=None,
+        activation=None,
+        slope=None,
     ):
         owner = type(self).__name__
         checkPositiveInt(owner, "nd", nd)
@@ -159,6 +172,15 @@ class BatchNormND(Module):
         renormClipping = self.checkRenormClipping(owner, renormClipping)
         if virtualBatch is not None:
             checkPositiveInt(owner, "virtualBatch", virtualBatch)
+        try:
+            fused = Checks.fusedActivation(activation, slope)
+        except ValueError as e:
+            raise ValueError("%s: %s" % (owner, e)) from None
+        if fused is not None and (renorm or virtualBatch is not None):
+            raise ValueError(
+                "%s: a fused activation does not combine with renorm or virtualBatch yet; got activation=%r with %s"
+                % (owner, activation, "renorm" if renorm else "virtualBatch=%r" % virtualBatch)
+            )
 
         super().__init__(name)
         self.nd, self.maps, self.axis = int(nd), int(maps), axis
@@ -174,6 +196,9 @@ class BatchNormND(Module):
         self.renormBounds = renormClipping
         self.renormCorrection = None
         self.virtualBatch = None if virtualBatch is None else int(virtualBatch)
+        self.activation, self.fused = activation, fused
+        # NOTE: the residual of the forward under way (`forward`), and the gradient backward gives it
+        self.pendingResidual, self.hadResidual, self.residualGrad = None, False, None
 
         self.scale, self.bias, self.mean, self.var = None, None, None, None
         if not empty:
@@ -343,9 +368,86 @@ class BatchNormND(Module):
         if self.scale is None:
             raise ModuleError("%s is empty: set or load its parameters before calling it" % self.describe())
         if self.inplace and self.train:
-            raise ModuleError(
-                "%s: in-place operation is supported in evaluation mode only (call evalMode())" % self.describe()
-            )
+            fused = self.inplaceActivation()
+            if not Checks.invertible(fused):
+                raise ModuleError(
+                    "%s: in-place training (InPlace-ABN) rebuilds the input from the output, which needs an activation "
+                    "that inverts exactly and stably (None, leakyRelu or elu with slope > 0); got activation=%r%s. Use "
+                    "inplace=False, or in-place evaluation only" % (
+                        self.describe(), fused.kind, " with slope 0" if fused.kind in ("leakyRelu", "elu") else ""
+                    )
+                )
+            if self.renorm or self.virtualBatch is not None:
+                raise ModuleError(
+                    "%s: in-place training does not combine with renorm or virtualBatch yet" % self.describe()
+                )
+
+    def inplaceActivation(self):
+        """The activation in-place training fuses: the module's, or the identity."""
+        return self.fused if self.fused is not None else FusedActivation("identity", 0.0)
+
+    @property
+    def gradUsesOutData(self):
+        """True when backward reads the module's output (a fused activation, or in-place training): a successor must
+        not overwrite it (`Containers.Sequential.append` checks)."""
+        return self.fused is not None or (self.inplace and self.train)
+
+    @property
+    def gradUsesInData(self):
+        """True when backward reads the module's input: all but in-place training."""
+        return not (self.inplace and self.train)
+
+    @property
+    def overwritesInput(self):
+        """True when the forward writes its output over its input (`inplace`: in evaluation, and in training)."""
+        return self.inplace
+
+    # --- forward with a residual
+
+    def __call__(self, data, residual=None):
+        # NOTE: the synchronized modules' forward takes the data alone (they refuse a residual there)
+        return self.forward(data) if residual is None else self.forward(data, residual)
+
+    def forward(self, data, residual=None):
+        """`Module.forward`, with an optional `residual` (a GPUArray of the data's shape and dtype) added before the
+        activation: ``out = act(bn(data) + residual)``; backward then sets ``residualGrad``.
+
+        Raises:
+            ModuleError: as `Module.forward`, and for a residual of another shape, dtype or backend, or one given to
+                in-place training (the input is rebuilt from the output, which the residual would enter).
+        """
+        if residual is not None:
+            self.checkArray(residual, "residual")
+            if not isinstance(data, gpuarray.GPUArray) or residual.shape != data.shape or residual.dtype != data.dtype:
+                raise ModuleError(
+                    "%s expects a residual of the data's shape %s and dtype %s; got shape %s and dtype %s"
+                    % (self.describe(), getattr(data, "shape", None), getattr(data, "dtype", None), residual.shape,
+                       residual.dtype)
+                )
+            if self.inplace and self.train:
+                raise ModuleError(
+                    "%s: in-place training takes no residual (the input is rebuilt from the output alone)"
+                    % self.describe()
+                )
+        self.pendingResidual = residual
+        try:
+            out = super().forward(data)
+            self.hadResidual = residual is not None
+            return out
+        finally:
+            self.pendingResidual = None
+
+    def dnnFusion(self):
+        """The keywords of `Dnn.batchNormNd` for the fused activation and residual of the forward under way."""
+        fused = self.inplaceActivation() if self.inplace and self.train else self.fused
+        if fused is None:
+            extra = {}
+        else:
+            slope = fused.slope if fused.kind in Checks.defaultSlopes else None
+            extra = {"activation": fused.kind, "slope": slope}
+        if self.pendingResidual is not None:
+            extra["residual"] = self.toDnn(self.pendingResidual)
+        return extra
 
     def updateData(self, data):
         try:
@@ -355,13 +457,13 @@ class BatchNormND(Module):
                 out = self.toDnn(data) if self.inplace else None
                 result = Dnn.batchNormNd(
                     self.toDnn(data), self.scale, self.bias, self.mean, self.var, self.epsilon, test=True,
-                    mode=self.dnnAxes, out=out,
+                    mode=self.dnnAxes, out=out, **self.dnnFusion(),
                 )
                 return self.fromDnn(result, data)
 
             x = self.toDnn(data)
             if self.virtualBatch is None:
-                result = self.trainStep(x, None)
+                result = self.trainStep(x, x if self.inplace else None)
             else:
                 result = self.trainGhostBatches(x)
         except ValueError as e:
@@ -383,7 +485,7 @@ class BatchNormND(Module):
         else:
             out, savemean, saveinvvar = Dnn.batchNormNd(
                 x, self.scale, self.bias, self.mean, self.var, self.epsilon, factor, mode=self.dnnAxes, out=out,
-                skipped=self.skipCounter(),
+                skipped=self.skipCounter(), **self.dnnFusion(),
             )
         self.numOfProps += 1
         self.savemean, self.saveinvvar = savemean, saveinvvar
@@ -481,6 +583,11 @@ class BatchNormND(Module):
         snapshot = self.snapshot("backward", updParamGrads)
         try:
             x, dy = self.toDnn(self.inData), self.toDnn(grad)
+            fused = self.fusedBackward(dy, updGrad)
+            if fused:
+                x = None if self.inplace and self.train else x
+                # NOTE: the residual's gradient needs the backward's walks whether or not the input's is asked for
+                updGrad = updGrad or "resgrad" in fused
             if self.train and self.virtualBatch is not None:
                 ingrad, scalegrad, biasgrad = self.ghostBackward(x, dy, updGrad, paramGrads)
             elif self.train and self.renorm:
@@ -491,17 +598,35 @@ class BatchNormND(Module):
             else:
                 ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
                     x, dy, self.scale, self.savemean, self.saveinvvar, self.epsilon, self.dnnAxes, test=not self.train,
-                    mean=self.mean, var=self.var, updGrad=updGrad, **paramGrads,
+                    mean=self.mean, var=self.var, updGrad=updGrad, **paramGrads, **fused,
                 )
             if updParamGrads and not overwrite:
                 self.accumulate(self.vars["scale"], scalegrad, scale, momentum)
                 self.accumulate(self.vars["bias"], biasgrad, scale, momentum)
+            if self.hadResidual:
+                self.residualGrad = self.fromDnn(fused["resgrad"], grad) if "resgrad" in fused else grad
             if updGrad:
                 self.grad = self.fromDnn(ingrad, grad)
             return self.grad if updGrad else None
         except BaseException:
             snapshot.restore()
             raise
+
+    def fusedBackward(self, dy, updGrad):
+        """The keywords of `Dnn.batchNormNdBackward` after a fused forward (none after a plain one): the activation, the
+        output, a new array for the residual's gradient, and in in-place training the bias and the input gradient
+        written over `dy` (InPlace-ABN: no new memory)."""
+        if self.fused is None and not (self.inplace and self.train):
+            return {}
+        fusion = self.dnnFusion()
+        fusion.update(outdata=self.toDnn(self.data))
+        if self.hadResidual and self.fused is not None:
+            fusion["resgrad"] = dy.backend.gpuarray.empty(dy.shape, dy.dtype)
+        if self.inplace and self.train:
+            fusion["bias"] = self.bias
+            if updGrad:
+                fusion["ingrad"] = dy
+        return fusion
 
     def ghostBackward(self, x, dy, updGrad, paramGrads):
         """The training backward of each ghost batch with its own statistics (`trainGhostBatches`), each writing its
@@ -531,10 +656,12 @@ class BatchNormND(Module):
     def releaseResults(self):
         super().releaseResults()
         self.savemean, self.saveinvvar, self.renormCorrection = None, None, None
+        self.hadResidual, self.residualGrad = False, None
 
     def reset(self):
         super().reset()
         self.savemean, self.saveinvvar, self.renormCorrection = None, None, None
+        self.hadResidual, self.residualGrad = False, None
 
 
 def checkAgainstReference(bn, shape, seed):

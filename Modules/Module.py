@@ -364,6 +364,12 @@ class Module:
                 % (self.describe(), backend.name, what, ary.backend.name)
             )
 
+    # NOTE: what backward reads of the forward's arrays, and whether the forward writes over its input; a container
+    # refuses an in-place module after one whose backward reads the memory it would overwrite (`Sequential.append`)
+    gradUsesOutData = False
+    gradUsesInData = True
+    overwritesInput = False
+
     def checkReady(self):
         """Raises `ModuleError` when the module cannot run in its present state (e.g. created empty); no-op here."""
 

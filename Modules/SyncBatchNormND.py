@@ -48,8 +48,9 @@ class SyncStatistics:
 
     def __init__(self, *args, comm=None, **kwargs):
         comm = Collective.checkCommunicator(type(self).__name__, comm)
-        # NOTE: both change the statistics a training batch is normalized with; the exchange merges plain ones only
-        for option in ("renorm", "virtualBatch"):
+        # NOTE: renorm and virtualBatch change the statistics a training batch is normalized with, and the exchange
+        # merges plain ones only; the split passes of the exchange have no fused activation yet
+        for option in ("renorm", "virtualBatch", "activation"):
             if kwargs.get(option) not in (None, False):
                 raise ValueError(
                     "%s: %s is not supported by the synchronized modules; got %s=%r"

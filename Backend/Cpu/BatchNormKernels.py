@@ -69,10 +69,12 @@ def implementation(dtype):
     return CBatchNorm if dtype.char in CBatchNorm.kernels else NumpyBatchNorm
 
 
-def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped):
+def trainForward(
+    data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped, activation=None, residual=None
+):
     implementation(data.dtype).trainForward(
         data, out, shape3, scale=scale, bias=bias, running=running, saved=saved, epsilon=epsilon, factor=factor,
-        skipped=skipped,
+        skipped=skipped, activation=activation, residual=residual,
     )
 
 
@@ -80,17 +82,26 @@ def batchStatistics(data, shape3, *, saved):
     implementation(data.dtype).batchStatistics(data, shape3, saved=saved)
 
 
-def normalize(data, out, shape3, *, scale, bias, saved):
-    implementation(data.dtype).normalize(data, out, shape3, scale=scale, bias=bias, saved=saved)
+def normalize(data, out, shape3, *, scale, bias, saved, activation=None, residual=None):
+    implementation(data.dtype).normalize(
+        data, out, shape3, scale=scale, bias=bias, saved=saved, activation=activation, residual=residual
+    )
 
 
-def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
-    implementation(data.dtype).evalForward(data, out, shape3, scale=scale, bias=bias, running=running, epsilon=epsilon)
+def evalForward(data, out, shape3, *, scale, bias, running, epsilon, activation=None, residual=None):
+    implementation(data.dtype).evalForward(
+        data, out, shape3, scale=scale, bias=bias, running=running, epsilon=epsilon, activation=activation,
+        residual=residual,
+    )
 
 
-def backward(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
-    implementation(data.dtype).backward(
-        data, grad, ingrad, shape3, scale=scale, saved=saved, scalegrad=scalegrad, biasgrad=biasgrad
+def backward(
+    data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, activation=None, outdata=None, bias=None,
+    resgrad=None,
+):
+    implementation(grad.dtype).backward(
+        data, grad, ingrad, shape3, scale=scale, saved=saved, scalegrad=scalegrad, biasgrad=biasgrad,
+        activation=activation, outdata=outdata, bias=bias, resgrad=resgrad,
     )
 
 
@@ -100,10 +111,13 @@ def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgr
     )
 
 
-def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
-    implementation(data.dtype).frozenBackward(
+def frozenBackward(
+    data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad, activation=None, outdata=None,
+    resgrad=None,
+):
+    implementation(grad.dtype).frozenBackward(
         data, grad, ingrad, shape3, scale=scale, running=running, epsilon=epsilon, scalegrad=scalegrad,
-        biasgrad=biasgrad,
+        biasgrad=biasgrad, activation=activation, outdata=outdata, resgrad=resgrad,
     )
 
 

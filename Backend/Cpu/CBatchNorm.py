@@ -6,6 +6,9 @@ Data is float32 or float64 (float16 too where the compiler has ``_Float16``: com
 float32, or float32 and float64 each with float64 data (as the contract has it), but for the moments' outputs, float32
 or float64 with any data. Every call runs on `PuzzleLib.Config.cpuThreads` cores (one below 32768 elements) and
 allocates nothing from the pool.
+
+The passes fused with an activation or a residual (`Contract.FusedActivation`) are not in the C source yet: those
+calls run `NumpyBatchNorm`'s, which fuse them chunk by chunk.
 """
 
 import ctypes
@@ -80,7 +83,15 @@ def check(status):
         raise MemoryError("the CPU batch-norm kernel could not allocate its per-map workspace")
 
 
-def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped):
+def trainForward(
+    data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped, activation=None, residual=None
+):
+    if activation is not None or residual is not None:
+        NumpyBatchNorm.trainForward(
+            data, out, shape3, scale=scale, bias=bias, running=running, saved=saved, epsilon=epsilon, factor=factor,
+            skipped=skipped, activation=activation, residual=residual,
+        )
+        return
     runMean, runVar = (None, None) if running is None else running
     check(kernels[data.dtype.char]["bnTrainForward"](
         data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, ptr(runMean), ptr(runVar),
@@ -96,14 +107,25 @@ def batchStatistics(data, shape3, *, saved):
     ))
 
 
-def normalize(data, out, shape3, *, scale, bias, saved):
+def normalize(data, out, shape3, *, scale, bias, saved, activation=None, residual=None):
+    if activation is not None or residual is not None:
+        NumpyBatchNorm.normalize(
+            data, out, shape3, scale=scale, bias=bias, saved=saved, activation=activation, residual=residual
+        )
+        return
     check(kernels[data.dtype.char]["bnNormalize"](
         data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, saved.mean.ptr, saved.invstd.ptr, 0, 0.0,
         perMapMask(data, scale, bias, saved.mean, saved.invstd),
     ))
 
 
-def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
+def evalForward(data, out, shape3, *, scale, bias, running, epsilon, activation=None, residual=None):
+    if activation is not None or residual is not None:
+        NumpyBatchNorm.evalForward(
+            data, out, shape3, scale=scale, bias=bias, running=running, epsilon=epsilon, activation=activation,
+            residual=residual,
+        )
+        return
     check(kernels[data.dtype.char]["bnNormalize"](
         data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, running.mean.ptr, running.var.ptr, 1,
         epsilon, perMapMask(data, scale, bias, running.mean, running.var),
@@ -118,7 +140,16 @@ def backwardCall(mode, data, grad, ingrad, shape3, scale, centre, second, scaleg
     ))
 
 
-def backward(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
+def backward(
+    data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, activation=None, outdata=None, bias=None,
+    resgrad=None,
+):
+    if activation is not None:
+        NumpyBatchNorm.backward(
+            data, grad, ingrad, shape3, scale=scale, saved=saved, scalegrad=scalegrad, biasgrad=biasgrad,
+            activation=activation, outdata=outdata, bias=bias, resgrad=resgrad,
+        )
+        return
     backwardCall(TRAINING, data, grad, ingrad, shape3, scale, saved.mean, saved.invstd, scalegrad, biasgrad)
 
 
@@ -129,7 +160,16 @@ def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgr
     )
 
 
-def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
+def frozenBackward(
+    data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad, activation=None, outdata=None,
+    resgrad=None,
+):
+    if activation is not None:
+        NumpyBatchNorm.frozenBackward(
+            data, grad, ingrad, shape3, scale=scale, running=running, epsilon=epsilon, scalegrad=scalegrad,
+            biasgrad=biasgrad, activation=activation, outdata=outdata, resgrad=resgrad,
+        )
+        return
     backwardCall(FROZEN, data, grad, ingrad, shape3, scale, running.mean, running.var, scalegrad, biasgrad, epsilon)
 
 

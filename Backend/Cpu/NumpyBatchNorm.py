@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from PuzzleLib import Config
+from PuzzleLib.Backend.Contract import reconstructionFloor
 from PuzzleLib.Backend.Cpu.GPUArray import empty, hostView
 
 NAME = "numpy"
@@ -170,21 +171,89 @@ def mapVector(ary, maps):
     return hostView(ary).reshape(maps)
 
 
-def normalizeRows(chunks, x, y, *, center, gain, shift):
+def normalizeRows(chunks, x, y, *, center, gain, shift, activation=None, residual=None):
     """y = (x - center) * gain + shift per map, in the compute type; y may be x (in place). The deviation comes first:
     folding the center into the shift (``x * gain + shift'``) would lose |center| / std times more to rounding. Only
     float16 data needs a float32 buffer, a chunk-sized host temporary (so in-place evaluation takes no pool block); the
-    other types compute in y itself."""
+    other types compute in y itself. With `residual` (rows like x) and `activation` (a `FusedActivation`),
+    ``y = act((x - center) * gain + shift + residual)``, each chunk finished while it is in cache."""
     ctype = computeType(x.dtype)
     centers, gains, shifts = (chunks.perMap(vector, ctype) for vector in (center, gain, shift))
+    fused = activation is not None or residual is not None
 
     def work(rows, scratch):
-        deviation = y[rows] if y.dtype == ctype else np.empty(y[rows].shape, ctype)
+        inOutput = y.dtype == ctype
+        deviation = y[rows] if inOutput else np.empty(y[rows].shape, ctype)
         np.subtract(x[rows], chunks.part(centers, rows), out=deviation, casting="same_kind")
         deviation *= chunks.part(gains, rows)
-        np.add(deviation, chunks.part(shifts, rows), out=y[rows], casting="same_kind")
+        if not fused:
+            np.add(deviation, chunks.part(shifts, rows), out=y[rows], casting="same_kind")
+            return
+        deviation += chunks.part(shifts, rows)
+        if residual is not None:
+            np.add(deviation, residual[rows], out=deviation, casting="same_kind")
+        if activation is not None:
+            activate(deviation, activation)
+        if not inOutput:
+            y[rows] = deviation
 
     chunks.run(work)
+
+
+# --- fused activations (`Contract.FusedActivation`): the twins of actForward, actDerivative and actInverse in
+# Kernels/BatchNorm.cu; each works on a chunk in place or into a chunk-sized temporary
+
+
+def activate(v, activation):
+    """v = act(v) in place (v of the compute type)."""
+    kind, slope = activation
+    if kind == "relu":
+        np.maximum(v, 0, out=v)
+    elif kind in ("leakyRelu", "elu"):
+        negative = np.minimum(v, 0)
+        if kind == "elu":
+            np.expm1(negative, out=negative)
+        negative *= slope
+        np.maximum(v, 0, out=v)
+        v += negative
+    elif kind == "sigmoid":
+        np.negative(v, out=v)
+        np.exp(v, out=v)
+        v += 1
+        np.reciprocal(v, out=v)
+    elif kind == "tanh":
+        np.tanh(v, out=v)
+
+
+def activationDerivative(y, activation, ctype):
+    """act'(z) from the output y = act(z), a new array of `ctype`."""
+    kind, slope = activation
+    y = y.astype(ctype, copy=False)
+    if kind == "identity":
+        return np.ones_like(y)
+    if kind == "relu":
+        return (y > 0).astype(ctype)
+    if kind == "leakyRelu":
+        return np.where(y > 0, ctype.type(1), ctype.type(slope))
+    if kind == "elu":
+        return np.where(y > 0, ctype.type(1), y + ctype.type(slope))
+    if kind == "sigmoid":
+        return y * (1 - y)
+    return 1 - y * y
+
+
+def activationInverse(y, activation, ctype):
+    """z = act^-1(y) for an invertible activation (identity, leakyRelu or elu with slope > 0), a new array of
+    `ctype`."""
+    kind, slope = activation
+    z = y.astype(ctype, copy=True)
+    if kind == "leakyRelu":
+        negative = z < 0
+        z[negative] /= slope
+    elif kind == "elu":
+        negative = z < 0
+        z[negative] = np.log1p(z[negative] / ctype.type(slope))
+    return z
 
 
 def moments(chunks, x, corrected=False):
@@ -204,9 +273,11 @@ def moments(chunks, x, corrected=False):
     return center + deviation / m, np.maximum(squares / m - (deviation / m) ** 2, 0.0)
 
 
-def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped):
-    """The statistics of `moments`, then one normalization pass; with `skipped`, the maps whose batch mean or variance
-    is not finite keep their running statistics and count 1 there."""
+def trainForward(
+    data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped, activation=None, residual=None
+):
+    """The statistics of `moments`, then one normalization pass (fused with `activation` and `residual`); with
+    `skipped`, the maps whose batch mean or variance is not finite keep their running statistics and count 1 there."""
     chunks = Chunks(shape3)
     maps, m = shape3[1], shape3[0] * shape3[2]
     x, y = chunks.view(data), chunks.view(out)
@@ -214,7 +285,10 @@ def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, fac
     with np.errstate(invalid="ignore", over="ignore"):
         mu, sigma2 = moments(chunks, x)
         invstd = 1.0 / np.sqrt(sigma2 + epsilon)
-    normalizeRows(chunks, x, y, center=mu, gain=invstd * mapVector(scale, maps), shift=mapVector(bias, maps))
+    normalizeRows(
+        chunks, x, y, center=mu, gain=invstd * mapVector(scale, maps), shift=mapVector(bias, maps),
+        activation=activation, residual=rowsOf(chunks, residual),
+    )
 
     mapVector(saved.mean, maps)[...] = mu
     mapVector(saved.invstd, maps)[...] = invstd
@@ -240,18 +314,18 @@ def batchStatistics(data, shape3, *, saved):
     mapVector(saved.var, chunks.maps)[...] = sigma2
 
 
-def normalize(data, out, shape3, *, scale, bias, saved):
+def normalize(data, out, shape3, *, scale, bias, saved, activation=None, residual=None):
     """The pass of `normalizeRows` with gain = scale * invstd, in float64."""
     chunks = Chunks(shape3)
     maps = shape3[1]
     gain = mapVector(scale, maps) * mapVector(saved.invstd, maps).astype(np.float64)
     normalizeRows(
         chunks, chunks.view(data), chunks.view(out), center=mapVector(saved.mean, maps), gain=gain,
-        shift=mapVector(bias, maps),
+        shift=mapVector(bias, maps), activation=activation, residual=rowsOf(chunks, residual),
     )
 
 
-def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
+def evalForward(data, out, shape3, *, scale, bias, running, epsilon, activation=None, residual=None):
     """One pass of `normalizeRows` with the running statistics; gain = scale / sqrt(var + epsilon), in float64, once per
     call."""
     chunks = Chunks(shape3)
@@ -259,7 +333,15 @@ def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
     x, y = chunks.view(data), chunks.view(out)
 
     gain = mapVector(scale, maps) / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
-    normalizeRows(chunks, x, y, center=mapVector(running.mean, maps), gain=gain, shift=mapVector(bias, maps))
+    normalizeRows(
+        chunks, x, y, center=mapVector(running.mean, maps), gain=gain, shift=mapVector(bias, maps),
+        activation=activation, residual=rowsOf(chunks, residual),
+    )
+
+
+def rowsOf(chunks, ary):
+    """The chunk rows of `ary`, or None."""
+    return None if ary is None else chunks.view(ary)
 
 
 def gradientSums(chunks, x, g, center, invstd, scalegrad, biasgrad):
@@ -272,8 +354,20 @@ def gradientSums(chunks, x, g, center, invstd, scalegrad, biasgrad):
     return dbias, dscale
 
 
-def backward(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
-    """The two sums in one pass each, then the pass of `inputGradient`."""
+def backward(
+    data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, activation=None, outdata=None, bias=None,
+    resgrad=None,
+):
+    """The two sums in one pass each, then the pass of `inputGradient`; after a fused forward, `fusedBackward`."""
+    if activation is not None:
+        maps = shape3[1]
+        invstd = mapVector(saved.invstd, maps).astype(np.float64)
+        center = None if data is None else mapVector(saved.mean, maps).astype(np.float64)
+        fusedBackward(
+            Chunks(shape3), data, grad, outdata, ingrad, resgrad, activation, scale=scale, bias=bias, center=center,
+            invstd=invstd, scalegrad=scalegrad, biasgrad=biasgrad, frozen=False,
+        )
+        return
     chunks = Chunks(shape3)
     maps = shape3[1]
     x, g = chunks.view(data), chunks.view(grad)
@@ -316,13 +410,24 @@ def inputGradientPass(chunks, x, g, dx, scale, mu, invstd, dbias, dscale, count)
     chunks.run(work, dtype=ctype)
 
 
-def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
-    """The two sums, then ingrad = grad * (scale * invstd) per map (the data is not read for it)."""
+def frozenBackward(
+    data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad, activation=None, outdata=None,
+    resgrad=None,
+):
+    """The two sums, then ingrad = grad * (scale * invstd) per map (the data is not read for it); after a fused
+    forward, `fusedBackward`."""
     chunks = Chunks(shape3)
     maps = shape3[1]
+    invstd = 1.0 / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
+    if activation is not None:
+        fusedBackward(
+            chunks, data, grad, outdata, ingrad, resgrad, activation, scale=scale, bias=None,
+            center=mapVector(running.mean, maps).astype(np.float64), invstd=invstd, scalegrad=scalegrad,
+            biasgrad=biasgrad, frozen=True,
+        )
+        return
     x, g = chunks.view(data), chunks.view(grad)
     ctype = computeType(x.dtype)
-    invstd = 1.0 / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
 
     gradientSums(chunks, x, g, mapVector(running.mean, maps).astype(np.float64), invstd, scalegrad, biasgrad)
     if ingrad is None:
@@ -333,6 +438,85 @@ def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scale
 
     def inputGradient(rows, scratch):
         np.multiply(g[rows], chunks.part(gains, rows), out=dx[rows], casting="same_kind")
+
+    chunks.run(inputGradient)
+
+
+def guardedScale(scale):
+    """The scale InPlace-ABN divides by: `scale`, or `Contract.reconstructionFloor` with scale's sign (+ for 0) where
+    |scale| is below it."""
+    floor = np.where(scale < 0, -reconstructionFloor, reconstructionFloor)
+    return np.where(np.abs(scale) < reconstructionFloor, floor, scale)
+
+
+def fusedBackward(
+    chunks, data, grad, outdata, ingrad, resgrad, activation, *, scale, bias, center, invstd, scalegrad, biasgrad,
+    frozen,
+):
+    """Backward after a forward fused with `activation` (`Contract.BatchNormPrimitives.backward`): a walk that takes
+    dz = grad * act'(outdata) per chunk (into `resgrad` where given) and sums dz and dz * xhat, then a walk that writes
+    ingrad = gain * dz + slope * dev + offset (``ingrad = dz * gain`` when `frozen`). dev is x - center, or xhat itself
+    rebuilt from the output, ``(act^-1(outdata) - bias) / scale``, when `data` is None (InPlace-ABN); `ingrad` may be
+    `grad`. Sums are float64 totals of compute-type partials, as in `Chunks.sums`."""
+    maps, count = chunks.maps, chunks.outer * chunks.inner
+    g, y = chunks.view(grad), chunks.view(outdata)
+    ctype = computeType(g.dtype)
+    x = None if data is None else chunks.view(data)
+    dz = None if resgrad is None else chunks.view(resgrad)
+    scaleVector = mapVector(scale, maps).astype(np.float64)
+    if x is None:
+        # NOTE: xhat = (z - bias) / scale directly: its deviation scale is 1
+        centers, devScale = chunks.perMap(mapVector(bias, maps), ctype), np.ones(maps)
+        inverseScales = chunks.perMap(1.0 / guardedScale(scaleVector), ctype)
+    else:
+        centers, devScale = chunks.perMap(center, ctype), invstd
+
+    def deviation(rows):
+        if x is None:
+            dev = activationInverse(y[rows], activation, ctype)
+            dev -= chunks.part(centers, rows)
+            dev *= chunks.part(inverseScales, rows)
+            return dev
+        return np.subtract(x[rows], chunks.part(centers, rows), dtype=ctype)
+
+    def gradientOf(rows):
+        return np.multiply(g[rows], activationDerivative(y[rows], activation, ctype), dtype=ctype)
+
+    shape = (chunks.rows,) if chunks.byMapRows else (len(chunks.slices), maps)
+    sumG, sumGD = np.empty(shape), np.empty(shape)
+    index = {rows.start: i for i, rows in enumerate(chunks.slices)}
+    axis, subscripts = (1, "ij,ij->i") if chunks.byMapRows else (0, "ij,ij->j")
+
+    def sums(rows, scratch):
+        dzRows = gradientOf(rows)
+        if dz is not None:
+            dz[rows] = dzRows
+        at = rows if chunks.byMapRows else index[rows.start]
+        sumG[at] = np.add.reduce(dzRows, axis=axis, dtype=ctype)
+        sumGD[at] = np.einsum(subscripts, dzRows, deviation(rows))
+
+    chunks.run(sums)
+    dbias, dscale = chunks.mapTotals(sumG), chunks.mapTotals(sumGD) * devScale
+    mapVector(biasgrad, maps)[...] = dbias
+    mapVector(scalegrad, maps)[...] = dscale
+    if ingrad is None:
+        return
+
+    dx = chunks.view(ingrad)
+    gain = scaleVector * invstd
+    gains = chunks.perMap(gain, ctype)
+    slopes = chunks.perMap(-gain * devScale * dscale / count, ctype)
+    offsets = chunks.perMap(-gain * dbias / count, ctype)
+
+    def inputGradient(rows, scratch):
+        dzRows = gradientOf(rows) if dz is None else dz[rows].astype(ctype)
+        dzRows *= chunks.part(gains, rows)
+        if not frozen:
+            term = deviation(rows)
+            term *= chunks.part(slopes, rows)
+            term += chunks.part(offsets, rows)
+            dzRows += term
+        dx[rows] = dzRows
 
     chunks.run(inputGradient)
 

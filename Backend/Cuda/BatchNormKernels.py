@@ -14,14 +14,19 @@ arrays of ``maps`` elements. How the work is laid out on the device:
 - Passes over the data: training forward reads x twice (statistics, then normalization) and writes y once; evaluation
   forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no pool block);
   backward reads x and dy twice (reduction, then dx) and writes dx once; the frozen backward's dx pass reads dy only.
+- A fused activation and residual (`Contract.FusedActivation`) run in the same passes through the ``*Fused`` kernels:
+  the forward's pass adds the residual and applies the activation before its one write; backward reads the output y
+  besides (dz = dy * act'(y) in both passes, written to the residual's gradient in the dx pass), and x not at all in
+  InPlace-ABN, where x - mean is rebuilt from y.
 """
 
 import numpy as np
 
+from PuzzleLib.Backend.Contract import reconstructionFloor
 from PuzzleLib.Backend.Cuda.GPUArray import empty
 from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, grid1d, residentBlocks
 from PuzzleLib.Kernels import BatchNorm as declared
-from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, ROWS_BX, ROWS_BY, ChannelParams
+from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, ROWS_BX, ROWS_BY, ChannelParams, FusedParams
 
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16))
 suffixes = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -75,52 +80,71 @@ def finalizeGrid(maps):
     return (ceilDiv(maps, FINALIZE_WARPS), 1, 1), (32, FINALIZE_WARPS, 1)
 
 
-def applyPass(mode, x, dy, out, shape3, params):
-    """One elementwise pass of `mode` (``declared.modes``) writing `out`, with the per-channel `ChannelParams`."""
+def fusedParams(activation, residual=None, outdata=None, resgrad=None, reconstruct=False):
+    """The `FusedParams` of a fused pass, or None without an activation and a residual."""
+    if activation is None and residual is None:
+        return None
+    kind, slope = ("identity", 0.0) if activation is None else activation
+    return FusedParams(
+        residual=residual, y=outdata, resgrad=resgrad, act=declared.activationNumbers[kind],
+        reconstruct=int(reconstruct), slope=slope, floor=reconstructionFloor,
+    )
+
+
+def applyPass(mode, x, dy, out, shape3, params, fused=None):
+    """One elementwise pass of `mode` (``declared.modes``) writing `out`, with the per-channel `ChannelParams`; with
+    `fused` (`FusedParams`), the fused kernels."""
     outer, maps, inner = shape3
     suffix = suffixes[out.dtype]
     _, resident = residentBlocks(BLOCK_SIZE)
+    extra = {} if fused is None else {"f": fused}
+    aligned = [x, dy, out] + ([] if fused is None else [fused.residual, fused.y, fused.resgrad])
 
     if inner > 1:
-        vec = vectorWidth(suffix, inner, x, dy, out)
+        vec = vectorWidth(suffix, inner, *aligned)
         vectors = outer * maps * (inner // vec)
         grid = (max(1, min(ceilDiv(vectors, BLOCK_SIZE), 4 * resident)), 1, 1)
         kernels.launch(
-            declared.applySpatial, grid, (BLOCK_SIZE, 1, 1), instance={"mode": mode, "dtype": suffix, "vec": vec},
-            x=x, dy=dy, out=out, outer=outer, maps=maps, innerV=inner // vec, p=params,
+            declared.applySpatial if fused is None else declared.applySpatialFused, grid, (BLOCK_SIZE, 1, 1),
+            instance={"mode": mode, "dtype": suffix, "vec": vec}, x=x, dy=dy, out=out, outer=outer, maps=maps,
+            innerV=inner // vec, p=params, **extra,
         )
     else:
-        vec = vectorWidth(suffix, maps, x, dy, out)
+        # NOTE: the fused rows kernels work element by element, so their vectors are never wider than 1
+        vec = vectorWidth(suffix, maps, *aligned) if fused is None else 1
         channelBlocks = ceilDiv(maps, ROWS_BX * vec)
         rowBlocks = max(1, min(ceilDiv(outer, ROWS_BY), ceilDiv(4 * resident, channelBlocks), MAX_GRID_Y))
         kernels.launch(
-            declared.applyRows, (channelBlocks, rowBlocks, 1), (ROWS_BX, ROWS_BY, 1),
-            instance={"mode": mode, "dtype": suffix, "vec": vec}, x=x, dy=dy, out=out, rows=outer, maps=maps,
-            p=params,
+            declared.applyRows if fused is None else declared.applyRowsFused, (channelBlocks, rowBlocks, 1),
+            (ROWS_BX, ROWS_BY, 1), instance={"mode": mode, "dtype": suffix, "vec": vec}, x=x, dy=dy, out=out,
+            rows=outer, maps=maps, p=params, **extra,
         )
 
 
-def reduceGradient(data, grad, shape3, mean, finalize, **finalizeArguments):
+def reduceGradient(data, grad, shape3, mean, finalize, fused=None, params=None, **finalizeArguments):
     """Partial sums of grad and grad * (x - mean) per block, merged per map by `finalize` (``gradFinalize`` or
-    ``gradFinalizeFrozen``, which take the rest of their arguments from `finalizeArguments`)."""
+    ``gradFinalizeFrozen``, which take the rest of their arguments from `finalizeArguments`); with `fused`
+    (`FusedParams`) and the `ChannelParams` `params`, of dz and dz * (x - mean) (`data` may be None then)."""
     outer, maps, inner = shape3
-    suffix = suffixes[data.dtype]
-    vec = vectorWidth(suffix, inner if inner > 1 else maps, data, grad)
+    suffix = suffixes[grad.dtype]
+    aligned = [data, grad] + ([] if fused is None else [fused.y])
+    vec = vectorWidth(suffix, inner if inner > 1 else maps, *aligned) if fused is None or inner > 1 else 1
     grid, block, splits = reductionGrid(outer, maps, inner, vec)
 
     workspace = empty((2, splits * maps), np.float32)
     psum, pdot = workspace.ptr, workspace.ptr + 4 * splits * maps
     instance = {"dtype": suffix, "vec": vec}
+    extra = {} if fused is None else {"p": params, "f": fused}
 
     if inner > 1:
         kernels.launch(
-            declared.gradSpatial, grid, block, instance, x=data, dy=grad, outer=outer, maps=maps, innerV=inner // vec,
-            mean=mean, psum=psum, pdot=pdot,
+            declared.gradSpatial if fused is None else declared.gradSpatialFused, grid, block, instance, x=data,
+            dy=grad, outer=outer, maps=maps, innerV=inner // vec, mean=mean, psum=psum, pdot=pdot, **extra,
         )
     else:
         kernels.launch(
-            declared.gradRows, grid, block, instance, x=data, dy=grad, rows=outer, maps=maps, mean=mean, psum=psum,
-            pdot=pdot,
+            declared.gradRows if fused is None else declared.gradRowsFused, grid, block, instance, x=data, dy=grad,
+            rows=outer, maps=maps, mean=mean, psum=psum, pdot=pdot, **extra,
         )
 
     grid, block = finalizeGrid(maps)
@@ -158,17 +182,20 @@ def reduceMoments(data, shape3, *, savedMean, savedInvstd, savedVar, runningMean
     )
 
 
-def trainForward(data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped):
-    """Kernels: partial moments -> merge per map and running update (`reduceMoments`) -> normalization."""
+def trainForward(
+    data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped, activation=None, residual=None
+):
+    """Kernels: partial moments -> merge per map and running update (`reduceMoments`) -> normalization (fused with the
+    activation and residual; in place when `out` is `data`: the statistics are taken first)."""
     runningArrays = (None, None) if running is None else running
-    checkShapes(shape3, (data, out), (scale, bias, *runningArrays, *saved, skipped))
+    checkShapes(shape3, (data, out, residual), (scale, bias, *runningArrays, *saved, skipped))
     reduceMoments(
         data, shape3, savedMean=saved.mean, savedInvstd=saved.invstd, savedVar=None, runningMean=runningArrays[0],
         runningVar=runningArrays[1], epsilon=epsilon, factor=factor, skipped=skipped,
     )
 
     params = ChannelParams(mean=saved.mean, invstd=saved.invstd, scale=scale, bias=bias)
-    applyPass("trainForward", data, None, out, shape3, params)
+    applyPass("trainForward", data, None, out, shape3, params, fusedParams(activation, residual))
 
 
 def batchStatistics(data, shape3, *, saved):
@@ -189,35 +216,40 @@ def batchStatistics(data, shape3, *, saved):
             target._copyFrom(result.astype(np.float64))
 
 
-def normalize(data, out, shape3, *, scale, bias, saved):
+def normalize(data, out, shape3, *, scale, bias, saved, activation=None, residual=None):
     """The normalization kernel of `trainForward` alone."""
-    checkShapes(shape3, (data, out), (scale, bias, *saved))
+    checkShapes(shape3, (data, out, residual), (scale, bias, *saved))
     params = ChannelParams(mean=saved.mean, invstd=saved.invstd, scale=scale, bias=bias)
-    applyPass("trainForward", data, None, out, shape3, params)
+    applyPass("trainForward", data, None, out, shape3, params, fusedParams(activation, residual))
 
 
-def evalForward(data, out, shape3, *, scale, bias, running, epsilon):
+def evalForward(data, out, shape3, *, scale, bias, running, epsilon, activation=None, residual=None):
     """One kernel, one read and one write per element; in place when `out` is `data` (no workspace, no pool block)."""
-    checkShapes(shape3, (data, out), (scale, bias, *running))
+    checkShapes(shape3, (data, out, residual), (scale, bias, *running))
     params = ChannelParams(mean=running.mean, var=running.var, scale=scale, bias=bias, epsilon=epsilon)
-    applyPass("evalForward", data, None, out, shape3, params)
+    applyPass("evalForward", data, None, out, shape3, params, fusedParams(activation, residual))
 
 
-def backward(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad):
-    """Kernels: partial sums -> merge per map (times the batch invstd) -> dx pass."""
-    checkShapes(shape3, (data, grad, ingrad), (scale, *saved, scalegrad, biasgrad))
+def backward(
+    data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, activation=None, outdata=None, bias=None,
+    resgrad=None,
+):
+    """Kernels: partial sums -> merge per map (times the batch invstd) -> dx pass; after a fused forward the fused
+    reduction and dx kernels (`data` None: rebuilt from `outdata`)."""
+    checkShapes(shape3, (data, grad, ingrad, outdata, resgrad), (scale, *saved, scalegrad, biasgrad, bias))
+    fused = None if activation is None else fusedParams(
+        activation, outdata=outdata, resgrad=resgrad, reconstruct=data is None
+    )
+    params = ChannelParams(mean=saved.mean, invstd=saved.invstd, scale=scale, bias=bias)
     reduceGradient(
-        data, grad, shape3, saved.mean, declared.gradFinalize, invstd=saved.invstd, scalegrad=scalegrad,
-        biasgrad=biasgrad,
+        data, grad, shape3, saved.mean, declared.gradFinalize, fused=fused, params=params, invstd=saved.invstd,
+        scalegrad=scalegrad, biasgrad=biasgrad,
     )
 
     if ingrad is not None:
         outer, _, inner = shape3
-        params = ChannelParams(
-            mean=saved.mean, invstd=saved.invstd, scale=scale, scalegrad=scalegrad, biasgrad=biasgrad,
-            invM=1.0 / (outer * inner),
-        )
-        applyPass("backward", data, grad, ingrad, shape3, params)
+        params = params._replace(scalegrad=scalegrad, biasgrad=biasgrad, invM=1.0 / (outer * inner))
+        applyPass("backward", data, grad, ingrad, shape3, params, fused)
 
 
 def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
@@ -229,17 +261,22 @@ def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgr
     applyPass("backward", data, grad, ingrad, shape3, params)
 
 
-def frozenBackward(data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad):
-    """Kernels: partial sums -> merge per map (times the running invstd) -> dx pass that reads grad only."""
-    checkShapes(shape3, (data, grad, ingrad), (scale, *running, scalegrad, biasgrad))
+def frozenBackward(
+    data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad, activation=None, outdata=None,
+    resgrad=None,
+):
+    """Kernels: partial sums -> merge per map (times the running invstd) -> dx pass that reads grad only (and the
+    output, after a fused forward)."""
+    checkShapes(shape3, (data, grad, ingrad, outdata, resgrad), (scale, *running, scalegrad, biasgrad))
+    fused = None if activation is None else fusedParams(activation, outdata=outdata, resgrad=resgrad)
     reduceGradient(
-        data, grad, shape3, running.mean, declared.gradFinalizeFrozen, var=running.var, epsilon=epsilon,
-        scalegrad=scalegrad, biasgrad=biasgrad,
+        data, grad, shape3, running.mean, declared.gradFinalizeFrozen, fused=fused, params=ChannelParams(),
+        var=running.var, epsilon=epsilon, scalegrad=scalegrad, biasgrad=biasgrad,
     )
 
     if ingrad is not None:
         params = ChannelParams(var=running.var, scale=scale, epsilon=epsilon)
-        applyPass("frozenBackward", None, grad, ingrad, shape3, params)
+        applyPass("frozenBackward", None, grad, ingrad, shape3, params, fused)
 
 
 def renormStatistics(

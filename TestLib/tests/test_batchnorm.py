@@ -192,12 +192,13 @@ def test_inplace_evaluation_writes_over_the_input_and_takes_no_block(kind, shape
     np.testing.assert_allclose(data.get(), expected, atol=2e-5, rtol=1e-5)
 
 
-def test_inplace_training_is_an_error_that_changes_nothing():
-    bn = BatchNorm2D(3, inplace=True)
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_inplace_training_with_an_activation_that_cannot_be_inverted_is_an_error_that_changes_nothing(activation):
+    bn = BatchNorm2D(3, inplace=True, activation=activation)
     host = np.random.randn(4, 3, 2, 2).astype(np.float32)
     data = gpuarray.to_gpu(host)
     state = moduleState(bn)
-    with pytest.raises(ModuleError, match="in-place.*evaluation mode"):
+    with pytest.raises(ModuleError, match="in-place training.*inverts exactly.*got activation='%s'" % activation):
         bn(data)
     assertSameState(bn, state)
     assert np.array_equal(data.get(), host) and bn.data is None

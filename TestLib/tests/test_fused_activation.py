@@ -1,0 +1,293 @@
+"""Batch normalization fused with an activation and a residual, and InPlace-ABN (Rota Bulo et al. 2018, arXiv
+1712.02616): `Dnn.batchNormNd` / `batchNormNdBackward` with ``activation``, ``residual`` and ``data=None``, the modules'
+``activation``, ``slope``, ``residual`` and in-place training, and `Sequential`'s refusal of an in-place module after
+one that reads its memory; on every backend, against a float64 numpy reference written here and float64 finite
+differences."""
+
+import numpy as np
+import pytest
+
+from PuzzleLib.Backend import Dnn, gpuarray
+from PuzzleLib.Containers.Sequential import Sequential
+from PuzzleLib.Modules import BatchNorm, BatchNorm2D
+from PuzzleLib.Modules.Activation import Activation
+from PuzzleLib.Modules.Linear import Linear
+from PuzzleLib.Modules.Module import ModuleError
+from PuzzleLib.TestLib.GradientCheck import numericGradient, relativeError
+
+EPS = 1e-5
+ACTIVATIONS = [("identity", None), ("relu", None), ("leakyRelu", 0.1), ("elu", 0.7), ("sigmoid", None), ("tanh", None)]
+INVERTIBLE = [("identity", None), ("leakyRelu", 0.1), ("elu", 0.7)]
+# NOTE: mode, data shape, normalized axes
+CASES = {
+    "spatial": ("spatial", (4, 3, 5, 6), (0, 2, 3)),
+    "perActivation": ("perActivation", (16, 3), (0,)),
+    "channelsLast": ((0, 1, 2), (3, 4, 5, 3), (0, 1, 2)),
+}
+
+
+def act(z, kind, slope):
+    """The activations in float64, as their papers define them."""
+    slope = {"leakyRelu": 0.01, "elu": 1.0}.get(kind, 0.0) if slope is None else slope
+    if kind == "relu":
+        return np.maximum(z, 0.0)
+    if kind == "leakyRelu":
+        return np.where(z > 0, z, slope * z)
+    if kind == "elu":
+        return np.where(z > 0, z, slope * np.expm1(np.minimum(z, 0.0)))
+    if kind == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    if kind == "tanh":
+        return np.tanh(z)
+    return z
+
+
+def fusedReference(x, scale, bias, residual, axes, kind, slope):
+    """act((x - mu) / sqrt(sigma2 + eps) * scale + bias + residual) in float64 (biased sigma2, Ioffe & Szegedy 2015)."""
+    x = np.asarray(x, dtype=np.float64)
+    mu, sigma2 = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    return act((x - mu) / np.sqrt(sigma2 + EPS) * scale + bias + residual, kind, slope)
+
+
+def perMap(values, shape, axes, dtype):
+    keep = tuple(1 if axis in axes else dim for axis, dim in enumerate(shape))
+    return np.asarray(values, dtype=np.float64).reshape(keep).astype(dtype)
+
+
+def float64Only():
+    if np.dtype(np.float64) not in Dnn.dataTypes():
+        pytest.skip("this backend does not compute in float64")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("kind, slope", ACTIVATIONS, ids=[a for a, _ in ACTIVATIONS])
+def test_fused_forward_and_backward_match_float64_finite_differences(case, kind, slope):
+    float64Only()
+    mode, shape, axes = CASES[case]
+    x = np.random.normal(1.0, 2.0, shape)
+    residual = np.random.randn(*shape)
+    scale, bias = perMap([1.5, -0.7, 0.9], shape, axes, np.float64), perMap([0.3, -0.2, 0.5], shape, axes, np.float64)
+    grad = np.random.randn(*shape)
+    arrays = [gpuarray.to_gpu(a) for a in (x, scale, bias)]
+
+    out, savemean, saveinvvar = Dnn.batchNormNd(
+        *arrays, None, None, EPS, mode=mode, activation=kind, slope=slope, residual=gpuarray.to_gpu(residual)
+    )
+    np.testing.assert_allclose(out.get(), fusedReference(x, scale, bias, residual, axes, kind, slope), atol=1e-12)
+
+    resgrad = gpuarray.empty(shape, np.float64)
+    ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+        arrays[0], gpuarray.to_gpu(grad), arrays[1], savemean, saveinvvar, EPS, mode, activation=kind, slope=slope,
+        outdata=out, resgrad=resgrad,
+    )
+    forward = {
+        "x": lambda v: fusedReference(v, scale, bias, residual, axes, kind, slope),
+        "residual": lambda v: fusedReference(x, scale, bias, v, axes, kind, slope),
+        "scale": lambda v: fusedReference(x, v, bias, residual, axes, kind, slope),
+        "bias": lambda v: fusedReference(x, scale, v, residual, axes, kind, slope),
+    }
+    points = {"x": x, "residual": residual, "scale": scale, "bias": bias}
+    results = {"x": ingrad, "residual": resgrad, "scale": scalegrad, "bias": biasgrad}
+    for name, func in forward.items():
+        numeric = numericGradient(func, points[name], grad)
+        assert relativeError(results[name].get().reshape(numeric.shape), numeric) < 1e-7, name
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("kind, slope", ACTIVATIONS, ids=[a for a, _ in ACTIVATIONS])
+def test_fused_float32_matches_the_float64_reference_in_both_modes(case, kind, slope):
+    mode, shape, axes = CASES[case]
+    x = np.random.normal(1.0, 2.0, shape).astype(np.float32)
+    residual = np.random.randn(*shape).astype(np.float32)
+    scale, bias = perMap([1.5, -0.7, 0.9], shape, axes, np.float32), perMap([0.3, -0.2, 0.5], shape, axes, np.float32)
+    mean, var = perMap([0.5, 1.0, 1.5], shape, axes, np.float32), perMap([4.0, 3.0, 5.0], shape, axes, np.float32)
+    arrays = [gpuarray.to_gpu(a) for a in (x, scale, bias, mean, var)]
+
+    out, _, _ = Dnn.batchNormNd(
+        *arrays, EPS, 0.5, mode=mode, activation=kind, slope=slope, residual=gpuarray.to_gpu(residual)
+    )
+    ref = fusedReference(x, scale, bias, residual, axes, kind, slope)
+    np.testing.assert_allclose(out.get(), ref, atol=3e-5, rtol=1e-5)
+
+    # NOTE: the training forward moved the running statistics; evaluation normalizes with the moved ones
+    mean, var = arrays[3].get(), arrays[4].get()
+    evalOut = Dnn.batchNormNd(*arrays, EPS, test=True, mode=mode, activation=kind, slope=slope)
+    z = (x - mean.astype(np.float64)) / np.sqrt(var.astype(np.float64) + EPS) * scale + bias
+    np.testing.assert_allclose(evalOut.get(), act(z, kind, slope), atol=3e-5, rtol=1e-5)
+
+    # the frozen backward: dz = grad * act'(y), then batch norm's with constant statistics
+    grad = np.random.randn(*shape).astype(np.float32)
+    y = act(z, kind, slope)
+    dz = grad * {"relu": (y > 0), "sigmoid": y * (1 - y), "tanh": 1 - y * y}.get(kind, 1.0)
+    if kind in ("leakyRelu", "elu"):
+        dz = grad * np.where(y > 0, 1.0, slope if kind == "leakyRelu" else y + slope)
+    resgrad = gpuarray.empty(shape, np.float32)
+    ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+        arrays[0], gpuarray.to_gpu(grad), arrays[1], None, None, EPS, mode, test=True, mean=arrays[3], var=arrays[4],
+        activation=kind, slope=slope, outdata=evalOut, resgrad=resgrad,
+    )
+    invstd = 1.0 / np.sqrt(var.astype(np.float64) + EPS)
+    np.testing.assert_allclose(resgrad.get(), dz, atol=3e-5)
+    np.testing.assert_allclose(ingrad.get(), dz * scale * invstd, atol=3e-5)
+    np.testing.assert_allclose(biasgrad.get(), dz.sum(axis=axes, keepdims=True), atol=2e-4)
+    np.testing.assert_allclose(
+        scalegrad.get(), (dz * (x - mean) * invstd).sum(axis=axes, keepdims=True), atol=2e-4, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("kind, slope", INVERTIBLE, ids=[a for a, _ in INVERTIBLE])
+def test_inplace_abn_rebuilds_the_input_and_matches_finite_differences(case, kind, slope):
+    float64Only()
+    mode, shape, axes = CASES[case]
+    x = np.random.normal(1.0, 2.0, shape)
+    # NOTE: a negative scale and one below the reconstruction floor's reach are both exact
+    scale, bias = perMap([1.5, -0.7, 2e-5], shape, axes, np.float64), perMap([0.3, -0.2, 0.5], shape, axes, np.float64)
+    grad = np.random.randn(*shape)
+    data, scaleArray, biasArray = (gpuarray.to_gpu(a) for a in (x, scale, bias))
+
+    out, savemean, saveinvvar = Dnn.batchNormNd(
+        data, scaleArray, biasArray, None, None, EPS, mode=mode, activation=kind, slope=slope, out=data
+    )
+    assert out.ptr == data.ptr
+    dy = gpuarray.to_gpu(grad)
+    ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+        None, dy, scaleArray, savemean, saveinvvar, EPS, mode, activation=kind, slope=slope, outdata=out,
+        bias=biasArray, ingrad=dy,
+    )
+    assert ingrad.ptr == dy.ptr
+    numeric = numericGradient(lambda v: fusedReference(v, scale, bias, 0.0, axes, kind, slope), x, grad)
+    assert relativeError(ingrad.get(), numeric) < 1e-7
+    numeric = numericGradient(lambda v: fusedReference(x, v, bias, 0.0, axes, kind, slope), scale, grad)
+    assert relativeError(scalegrad.get(), numeric) < 1e-7
+
+
+@pytest.mark.parametrize("kind, slope", INVERTIBLE, ids=[a for a, _ in INVERTIBLE])
+@pytest.mark.parametrize("shape", [(8, 5, 4, 6), (32, 5)], ids=["spatial", "perActivation"])
+def test_inplace_module_matches_the_module_that_keeps_its_input(kind, slope, shape):
+    make = BatchNorm2D if len(shape) == 4 else BatchNorm
+    activation = None if kind == "identity" else kind
+    keeping = make(shape[1], activation=activation, slope=slope)
+    inplace = make(shape[1], activation=activation, slope=slope, inplace=True)
+    hostScale = np.random.normal(0.0, 1.0, keeping.scale.shape).astype(np.float32)
+    for module in (keeping, inplace):
+        module.scale.set(hostScale)
+    host = np.random.normal(1.0, 2.0, shape).astype(np.float32)
+    hostGrad = np.random.randn(*shape).astype(np.float32)
+
+    expected = keeping(gpuarray.to_gpu(host)).get()
+    expectedGrad = keeping.backward(gpuarray.to_gpu(hostGrad)).get()
+
+    data, grad = gpuarray.to_gpu(host), gpuarray.to_gpu(hostGrad)
+    out = inplace(data)
+    assert out.ptr == data.ptr
+    np.testing.assert_allclose(out.get(), expected, atol=1e-6)
+    ingrad = inplace.backward(grad)
+    assert ingrad.ptr == grad.ptr
+    np.testing.assert_allclose(ingrad.get(), expectedGrad, atol=2e-5, rtol=1e-4)
+    for name in ("scale", "bias"):
+        np.testing.assert_allclose(
+            inplace.vars[name].grad.get(), keeping.vars[name].grad.get(), atol=1e-4, rtol=1e-4
+        )
+    np.testing.assert_allclose(inplace.mean.get(), keeping.mean.get(), rtol=1e-6)
+    np.testing.assert_allclose(inplace.var.get(), keeping.var.get(), rtol=1e-6)
+
+
+def test_module_residual_gradient_and_activation_derivative():
+    bn = BatchNorm2D(3, activation="relu")
+    host, hostResidual = np.random.randn(4, 3, 5, 5).astype(np.float32), np.random.randn(4, 3, 5, 5).astype(np.float32)
+    hostGrad = np.random.randn(4, 3, 5, 5).astype(np.float32)
+    out = bn(gpuarray.to_gpu(host), residual=gpuarray.to_gpu(hostResidual))
+    ref = fusedReference(host, bn.scale.get(), bn.bias.get(), hostResidual, (0, 2, 3), "relu", None)
+    np.testing.assert_allclose(out.get(), ref, atol=2e-5)
+    bn.backward(gpuarray.to_gpu(hostGrad))
+    np.testing.assert_allclose(bn.residualGrad.get(), hostGrad * (ref > 0), atol=1e-6)
+
+    # without an activation the residual's gradient is the output's
+    plain = BatchNorm2D(3)
+    plain(gpuarray.to_gpu(host), residual=gpuarray.to_gpu(hostResidual))
+    grad = gpuarray.to_gpu(hostGrad)
+    plain.backward(grad)
+    assert plain.residualGrad is grad
+
+
+def test_refusals_name_what_was_expected_and_change_nothing():
+    with pytest.raises(ValueError, match="activation must be one of .*got 'swish'"):
+        BatchNorm2D(3, activation="swish")
+    with pytest.raises(ValueError, match="slope applies to leakyRelu and elu only"):
+        BatchNorm2D(3, activation="relu", slope=0.2)
+    with pytest.raises(ValueError, match="does not combine with renorm"):
+        BatchNorm2D(3, activation="relu", renorm=True)
+
+    host = np.random.randn(4, 3, 2, 2).astype(np.float32)
+    for module, residual in (
+        (BatchNorm2D(3, inplace=True, activation="leakyRelu", slope=0.0), None),
+        (BatchNorm2D(3, inplace=True), gpuarray.to_gpu(host)),
+        (BatchNorm2D(3, activation="elu"), gpuarray.to_gpu(np.zeros((4, 3, 2, 3), np.float32))),
+    ):
+        data = gpuarray.to_gpu(host)
+        before = module.mean.get(), module.numOfProps
+        with pytest.raises(ModuleError):
+            module(data, residual=residual)
+        assert np.array_equal(data.get(), host) and np.array_equal(module.mean.get(), before[0])
+        assert module.numOfProps == before[1] and module.data is None
+
+    data = gpuarray.to_gpu(host)
+    with pytest.raises(ValueError, match="only with an invertible activation"):
+        Dnn.batchNormNd(data, *(gpuarray.to_gpu(np.ones((1, 3, 1, 1), np.float32)) for _ in range(2)), None, None,
+                        out=data, activation="relu")
+    assert np.array_equal(data.get(), host)
+
+
+def test_sequential_refuses_an_inplace_module_after_one_that_reads_its_memory():
+    net = Sequential()
+    net.append(BatchNorm2D(3, activation="relu"))
+    with pytest.raises(ModuleError, match="writes its output over its input, which BatchNorm2D reads"):
+        net.append(BatchNorm2D(3, inplace=True, activation="leakyRelu"))
+    assert len(net) == 1
+
+    chain = Sequential()
+    chain.append(Activation("relu"))
+    with pytest.raises(ModuleError, match="Activation reads in its backward"):
+        chain.append(Activation("sigmoid", inplace=True))
+
+    # a Linear reads its input, not its output: InPlace-ABN may follow it
+    fine = Sequential()
+    fine.append(Linear(4, 3))
+    fine.append(BatchNorm(3, inplace=True, activation="leakyRelu"))
+    fine.append(Linear(3, 2))
+    assert len(fine) == 3
+
+
+def test_inplace_abn_stack_saves_one_array_per_layer_and_trains_the_same():
+    """A stack of Linear (a 1x1 convolution of channels-last data) + BatchNorm with leaky ReLU: InPlace-ABN keeps one
+    array per layer where the fused module keeps two; the pool's peak shows it, and the gradients agree."""
+    rows, features, layers = 2048, 16, 6
+
+    def build(inplace):
+        np.random.seed(3)
+        net = Sequential()
+        for _ in range(layers):
+            net.append(Linear(features, features))
+            net.append(BatchNorm(features, activation="leakyRelu", inplace=inplace))
+        return net
+
+    host = np.random.randn(rows, features).astype(np.float32)
+    hostGrad = np.random.randn(rows, features).astype(np.float32)
+    peaks, grads = {}, {}
+    for inplace in (False, True):
+        net = build(inplace)
+        for _ in range(2):
+            net(gpuarray.to_gpu(host))
+            net.backward(gpuarray.to_gpu(hostGrad))
+        net.reset()
+        gpuarray.memoryPool.resetStats()
+        start = gpuarray.memoryPool.stats()["activeBytes"]
+        net(gpuarray.to_gpu(host))
+        grads[inplace] = net.backward(gpuarray.to_gpu(hostGrad)).get()
+        peaks[inplace] = gpuarray.memoryPool.stats()["peakActiveBytes"] - start
+        net.reset()
+
+    array = rows * features * 4
+    assert peaks[False] - peaks[True] >= (layers - 1) * array, peaks
+    np.testing.assert_allclose(grads[True], grads[False], atol=1e-4, rtol=1e-3)
