@@ -429,27 +429,27 @@ class BatchNormND(Module):
                     "%s: in-place training takes no residual (the input is rebuilt from the output alone)"
                     % self.describe()
                 )
+            if self.renorm or self.virtualBatch is not None:
+                raise ModuleError("%s: a residual does not combine with renorm or virtualBatch yet" % self.describe())
+        # NOTE: taken by updateData, inside the snapshot of Module.forward: no line of this call runs after it
         self.pendingResidual = residual
-        try:
-            out = super().forward(data)
-            self.hadResidual = residual is not None
-            return out
-        finally:
-            self.pendingResidual = None
+        return super().forward(data)
 
-    def dnnFusion(self):
-        """The keywords of `Dnn.batchNormNd` for the fused activation and residual of the forward under way."""
+    def dnnFusion(self, residual=None):
+        """The keywords of `Dnn.batchNormNd` for the fused activation and `residual`."""
         fused = self.inplaceActivation() if self.inplace and self.train else self.fused
         if fused is None:
             extra = {}
         else:
             slope = fused.slope if fused.kind in Checks.defaultSlopes else None
             extra = {"activation": fused.kind, "slope": slope}
-        if self.pendingResidual is not None:
-            extra["residual"] = self.toDnn(self.pendingResidual)
+        if residual is not None:
+            extra["residual"] = self.toDnn(residual)
         return extra
 
     def updateData(self, data):
+        residual, self.pendingResidual = self.pendingResidual, None
+        self.hadResidual = residual is not None
         try:
             if not self.train:
                 if self.statisticsCollector is not None:
@@ -457,13 +457,13 @@ class BatchNormND(Module):
                 out = self.toDnn(data) if self.inplace else None
                 result = Dnn.batchNormNd(
                     self.toDnn(data), self.scale, self.bias, self.mean, self.var, self.epsilon, test=True,
-                    mode=self.dnnAxes, out=out, **self.dnnFusion(),
+                    mode=self.dnnAxes, out=out, **self.dnnFusion(residual),
                 )
                 return self.fromDnn(result, data)
 
             x = self.toDnn(data)
             if self.virtualBatch is None:
-                result = self.trainStep(x, x if self.inplace else None)
+                result = self.trainStep(x, x if self.inplace else None, residual)
             else:
                 result = self.trainGhostBatches(x)
         except ValueError as e:
@@ -472,7 +472,7 @@ class BatchNormND(Module):
         self.warnOfSkips()
         return self.fromDnn(result, data)
 
-    def trainStep(self, x, out):
+    def trainStep(self, x, out, residual=None):
         """One training normalization of `x` (the whole batch, or a ghost batch), into `out` (or a new array), and its
         running update: sets ``savemean``, ``saveinvvar``, ``renormCorrection``; returns the output."""
         factor = self.nextFactor()
@@ -485,7 +485,7 @@ class BatchNormND(Module):
         else:
             out, savemean, saveinvvar = Dnn.batchNormNd(
                 x, self.scale, self.bias, self.mean, self.var, self.epsilon, factor, mode=self.dnnAxes, out=out,
-                skipped=self.skipCounter(), **self.dnnFusion(),
+                skipped=self.skipCounter(), **self.dnnFusion(residual),
             )
         self.numOfProps += 1
         self.savemean, self.saveinvvar = savemean, saveinvvar
