@@ -289,7 +289,7 @@ def checkBackward(data, grad, scale, mode, stats, outs, ingrad, updGrad, after, 
         # NOTE: InPlace-ABN's input gradient may overwrite grad exactly (each element is read before it is written)
         inPlace = rebuilt and ingrad.ptr == grad.ptr and ingrad.shape == grad.shape and ingrad.dtype == grad.dtype
         checkInputGradient(
-            ingrad, updGrad, data=data if data is not grad else None, grad=None if inPlace else grad, scale=scale,
+            ingrad, updGrad, data=None if rebuilt else data, grad=None if inPlace else grad, scale=scale,
             **stats, **outs, **others, like=grad,
         )
     return layout

@@ -476,11 +476,44 @@ __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int6
 	}
 }
 
-template <typename T, int VEC>
-__device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot)
+// The rows kernels' partial sums of a block: the ROWS_BY threads of a channel vector add theirs through shared memory,
+// and thread row 0 writes the block's partials of each channel (laid out [split][channel], split = blockIdx.y).
+template <int VEC>
+__device__ __forceinline__ void rowsPartials(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int c0,
+											 int maps, float *psum, float *pdot)
 {
 	__shared__ float ssum[ROWS_BY][ROWS_BX * VEC], sdot[ROWS_BY][ROWS_BX * VEC];
 
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		ssum[threadIdx.y][threadIdx.x * VEC + k] = sum[k];
+		sdot[threadIdx.y][threadIdx.x * VEC + k] = dot[k];
+	}
+	__syncthreads();
+
+	if (threadIdx.y == 0 && active)
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+		{
+			float s = sum[k], d = dot[k];
+
+			for (int y = 1; y < ROWS_BY; y++)
+			{
+				s += ssum[y][threadIdx.x * VEC + k];
+				d += sdot[y][threadIdx.x * VEC + k];
+			}
+
+			int64 idx = (int64)blockIdx.y * maps + c0 + k;
+			psum[idx] = s; pdot[idx] = d;
+		}
+	}
+}
+
+template <typename T, int VEC>
+__device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot)
+{
 	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
 	bool active = c0 < maps;
 
@@ -513,31 +546,7 @@ __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const fl
 		}
 	}
 
-#pragma unroll
-	for (int k = 0; k < VEC; k++)
-	{
-		ssum[threadIdx.y][threadIdx.x * VEC + k] = sum[k];
-		sdot[threadIdx.y][threadIdx.x * VEC + k] = dot[k];
-	}
-	__syncthreads();
-
-	if (threadIdx.y == 0 && active)
-	{
-#pragma unroll
-		for (int k = 0; k < VEC; k++)
-		{
-			float s = sum[k], d = dot[k];
-
-			for (int y = 1; y < ROWS_BY; y++)
-			{
-				s += ssum[y][threadIdx.x * VEC + k];
-				d += sdot[y][threadIdx.x * VEC + k];
-			}
-
-			int64 idx = (int64)blockIdx.y * maps + c0 + k;
-			psum[idx] = s; pdot[idx] = d;
-		}
-	}
+	rowsPartials<VEC>(sum, dot, active, c0, maps, psum, pdot);
 }
 
 // Backward reduction, stage 2: biasgrad = sum(dy), scalegrad = invstd * sum(dy * (x - mu)) (both overwritten), with
@@ -908,8 +917,6 @@ template <typename T, int VEC>
 __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum,
 							  float *pdot, ChannelParams p, FusedParams f)
 {
-	__shared__ float ssum[ROWS_BY][ROWS_BX * VEC], sdot[ROWS_BY][ROWS_BX * VEC];
-
 	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
 	bool active = c0 < maps;
 
@@ -959,31 +966,7 @@ __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, con
 		}
 	}
 
-#pragma unroll
-	for (int k = 0; k < VEC; k++)
-	{
-		ssum[threadIdx.y][threadIdx.x * VEC + k] = sum[k];
-		sdot[threadIdx.y][threadIdx.x * VEC + k] = dot[k];
-	}
-	__syncthreads();
-
-	if (threadIdx.y == 0 && active)
-	{
-#pragma unroll
-		for (int k = 0; k < VEC; k++)
-		{
-			float s = sum[k], d = dot[k];
-
-			for (int y = 1; y < ROWS_BY; y++)
-			{
-				s += ssum[y][threadIdx.x * VEC + k];
-				d += sdot[y][threadIdx.x * VEC + k];
-			}
-
-			int64 idx = (int64)blockIdx.y * maps + c0 + k;
-			psum[idx] = s; pdot[idx] = d;
-		}
-	}
+	rowsPartials<VEC>(sum, dot, active, c0, maps, psum, pdot);
 }
 
 // The fused elementwise pass of one VEC group at `off` of channel constants q (fb, fr: bias and recon of the
