@@ -281,10 +281,11 @@ class ElementWisePrimitives(Protocol):
 
     dataTypes: tuple
 
-    def activation(self, act, data, out):
-        """``out = act(data)`` for act in sigmoid, relu, tanh."""
+    def activation(self, act, data, out, slope):
+        """``out = act(data)`` for act in sigmoid, relu, tanh, leakyRelu, elu (the formulas of `FusedActivation`, with
+        `slope` a float; the other kinds ignore it)."""
 
-    def activationBackward(self, act, grad, outdata, ingrad):
+    def activationBackward(self, act, grad, outdata, ingrad, slope):
         """``ingrad = grad * act'(x)``, expressed through the forward's output ``y = outdata``."""
 
     def addVectorToRows(self, data, vector, out):

@@ -5,9 +5,14 @@ This file is backend-independent: it checks the arguments, allocates outputs fro
 backend's primitives (`Backend.Cpu.ElementWise` over numpy, `Backend.Cuda.ElementWise` with the kernels of
 ``Kernels/ElementWise.cu``), so both backends agree on every check.
 
-- ``activation(data, act, out=None)``: ``out = act(data)`` for act in `activations`; `out` may be `data` (in place).
-- ``activationBackward(grad, outdata, act, out=None)``: the gradient of the input, from the forward's *output*
-  (sigmoid: ``grad * y * (1 - y)``, relu: ``grad * (y > 0)``, tanh: ``grad * (1 - y**2)``); `out` may be `grad`.
+- ``activation(data, act, out=None, slope=None)``: ``out = act(data)`` for act in `activations`; `out` may be `data`
+  (in place). leakyRelu: ``x``, or ``slope * x`` below 0 (default slope 0.01); elu: ``x``, or
+  ``slope * (exp(x) - 1)`` below 0 (Clevert et al. 2015, arXiv 1511.07289; slope is its alpha, default 1.0): the
+  formulas of the batch norm's fused activations (`Contract.FusedActivation`).
+- ``activationBackward(grad, outdata, act, out=None, slope=None)``: the gradient of the input, from the forward's
+  *output* (sigmoid: ``grad * y * (1 - y)``, relu: ``grad * (y > 0)``, tanh: ``grad * (1 - y**2)``, leakyRelu:
+  ``grad``, or ``grad * slope`` where y <= 0, elu: ``grad``, or ``grad * (y + slope)`` where y <= 0); `out` may be
+  `grad`.
 - ``addVectorToRows(data, vector, out=None)``: ``out[r, c] = data[r, c] + vector[c]``; `out` may be `data`.
 - ``softmaxCrossEntropy(scores, labels, out=None)``: returns ``(grad, lossSum, correct)`` with
   ``grad = (onehot(labels) - softmax(scores)) / batch`` (the negated gradient of the mean loss: PuzzleLib's sign
@@ -21,10 +26,10 @@ backend (for finite-difference gradient checks).
 import numpy as np
 
 from PuzzleLib.Backend import Blas
-from PuzzleLib.Backend.Checks import checkArray, commonBackend
+from PuzzleLib.Backend.Checks import checkArray, commonBackend, fusedActivation
 from PuzzleLib.Backend.Dispatch import currentBackend
 
-activations = ("sigmoid", "relu", "tanh")
+activations = ("sigmoid", "relu", "tanh", "leakyRelu", "elu")
 
 __all__ = ["dataTypes", "activations", "activation", "activationBackward", "addVectorToRows", "softmaxCrossEntropy"]
 
@@ -34,9 +39,15 @@ def dataTypes(backend=None):
     return (backend or currentBackend()).elementWise.dataTypes
 
 
-def checkActivation(act):
+def checkActivation(act, slope=None):
+    """The slope `act` computes with (a float: the default where `slope` is None, 0.0 for a kind without one).
+
+    Raises:
+        ValueError: an unknown activation, a slope for a kind without one, a slope that is not a finite number >= 0.
+    """
     if act not in activations:
         raise ValueError("activation must be one of %s; got %r" % (", ".join(activations), act))
+    return fusedActivation(act, slope).slope
 
 
 def outputFor(backend, out, like):
@@ -46,36 +57,38 @@ def outputFor(backend, out, like):
     return out
 
 
-def activation(data, act, out=None):
-    """out = act(data), elementwise; returns out (a new pool array when None; may be `data` for in place).
+def activation(data, act, out=None, slope=None):
+    """out = act(data), elementwise; returns out (a new pool array when None; may be `data` for in place). `slope` is
+    leakyRelu's negative slope or elu's alpha (None: 0.01 and 1.0); the other kinds take none.
 
     Raises:
         TypeError: a non-GPUArray, or arrays of two backends.
-        ValueError: an unknown activation, a dtype not in `dataTypes`, an `out` of another shape or dtype.
-        Nothing is written then.
+        ValueError: an unknown activation, a bad slope (`checkActivation`), a dtype not in `dataTypes`, an `out` of
+            another shape or dtype. Nothing is written then.
     """
-    checkActivation(act)
+    slope = checkActivation(act, slope)
     backend = commonBackend(data=data, out=out)
     checkArray("data", data, dtypes=backend.elementWise.dataTypes)
     out = outputFor(backend, out, data)
     if data.size:
-        backend.elementWise.activation(act, data, out)
+        backend.elementWise.activation(act, data, out, slope)
     return out
 
 
-def activationBackward(grad, outdata, act, out=None):
-    """The gradient of an activation's input from the gradient of its output and its output `outdata`; returns out.
+def activationBackward(grad, outdata, act, out=None, slope=None):
+    """The gradient of an activation's input from the gradient of its output and its output `outdata` (computed with the
+    same `slope`); returns out.
 
     Raises:
         TypeError, ValueError: as `activation`, and when `grad` and `outdata` differ in shape or dtype.
     """
-    checkActivation(act)
+    slope = checkActivation(act, slope)
     backend = commonBackend(grad=grad, outdata=outdata, out=out)
     checkArray("grad", grad, dtypes=backend.elementWise.dataTypes)
     checkArray("outdata", outdata, dtypes=(grad.dtype,), shape=grad.shape)
     out = outputFor(backend, out, grad)
     if grad.size:
-        backend.elementWise.activationBackward(act, grad, outdata, out)
+        backend.elementWise.activationBackward(act, grad, outdata, out, slope)
     return out
 
 

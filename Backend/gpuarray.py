@@ -156,6 +156,11 @@ class GPUArray:
             raise TypeError("len() of a 0-dimensional GPUArray")
         return self.shape[0]
 
+    def __deepcopy__(self, memo):
+        """``copy.deepcopy``: `copy()`, a new pool block of the same backend with the same contents (a view's copy is an
+        array of its own)."""
+        return self.copy()
+
     def set(self, ary):
         """Copies a host ndarray, or a GPUArray of the same backend (a device-to-device copy), of the same shape and
         dtype into this array; returns self.

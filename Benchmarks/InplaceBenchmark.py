@@ -6,7 +6,7 @@ channels-last data: (batch * height * width, maps)) and batch normalization, on 
 default, and prints for each way the pool's peak of active bytes over one training step (forward + backward, the
 parameters' and the input's bytes excluded) and the best time per step of ``--repeats``, run on the backend in use:
 
-- ``separate``: Linear, BatchNorm, Activation(relu) (the activation module has no leaky ReLU; its memory is the same);
+- ``separate``: Linear, BatchNorm, Activation("leakyRelu");
 - ``fused``: Linear, BatchNorm(activation="leakyRelu"): one pass and one array less per block;
 - ``inplace``: Linear, BatchNorm(activation="leakyRelu", inplace=True): the output overwrites the input and backward
   rebuilds it, so a block keeps one array.
@@ -30,7 +30,7 @@ def build(way, layers, maps):
         net.append(Linear(maps, maps, initscheme="he"))
         if way == "separate":
             net.append(BatchNorm(maps))
-            net.append(Activation("relu"))
+            net.append(Activation("leakyRelu"))
         else:
             net.append(BatchNorm(maps, activation="leakyRelu", inplace=way == "inplace"))
     return net

@@ -25,73 +25,83 @@ typedef long long int64;
 #define FULL_MASK 0xffffffffu
 
 // ---------------------------------------------------------------------------------------------------------------
-// Activations. The backward passes take the forward's *output* y, so an in-place forward loses nothing.
+// Activations. The backward passes take the forward's *output* y, so an in-place forward loses nothing. Every entry
+// takes `slope`: leaky ReLU's negative slope, ELU's alpha (Clevert et al. 2015, arXiv 1511.07289); the other kinds
+// ignore it. The formulas are those of the batch norm's fused activations (BatchNorm.cu, actForward/actDerivative).
 
 enum Act
 {
 	ACT_SIGMOID = 0,
 	ACT_RELU = 1,
-	ACT_TANH = 2
+	ACT_TANH = 2,
+	ACT_LEAKY_RELU = 3,
+	ACT_ELU = 4
 };
 
-template <int ACT> __device__ __forceinline__ float actForward(float x);
-template <int ACT> __device__ __forceinline__ float actBackward(float g, float y);
+template <int ACT> __device__ __forceinline__ float actForward(float x, float slope);
+template <int ACT> __device__ __forceinline__ float actBackward(float g, float y, float slope);
 
 // NOTE: expf(-x) overflows to inf for x < -88 and 1 / inf = 0, the correct limit, so no branch is needed
-template <> __device__ __forceinline__ float actForward<ACT_SIGMOID>(float x) { return 1.0f / (1.0f + expf(-x)); }
+template <> __device__ __forceinline__ float actForward<ACT_SIGMOID>(float x, float) { return 1.0f / (1.0f + expf(-x)); }
 // NOTE: NaN passes through, as numpy's maximum (the CPU twin) lets it
-template <> __device__ __forceinline__ float actForward<ACT_RELU>(float x) { return x <= 0.0f ? 0.0f : x; }
-template <> __device__ __forceinline__ float actForward<ACT_TANH>(float x) { return tanhf(x); }
+template <> __device__ __forceinline__ float actForward<ACT_RELU>(float x, float) { return x <= 0.0f ? 0.0f : x; }
+template <> __device__ __forceinline__ float actForward<ACT_TANH>(float x, float) { return tanhf(x); }
+template <> __device__ __forceinline__ float actForward<ACT_LEAKY_RELU>(float x, float slope)
+{
+	return x > 0.0f ? x : slope * x;
+}
+template <> __device__ __forceinline__ float actForward<ACT_ELU>(float x, float slope)
+{
+	return x > 0.0f ? x : slope * expm1f(x);
+}
 
-template <> __device__ __forceinline__ float actBackward<ACT_SIGMOID>(float g, float y) { return g * y * (1.0f - y); }
-template <> __device__ __forceinline__ float actBackward<ACT_RELU>(float g, float y) { return y > 0.0f ? g : 0.0f; }
-template <> __device__ __forceinline__ float actBackward<ACT_TANH>(float g, float y) { return g * (1.0f - y * y); }
+template <> __device__ __forceinline__ float actBackward<ACT_SIGMOID>(float g, float y, float)
+{
+	return g * y * (1.0f - y);
+}
+template <> __device__ __forceinline__ float actBackward<ACT_RELU>(float g, float y, float) { return y > 0.0f ? g : 0.0f; }
+template <> __device__ __forceinline__ float actBackward<ACT_TANH>(float g, float y, float) { return g * (1.0f - y * y); }
+template <> __device__ __forceinline__ float actBackward<ACT_LEAKY_RELU>(float g, float y, float slope)
+{
+	return y > 0.0f ? g : g * slope;
+}
+template <> __device__ __forceinline__ float actBackward<ACT_ELU>(float g, float y, float slope)
+{
+	return y > 0.0f ? g : g * (y + slope);
+}
 
 // y = act(x); y may be x (in place), hence no __restrict__. grid = any, block = BLOCK_SIZE.
 template <int ACT>
-__device__ __forceinline__ void activationForward(const float *x, float *y, int64 n)
+__device__ __forceinline__ void activationForward(const float *x, float *y, int64 n, float slope)
 {
 	for (int64 i = (int64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64)gridDim.x * blockDim.x)
-		y[i] = actForward<ACT>(x[i]);
+		y[i] = actForward<ACT>(x[i], slope);
 }
 
 // ingrad = grad * act'(x), written through the output y; ingrad may be grad (in place).
 template <int ACT>
-__device__ __forceinline__ void activationBackward(const float *grad, const float *y, float *ingrad, int64 n)
+__device__ __forceinline__ void activationBackward(const float *grad, const float *y, float *ingrad, int64 n,
+												   float slope)
 {
 	for (int64 i = (int64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64)gridDim.x * blockDim.x)
-		ingrad[i] = actBackward<ACT>(grad[i], y[i]);
+		ingrad[i] = actBackward<ACT>(grad[i], y[i], slope);
 }
 
-extern "C" __global__ void sigmoidForward(const float *x, float *y, int64 n)
-{
-	activationForward<ACT_SIGMOID>(x, y, n);
-}
+#define ACTIVATION_ENTRIES(name, ACT) \
+	extern "C" __global__ void name##Forward(const float *x, float *y, int64 n, float slope) \
+	{ \
+		activationForward<ACT>(x, y, n, slope); \
+	} \
+	extern "C" __global__ void name##Backward(const float *grad, const float *y, float *ingrad, int64 n, float slope) \
+	{ \
+		activationBackward<ACT>(grad, y, ingrad, n, slope); \
+	}
 
-extern "C" __global__ void reluForward(const float *x, float *y, int64 n)
-{
-	activationForward<ACT_RELU>(x, y, n);
-}
-
-extern "C" __global__ void tanhForward(const float *x, float *y, int64 n)
-{
-	activationForward<ACT_TANH>(x, y, n);
-}
-
-extern "C" __global__ void sigmoidBackward(const float *grad, const float *y, float *ingrad, int64 n)
-{
-	activationBackward<ACT_SIGMOID>(grad, y, ingrad, n);
-}
-
-extern "C" __global__ void reluBackward(const float *grad, const float *y, float *ingrad, int64 n)
-{
-	activationBackward<ACT_RELU>(grad, y, ingrad, n);
-}
-
-extern "C" __global__ void tanhBackward(const float *grad, const float *y, float *ingrad, int64 n)
-{
-	activationBackward<ACT_TANH>(grad, y, ingrad, n);
-}
+ACTIVATION_ENTRIES(sigmoid, ACT_SIGMOID)
+ACTIVATION_ENTRIES(relu, ACT_RELU)
+ACTIVATION_ENTRIES(tanh, ACT_TANH)
+ACTIVATION_ENTRIES(leakyRelu, ACT_LEAKY_RELU)
+ACTIVATION_ENTRIES(elu, ACT_ELU)
 
 // ---------------------------------------------------------------------------------------------------------------
 // out[r, c] = data[r, c] + vector[c] for a (rows, cols) matrix; out may be data. grid = any, block = BLOCK_SIZE.

@@ -9,10 +9,13 @@ BLOCK_SIZE = 256
 CE_WARPS = 8
 defines = {"BLOCK_SIZE": BLOCK_SIZE, "CE_WARPS": CE_WARPS}
 
-activations = ("sigmoid", "relu", "tanh")
+activations = ("sigmoid", "relu", "tanh", "leakyRelu", "elu")
 
-activationForward = Signature("{act}Forward", Pointer("x"), Pointer("y"), Int64("n"))
-activationBackward = Signature("{act}Backward", Pointer("grad"), Pointer("y"), Pointer("ingrad"), Int64("n"))
+# NOTE: every activation takes a slope (leakyRelu's negative slope, elu's alpha); the others ignore it
+activationForward = Signature("{act}Forward", Pointer("x"), Pointer("y"), Int64("n"), Float32("slope"))
+activationBackward = Signature(
+    "{act}Backward", Pointer("grad"), Pointer("y"), Pointer("ingrad"), Int64("n"), Float32("slope")
+)
 addVectorToRows = Signature(
     "addVectorToRows", Pointer("data"), Pointer("vector"), Pointer("out"), Int64("rows"), Int64("cols")
 )

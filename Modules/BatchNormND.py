@@ -126,6 +126,10 @@ class BatchNormND(Module):
     """
 
     spatialText = None
+    transientFields = Module.transientFields + (
+        "savemean", "saveinvvar", "renormCorrection", "pendingResidual", "residualGrad", "skipMirror",
+        "statisticsCollector",
+    )
     # NOTE: the name of the constructor argument that gives the map count, for messages
     mapsArgument = "maps"
 
@@ -522,9 +526,11 @@ class BatchNormND(Module):
         """``skipCounts`` (created at the first call) when the running update is guarded, else None."""
         if not self.skipNonFinite:
             return None
+        arrays = self.mean.backend.gpuarray
         if self.skipCounts is None:
-            arrays = self.mean.backend.gpuarray
             self.skipCounts = arrays.zeros(self.mean.shape, np.float32)
+        if self.skipMirror is None:
+            # NOTE: a copy of the module (`Module.__deepcopy__`) has counts of its own and needs a mirror of them
             self.skipMirror = arrays.HostMirror(self.skipCounts)
         return self.skipCounts
 

@@ -85,6 +85,26 @@ class Linear(Module):
         if self.useBias:
             self.setVar("b", Variable(gpuarray.zeros((self.outsize,), self.calctype), name="b"))
 
+    def setUseBias(self, useBias):
+        """Adds the bias b, zero (True), or removes it (False), in place; nothing changes when `useBias` is the present
+        setting. A BatchNorm after the layer makes its bias redundant (`Passes.batchNorm` removes it) and a BatchNorm
+        folded into the layer needs one (`Passes.foldBatchNorm` adds it). Optimizers set up before hold the old
+        parameters: call their `setupOn` again.
+
+        Raises:
+            ValueError: for a `useBias` that is not a bool (nothing changes).
+        """
+        checkBool(type(self).__name__, "useBias", useBias)
+        if bool(useBias) == self.useBias:
+            return
+        self.useBias = bool(useBias)
+        if not self.useBias:
+            self.vars.pop("b", None)
+            self.b = None
+        elif self.W is not None:
+            self.setVar("b", Variable(self.W.backend.gpuarray.zeros((self.outsize,), self.calctype), name="b"))
+        self.reset()
+
     def paramSpecs(self):
         specs = {"W": ("params", (self.insize, self.outsize))}
         if self.useBias:

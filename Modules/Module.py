@@ -2,6 +2,7 @@
 
 import collections
 import contextlib
+import copy
 import math
 import os
 import signal
@@ -145,6 +146,27 @@ class Module:
         self.train = True
         self.calctype = np.dtype(np.float32)
         self.inData, self.data, self.grad = None, None, None
+
+    # NOTE: what `copy.deepcopy` leaves at None (the last calls' results, and helpers bound to them) and what it shares
+    # with the original instead of copying (a communicator); subclasses extend both
+    transientFields = ("inData", "data", "grad")
+    sharedFields = ()
+
+    def __deepcopy__(self, memo):
+        """``copy.deepcopy(module)``: a module of its own, in the same mode and calc type, with copies of its
+        parameters, their gradients, its statistics and its settings (containers copy their children). The results of
+        the last calls (`transientFields`: ``inData``, ``data``, ``grad``, saved batch statistics) are not copied: they
+        are None, as after `reset`, so a copy needs a forward before its backward."""
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        transient, shared = set(self.transientFields), set(self.sharedFields)
+        for key, value in self.__dict__.items():
+            if key in transient:
+                value = None
+            elif key not in shared:
+                value = copy.deepcopy(value, memo)
+            clone.__dict__[key] = value
+        return clone
 
     # --- parameters and state
 

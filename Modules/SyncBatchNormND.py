@@ -46,6 +46,10 @@ class SyncStatistics:
             disagree on the map count or the data type, or the global batch has fewer than 2 elements per map.
     """
 
+    # NOTE: a copy (`Module.__deepcopy__`) takes part in its original's communicator and exchanges
+    sharedFields = ("comm", "exchange")
+    transientFields = BatchNormND.transientFields + ("globalCounts", "globalCount")
+
     def __init__(self, *args, comm=None, **kwargs):
         comm = Collective.checkCommunicator(type(self).__name__, comm)
         # NOTE: renorm and virtualBatch change the statistics a training batch is normalized with, and the exchange

@@ -12,7 +12,7 @@ import pkgutil
 import sys
 import traceback
 
-PACKAGES = ("Modules", "Containers", "Cost", "Optimizers")
+PACKAGES = ("Modules", "Containers", "Passes", "Cost", "Optimizers")
 
 
 def moduleNames():

@@ -6,7 +6,9 @@ gradient checks).
 
 import numpy as np
 
+from PuzzleLib.Backend.Contract import FusedActivation
 from PuzzleLib.Backend.Cpu.GPUArray import hostView
+from PuzzleLib.Backend.Cpu.NumpyBatchNorm import activate, activationDerivative
 
 dataTypes = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -35,12 +37,22 @@ backwards = {
 }
 
 
-def activation(act, data, out):
-    forwards[act](hostView(data), hostView(out))
+def activation(act, data, out, slope):
+    x, y = hostView(data), hostView(out)
+    if act in forwards:
+        forwards[act](x, y)
+    else:
+        # NOTE: leakyRelu and elu are the batch norm's fused activations, computed by the same numpy code
+        np.copyto(y, x)
+        activate(y, FusedActivation(act, slope))
 
 
-def activationBackward(act, grad, outdata, ingrad):
-    hostView(ingrad)[...] = backwards[act](hostView(grad), hostView(outdata))
+def activationBackward(act, grad, outdata, ingrad, slope):
+    g, y = hostView(grad), hostView(outdata)
+    if act in backwards:
+        hostView(ingrad)[...] = backwards[act](g, y)
+    else:
+        hostView(ingrad)[...] = g * activationDerivative(y, FusedActivation(act, slope), y.dtype)
 
 
 def addVectorToRows(data, vector, out):

@@ -12,16 +12,18 @@ dataTypes = (np.dtype(np.float32),)
 kernels = KernelSource(declared)
 
 
-def activation(act, data, out):
+def activation(act, data, out, slope):
     n = data.size
     grid, block = grid1d(n, declared.BLOCK_SIZE)
-    kernels.launch(declared.activationForward, grid, block, {"act": act}, x=data, y=out, n=n)
+    kernels.launch(declared.activationForward, grid, block, {"act": act}, x=data, y=out, n=n, slope=slope)
 
 
-def activationBackward(act, grad, outdata, ingrad):
+def activationBackward(act, grad, outdata, ingrad, slope):
     n = grad.size
     grid, block = grid1d(n, declared.BLOCK_SIZE)
-    kernels.launch(declared.activationBackward, grid, block, {"act": act}, grad=grad, y=outdata, ingrad=ingrad, n=n)
+    kernels.launch(
+        declared.activationBackward, grid, block, {"act": act}, grad=grad, y=outdata, ingrad=ingrad, n=n, slope=slope
+    )
 
 
 def addVectorToRows(data, vector, out):

@@ -36,26 +36,37 @@ def refSoftmax(s):
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["new_output", "inplace"])
 @pytest.mark.parametrize("shape", [(7, 33), (300, 257)], ids=["small", "many_blocks"])
-@pytest.mark.parametrize("act", ["sigmoid", "relu", "tanh"])
-def test_activation_forward_backward(act, shape, inplace):
+@pytest.mark.parametrize(
+    "act, slope",
+    [("sigmoid", None), ("relu", None), ("tanh", None), ("leakyRelu", None), ("leakyRelu", 0.2), ("elu", None),
+     ("elu", 0.5)],
+    ids=["sigmoid", "relu", "tanh", "leakyRelu", "leakyRelu_0.2", "elu", "elu_0.5"],
+)
+def test_activation_forward_backward(act, slope, shape, inplace):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(shape) * 5).astype(np.float32)
     x[0, :3] = (-100.0, 100.0, 0.0)
     g = rng.standard_normal(shape).astype(np.float32)
     xd, gd = x.astype(np.float64), g.astype(np.float64)
+    s = {"leakyRelu": 0.01, "elu": 1.0}.get(act, 0.0) if slope is None else slope
 
-    ref = {"sigmoid": refSigmoid(xd), "relu": np.maximum(xd, 0.0), "tanh": np.tanh(xd)}[act]
+    ref = {
+        "sigmoid": refSigmoid(xd), "relu": np.maximum(xd, 0.0), "tanh": np.tanh(xd),
+        "leakyRelu": np.where(xd > 0, xd, s * xd), "elu": np.where(xd > 0, xd, s * np.expm1(np.minimum(xd, 0))),
+    }[act]
     # NOTE: the derivatives written from the input, independently of the library's from-the-output form
     refGrad = {
         "sigmoid": gd * refSigmoid(xd) * refSigmoid(-xd),
         "relu": gd * (xd > 0),
         "tanh": gd / np.cosh(np.clip(xd, -50, 50)) ** 2,
+        "leakyRelu": np.where(xd > 0, gd, s * gd),
+        "elu": np.where(xd > 0, gd, s * gd * np.exp(np.minimum(xd, 0))),
     }[act]
 
     data, grad = gpuarray.to_gpu(x), gpuarray.to_gpu(g)
-    y = ElementWise.activation(data, act, out=data if inplace else None)
+    y = ElementWise.activation(data, act, out=data if inplace else None, slope=slope)
     assert np.allclose(y.get(), ref, atol=1e-6, rtol=1e-5) and (y.ptr == data.ptr) == inplace
-    ingrad = ElementWise.activationBackward(grad, y, act, out=grad if inplace else None)
+    ingrad = ElementWise.activationBackward(grad, y, act, out=grad if inplace else None, slope=slope)
     assert np.allclose(ingrad.get(), refGrad, atol=1e-6, rtol=1e-4) and (ingrad.ptr == grad.ptr) == inplace
 
 
@@ -69,6 +80,12 @@ def test_activation_rejects_bad_input():
         ElementWise.activation(gpuarray.to_gpu(np.zeros(3, dtype=np.int32)), "relu")
     with pytest.raises(ValueError, match="Activation: activation must be one of"):
         Activation("softplus")
+    with pytest.raises(ValueError, match="slope applies to leakyRelu and elu only"):
+        ElementWise.activation(data, "relu", slope=0.1)
+    with pytest.raises(ValueError, match="slope of elu must be a finite number >= 0; got -1"):
+        ElementWise.activationBackward(data, data, "elu", slope=-1.0)
+    with pytest.raises(ValueError, match="Activation: slope of leakyRelu must be a finite number >= 0; got nan"):
+        Activation("leakyRelu", slope=float("nan"))
 
 
 @pytest.mark.parametrize("shape", [(5, 9), (129, 333)], ids=["small", "many_blocks"])
@@ -201,13 +218,16 @@ def test_linear_gradient_check(backend):
         assert relativeError(analytic, numeric) < 1e-8, name
 
 
-@pytest.mark.parametrize("act", ["sigmoid", "relu", "tanh"])
-def test_activation_gradient_check(act, backend):
+@pytest.mark.parametrize(
+    "act, slope", [("sigmoid", None), ("relu", None), ("tanh", None), ("leakyRelu", 0.1), ("elu", 0.7)],
+    ids=["sigmoid", "relu", "tanh", "leakyRelu", "elu"],
+)
+def test_activation_gradient_check(act, slope, backend):
     requireFloat64(backend)
     rng = np.random.default_rng(8)
     x, g = rng.standard_normal((4, 5)) * 2, rng.standard_normal((4, 5))
     x[np.abs(x) < 1e-3] = 0.5  # keep relu's kink away from the finite-difference step
-    module = Activation(act)
+    module = Activation(act, slope=slope)
     module.calcMode(np.float64)
     module(gpuarray.to_gpu(x))
     analytic = module.backward(gpuarray.to_gpu(g)).get()

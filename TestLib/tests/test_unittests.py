@@ -13,7 +13,8 @@ NAMES = moduleNames()
 @pytest.mark.backendIndependent
 def test_every_package_contributes_its_self_tests():
     expected = {"Modules.BatchNorm", "Modules.BatchNormND", "Modules.BatchNorm2D", "Modules.Linear",
-                "Containers.Sequential", "Cost.CrossEntropy", "Optimizers.MomentumSGD"}
+                "Containers.Sequential", "Passes.BatchNormInsertion", "Passes.BatchNormFolding", "Cost.CrossEntropy",
+                "Optimizers.MomentumSGD"}
     assert {"PuzzleLib." + name for name in expected} <= set(NAMES), NAMES
 
 
