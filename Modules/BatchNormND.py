@@ -526,11 +526,11 @@ class BatchNormND(Module):
         """``skipCounts`` (created at the first call) when the running update is guarded, else None."""
         if not self.skipNonFinite:
             return None
-        arrays = self.mean.backend.gpuarray
-        if self.skipCounts is None:
-            self.skipCounts = arrays.zeros(self.mean.shape, np.float32)
         if self.skipMirror is None:
-            # NOTE: a copy of the module (`Module.__deepcopy__`) has counts of its own and needs a mirror of them
+            arrays = self.mean.backend.gpuarray
+            # NOTE: a copy of the module (`Module.__deepcopy__`) has counts of its own, without a mirror of them
+            if self.skipCounts is None:
+                self.skipCounts = arrays.zeros(self.mean.shape, np.float32)
             self.skipMirror = arrays.HostMirror(self.skipCounts)
         return self.skipCounts
 

@@ -4,7 +4,7 @@ import copy
 
 import numpy as np
 
-from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Backend import Checks, gpuarray
 from PuzzleLib.Containers.Sequential import Sequential
 from PuzzleLib.Modules.Activation import Activation
 from PuzzleLib.Modules.BatchNorm import BatchNorm
@@ -45,7 +45,7 @@ def foldInto(linear, bn):
     folded.b.set(b.astype(folded.calctype))
     if bn.fused is None:
         return folded, None
-    slope = bn.fused.slope if bn.fused.kind in ("leakyRelu", "elu") else None
+    slope = bn.fused.slope if bn.fused.kind in Checks.defaultSlopes else None
     # NOTE: in place: it overwrites the Linear's output, which no backward reads (Linear's reads its input)
     activation = Activation(bn.fused.kind, inplace=True, slope=slope)
     activation.calcMode(folded.calctype)

@@ -19,6 +19,24 @@ def elementsPerMap(shape, axes):
     return int(np.prod([shape[axis] for axis in axes]))
 
 
+def activation(z, kind, slope=None):
+    """The activations in float64, as their papers define them: `kind` one of relu, leakyRelu (slope * z below 0,
+    default slope 0.01), elu (slope * (exp(z) - 1) below 0, Clevert et al. 2015, arXiv 1511.07289, default 1.0),
+    sigmoid, tanh; "identity" or None gives z."""
+    slope = {"leakyRelu": 0.01, "elu": 1.0}.get(kind, 0.0) if slope is None else slope
+    if kind == "relu":
+        return np.maximum(z, 0.0)
+    if kind == "leakyRelu":
+        return np.where(z > 0, z, slope * z)
+    if kind == "elu":
+        return np.where(z > 0, z, slope * np.expm1(np.minimum(z, 0.0)))
+    if kind == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    if kind == "tanh":
+        return np.tanh(z)
+    return z
+
+
 def asParam(param, x, axes):
     """Reshapes a per-map parameter to the keepdims shape of `x` for `axes`, in float64."""
     shape = tuple(1 if axis in axes else dim for axis, dim in enumerate(x.shape))

@@ -14,6 +14,7 @@ from PuzzleLib.Modules.Activation import Activation
 from PuzzleLib.Modules.Linear import Linear
 from PuzzleLib.Modules.Module import ModuleError
 from PuzzleLib.TestLib.GradientCheck import numericGradient, relativeError
+from PuzzleLib.TestLib.Reference import activation as act
 
 EPS = 1e-5
 ACTIVATIONS = [("identity", None), ("relu", None), ("leakyRelu", 0.1), ("elu", 0.7), ("sigmoid", None), ("tanh", None)]
@@ -24,22 +25,6 @@ CASES = {
     "perActivation": ("perActivation", (16, 3), (0,)),
     "channelsLast": ((0, 1, 2), (3, 4, 5, 3), (0, 1, 2)),
 }
-
-
-def act(z, kind, slope):
-    """The activations in float64, as their papers define them."""
-    slope = {"leakyRelu": 0.01, "elu": 1.0}.get(kind, 0.0) if slope is None else slope
-    if kind == "relu":
-        return np.maximum(z, 0.0)
-    if kind == "leakyRelu":
-        return np.where(z > 0, z, slope * z)
-    if kind == "elu":
-        return np.where(z > 0, z, slope * np.expm1(np.minimum(z, 0.0)))
-    if kind == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    if kind == "tanh":
-        return np.tanh(z)
-    return z
 
 
 def fusedReference(x, scale, bias, residual, axes, kind, slope):
