@@ -349,6 +349,13 @@ def test_deepcopy_of_trained_batch_norm_is_independent():
     assert clone.numOfProps == 2 and bn.numOfProps == 1 and np.array_equal(bn.mean.get(), mean)
     assert clone.skipCounts.ptr != bn.skipCounts.ptr
 
+    # NOTE: the copy's guard watches its own counts: a non-finite batch is counted and warned of there alone
+    x[0, 1] = np.nan
+    with pytest.warns(RuntimeWarning, match="non-finite mean or variance in 1 of 3 maps"):
+        for _ in range(3):
+            clone(gpuarray.to_gpu(x))
+    assert clone.skippedUpdates == 3 and bn.skippedUpdates == 0
+
 
 def test_deepcopy_of_sequential_and_synchronized_module():
     net = chainOf(Linear(3, 2), SyncBatchNorm(2, comm=MPI.COMM_SELF))
