@@ -440,17 +440,9 @@ def checkPerMapOutputs(layout, outs, **inputs):
     given = [(name, ary) for name, ary in outs.items() if ary is not None]
     for name, ary in given:
         layout.checkPerMap(name, ary, (BatchNormCore.float32,))
-    # NOTE: every array is C-contiguous: its bytes are [ptr, ptr + nbytes)
-    spans = [(name, ary.ptr, ary.ptr + ary.nbytes) for name, ary in inputs.items() if ary.nbytes]
     for name, ary in given:
-        start, end = ary.ptr, ary.ptr + ary.nbytes
-        for other, otherStart, otherEnd in spans:
-            if start < otherEnd and otherStart < end:
-                raise ValueError(
-                    "%s must not share memory with %s (an output may overlap no input and not the other output)"
-                    % (name, other)
-                )
-        spans.append((name, start, end))
+        checkApart(name, ary, "an output may overlap no input and not the other output", **inputs)
+        inputs[name] = ary
 
 
 statisticsTypes = (BatchNormCore.float32, BatchNormCore.float64)
