@@ -49,6 +49,12 @@ def commonBackend(**arrays):
     return found
 
 
+def isRealNumber(value):
+    """True for a real number, Python's or numpy's (int, float, np.integer, np.floating); False for a bool, which
+    Python counts as an int, and for anything else."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def checkEpsilon(epsilon):
     if not epsilon > 0:
         raise ValueError("epsilon must be > 0; got %r" % (epsilon,))
@@ -72,7 +78,7 @@ def renormClipping(rmax=None, rmin=None, dmax=None):
     def bound(name, value, isValid, expected):
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        if not isRealNumber(value):
             raise ValueError("%s must be a number (%s) or None; got %r" % (name, expected, value))
         if not isValid(float(value)):
             raise ValueError("%s must be %s; got %r" % (name, expected, value))
@@ -108,8 +114,7 @@ def fusedActivation(activation, slope=None):
             raise ValueError("slope applies to leakyRelu and elu only; got slope=%r with %r" % (slope, activation))
         return FusedActivation(activation, 0.0)
     slope = defaultSlopes[activation] if slope is None else slope
-    isReal = isinstance(slope, (int, float, np.integer, np.floating)) and not isinstance(slope, (bool, np.bool_))
-    if not isReal or not (math.isfinite(slope) and slope >= 0):
+    if not isRealNumber(slope) or not (math.isfinite(slope) and slope >= 0):
         raise ValueError("slope of %s must be a finite number >= 0; got %r" % (activation, slope))
     return FusedActivation(activation, float(slope))
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from PuzzleLib.AtomicFile import writeAtomically
 from PuzzleLib.Backend import Blas, gpuarray
+from PuzzleLib.Backend.Checks import isRealNumber
 from PuzzleLib.Modules.Variable import Variable
 
 
@@ -79,8 +80,7 @@ class Snapshot:
 def checkNumber(owner, name, value, expected, isValid):
     """Raises ValueError naming `owner` and argument `name` unless `value` is a real number (not a bool) for which
     ``isValid(value)`` holds; `expected` says what is accepted (``"a finite number > 0"``)."""
-    isReal = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if not isReal or not isValid(float(value)):
+    if not isRealNumber(value) or not isValid(float(value)):
         raise ValueError("%s: %s must be %s; got %r" % (owner, name, expected, value))
 
 
