@@ -119,6 +119,12 @@ def fusedActivation(activation, slope=None):
     return FusedActivation(activation, float(slope))
 
 
+def slopeArgument(kind, slope):
+    """The `slope` argument that gives back an activation of `kind` computing with `slope` (a float, as
+    `fusedActivation` returns it): the slope for leakyRelu and elu, None for the kinds that take none."""
+    return slope if kind in defaultSlopes else None
+
+
 def invertible(activation):
     """True when `activation` (a `FusedActivation`) can be inverted exactly and stably: identity, and leakyRelu and
     elu with a slope > 0 (InPlace-ABN's choices)."""

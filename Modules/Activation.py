@@ -49,7 +49,7 @@ class Activation(Module):
             raise ValueError("Activation: %s" % e) from None
         super().__init__(name)
         self.activation, self.inplace = activation, inplace
-        self.slope = slope if activation in Checks.defaultSlopes else None
+        self.slope = Checks.slopeArgument(activation, slope)
 
     # NOTE: the derivative is taken from the output; the input is not read again
     gradUsesOutData = True

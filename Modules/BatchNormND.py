@@ -442,11 +442,7 @@ class BatchNormND(Module):
     def dnnFusion(self, residual=None):
         """The keywords of `Dnn.batchNormNd` for the fused activation and `residual`."""
         fused = self.inplaceActivation() if self.inplace and self.train else self.fused
-        if fused is None:
-            extra = {}
-        else:
-            slope = fused.slope if fused.kind in Checks.defaultSlopes else None
-            extra = {"activation": fused.kind, "slope": slope}
+        extra = {} if fused is None else {"activation": fused.kind, "slope": Checks.slopeArgument(*fused)}
         if residual is not None:
             extra["residual"] = self.toDnn(residual)
         return extra

@@ -45,9 +45,8 @@ def foldInto(linear, bn):
     folded.b.set(b.astype(folded.calctype))
     if bn.fused is None:
         return folded, None
-    slope = bn.fused.slope if bn.fused.kind in Checks.defaultSlopes else None
     # NOTE: in place: it overwrites the Linear's output, which no backward reads (Linear's reads its input)
-    activation = Activation(bn.fused.kind, inplace=True, slope=slope)
+    activation = Activation(bn.fused.kind, inplace=True, slope=Checks.slopeArgument(*bn.fused))
     activation.calcMode(folded.calctype)
     return folded, activation
 
