@@ -13,6 +13,7 @@ from PuzzleLib.Modules import BatchNorm, BatchNorm2D
 from PuzzleLib.Modules.Activation import Activation
 from PuzzleLib.Modules.Linear import Linear
 from PuzzleLib.Modules.Module import ModuleError
+from PuzzleLib.TestLib import Reference
 from PuzzleLib.TestLib.GradientCheck import numericGradient, relativeError
 from PuzzleLib.TestLib.Reference import activation as act
 
@@ -28,10 +29,9 @@ CASES = {
 
 
 def fusedReference(x, scale, bias, residual, axes, kind, slope):
-    """act((x - mu) / sqrt(sigma2 + eps) * scale + bias + residual) in float64 (biased sigma2, Ioffe & Szegedy 2015)."""
-    x = np.asarray(x, dtype=np.float64)
-    mu, sigma2 = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
-    return act((x - mu) / np.sqrt(sigma2 + EPS) * scale + bias + residual, kind, slope)
+    """act(bn(x) + residual) in float64, bn the training forward of `Reference.batchNormTrain` (biased sigma2, Ioffe &
+    Szegedy 2015)."""
+    return act(Reference.batchNormTrain(x, scale, bias, axes, EPS).out + residual, kind, slope)
 
 
 def perMap(values, shape, axes, dtype):
@@ -97,7 +97,7 @@ def test_fused_float32_matches_the_float64_reference_in_both_modes(case, kind, s
     # NOTE: the training forward moved the running statistics; evaluation normalizes with the moved ones
     mean, var = arrays[3].get(), arrays[4].get()
     evalOut = Dnn.batchNormNd(*arrays, EPS, test=True, mode=mode, activation=kind, slope=slope)
-    z = (x - mean.astype(np.float64)) / np.sqrt(var.astype(np.float64) + EPS) * scale + bias
+    z = Reference.batchNormEval(x, scale, bias, mean, var, EPS, axes)
     np.testing.assert_allclose(evalOut.get(), act(z, kind, slope), atol=3e-5, rtol=1e-5)
 
     # the frozen backward: dz = grad * act'(y), then batch norm's with constant statistics
@@ -111,13 +111,11 @@ def test_fused_float32_matches_the_float64_reference_in_both_modes(case, kind, s
         arrays[0], gpuarray.to_gpu(grad), arrays[1], None, None, EPS, mode, test=True, mean=arrays[3], var=arrays[4],
         activation=kind, slope=slope, outdata=evalOut, resgrad=resgrad,
     )
-    invstd = 1.0 / np.sqrt(var.astype(np.float64) + EPS)
+    refIngrad, refScalegrad, refBiasgrad = Reference.frozenBackward(x, dz, scale, mean, var, EPS, axes)
     np.testing.assert_allclose(resgrad.get(), dz, atol=3e-5)
-    np.testing.assert_allclose(ingrad.get(), dz * scale * invstd, atol=3e-5)
-    np.testing.assert_allclose(biasgrad.get(), dz.sum(axis=axes, keepdims=True), atol=2e-4)
-    np.testing.assert_allclose(
-        scalegrad.get(), (dz * (x - mean) * invstd).sum(axis=axes, keepdims=True), atol=2e-4, rtol=1e-4
-    )
+    np.testing.assert_allclose(ingrad.get(), refIngrad, atol=3e-5)
+    np.testing.assert_allclose(biasgrad.get(), refBiasgrad, atol=2e-4)
+    np.testing.assert_allclose(scalegrad.get(), refScalegrad, atol=2e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

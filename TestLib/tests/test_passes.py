@@ -13,19 +13,13 @@ from PuzzleLib.Backend import ElementWise, gpuarray
 from PuzzleLib.Containers import Sequential
 from PuzzleLib.Modules import Activation, BatchNorm, BatchNorm2D, Linear, ModuleError, SyncBatchNorm
 from PuzzleLib.Passes import batchNorm, foldBatchNorm
-from PuzzleLib.TestLib import Backends
+from PuzzleLib.TestLib import Backends, Reference
 from PuzzleLib.TestLib.GradientCheck import numericGradient, relativeError
 from PuzzleLib.TestLib.Reference import activation as act
 
 EPS = 1e-5
 # NOTE: (Activation kind, slope) of the layers; None: a Linear alone
 LAYER_ACTIVATIONS = [None, ("sigmoid", None), ("relu", None), ("tanh", None), ("leakyRelu", 0.2), ("elu", 0.5)]
-
-
-def bnTrain(h, scale, bias):
-    """Per-feature training batch norm of (batch, features) float64 data; returns (out, mean, unbiased variance)."""
-    mu, var = h.mean(axis=0), h.var(axis=0)
-    return (h - mu) / np.sqrt(var + EPS) * scale + bias, mu, h.var(axis=0, ddof=1)
 
 
 def makeLayer(activation, insize=6, outsize=5, withBias=True):
@@ -64,24 +58,23 @@ def test_batch_norm_block_against_reference(activation):
     W, b = linear.W.get().astype(np.float64), linear.b.get().astype(np.float64)
     scale, bias = hostParams(bn)
     # NOTE: the reference keeps the layer's bias (3 on average): the normalization takes it out
-    z, mu, unbiased = bnTrain(x.astype(np.float64) @ W + b, scale, bias)
+    h = x.astype(np.float64) @ W
+    ref = Reference.batchNormTrain(h + b, scale, bias, (0,), EPS)
+    z = ref.out
     y = act(z, kind, slope)
     out = block(gpuarray.to_gpu(x)).get()
     np.testing.assert_allclose(out, y, atol=2e-5)
-    np.testing.assert_allclose(bn.mean.get().ravel(), mu - b, atol=2e-5)
-    np.testing.assert_allclose(bn.var.get().ravel(), unbiased, rtol=1e-4)
+    np.testing.assert_allclose(bn.mean.get().ravel(), ref.mean.ravel() - b, atol=2e-5)
+    np.testing.assert_allclose(bn.var.get().ravel(), ref.unbiasedVar.ravel(), rtol=1e-4)
 
     # NOTE: the input and weight gradients from the float64 chain rule, act' from the input side
     eps = 1e-7
     dz = g * (act(z + eps, kind, slope) - act(z - eps, kind, slope)) / (2 * eps)
-    h = x.astype(np.float64) @ W
-    xhat = (h - h.mean(axis=0)) / np.sqrt(h.var(axis=0) + EPS)
-    dxhat = dz * scale
-    dh = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / np.sqrt(h.var(axis=0) + EPS)
+    dh, dscale, _ = Reference.batchNormBackward(h, dz, scale, (0,), EPS)
     ingrad = block.backward(gpuarray.to_gpu(g)).get()
     np.testing.assert_allclose(ingrad, dh @ W.T, atol=1e-4)
     np.testing.assert_allclose(fc.vars["W"].grad.get(), x.astype(np.float64).T @ dh, atol=1e-4)
-    np.testing.assert_allclose(bn.vars["scale"].grad.get().ravel(), (dz * xhat).sum(axis=0), atol=1e-4)
+    np.testing.assert_allclose(bn.vars["scale"].grad.get().ravel(), dscale.ravel(), atol=1e-4)
 
 
 @pytest.mark.parametrize("activation", LAYER_ACTIVATIONS, ids=lambda a: "linear" if a is None else a[0])
@@ -231,7 +224,8 @@ def test_fold_equals_unfolded_eval(affine, activation):
         assert np.array_equal(scale, np.ones(5)) and np.array_equal(bias, np.zeros(5))
     kind, slope = activation if activation is not None else (None, None)
     h = x.astype(np.float64) @ fc.W.get() + fc.b.get()
-    ref = act((h - mean) / np.sqrt(var + EPS) * scale + bias, kind, slope) @ head.W.get() + head.b.get()
+    z = Reference.batchNormEval(h, scale, bias, mean, var, EPS, axes=(0,))
+    ref = act(z, kind, slope) @ head.W.get() + head.b.get()
 
     out = folded(gpuarray.to_gpu(x)).get()
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)

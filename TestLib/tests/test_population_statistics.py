@@ -11,6 +11,7 @@ from PuzzleLib.Containers import Sequential
 from PuzzleLib.Modules import Activation, BatchNorm, BatchNorm2D, Linear, ModuleError
 from PuzzleLib.Modules.Activation import relu
 from PuzzleLib.Modules.PopulationStatistics import recomputeStatistics
+from PuzzleLib.TestLib import Reference
 
 SIZES = (1, 6, 3, 10)
 
@@ -31,10 +32,10 @@ def assertStatistics(module, activations, axes):
     np.testing.assert_allclose(module.var.get(), var, rtol=2e-6)
 
 
-def normalized(module, x):
-    """What `module` gives in evaluation, in float64 from its float32 arrays."""
-    mean, var = (ary.get().astype(np.float64) for ary in (module.mean, module.var))
-    return (x - mean) / np.sqrt(var + module.epsilon) * module.scale.get() + module.bias.get()
+def normalized(module, x, axes):
+    """What `module` gives in evaluation (`Reference.batchNormEval`), in float64 from its float32 arrays."""
+    scale, bias, mean, var = (ary.get() for ary in (module.scale, module.bias, module.mean, module.var))
+    return Reference.batchNormEval(x, scale, bias, mean, var, module.epsilon, axes)
 
 
 @pytest.mark.parametrize("axis", [1, -1], ids=["channels_first", "channels_last"])
@@ -53,7 +54,7 @@ def test_spatial_modules_get_the_statistics_of_the_whole_set(axis):
     axes = (0, 2, 3) if axis == 1 else (0, 1, 2)
     x = np.concatenate(host).astype(np.float64)
     assertStatistics(bn0, x, axes)
-    assertStatistics(bn1, np.maximum(normalized(bn0, x), 0.0), axes)
+    assertStatistics(bn1, np.maximum(normalized(bn0, x, axes), 0.0), axes)
 
     # NOTE: what averaging the batches' variances (fvcore's precise BN) would give is far from it
     averaged = np.mean([v.astype(np.float64).var(axis=axes, ddof=1, keepdims=True) for v in host], axis=0)
@@ -72,7 +73,7 @@ def test_per_activation_modules_after_linear_layers():
     x = np.concatenate(host).astype(np.float64)
     h = x @ fc0.W.get() + fc0.b.get()
     assertStatistics(bn0, h.reshape(-1, 4, 1, 1), (0, 2, 3))
-    z = np.maximum(normalized(bn0, h.reshape(-1, 4, 1, 1)).reshape(-1, 4), 0.0) @ fc1.W.get() + fc1.b.get()
+    z = np.maximum(normalized(bn0, h.reshape(-1, 4, 1, 1), (0, 2, 3)).reshape(-1, 4), 0.0) @ fc1.W.get() + fc1.b.get()
     assertStatistics(bn1, z.reshape(-1, 3, 1, 1), (0, 2, 3))
 
 
