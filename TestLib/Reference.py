@@ -78,25 +78,29 @@ def runningUpdate(mean, var, batchMean, batchVar, m, factor):
     return (1 - factor) * mean + factor * batchMean, (1 - factor) * var + factor * batchVar * m / (m - 1)
 
 
-def batchNormBackward(x, grad, scale, axes, epsilon):
-    """Backward after a training forward; returns (dx, dscale, dbias), the parameter gradients in keepdims shape."""
-    x, grad = np.asarray(x, dtype=np.float64), np.asarray(grad, dtype=np.float64)
-    axes = tuple(axes)
-    scale = asParam(scale, x, axes)
+def normalizationBackward(x, dxhat, axes, epsilon):
+    """The chain rule through xhat = (x - mean) / sqrt(var + epsilon), the batch's mean and biased var taken from `x`,
+    written out term by term (dxhat -> dvar -> dmean -> dx, Ioffe & Szegedy 2015, section 3); returns (dx, xhat)."""
     m = elementsPerMap(x.shape, axes)
-
     mean = x.mean(axis=axes, keepdims=True)
     var = x.var(axis=axes, keepdims=True)
     xmu = x - mean
-    xhat = xmu / np.sqrt(var + epsilon)
 
-    dxhat = grad * scale
     dvar = np.sum(dxhat * xmu, axis=axes, keepdims=True) * -0.5 * (var + epsilon) ** -1.5
     dmean = np.sum(-dxhat / np.sqrt(var + epsilon), axis=axes, keepdims=True) + dvar * np.mean(
         -2.0 * xmu, axis=axes, keepdims=True
     )
     dx = dxhat / np.sqrt(var + epsilon) + dvar * 2.0 * xmu / m + dmean / m
+    return dx, xmu / np.sqrt(var + epsilon)
 
+
+def batchNormBackward(x, grad, scale, axes, epsilon):
+    """Backward after a training forward; returns (dx, dscale, dbias), the parameter gradients in keepdims shape."""
+    x, grad = np.asarray(x, dtype=np.float64), np.asarray(grad, dtype=np.float64)
+    axes = tuple(axes)
+    scale = asParam(scale, x, axes)
+
+    dx, xhat = normalizationBackward(x, grad * scale, axes, epsilon)
     return dx, np.sum(grad * xhat, axis=axes, keepdims=True), np.sum(grad, axis=axes, keepdims=True)
 
 
@@ -128,22 +132,11 @@ def batchRenormTrain(x, scale, bias, axes, epsilon, renormMean, renormStd, rmin=
 
 
 def batchRenormBackward(x, grad, scale, axes, epsilon, r, d):
-    """Backward of `batchRenormTrain` with r and d constants; returns (dx, dscale, dbias), written out through dxhat,
-    dvar and dmu as `batchNormBackward` is."""
+    """Backward of `batchRenormTrain` with r and d constants; returns (dx, dscale, dbias), dx through the chain rule of
+    `normalizationBackward` with dxhat = grad * scale * r."""
     x, grad = np.asarray(x, dtype=np.float64), np.asarray(grad, dtype=np.float64)
     axes = tuple(axes)
     scale, r, d = (asParam(p, x, axes) for p in (scale, r, d))
-    m = elementsPerMap(x.shape, axes)
 
-    mean = x.mean(axis=axes, keepdims=True)
-    var = x.var(axis=axes, keepdims=True)
-    xmu = x - mean
-    xhat = xmu / np.sqrt(var + epsilon)
-
-    dxhat = grad * scale * r
-    dvar = np.sum(dxhat * xmu, axis=axes, keepdims=True) * -0.5 * (var + epsilon) ** -1.5
-    dmean = np.sum(-dxhat / np.sqrt(var + epsilon), axis=axes, keepdims=True) + dvar * np.mean(
-        -2.0 * xmu, axis=axes, keepdims=True
-    )
-    dx = dxhat / np.sqrt(var + epsilon) + dvar * 2.0 * xmu / m + dmean / m
+    dx, xhat = normalizationBackward(x, grad * scale * r, axes, epsilon)
     return dx, np.sum(grad * (xhat * r + d), axis=axes, keepdims=True), np.sum(grad, axis=axes, keepdims=True)
