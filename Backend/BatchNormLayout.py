@@ -5,7 +5,7 @@ spatial, channels-last ``(N, d1, ..., C)`` with axes ``(0, ..., nd)``, ``(0, 1)`
 ``(N, C, T)``, the data is only *viewed* as ``(outer, maps, inner)``: no copy. When they are not adjacent (e.g. axes
 ``(1,)`` on ``(N, C, T)`` or ``(0, 2)`` on 4D data), no such view exists: the data is permuted to
 ``(kept axes..., normalized axes...)`` and normalized as ``(1, maps, m)`` (`BatchNormLayout.perm`; the permutation
-itself is done by `Backend.BatchNormCore`).
+itself is done by `Backend.BatchNormPlan.PermutedPlan`).
 
 Pure geometry and shape checks: nothing here touches an array's memory.
 """
@@ -144,6 +144,13 @@ def layoutOf(shape, axes):
     """The `BatchNormLayout` of `shape` for the normalized `axes` (both tuples of ints), made once per pair and then
     served from a cache: a training loop calls with the same few shapes over and over."""
     return BatchNormLayout(shape, axes)
+
+
+def checkData(name, data, backend, axes):
+    """The `BatchNormLayout` of `data` for the normalized `axes` (sorted non-negative ints), after checking that it
+    is a GPUArray of one of `backend`'s batch-norm data types (TypeError, ValueError)."""
+    checkArray(name, data, dtypes=backend.batchNorm.dataTypes)
+    return layoutOf(data.shape, axes)
 
 
 def modeAxes(mode, ndim):

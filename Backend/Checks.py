@@ -1,5 +1,7 @@
 """Argument checks of the front modules (`Backend.Dnn`, `Backend.TheanoBatchNorm`, `Backend.Blas`,
-`Backend.ElementWise`, `Backend.Permute`), so that both backends reject the same mistakes with the same words.
+`Backend.ElementWise`, `Backend.Permute`), so that both backends reject the same mistakes with the same words (the
+batch-normalization functions' own array checks are `Backend.BatchNormChecks`). The modules check their own contract
+in their own words (`ModuleError`) and call the plans directly: nothing is checked twice on a call.
 
 One exception type per kind of mistake: an argument that is not a GPUArray, or arrays of two backends in one call,
 raise TypeError; a wrong dtype, shape or value raises ValueError. The messages name the argument, what was expected

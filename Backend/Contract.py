@@ -1,48 +1,36 @@
 """The contract between the backend-independent front modules and the two backends, written once.
 
 A backend (`Backend`) bundles five modules: its arrays (``gpuarray``) and four families of primitives. The CPU backend
-(`PuzzleLib.Backend.Cpu`, numpy) and the CUDA backend (`PuzzleLib.Backend.Cuda`, pycuda and ``Kernels/*.cu``) each
-implement every function of the protocols below with the same parameters; ``TestLib/tests/test_contract.py`` checks
-both against this file (by reading their sources, so it runs where pycuda is not installed).
+(`PuzzleLib.Backend.Cpu`, C kernels and numpy) and the CUDA backend (`PuzzleLib.Backend.Cuda`, pycuda and
+``Kernels/*.cu``) each implement every function of the protocols below with the same parameters;
+``TestLib/tests/test_contract.py`` checks both against this file (by reading their sources, so it runs where pycuda is
+not installed).
+
+Batch normalization is the exception to "functions with parameters": a call is planned once per data shape, dtype,
+normalized axes and options (`Backend.BatchNormPlan`), and its primitives are the methods of the plan, each taking
+the plan and one record of the call's arrays defined here (`TrainForward`, `EvalForward`, `Normalize`, `Moments`,
+`Backward`, `FrozenBackward`, `InputGradient`, `RenormStep`, `RenormCombine`, and the two that are made of these,
+`RenormForward` and `RenormBackward`): each parameter list is written once, in its record. What each primitive
+computes is said on `BatchNormPlan`'s method of the same name.
 
 Division of labour: the front modules (`Backend.Dnn`, `Backend.TheanoBatchNorm`, `Backend.Blas`,
-`Backend.ElementWise`, `Backend.Permute`) check every argument, pick the backend of the arrays they are given,
-allocate the outputs from that backend's pool and handle empty data; a primitive receives arrays that already fit
-(it only asserts what it relies on) and computes.
+`Backend.ElementWise`, `Backend.Permute`) check every argument, pick the backend of the arrays they are given and
+allocate the outputs from that backend's pool; a module checks its own contract and calls the plans itself. A
+primitive receives arrays that already fit and computes; empty data and axes without an ``(outer, maps, inner)`` view
+never reach a backend (`BatchNormPlan.EmptyPlan`, `BatchNormPlan.PermutedPlan`).
 
 Batch-normalization primitives see the data as ``shape3 = (outer, maps, inner)``, normalized per map over ``outer``
 and ``inner`` (``m = outer * inner`` elements per map): per-activation ``(N, C)`` is ``(N, C, 1)``, spatial
 ``(N, C, d1, ..., dk)`` is ``(N, C, d1 * ... * dk)``, channels-last ``(N, d1, ..., C)`` is ``(N * d1 * ..., C, 1)``.
 Per-map arrays (parameters, statistics, parameter gradients) hold ``maps`` elements in any shape, float32 (float64 too
-with float64 data on the CPU backend). Formulas: Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1 and section 3;
-the running variance is unbiased (m / (m - 1)), as in Theano and cuDNN.
+with float64 data on the CPU backend). A record field that is None is a null pointer: absent (no running statistics,
+no residual, no input gradient). Formulas: Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1 and section 3; the
+running variance is unbiased (m / (m - 1)), as in Theano and cuDNN.
 """
 
 from dataclasses import dataclass
 from types import ModuleType
 from typing import NamedTuple, Protocol
-
-
-class RunningStatistics(NamedTuple):
-    """The running averages a model keeps per map: training updates them in place, evaluation normalizes with them.
-
-    Attributes:
-        mean (GPUArray): running mean; var (GPUArray): running unbiased variance.
-    """
-
-    mean: object
-    var: object
-
-
-class BatchStatistics(NamedTuple):
-    """What a training forward saves for its backward, per map: the batch mean and 1 / sqrt(sigma2 + epsilon).
-
-    Attributes:
-        mean (GPUArray): the batch mean mu; invstd (GPUArray): the inverse standard deviation (biased sigma2).
-    """
-
-    mean: object
-    invstd: object
 
 
 class BatchMoments(NamedTuple):
@@ -54,18 +42,6 @@ class BatchMoments(NamedTuple):
 
     mean: object
     var: object
-
-
-class RenormStatistics(NamedTuple):
-    """The moving statistics Batch Renormalization corrects its training batches with, per map (Ioffe 2017, arXiv
-    1702.03275; TensorFlow's ``renorm_mean`` and ``renorm_stddev``).
-
-    Attributes:
-        mean (GPUArray): moving average of the batch means; std (GPUArray): of the batch sqrt(sigma2 + epsilon).
-    """
-
-    mean: object
-    std: object
 
 
 class RenormCorrection(NamedTuple):
@@ -88,17 +64,6 @@ class RenormClipping(NamedTuple):
     rmin: float
     rmax: float
     dmax: float
-
-
-class AffineParams(NamedTuple):
-    """Per-map scale and bias of a normalization pass, ``out = xhat * scale + bias``.
-
-    Attributes:
-        scale (GPUArray); bias (GPUArray).
-    """
-
-    scale: object
-    bias: object
 
 
 class FusedActivation(NamedTuple):
@@ -125,6 +90,192 @@ fusedActivations = ("identity", "relu", "leakyRelu", "elu", "sigmoid", "tanh")
 # NOTE: InPlace-ABN divides by the scale to rebuild xhat; a |scale| below this divides by it instead (with the
 # scale's sign, + for 0), the paper's guard against a vanishing scale without changing the forward's formula
 reconstructionFloor = 1e-5
+
+# --- the records of a batch-normalization call: one per primitive of `BatchNormPlan`, every array a GPUArray or None
+
+
+class TrainForward(NamedTuple):
+    """A training forward: `data` normalized with its batch statistics into `out` (`data` itself only for InPlace-ABN);
+    `savemean`, `saveinvvar` receive mu and 1 / sqrt(sigma2 + epsilon); `mean`, `var` (both or neither) move by
+    `factor`, guarded by the counter `skipped` where it is given; `residual` is added before the plan's activation."""
+
+    data: object
+    out: object
+    scale: object
+    bias: object
+    mean: object
+    var: object
+    skipped: object
+    savemean: object
+    saveinvvar: object
+    factor: float
+    residual: object = None
+
+
+class EvalForward(NamedTuple):
+    """An evaluation forward with the running `mean` and `var`; `out` may be `data` (in place)."""
+
+    data: object
+    out: object
+    scale: object
+    bias: object
+    mean: object
+    var: object
+    residual: object = None
+
+
+class Normalize(NamedTuple):
+    """The normalization pass of a training forward with given statistics `savemean`, `saveinvvar`."""
+
+    data: object
+    out: object
+    scale: object
+    bias: object
+    savemean: object
+    saveinvvar: object
+    residual: object = None
+
+
+class Moments(NamedTuple):
+    """The batch's per-map moments alone: `mean` and the biased `var` (float32 or float64 arrays, both alike)."""
+
+    data: object
+    mean: object
+    var: object
+
+
+class Backward(NamedTuple):
+    """A backward after a training forward: `scalegrad` and `biasgrad` are overwritten with the sums, `ingrad` (None:
+    not computed; it may be `grad`) with the input gradient. After a fused forward `outdata` is its output and
+    `resgrad` (or None) receives the residual's gradient; `data` None rebuilds xhat from `outdata` with `bias`
+    (InPlace-ABN)."""
+
+    data: object
+    grad: object
+    ingrad: object
+    scale: object
+    savemean: object
+    saveinvvar: object
+    scalegrad: object
+    biasgrad: object
+    bias: object = None
+    outdata: object = None
+    resgrad: object = None
+
+
+class FrozenBackward(NamedTuple):
+    """A backward after an evaluation forward with the running `mean` and `var` (constants); the rest as `Backward`."""
+
+    data: object
+    grad: object
+    ingrad: object
+    scale: object
+    mean: object
+    var: object
+    scalegrad: object
+    biasgrad: object
+    outdata: object = None
+    resgrad: object = None
+
+
+class InputGradient(NamedTuple):
+    """The input gradient of a training forward from given sums `scalegrad`, `biasgrad` over `count` elements per
+    map (read, not written)."""
+
+    data: object
+    grad: object
+    ingrad: object
+    scale: object
+    savemean: object
+    saveinvvar: object
+    scalegrad: object
+    biasgrad: object
+    count: int
+
+
+class RenormStep(NamedTuple):
+    """Batch Renormalization's per-map step between the batch moments (`batchMean`, biased `batchVar`, over `count`
+    elements per map) and the normalization pass: writes `savemean`, `saveinvvar`, the correction `r`, `d` and the
+    corrected parameters `correctedScale`, `correctedBias`; moves `mean`, `var` (both or neither) by `factor` and
+    `renormMean`, `renormStd` by `renormMomentum`, guarded by `skipped` where it is given; `clipping` is a
+    `RenormClipping`."""
+
+    batchMean: object
+    batchVar: object
+    count: int
+    scale: object
+    bias: object
+    mean: object
+    var: object
+    renormMean: object
+    renormStd: object
+    savemean: object
+    saveinvvar: object
+    r: object
+    d: object
+    correctedScale: object
+    correctedBias: object
+    skipped: object
+    factor: float
+    renormMomentum: float
+    clipping: object
+
+
+class RenormForward(NamedTuple):
+    """Batch Renormalization's training forward (`RenormStep` between `Moments` and `Normalize`): the fields of
+    `TrainForward` and `RenormStep` it needs; `savemean`, `saveinvvar`, `r`, `d` are its outputs."""
+
+    data: object
+    out: object
+    scale: object
+    bias: object
+    mean: object
+    var: object
+    renormMean: object
+    renormStd: object
+    skipped: object
+    savemean: object
+    saveinvvar: object
+    r: object
+    d: object
+    factor: float
+    renormMomentum: float
+    clipping: object
+
+
+class RenormBackward(NamedTuple):
+    """Batch Renormalization's backward, r and d constants: `Backward` with the scale ``r * scale``, then the scale
+    gradient ``r * sum(dz * xhat) + d * sum(dz)``."""
+
+    data: object
+    grad: object
+    ingrad: object
+    scale: object
+    savemean: object
+    saveinvvar: object
+    r: object
+    d: object
+    scalegrad: object
+    biasgrad: object
+
+
+class RenormCombine(NamedTuple):
+    """``out = r * x + d * y`` per map (``r * x`` when `y` is None); `out` may be `x` or `y`."""
+
+    r: object
+    d: object
+    x: object
+    y: object
+    out: object
+
+
+class PlanOptions(NamedTuple):
+    """What a batch-normalization plan is made for besides the data: `epsilon` (> 0), the fused `activation` (a
+    `FusedActivation`, or None) and whether a `residual` is added."""
+
+    epsilon: float
+    activation: object = None
+    residual: bool = False
 
 
 class GPUArrayModule(Protocol):
@@ -153,106 +304,16 @@ class GPUArrayModule(Protocol):
         """A host ndarray for ``GPUArray.get(out=...)`` (page-locked where the backend's memory is a device's)."""
 
 
-class BatchNormPrimitives(Protocol):
-    """Batch normalization over ``shape3``; ``dataTypes`` lists the data dtypes the backend computes in."""
+class BatchNormBackend(Protocol):
+    """A backend's batch normalization: the data dtypes it computes in, and the plan of a call (`BatchNormPlan`, whose
+    methods are the primitives) for a layout with an ``(outer, maps, inner)`` view and data that is not empty."""
 
     dataTypes: tuple
 
-    def trainForward(
-        self, data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped, activation=None,
-        residual=None,
-    ):
-        """Training forward with the batch statistics (m >= 2, `out` is not `data`).
-
-        ``mu = mean(x)``, ``sigma2 = mean((x - mu)**2)`` (biased), ``invstd = 1 / sqrt(sigma2 + epsilon)``,
-        ``out = (x - mu) * invstd * scale + bias``; writes ``saved.mean = mu`` and ``saved.invstd = invstd``; when
-        `running` (a `RunningStatistics`) is not None, updates it in place:
-        ``mean = (1 - factor) * mean + factor * mu``, ``var = (1 - factor) * var + factor * sigma2 * m / (m - 1)``.
-        When `skipped` (a float32 per-map array, or None) is given, a map whose mu or sigma2 is not finite (as the
-        backend computes them) keeps its running statistics and gains 1 in `skipped`; the decision is made where the
-        statistics are finished, in the same pass.
-        Statistics accumulate in at least float32 with a stable method (two-pass or Welford/Chan).
-        With `activation` (a `FusedActivation`) and/or `residual` (an array like `data`) the pass writes
-        ``out = act(xhat * scale + bias + residual)`` instead, in the same walk (`fusedForward`).
-        """
-
-    def batchStatistics(self, data, shape3, *, saved):
-        """The per-map moments of the batch alone (m >= 1), for statistics merged across processes: writes
-        ``saved.mean = mean(x)`` and ``saved.var = mean((x - mu)**2)`` (biased; 0 for one element), with the stable
-        method of `trainForward`. `saved` is a `BatchMoments` of two float32 or two float64 arrays (whatever the data
-        type); nothing else is written."""
-
-    def normalize(self, data, out, shape3, *, scale, bias, saved, activation=None, residual=None):
-        """The normalization pass of `trainForward` with given statistics (a `BatchStatistics`, such as those merged
-        across processes): ``out = (x - saved.mean) * saved.invstd * scale + bias``, fused with `activation` and
-        `residual` as `trainForward`. Nothing else is written."""
-
-    def evalForward(self, data, out, shape3, *, scale, bias, running, epsilon, activation=None, residual=None):
-        """Evaluation forward: ``out = (x - running.mean) / sqrt(running.var + epsilon) * scale + bias``, fused with
-        `activation` and `residual` as `trainForward`; `out` may be `data` (in place: then no pool block is taken).
-        Nothing else is written."""
-
-    def backward(
-        self, data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, activation=None, outdata=None,
-        bias=None, resgrad=None,
-    ):
-        """Backward after a training forward, with ``xhat = (x - saved.mean) * saved.invstd`` (non-empty data).
-
-        Overwrites ``biasgrad = sum(grad)`` and ``scalegrad = sum(grad * xhat)``; when `ingrad` is not None,
-        ``ingrad = scale * invstd / m * (m * grad - biasgrad - xhat * scalegrad)``. `ingrad` may be `grad` (in place).
-
-        After a fused forward (`activation` given, with its output `outdata`): every formula takes
-        ``grad * act'(outdata)`` in place of grad, computed in the same walks (`fusedBackward`), and `resgrad` (or
-        None) receives it, the gradient of the residual. With `data` None (InPlace-ABN: the output overwrote the
-        input) ``xhat = (act^-1(outdata) - bias) / scale`` instead, for an invertible activation (a |scale| below
-        `reconstructionFloor` counts as that floor, with scale's sign); `saved.mean` is not read then. `bias` is read
-        only then.
-        """
-
-    def inputGradient(self, data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
-        """The input gradient of a training forward from given sums (non-empty data): with
-        ``xhat = (x - saved.mean) * saved.invstd``,
-        ``ingrad = scale * invstd * (grad - (biasgrad + xhat * scalegrad) / count)``. `scalegrad` and `biasgrad` are
-        read, not written: sums over `count` elements per map, which may be more than this data holds (the batch of
-        every process)."""
-
-    def frozenBackward(
-        self, data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad, activation=None,
-        outdata=None, resgrad=None,
-    ):
-        """Backward after an evaluation forward, the statistics constants (non-empty data); with
-        ``invstd = 1 / sqrt(running.var + epsilon)``: ``biasgrad = sum(grad)``,
-        ``scalegrad = sum(grad * (x - running.mean) * invstd)``; when `ingrad` is not None,
-        ``ingrad = grad * scale * invstd`` (the data is not read for it). After a fused forward, grad becomes
-        ``grad * act'(outdata)`` and `resgrad` receives it, as in `backward`."""
-
-    def renormStatistics(
-        self, moments, count, *, scale, bias, running, renorm, saved, correction, corrected, epsilon, factor,
-        renormMomentum, clipping, skipped,
-    ):
-        """The per-map step of a Batch Renormalization training forward (Ioffe 2017, arXiv 1702.03275), between the
-        batch's `moments` (a `BatchMoments` over `count` >= 2 elements per map) and the normalization pass. With
-        ``mu, sigma2 = moments``, ``sigma = sqrt(sigma2 + epsilon)`` and ``std = max(renorm.std, sqrt(epsilon))``
-        (the moving values before this batch; the floor is TensorFlow's):
-
-        - ``saved.mean = mu``, ``saved.invstd = 1 / sigma`` (a `BatchStatistics`);
-        - ``correction.r = clip(sigma / std, clipping.rmin, clipping.rmax)``,
-          ``correction.d = clip((mu - renorm.mean) / std, -clipping.dmax, clipping.dmax)`` (a `RenormCorrection`;
-          a NaN stays NaN);
-        - ``corrected.scale = r * scale``, ``corrected.bias = d * scale + bias`` (an `AffineParams`), what the
-          normalization pass of `normalize` takes to compute ``((x - mu) / sigma * r + d) * scale + bias``;
-        - the moving updates, in place: `running` (a `RunningStatistics`, or None) as `trainForward` updates it with
-          `factor`, and ``renorm.mean = renormMomentum * renorm.mean + (1 - renormMomentum) * mu``,
-          ``renorm.std = renormMomentum * renorm.std + (1 - renormMomentum) * sigma``. Where `skipped` is given, a
-          map whose mu or sigma2 is not finite keeps both (running and renorm) and gains 1 in `skipped`.
-
-        Per-map arrays are float32 (float64 with float64 data on the CPU backend), `clipping` a `RenormClipping`.
-        """
-
-    def renormCombine(self, correction, x, y, out):
-        """``out = correction.r * x + correction.d * y`` per map (``out = r * x`` when `y` is None), for Batch
-        Renormalization's backward: the scale a backward pass sees (``r * scale``) and the scale gradient
-        (``r * sum(grad * xhat) + d * sum(grad)``). `out` may be `x` or `y`."""
+    def plan(self, backend, layout, dtype, options):
+        """The `BatchNormPlan` on `backend` (the `Backend` this module belongs to) of data of `layout` (a
+        `BatchNormLayout`) and `dtype` for `options` (a `PlanOptions`), on the implementation that serves it (chosen
+        here, once per plan)."""
 
 
 class BlasPrimitives(Protocol):
@@ -307,14 +368,14 @@ class PermutePrimitives(Protocol):
         dtype that does not overlap it."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Backend:
     """One implementation of the contract: what ``array.backend`` returns and what the front modules call.
 
     Attributes:
         name (str): ``"cpu"`` or ``"cuda"``, as `PuzzleLib.Config.backend` spells it.
         gpuarray, batchNorm, blas, elementWise, permute (module): the backend's modules following
-            `GPUArrayModule`, `BatchNormPrimitives`, `BlasPrimitives`, `ElementWisePrimitives` and `PermutePrimitives`.
+            `GPUArrayModule`, `BatchNormBackend`, `BlasPrimitives`, `ElementWisePrimitives` and `PermutePrimitives`.
     """
 
     name: str

@@ -6,15 +6,16 @@
 no argument is modified, every result is a new pool array of the inputs' backend. Per-map arrays have the inputs'
 dimensionality with the normalized axes set to 1 (keepdims) or removed; float32, float64 too with float64 inputs (CPU
 backend), whose statistics and gradients are then float64. Any axes work (`Backend.BatchNormLayout`); the passes are
-those of `Backend.BatchNormCore`, as for the modules.
+the plans' (`Backend.BatchNormPlan`), as for the modules.
 """
 
 import numpy as np
 
-from PuzzleLib.Backend import BatchNormCore
-from PuzzleLib.Backend.BatchNormLayout import BatchNormLayout, normalizeAxes
+from PuzzleLib.Backend.BatchNormChecks import perMapTypes, statType
+from PuzzleLib.Backend.BatchNormLayout import checkData, layoutOf, normalizeAxes
+from PuzzleLib.Backend.BatchNormPlan import planOf
 from PuzzleLib.Backend.Checks import checkArray, checkEpsilon, checkFactor, commonBackend
-from PuzzleLib.Backend.Contract import BatchStatistics, RunningStatistics
+from PuzzleLib.Backend.Contract import Backward, EvalForward, FrozenBackward, PlanOptions, TrainForward
 
 __all__ = [
     "batchNormTrain", "batchNormTest", "batchNormalization",
@@ -24,7 +25,12 @@ __all__ = [
 
 def checkPerMaps(layout, inputs, **arrays):
     for name, ary in arrays.items():
-        layout.checkPerMap(name, ary, BatchNormCore.perMapTypes(inputs.dtype))
+        layout.checkPerMap(name, ary, perMapTypes(inputs.dtype))
+
+
+def newArrays(like, count, shape, dtype):
+    """`count` new pool arrays of `shape` and `dtype` on the backend of `like`."""
+    return [like.backend.gpuarray.empty(shape, dtype) for _ in range(count)]
 
 
 def batchNormTrain(
@@ -68,7 +74,8 @@ def batchNormTrain(
         >>> out, mean, invstd = Dnn.batchNormTrain(x, gamma, beta, axes="spatial")      # x: (N, C, H, W); gamma: (C,)
     """
     backend = commonBackend(inputs=inputs, gamma=gamma, beta=beta, runningMean=runningMean, runningVar=runningVar)
-    layout = BatchNormCore.checkData("inputs", inputs, backend, normalizeAxes(axes, inputs.ndim))
+    axes = normalizeAxes(axes, inputs.ndim)
+    layout = checkData("inputs", inputs, backend, axes)
     if (runningMean is None) != (runningVar is None):
         raise ValueError(
             "runningMean and runningVar must be given together or not at all; got only %s"
@@ -84,12 +91,13 @@ def batchNormTrain(
     layout.checkBatch()
 
     # NOTE: the primitive updates running statistics in place; updating copies keeps this function pure
-    newRunning = RunningStatistics(runningMean.copy(), runningVar.copy()) if running else None
-    out, saved = BatchNormCore.trainForward(
-        inputs, layout, scale=gamma, bias=beta, running=newRunning, epsilon=epsilon, factor=runningAverageFactor,
-        out=None, statShape=gamma.shape, statType=BatchNormCore.statType(inputs.dtype), skipped=None,
+    newRunning = (runningMean.copy(), runningVar.copy()) if running else (None, None)
+    (out,) = newArrays(inputs, 1, inputs.shape, inputs.dtype)
+    mean, invstd = newArrays(inputs, 2, gamma.shape, statType(inputs.dtype))
+    planOf(inputs, axes, PlanOptions(epsilon)).trainForward(
+        TrainForward(inputs, out, gamma, beta, *newRunning, None, mean, invstd, runningAverageFactor)
     )
-    return (out, saved.mean, saved.invstd) + (tuple(newRunning) if running else ())
+    return (out, mean, invstd) + (newRunning if running else ())
 
 
 def batchNormTest(inputs, gamma, beta, mean, var, axes="per-activation", epsilon=1e-4):
@@ -111,12 +119,13 @@ def batchNormTest(inputs, gamma, beta, mean, var, axes="per-activation", epsilon
         TypeError, ValueError: as `batchNormTrain`.
     """
     backend = commonBackend(inputs=inputs, gamma=gamma, beta=beta, mean=mean, var=var)
-    layout = BatchNormCore.checkData("inputs", inputs, backend, normalizeAxes(axes, inputs.ndim))
+    axes = normalizeAxes(axes, inputs.ndim)
+    layout = checkData("inputs", inputs, backend, axes)
     checkPerMaps(layout, inputs, gamma=gamma, beta=beta, mean=mean, var=var)
     checkEpsilon(epsilon)
-    return BatchNormCore.evalForward(
-        inputs, layout, scale=gamma, bias=beta, running=RunningStatistics(mean, var), epsilon=epsilon, out=None
-    )
+    (out,) = newArrays(inputs, 1, inputs.shape, inputs.dtype)
+    planOf(inputs, axes, PlanOptions(epsilon)).evalForward(EvalForward(inputs, out, gamma, beta, mean, var))
+    return out
 
 
 def batchNormTrainBackward(inputs, grad, gamma, mean, invstd, axes="per-activation"):
@@ -144,13 +153,14 @@ def batchNormTrainBackward(inputs, grad, gamma, mean, invstd, axes="per-activati
         TypeError, ValueError: as `batchNormTrain`, and when `grad` differs from `inputs` in shape or dtype.
     """
     backend = commonBackend(inputs=inputs, grad=grad, gamma=gamma, mean=mean, invstd=invstd)
-    layout = BatchNormCore.checkData("inputs", inputs, backend, normalizeAxes(axes, inputs.ndim))
+    axes = normalizeAxes(axes, inputs.ndim)
+    layout = checkData("inputs", inputs, backend, axes)
     checkArray("grad", grad, dtypes=(inputs.dtype,), shape=inputs.shape)
     checkPerMaps(layout, inputs, gamma=gamma, mean=mean, invstd=invstd)
-    return BatchNormCore.trainBackward(
-        inputs, grad, layout, scale=gamma, saved=BatchStatistics(mean, invstd), updGrad=True,
-        gradType=BatchNormCore.statType(inputs.dtype),
-    )
+    (dinputs,) = newArrays(inputs, 1, inputs.shape, inputs.dtype)
+    dgamma, dbeta = newArrays(inputs, 2, gamma.shape, statType(inputs.dtype))
+    planOf(inputs, axes, PlanOptions(1.0)).backward(Backward(inputs, grad, dinputs, gamma, mean, invstd, dgamma, dbeta))
+    return dinputs, dgamma, dbeta
 
 
 def batchNormTestBackward(inputs, grad, gamma, mean, var, axes="per-activation", epsilon=1e-4):
@@ -178,15 +188,17 @@ def batchNormTestBackward(inputs, grad, gamma, mean, var, axes="per-activation",
         TypeError, ValueError: as `batchNormTest`.
     """
     backend = commonBackend(inputs=inputs, grad=grad, gamma=gamma, mean=mean, var=var)
-    layout = BatchNormCore.checkData("inputs", inputs, backend, normalizeAxes(axes, inputs.ndim))
+    axes = normalizeAxes(axes, inputs.ndim)
+    layout = checkData("inputs", inputs, backend, axes)
     checkArray("grad", grad, dtypes=(inputs.dtype,), shape=inputs.shape)
     checkPerMaps(layout, inputs, gamma=gamma, mean=mean, var=var)
     checkEpsilon(epsilon)
 
-    stype = BatchNormCore.statType(inputs.dtype)
-    dinputs, dgamma, dbeta = BatchNormCore.frozenBackward(
-        inputs, grad, layout, scale=gamma, running=RunningStatistics(mean, var), epsilon=epsilon, updGrad=True,
-        gradType=stype,
+    stype = statType(inputs.dtype)
+    (dinputs,) = newArrays(inputs, 1, inputs.shape, inputs.dtype)
+    dgamma, dbeta = newArrays(inputs, 2, gamma.shape, stype)
+    planOf(inputs, axes, PlanOptions(epsilon)).frozenBackward(
+        FrozenBackward(inputs, grad, dinputs, gamma, mean, var, dgamma, dbeta)
     )
 
     host = lambda ary: ary.get().astype(np.float64).reshape(layout.maps)
@@ -221,30 +233,34 @@ class Broadcast:
 
         ndim = inputs.ndim
         for name, ary in zip(self.names, arrays, strict=True):
-            checkArray(name, ary, dtypes=BatchNormCore.perMapTypes(inputs.dtype))
+            checkArray(name, ary, dtypes=perMapTypes(inputs.dtype))
             if ary.ndim != ndim or any(dim not in (1, full) for dim, full in zip(ary.shape, inputs.shape, strict=True)):
                 raise ValueError(
                     "%s must have the dimensionality of inputs (%dD) and broadcast against its shape %s (each axis 1 "
                     "or the inputs' size); got shape %s" % (name, ndim, inputs.shape, ary.shape)
                 )
         kept = {axis for ary in arrays for axis, dim in enumerate(ary.shape) if dim > 1}
-        self.layout = BatchNormLayout(inputs.shape, tuple(axis for axis in range(ndim) if axis not in kept))
+        self.layout = layoutOf(inputs.shape, tuple(axis for axis in range(ndim) if axis not in kept))
+        self.inputs = inputs
 
         paramShape, maps = self.layout.paramShape, self.layout.maps
         hostArrays = [np.broadcast_to(ary.get().astype(np.float64), paramShape).reshape(maps) for ary in arrays]
         self.gamma, self.beta, self.mean, self.std = hostArrays
         with np.errstate(divide="ignore", invalid="ignore"):
             self.gain = self.gamma / self.std
-        self.statType = BatchNormCore.statType(inputs.dtype)
+        self.statType = statType(inputs.dtype)
 
     def toDevice(self, vector):
         """A per-map host vector as a device array of the layout's keepdims shape."""
         return self.backend.gpuarray.to_gpu(vector.astype(self.statType).reshape(self.layout.paramShape))
 
     def unitStatistics(self, mean):
-        """`RunningStatistics` of the given mean and variance 0: with epsilon 1 the primitives' invstd is exactly 1."""
-        zeros = self.backend.gpuarray.zeros(self.layout.paramShape, self.statType)
-        return RunningStatistics(self.toDevice(mean), zeros)
+        """The given mean and variance 0, on the device: with epsilon 1 the primitives' invstd is exactly 1."""
+        return self.toDevice(mean), self.backend.gpuarray.zeros(self.layout.paramShape, self.statType)
+
+    def plan(self):
+        """The plan of the inputs over the broadcast layout's normalized axes, with epsilon 1 (see `unitStatistics`)."""
+        return planOf(self.inputs, self.layout.axes, PlanOptions(1.0))
 
     def reduceTo(self, vector, like):
         """Sums a per-map vector over the axes `like` broadcasts along; a device array of like's shape."""
@@ -276,10 +292,11 @@ def batchNormalization(inputs, gamma, beta, mean, std):
         ValueError: a wrong dtype, or an array of another dimensionality or not broadcastable against `inputs`.
     """
     params = Broadcast(inputs, (gamma, beta, mean, std))
-    return BatchNormCore.evalForward(
-        inputs, params.layout, scale=params.toDevice(params.gain), bias=params.toDevice(params.beta),
-        running=params.unitStatistics(params.mean), epsilon=1.0, out=None,
-    )
+    (out,) = newArrays(inputs, 1, inputs.shape, inputs.dtype)
+    params.plan().evalForward(EvalForward(
+        inputs, out, params.toDevice(params.gain), params.toDevice(params.beta), *params.unitStatistics(params.mean)
+    ))
+    return out
 
 
 def batchNormalizationBackward(inputs, grad, gamma, beta, mean, std):
@@ -308,10 +325,11 @@ def batchNormalizationBackward(inputs, grad, gamma, beta, mean, std):
     arrays = (gamma, beta, mean, std)
     params = Broadcast(inputs, arrays, grad=grad)
     # NOTE: variance 0 and epsilon 1 make the primitive's invstd exactly 1: the sums come back unscaled
-    dinputs, sumXmu, sumGrad = BatchNormCore.frozenBackward(
-        inputs, grad, params.layout, scale=params.toDevice(params.gain), running=params.unitStatistics(params.mean),
-        epsilon=1.0, updGrad=True, gradType=params.statType,
-    )
+    (dinputs,) = newArrays(inputs, 1, inputs.shape, inputs.dtype)
+    sumXmu, sumGrad = newArrays(inputs, 2, params.layout.paramShape, params.statType)
+    params.plan().frozenBackward(FrozenBackward(
+        inputs, grad, dinputs, params.toDevice(params.gain), *params.unitStatistics(params.mean), sumXmu, sumGrad
+    ))
 
     maps = params.layout.maps
     sumXmu, sumGrad = (ary.get().astype(np.float64).reshape(maps) for ary in (sumXmu, sumGrad))

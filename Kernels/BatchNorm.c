@@ -2,7 +2,7 @@
 //
 // Plain C99 with OpenMP where the compiler has it (without it every pragma is ignored and one core runs). The CPU
 // backend compiles this file on first use and loads it with ctypes (Backend/Cpu/SourceLibrary.py); its entry points
-// are the primitives of Backend/Contract.py, wrapped by Backend/Cpu/CBatchNorm.py.
+// are the primitives of Backend/BatchNormPlan.py, called by Backend/Cpu/CBatchNorm.py with one packed struct each.
 //
 // Every tensor is viewed as (outer, maps, inner) in C order: element (o, c, i) lives at (o * maps + c) * inner + i.
 //   - spatial (inner > 1): a map is `outer` contiguous segments of `inner` elements; its m = outer * inner elements
@@ -353,6 +353,64 @@ static void finalizeStatistics(const StatisticsOutputs *out, i64 c, i64 n, doubl
         mapStore(out->runMean, mask, out->bitRunMean, c, n, runMean);
         mapStore(out->runVar, mask, out->bitRunVar, c, n, runVar);
     }
+}
+
+// The arguments of the entry points: one struct each, packed by the caller in this order (Backend/Cpu/CBatchNorm.py
+// declares the same layouts as struct formats and checks their sizes against bnArgumentBytes), so that a call passes
+// one pointer instead of a dozen values.
+typedef struct
+{
+    i64 outer, maps, inner; // the (outer, maps, inner) view
+    int threads;
+    unsigned doubleMask;    // bit k set: the k-th per-map pointer of the entry (numbered at each entry) is double
+} BnView;
+
+typedef struct
+{
+    BnView view;
+    const void *x;
+    void *y;
+    const void *scale, *bias;
+    void *runMean, *runVar, *savedMean, *savedInvstd;
+    float *skipped;
+    double epsilon, factor;
+} BnTrainForwardArgs;
+
+typedef struct
+{
+    BnView view;
+    const void *x;
+    void *savedMean, *savedVar;
+} BnMomentsArgs;
+
+typedef struct
+{
+    BnView view;
+    const void *x;
+    void *y;
+    const void *scale, *bias, *centre, *second;
+    int secondIsVariance;
+    double epsilon;
+} BnNormalizeArgs;
+
+typedef struct
+{
+    BnView view;
+    const void *x, *g;
+    void *dx;
+    int mode;
+    const void *scale, *centre, *second;
+    void *scalegrad, *biasgrad;
+    double epsilon, count;
+} BnBackwardArgs;
+
+// The bytes of each entry's argument struct, in the order bnTrainForward, bnMoments, bnNormalize, bnBackward.
+BN_EXPORT size_t bnArgumentBytes(int entry)
+{
+    static const size_t bytes[] = {
+        sizeof(BnTrainForwardArgs), sizeof(BnMomentsArgs), sizeof(BnNormalizeArgs), sizeof(BnBackwardArgs),
+    };
+    return entry >= 0 && entry < 4 ? bytes[entry] : 0;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -890,39 +948,38 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
     return BN_OK;
 }
 
-// Training forward (Contract.trainForward): y = (x - mu) * invstd * scale + bias; writes savedMean = mu and
+// Training forward (BatchNormPlan.trainForward): y = (x - mu) * invstd * scale + bias; writes savedMean = mu and
 // savedInvstd = invstd; updates runMean and runVar (both nullable) with factor, but for the maps whose batch mean or
 // variance is not finite where skipped (float32, nullable) is given: those keep theirs and count 1 in skipped.
 // Per-map pointers, by bit of doubleMask: 0 scale, 1 bias, 2 runMean, 3 runVar, 4 savedMean, 5 savedInvstd.
-BN_EXPORT int BN_NAME(bnTrainForward)(const Data *x, Data *y, i64 outer, i64 maps, i64 inner, int threads,
-                                      const void *scale, const void *bias, void *runMean, void *runVar,
-                                      void *savedMean, void *savedInvstd, float *skipped, double epsilon,
-                                      double factor, unsigned doubleMask)
+BN_EXPORT int BN_NAME(bnTrainForward)(const BnTrainForwardArgs *a)
 {
-    Geometry geo = geometryOf(outer, maps, inner, threads);
+    const BnView *v = &a->view;
+    Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
     StatisticsOutputs out = {
-        savedMean, savedInvstd, 0, runMean, runVar, epsilon, factor, doubleMask, 4, 5, 2, 3, skipped,
+        a->savedMean, a->savedInvstd, 0, a->runMean, a->runVar, a->epsilon, a->factor, v->doubleMask, 4, 5, 2, 3,
+        a->skipped,
     };
-    return BN_NAME(statisticsAndNormalize)(x, y, &geo, scale, bias, &out);
+    return BN_NAME(statisticsAndNormalize)((const Data *)a->x, (Data *)a->y, &geo, a->scale, a->bias, &out);
 }
 
-// The batch's moments alone (Contract.batchStatistics): savedMean = mu, savedVar = sigma2 (biased).
+// The batch's moments alone (BatchNormPlan.batchStatistics): savedMean = mu, savedVar = sigma2 (biased).
 // Per-map pointers, by bit of doubleMask: 4 savedMean, 5 savedVar.
-BN_EXPORT int BN_NAME(bnMoments)(const Data *x, i64 outer, i64 maps, i64 inner, int threads, void *savedMean,
-                                 void *savedVar, unsigned doubleMask)
+BN_EXPORT int BN_NAME(bnMoments)(const BnMomentsArgs *a)
 {
-    Geometry geo = geometryOf(outer, maps, inner, threads);
-    StatisticsOutputs out = {savedMean, savedVar, 1, NULL, NULL, 0.0, 0.0, doubleMask, 4, 5, 2, 3, NULL};
-    return BN_NAME(statisticsAndNormalize)(x, NULL, &geo, NULL, NULL, &out);
+    const BnView *v = &a->view;
+    Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
+    StatisticsOutputs out = {a->savedMean, a->savedVar, 1, NULL, NULL, 0.0, 0.0, v->doubleMask, 4, 5, 2, 3, NULL};
+    return BN_NAME(statisticsAndNormalize)((const Data *)a->x, NULL, &geo, NULL, NULL, &out);
 }
 
-// Normalization with given statistics (Contract.evalForward and Contract.normalize):
+// Normalization with given statistics (BatchNormPlan.evalForward and BatchNormPlan.normalize):
 // y = (x - centre) * gain * scale + bias, gain = 1 / sqrt(second + epsilon) when secondIsVariance (the running
 // variance), else gain = second (a saved invstd). y may be x.
 // Per-map pointers, by bit of doubleMask: 0 scale, 1 bias, 2 centre, 3 second.
-BN_EXPORT int BN_NAME(bnNormalize)(const Data *x, Data *y, i64 outer, i64 maps, i64 inner, int threads,
-                                   const void *scale, const void *bias, const void *centre, const void *second,
-                                   int secondIsVariance, double epsilon, unsigned doubleMask)
+static int BN_NAME(normalizeWith)(const Data *x, Data *y, i64 outer, i64 maps, i64 inner, int threads,
+                                  const void *scale, const void *bias, const void *centre, const void *second,
+                                  int secondIsVariance, double epsilon, unsigned doubleMask)
 {
     Geometry geo = geometryOf(outer, maps, inner, threads);
     Scratch s;
@@ -959,6 +1016,13 @@ BN_EXPORT int BN_NAME(bnNormalize)(const Data *x, Data *y, i64 outer, i64 maps, 
     return BN_OK;
 }
 
+BN_EXPORT int BN_NAME(bnNormalize)(const BnNormalizeArgs *a)
+{
+    const BnView *v = &a->view;
+    return BN_NAME(normalizeWith)((const Data *)a->x, (Data *)a->y, v->outer, v->maps, v->inner, v->threads, a->scale,
+                                  a->bias, a->centre, a->second, a->secondIsVariance, a->epsilon, v->doubleMask);
+}
+
 // Maps [c0, c0 + n) of a backward, from their sums s.sumA = sum(g) and s.sumB = sum(g * (x - mean)) and invstd in
 // s.m2: writes biasgrad and scalegrad, and in mode 0 the input-gradient factors
 // b = -scale * invstd^3 * sumB / m, offset = -scale * invstd * sumA / m (see bnBackward).
@@ -988,8 +1052,8 @@ static void BN_NAME(finishGradients)(const Scratch *s, Coefficients *k, int mode
     }
 }
 
-// Backward after a training forward (Contract.backward, mode 0), the frozen backward after an evaluation forward
-// (Contract.frozenBackward, mode 1) and the input gradient from given sums (Contract.inputGradient, mode 2).
+// Backward after a training forward (BatchNormPlan.backward, mode 0), the frozen backward after an evaluation forward
+// (BatchNormPlan.frozenBackward, mode 1) and the input gradient from given sums (BatchNormPlan.inputGradient, mode 2).
 //   mode 0: centre = savedMean, invstd = saved invstd; biasgrad = sum(g), scalegrad = sum(g * xhat);
 //           dx = scale * invstd * (g - (biasgrad + xhat * scalegrad) / m) (dx nullable);
 //   mode 1: centre = running mean, invstd = 1 / sqrt(running var + epsilon); the sums as mode 0;
@@ -997,10 +1061,10 @@ static void BN_NAME(finishGradients)(const Scratch *s, Coefficients *k, int mode
 //   mode 2: the sums are read (over `count` elements per map), not written; dx as mode 0 with m = count.
 // Per-map pointers, by bit of doubleMask: 0 scale, 1 centre, 2 second (invstd, or the running variance in mode 1),
 // 3 scalegrad, 4 biasgrad.
-BN_EXPORT int BN_NAME(bnBackward)(const Data *x, const Data *g, Data *dx, i64 outer, i64 maps, i64 inner,
-                                  int threads, int mode, const void *scale, const void *centre, const void *second,
-                                  void *scalegrad, void *biasgrad, double epsilon, double count,
-                                  unsigned doubleMask)
+static int BN_NAME(backwardWith)(const Data *x, const Data *g, Data *dx, i64 outer, i64 maps, i64 inner,
+                                 int threads, int mode, const void *scale, const void *centre, const void *second,
+                                 void *scalegrad, void *biasgrad, double epsilon, double count,
+                                 unsigned doubleMask)
 {
     Geometry geo = geometryOf(outer, maps, inner, threads);
     Scratch s;
@@ -1111,6 +1175,14 @@ BN_EXPORT int BN_NAME(bnBackward)(const Data *x, const Data *g, Data *dx, i64 ou
 
     freeScratch(&s);
     return BN_OK;
+}
+
+BN_EXPORT int BN_NAME(bnBackward)(const BnBackwardArgs *a)
+{
+    const BnView *v = &a->view;
+    return BN_NAME(backwardWith)((const Data *)a->x, (const Data *)a->g, (Data *)a->dx, v->outer, v->maps, v->inner,
+                                 v->threads, a->mode, a->scale, a->centre, a->second, a->scalegrad, a->biasgrad,
+                                 a->epsilon, a->count, v->doubleMask);
 }
 
 #undef Data

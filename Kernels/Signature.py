@@ -8,6 +8,10 @@ each source to PTX and checks every declared entry's parameter sizes and alignme
 Types: `Pointer` (any device pointer; takes a GPUArray, None for a null pointer, or an int address), `Int32` (C
 ``int``), `Int64` (``long long``), `Float32` (``float``), `Struct` (a C struct passed by value, given as a dict of
 its fields) and `Array` (a fixed-size array field of a struct). This module needs neither pycuda nor a device.
+
+A launch repeated with the same geometry takes a `Binding` (`Signature.bind`): the argument tuple with every value
+that does not change from call to call converted and in place once, so that a call only fills in its addresses and
+the few scalars of its own.
 """
 
 import ctypes
@@ -129,6 +133,58 @@ class Signature:
             args.extend(p.pack(values[p.name]))
         return tuple(args)
 
+    def fields(self):
+        """[(name, `Parameter`)] of every value a launch passes, in order: a struct's fields named
+        ``"<struct>.<field>"``, an array field once per element."""
+        result = []
+        for p in self.parameters:
+            if isinstance(p, Struct):
+                for field in p.fields:
+                    count = field.count if isinstance(field, Array) else 1
+                    result.extend([("%s.%s" % (p.name, field.name), field)] * count)
+            else:
+                result.append((p.name, p))
+        return result
+
+    def bind(self, dynamic, **static):
+        """A `Binding` of this entry: every value named in `static` (names as `fields` gives them; a struct's fields
+        ``"p.mean"`` are given as keywords ``p_mean``) converted once, the values named in `dynamic` (in that order)
+        left to each call.
+
+        Raises:
+            TypeError: a value is neither static nor dynamic, or given twice, or unknown (named).
+        """
+        static = {name.replace("_", ".", 1) if "_" in name else name: value for name, value in static.items()}
+        names = [name for name, _ in self.fields()]
+        unknown = sorted((set(static) | set(dynamic)) - set(names))
+        missing = sorted(set(names) - set(static) - set(dynamic))
+        twice = sorted(set(static) & set(dynamic))
+        if unknown or missing or twice:
+            raise TypeError("%s: unknown %s, missing %s, both static and dynamic %s" % (self.pattern, unknown, missing,
+                                                                                        twice))
+        template = [field.convert(static[name]) if name in static else 0 for name, field in self.fields()]
+        return Binding(template, [names.index(name) for name in dynamic])
+
     def layout(self):
         """[(size, alignment)] of each parameter as the C compiler lays it out, for the checks against PTX."""
         return [(ctypes.sizeof(p.ctype), ctypes.alignment(p.ctype)) for p in self.parameters]
+
+
+class Binding:
+    """The argument list of one entry's launches with their static values in place (`Signature.bind`).
+
+    Attributes:
+        template (list): every value in order, 0 where a call fills one in; slots (list of int): where the dynamic
+            values go, in the order `Signature.bind` was given them.
+    """
+
+    def __init__(self, template, slots):
+        self.template, self.slots = template, slots
+
+    def arguments(self, *values):
+        """The argument tuple of a launch, `values` (already converted: addresses as ints, 0 for a null pointer) in the
+        dynamic slots."""
+        args = self.template.copy()
+        for slot, value in zip(self.slots, values, strict=True):
+            args[slot] = value
+        return args

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from PuzzleLib.Backend import BatchNormCore, Collective, Dnn
+from PuzzleLib.Backend import Collective, Dnn
+from PuzzleLib.Backend.BatchNormChecks import statType
 from PuzzleLib.Backend.Contract import BatchMoments
 from PuzzleLib.Modules.BatchNormND import BatchNormND
 from PuzzleLib.Modules.Module import ModuleError
@@ -117,7 +118,7 @@ class SyncStatistics:
 
         x = self.toDnn(data)
         arrays = data.backend.gpuarray
-        statType = BatchNormCore.statType(data.dtype)
+        statType_ = statType(data.dtype)
 
         try:
             # NOTE: float64 moments: the CPU backend's are exact in float64, and the merge should not round them
@@ -130,7 +131,7 @@ class SyncStatistics:
 
         count, mu, sigma2 = Collective.mergeMoments(self.globalCounts, gathered[:, 0], gathered[:, 1])
         invstd = 1.0 / np.sqrt(sigma2 + self.epsilon)
-        saved = arrays.to_gpu(np.stack([mu, invstd]).astype(statType))
+        saved = arrays.to_gpu(np.stack([mu, invstd]).astype(statType_))
         savemean, saveinvvar = saved[0].reshape(self.paramShape), saved[1].reshape(self.paramShape)
         out = Dnn.batchNormNdNormalize(x, self.scale, self.bias, savemean, saveinvvar, self.dnnAxes)
 

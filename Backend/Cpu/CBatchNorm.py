@@ -1,59 +1,72 @@
-"""Batch-normalization primitives of the CPU backend in C (`BatchNormPrimitives` of `Backend.Contract`, which states
-what each function computes): thin ctypes calls into ``Kernels/BatchNorm.c``, which says how the work is cut and why the
-numbers hold. Twin of `Backend.Cpu.NumpyBatchNorm` (the fallback) and `Backend.Cuda.BatchNormKernels`.
+"""Batch normalization of the CPU backend in C: `CPlan`, whose methods call ``Kernels/BatchNorm.c`` (which says how
+the work is cut and why the numbers hold) with one packed argument struct each. Twin of `Backend.Cpu.NumpyBatchNorm`
+(the fallback, and the passes fused with an activation or a residual, which the C source does not have yet) and
+`Backend.Cuda.BatchNormKernels`.
 
 Data is float32 or float64 (float16 too where the compiler has ``_Float16``: computed in float32); per-map arrays are
 float32, or float32 and float64 each with float64 data (as the contract has it), but for the moments' outputs, float32
 or float64 with any data. Every call runs on `PuzzleLib.Config.cpuThreads` cores (one below 32768 elements) and
 allocates nothing from the pool.
 
-The passes fused with an activation or a residual (`Contract.FusedActivation`) are not in the C source yet: those
-calls run `NumpyBatchNorm`'s, which fuse them chunk by chunk.
+A call packs its arguments with `struct` into the layout of the entry's C struct (`ARGUMENTS`, checked against the
+library's own sizes when it loads): one pointer crosses ctypes instead of a dozen converted values.
 """
 
 import ctypes
+import struct
 
 import numpy as np
 
 from PuzzleLib import Config
-from PuzzleLib.Backend.Cpu import NumpyBatchNorm
+from PuzzleLib.Backend.Cpu.NumpyBatchNorm import NumpyPlan
 from PuzzleLib.Backend.Cpu.SourceLibrary import loadLibrary
 
 NAME = "c"
 
-pointer, i64, cint, double, uint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_uint
-SHAPE = [i64, i64, i64, cint]
-SIGNATURES = {
-    "bnTrainForward": [pointer, pointer] + SHAPE + [pointer] * 7 + [double, double, uint],
-    "bnMoments": [pointer] + SHAPE + [pointer, pointer, uint],
-    "bnNormalize": [pointer, pointer] + SHAPE + [pointer] * 4 + [cint, double, uint],
-    "bnBackward": [pointer, pointer, pointer] + SHAPE + [cint] + [pointer] * 5 + [double, double, uint],
+# NOTE: each entry's argument struct as a struct format, field by field in the order of the C declaration (native
+# alignment, as the C compiler lays them out): the view (outer, maps, inner, threads, doubleMask), then the entry's own
+VIEW = "qqqiI"
+ARGUMENTS = {
+    "bnTrainForward": VIEW + "PP" + "PP" + "PPPP" + "P" + "dd",
+    "bnMoments": VIEW + "P" + "PP",
+    "bnNormalize": VIEW + "PP" + "PPPP" + "i" + "d",
+    "bnBackward": VIEW + "PPP" + "i" + "PPPPP" + "dd",
 }
 SUFFIXES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
-float64 = np.dtype(np.float64)
 
 # bnBackward's modes
 TRAINING, FROZEN, INPUT_GRADIENT = 0, 1, 2
 # NOTE: bnMoments and the training forward share the statistics outputs' bits
 SAVED_BITS = 4
 
-# NOTE: keyed by the dtype's character code ("f", "d", "e"): a numpy dtype hashes slowly, and every call looks up here
+# NOTE: {dtype character code: {entry: (C function, struct.Struct of its arguments)}}, filled by `load`
 kernels = {}
 dataTypes = ()
 
 
 def load():
-    """Compiles (or finds in the cache) and loads the C source; fills `kernels` ``{dtype: {name: function}}`` and
-    `dataTypes`. Raises `SourceLibrary.CompileError` or OSError when that cannot be done."""
+    """Compiles (or finds in the cache) and loads the C source; fills `kernels` and `dataTypes`.
+
+    Raises:
+        SourceLibrary.CompileError, OSError: the source cannot be built or loaded here.
+        RuntimeError: the library's argument structs differ from `ARGUMENTS` (a source and a declaration out of step).
+    """
     global dataTypes
     library = loadLibrary("BatchNorm.c")
+    library.bnArgumentBytes.argtypes, library.bnArgumentBytes.restype = [ctypes.c_int], ctypes.c_size_t
+    layouts = {}
+    for entry, (name, layout) in enumerate(ARGUMENTS.items()):
+        layouts[name] = struct.Struct(layout)
+        if library.bnArgumentBytes(entry) < layouts[name].size:
+            raise RuntimeError("%s's arguments take %d bytes in C, %d as declared" % (
+                name, library.bnArgumentBytes(entry), layouts[name].size))
     types = [np.dtype(np.float32), np.dtype(np.float64)] + ([np.dtype(np.float16)] if library.bnHasFloat16() else [])
     for dtype in types:
         functions = {}
-        for name, argtypes in SIGNATURES.items():
+        for name in ARGUMENTS:
             function = getattr(library, "%s_%s" % (name, SUFFIXES[dtype]))
-            function.argtypes, function.restype = argtypes, cint
-            functions[name] = function
+            function.argtypes, function.restype = [ctypes.c_char_p], ctypes.c_int
+            functions[name] = (function, layouts[name].pack)
         kernels[dtype.char] = functions
     dataTypes = tuple(types)
     return library
@@ -63,19 +76,14 @@ def doubleMask(*arrays, first=0):
     """Bit ``first + k`` set where the k-th per-map array is float64 (None counts as float32)."""
     mask = 0
     for k, ary in enumerate(arrays):
-        if ary is not None and ary.dtype == float64:
+        if ary is not None and ary.dtype == np.float64:
             mask |= 1 << (first + k)
     return mask
 
 
-def perMapMask(data, *arrays):
-    """`doubleMask` of the per-map arrays of a call on `data`: 0 at once unless the data is float64, as per-map arrays
-    are float32 with float32 and float16 data (`Backend.Contract`)."""
-    return doubleMask(*arrays) if data.dtype.char == "d" else 0
-
-
 def ptr(ary):
-    return None if ary is None else ary.ptr
+    """The address of `ary`, 0 (a null pointer) for None."""
+    return 0 if ary is None else ary.ptr
 
 
 def check(status):
@@ -83,107 +91,69 @@ def check(status):
         raise MemoryError("the CPU batch-norm kernel could not allocate its per-map workspace")
 
 
-def trainForward(
-    data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped, activation=None, residual=None
-):
-    if activation is not None or residual is not None:
-        NumpyBatchNorm.trainForward(
-            data, out, shape3, scale=scale, bias=bias, running=running, saved=saved, epsilon=epsilon, factor=factor,
-            skipped=skipped, activation=activation, residual=residual,
-        )
-        return
-    runMean, runVar = (None, None) if running is None else running
-    check(kernels[data.dtype.char]["bnTrainForward"](
-        data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, ptr(runMean), ptr(runVar),
-        saved.mean.ptr, saved.invstd.ptr, ptr(skipped), epsilon, factor,
-        perMapMask(data, scale, bias, runMean, runVar, saved.mean, saved.invstd),
-    ))
+class CPlan(NumpyPlan):
+    """The C kernels' plan: the entries of its data type bound once, the view packed with the thread count of each
+    call. The per-map steps of Batch Renormalization (`renormStatistics`, `renormCombine`) are the numpy plan's, which
+    both kernel sets share."""
 
+    name = NAME
 
-def batchStatistics(data, shape3, *, saved):
-    check(kernels[data.dtype.char]["bnMoments"](
-        data.ptr, *shape3, Config.cpuThreads, saved.mean.ptr, saved.var.ptr,
-        doubleMask(saved.mean, saved.var, first=SAVED_BITS),
-    ))
+    def __init__(self, backend, layout, dtype, options):
+        super().__init__(backend, layout, dtype, options)
+        functions = kernels[dtype.char]
+        self.trainCall, self.momentsCall = functions["bnTrainForward"], functions["bnMoments"]
+        self.normalizeCall, self.backwardCall = functions["bnNormalize"], functions["bnBackward"]
+        # NOTE: per-map arrays are float32 with float32 and float16 data (the contract): only float64 data has a mask
+        self.wide = dtype == np.float64
 
+    def mask(self, *arrays):
+        return doubleMask(*arrays) if self.wide else 0
 
-def normalize(data, out, shape3, *, scale, bias, saved, activation=None, residual=None):
-    if activation is not None or residual is not None:
-        NumpyBatchNorm.normalize(
-            data, out, shape3, scale=scale, bias=bias, saved=saved, activation=activation, residual=residual
-        )
-        return
-    check(kernels[data.dtype.char]["bnNormalize"](
-        data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, saved.mean.ptr, saved.invstd.ptr, 0, 0.0,
-        perMapMask(data, scale, bias, saved.mean, saved.invstd),
-    ))
+    def trainForward(self, call):
+        function, pack = self.trainCall
+        outer, maps, inner = self.shape3
+        mask = self.mask(call.scale, call.bias, call.mean, call.var, call.savemean, call.saveinvvar)
+        check(function(pack(
+            outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.out.ptr, call.scale.ptr, call.bias.ptr,
+            ptr(call.mean), ptr(call.var), call.savemean.ptr, call.saveinvvar.ptr, ptr(call.skipped), self.epsilon,
+            call.factor,
+        )))
 
+    def batchStatistics(self, call):
+        function, pack = self.momentsCall
+        outer, maps, inner = self.shape3
+        mask = doubleMask(call.mean, call.var, first=SAVED_BITS)
+        check(function(pack(outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.mean.ptr, call.var.ptr)))
 
-def evalForward(data, out, shape3, *, scale, bias, running, epsilon, activation=None, residual=None):
-    if activation is not None or residual is not None:
-        NumpyBatchNorm.evalForward(
-            data, out, shape3, scale=scale, bias=bias, running=running, epsilon=epsilon, activation=activation,
-            residual=residual,
-        )
-        return
-    check(kernels[data.dtype.char]["bnNormalize"](
-        data.ptr, out.ptr, *shape3, Config.cpuThreads, scale.ptr, bias.ptr, running.mean.ptr, running.var.ptr, 1,
-        epsilon, perMapMask(data, scale, bias, running.mean, running.var),
-    ))
+    def normalizeWith(self, call, centre, second, isVariance):
+        function, pack = self.normalizeCall
+        outer, maps, inner = self.shape3
+        mask = self.mask(call.scale, call.bias, centre, second)
+        check(function(pack(
+            outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.out.ptr, call.scale.ptr, call.bias.ptr,
+            centre.ptr, second.ptr, isVariance, self.epsilon,
+        )))
 
+    def normalize(self, call):
+        self.normalizeWith(call, call.savemean, call.saveinvvar, 0)
 
-def backwardCall(mode, data, grad, ingrad, shape3, scale, centre, second, scalegrad, biasgrad, epsilon=0.0,
-                 count=0.0):
-    check(kernels[data.dtype.char]["bnBackward"](
-        data.ptr, grad.ptr, ptr(ingrad), *shape3, Config.cpuThreads, mode, scale.ptr, centre.ptr, second.ptr,
-        scalegrad.ptr, biasgrad.ptr, epsilon, count, perMapMask(data, scale, centre, second, scalegrad, biasgrad),
-    ))
+    def evalForward(self, call):
+        self.normalizeWith(call, call.mean, call.var, 1)
 
+    def backwardWith(self, call, mode, centre, second, count=0.0):
+        function, pack = self.backwardCall
+        outer, maps, inner = self.shape3
+        mask = self.mask(call.scale, centre, second, call.scalegrad, call.biasgrad)
+        check(function(pack(
+            outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.grad.ptr, ptr(call.ingrad), mode,
+            call.scale.ptr, centre.ptr, second.ptr, call.scalegrad.ptr, call.biasgrad.ptr, self.epsilon, count,
+        )))
 
-def backward(
-    data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, activation=None, outdata=None, bias=None,
-    resgrad=None,
-):
-    if activation is not None:
-        NumpyBatchNorm.backward(
-            data, grad, ingrad, shape3, scale=scale, saved=saved, scalegrad=scalegrad, biasgrad=biasgrad,
-            activation=activation, outdata=outdata, bias=bias, resgrad=resgrad,
-        )
-        return
-    backwardCall(TRAINING, data, grad, ingrad, shape3, scale, saved.mean, saved.invstd, scalegrad, biasgrad)
+    def backward(self, call):
+        self.backwardWith(call, TRAINING, call.savemean, call.saveinvvar)
 
+    def frozenBackward(self, call):
+        self.backwardWith(call, FROZEN, call.mean, call.var)
 
-def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
-    backwardCall(
-        INPUT_GRADIENT, data, grad, ingrad, shape3, scale, saved.mean, saved.invstd, scalegrad, biasgrad,
-        count=float(count),
-    )
-
-
-def frozenBackward(
-    data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad, activation=None, outdata=None,
-    resgrad=None,
-):
-    if activation is not None:
-        NumpyBatchNorm.frozenBackward(
-            data, grad, ingrad, shape3, scale=scale, running=running, epsilon=epsilon, scalegrad=scalegrad,
-            biasgrad=biasgrad, activation=activation, outdata=outdata, resgrad=resgrad,
-        )
-        return
-    backwardCall(FROZEN, data, grad, ingrad, shape3, scale, running.mean, running.var, scalegrad, biasgrad, epsilon)
-
-
-def renormStatistics(
-    moments, count, *, scale, bias, running, renorm, saved, correction, corrected, epsilon, factor, renormMomentum,
-    clipping, skipped,
-):
-    """Per-map vectors only: the numpy step (`NumpyBatchNorm.renormStatistics`) serves both kernel sets."""
-    NumpyBatchNorm.renormStatistics(
-        moments, count, scale=scale, bias=bias, running=running, renorm=renorm, saved=saved, correction=correction,
-        corrected=corrected, epsilon=epsilon, factor=factor, renormMomentum=renormMomentum, clipping=clipping,
-        skipped=skipped,
-    )
-
-
-def renormCombine(correction, x, y, out):
-    NumpyBatchNorm.renormCombine(correction, x, y, out)
+    def inputGradient(self, call):
+        self.backwardWith(call, INPUT_GRADIENT, call.savemean, call.saveinvvar, float(call.count))

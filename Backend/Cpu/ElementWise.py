@@ -8,7 +8,7 @@ import numpy as np
 
 from PuzzleLib.Backend.Contract import FusedActivation
 from PuzzleLib.Backend.Cpu.GPUArray import hostView
-from PuzzleLib.Backend.Cpu.NumpyBatchNorm import activate, activationDerivative
+from PuzzleLib.Backend.Cpu.NumpyChunks import activate, activationDerivative
 
 dataTypes = (np.dtype(np.float32), np.dtype(np.float64))
 

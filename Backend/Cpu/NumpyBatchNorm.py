@@ -1,570 +1,219 @@
-"""Batch-normalization primitives of the CPU backend over numpy (`BatchNormPrimitives` of `Backend.Contract`, which
-states what each function computes): the fallback where the C kernels (`Backend.Cpu.CBatchNorm`) cannot be built, and
-their reference. `Backend.Cpu.BatchNormKernels` picks one of the two.
+"""Batch normalization of the CPU backend over numpy: `NumpyPlan`, whose methods are the primitives of
+`Backend.BatchNormPlan` (which states what each computes). The fallback where the C kernels (`Backend.Cpu.CBatchNorm`)
+cannot be built, the implementation of the passes fused with an activation or a residual, and the readable reference
+of both the C and the CUDA kernels. The machinery (chunks over the cores, two-pass statistics) is in
+`Backend.Cpu.NumpyChunks`.
 
 Data, output and gradients are float32, float16 (computed in float32) or float64 (computed in float64, for
 finite-difference gradient checks); per-map parameters and statistics are float32 (float64 with float64 data).
-
-Like the CUDA kernels, the work is cut into chunks of rows of about `CHUNK_ELEMENTS` elements that are spread over
-`PuzzleLib.Config.cpuThreads` cores (numpy releases the GIL); every stage finishes a chunk while it is in cache, so a
-pass reads its inputs and writes its output once. Statistics are two-pass (the mean, then the sum of squared
-deviations): float32 sums over one row (numpy sums it pairwise) or over a chunk's column are added in float64, as
-PyTorch's CPU kernels accumulate in double; where a chunk's columns are long (per-activation data of few features) the
-second pass also sums the deviations and corrects the mean (the corrected two-pass algorithm). A map whose mean is 1e4
-times its standard deviation keeps its variance well within SPEC section 3's 1e-3 relative: about 1e-6 where a map's
-elements are contiguous, below 4e-4 for per-activation data.
-Formulas: Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1 and section 3.
+Formulas: Ioffe & Szegedy 2015 (arXiv 1502.03167), Algorithm 1 and section 3; Batch Renormalization: Ioffe 2017
+(arXiv 1702.03275).
 """
-
-import threading
-from concurrent import futures
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from PuzzleLib import Config
-from PuzzleLib.Backend.Contract import reconstructionFloor
-from PuzzleLib.Backend.Cpu.GPUArray import empty, hostView
+from PuzzleLib.Backend.BatchNormPlan import BatchNormPlan
+from PuzzleLib.Backend.Cpu.NumpyChunks import (
+    Chunks,
+    FusedGradient,
+    computeType,
+    gradientFactors,
+    gradientSums,
+    inputGradientPass,
+    mapVector,
+    moments,
+    normalizeRows,
+    rowsOf,
+)
 
 NAME = "numpy"
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
-
-CHUNK_ELEMENTS = 1 << 17
-# NOTE: a float32 sum loses about one ulp of its running total per value it adds one after another; up to this many
-# values a mean of 1e4 times the standard deviation moves the variance by less than 4e-4 relative (32 * 2^-24 * 1e4
-# standard deviations, squared), within SPEC section 3's 1e-3
-MAX_SEQUENTIAL_TERMS = 32
-
-_executor, _executorWorkers, _executorLock = None, 0, threading.Lock()
+float64 = np.float64
 
 
-def executor(threads):
-    """The worker pool, with at least `threads` workers (made anew when `Config.cpuThreads` grew)."""
-    global _executor, _executorWorkers
-    with _executorLock:
-        if _executor is None or _executorWorkers < threads:
-            _executor, _executorWorkers = ThreadPoolExecutor(threads, thread_name_prefix="PuzzleLibCpu"), threads
-        return _executor
+def guardedUpdate(updates, finite):
+    """Moves each ``(target, value, weight)`` of `updates` (float vectors, the target a host view written in place) to
+    ``(1 - weight) * target + weight * value``, except where `finite` (a bool vector, or None for everywhere) is False:
+    there the target keeps its value. The running update of every numpy step."""
+    for target, value, weight in updates:
+        new = (1.0 - weight) * target + weight * value
+        target[...] = new if finite is None else np.where(finite, new, target)
 
 
-def waitForAll(tasks):
-    """Waits until every task has finished or was cancelled, through further interrupts (the first exception is the one
-    the caller re-raises)."""
-    for task in tasks:
-        task.cancel()
-    while True:
-        try:
-            futures.wait(tasks)
-            return
-        except BaseException:  # a second Ctrl-C must not cut the wait short
-            continue
+class NumpyPlan(BatchNormPlan):
+    """The numpy kernels' plan: the ``(outer, maps, inner)`` rows cut into chunks once (`Chunks`)."""
 
+    name = NAME
 
-def computeType(dtype):
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    def __init__(self, backend, layout, dtype, options):
+        super().__init__(backend, layout, dtype, options)
+        self.chunks = Chunks(self.shape3)
 
+    def vector(self, ary, dtype=None):
+        """The per-map host vector of `ary` (a view; a copy of `dtype` when given)."""
+        vector = mapVector(ary, self.maps)
+        return vector if dtype is None else vector.astype(dtype)
 
-class Chunks:
-    """Rows of the (outer, maps, inner) view, cut into chunks for the cores.
-
-    With inner > 1 a row is one map's ``inner`` contiguous elements (rows = outer * maps, row i belongs to map
-    i % maps); with inner == 1 a row holds one element of every map (rows = outer).
-    """
-
-    def __init__(self, shape3):
-        self.outer, self.maps, self.inner = shape3
-        self.byMapRows = self.inner > 1
-        self.rows, self.rowLength = (self.outer * self.maps, self.inner) if self.byMapRows else (self.outer, self.maps)
-        step = max(1, CHUNK_ELEMENTS // max(self.rowLength, 1))
-        self.slices = [slice(start, min(start + step, self.rows)) for start in range(0, self.rows, step)]
-        self.chunkElements = step * self.rowLength
-        # NOTE: numpy sums a row pairwise, but a column (inner == 1) row after row: that many terms per partial sum
-        self.sequentialTerms = 1 if self.byMapRows else min(step, self.rows)
-
-    def view(self, ary):
-        return hostView(ary).reshape(self.rows, self.rowLength)
-
-    def perMap(self, vector, dtype):
-        """A per-map float vector expanded once per call so that ``part(expanded, rows)`` broadcasts against rows."""
-        vector = np.asarray(vector).astype(dtype)
-        return np.tile(vector, self.outer)[:, None] if self.byMapRows else vector[None, :]
-
-    def part(self, expanded, rows):
-        return expanded[rows] if self.byMapRows else expanded
-
-    def run(self, work, dtype=None):
-        """Calls ``work(rows, scratch)`` for every chunk, the chunks spread over the cores; `scratch` is a chunk-sized
-        buffer of `dtype` (from the pool) private to the calling thread, or None."""
-        threads = Config.cpuThreads
-        groups = [self.slices[t::threads] for t in range(min(threads, len(self.slices)))]
-        workspace = None if dtype is None else empty((len(groups), self.chunkElements), dtype)
-
-        stop = threading.Event()
-
-        def runGroup(t):
-            scratch = None if workspace is None else hostView(workspace)[t]
-            # NOTE: a NaN or inf in the data gives what the formulas give, quietly, as in the C and CUDA kernels
-            # (numpy's error state is per thread, so it is set here)
-            with np.errstate(invalid="ignore", over="ignore"):
-                for rows in groups[t]:
-                    if stop.is_set():
-                        return
-                    work(rows, None if scratch is None else scratch[: (rows.stop - rows.start) * self.rowLength])
-
-        # NOTE: a single chunk runs on the calling thread; handing it to the pool would only add latency
-        if len(groups) == 1:
-            runGroup(0)
-            return
-
-        tasks = [executor(threads).submit(runGroup, t) for t in range(len(groups))]
-        try:
-            for task in tasks:
-                task.result()
-        except BaseException:
-            # NOTE: an exception (a worker's, or KeyboardInterrupt in this thread) must not leave the call while a
-            # worker still writes into the output, whose block the pool would hand to the next array
-            stop.set()
-            waitForAll(tasks)
-            raise
-
-    def mapTotals(self, partials):
-        """Per-map float64 totals from per-chunk partial sums collected by `sums`."""
-        if self.byMapRows:
-            return partials.reshape(self.outer, self.maps).sum(axis=0)
-        return partials.sum(axis=0)
-
-    def sums(self, x, y=None, center=None, dtype=np.float32, deviationSums=False):
-        """Per-map float64 sums of x, or of d * y with d = x - center, or of d^2 when y is x and center is given.
-
-        Each chunk sums in `dtype` (a row pairwise, or at most a chunk of rows); the partials are added in float64.
-        With `deviationSums` (and a center) returns ``(sum of d, sum of d * y)``.
-        """
-        xv = x.reshape(self.rows, self.rowLength)
-        yv = None if y is None else y.reshape(self.rows, self.rowLength)
-        centers = None if center is None else self.perMap(center, dtype)
-        shape = (self.rows,) if self.byMapRows else (len(self.slices), self.maps)
-        partials = np.empty(shape, dtype=np.float64)
-        deviations = np.empty(shape, dtype=np.float64) if deviationSums else None
-        index = {rows.start: i for i, rows in enumerate(self.slices)}
-        axis, subscripts = (1, "ij,ij->i") if self.byMapRows else (0, "ij,ij->j")
-
-        def work(rows, scratch):
-            xs = xv[rows]
-            if center is not None:
-                deviation = scratch.reshape(xs.shape)
-                np.subtract(xs, self.part(centers, rows), out=deviation, casting="same_kind")
-                xs = deviation
-            ys = xs if (y is x and center is not None) else (None if yv is None else yv[rows])
-
-            at = rows if self.byMapRows else index[rows.start]
-            partials[at] = np.add.reduce(xs, axis=axis, dtype=dtype) if ys is None else np.einsum(subscripts, xs, ys)
-            if deviationSums:
-                deviations[at] = np.add.reduce(xs, axis=axis, dtype=dtype)
-
-        self.run(work, dtype=None if center is None else dtype)
-        if deviationSums:
-            return self.mapTotals(deviations), self.mapTotals(partials)
-        return self.mapTotals(partials)
-
-
-def mapVector(ary, maps):
-    return hostView(ary).reshape(maps)
-
-
-def normalizeRows(chunks, x, y, *, center, gain, shift, activation=None, residual=None):
-    """y = (x - center) * gain + shift per map, in the compute type; y may be x (in place). The deviation comes first:
-    folding the center into the shift (``x * gain + shift'``) would lose |center| / std times more to rounding. Only
-    float16 data needs a float32 buffer, a chunk-sized host temporary (so in-place evaluation takes no pool block); the
-    other types compute in y itself. With `residual` (rows like x) and `activation` (a `FusedActivation`),
-    ``y = act((x - center) * gain + shift + residual)``, each chunk finished while it is in cache."""
-    ctype = computeType(x.dtype)
-    centers, gains, shifts = (chunks.perMap(vector, ctype) for vector in (center, gain, shift))
-    fused = activation is not None or residual is not None
-
-    def work(rows, scratch):
-        inOutput = y.dtype == ctype
-        deviation = y[rows] if inOutput else np.empty(y[rows].shape, ctype)
-        np.subtract(x[rows], chunks.part(centers, rows), out=deviation, casting="same_kind")
-        deviation *= chunks.part(gains, rows)
-        if not fused:
-            np.add(deviation, chunks.part(shifts, rows), out=y[rows], casting="same_kind")
-            return
-        deviation += chunks.part(shifts, rows)
-        if residual is not None:
-            np.add(deviation, residual[rows], out=deviation, casting="same_kind")
-        if activation is not None:
-            activate(deviation, activation)
-        if not inOutput:
-            y[rows] = deviation
-
-    chunks.run(work)
-
-
-# --- fused activations (`Contract.FusedActivation`): the twins of actForward, actDerivative and actInverse in
-# Kernels/BatchNorm.cu; each works on a chunk in place or into a chunk-sized temporary
-
-
-def activate(v, activation):
-    """v = act(v) in place (v of the compute type)."""
-    kind, slope = activation
-    if kind == "relu":
-        np.maximum(v, 0, out=v)
-    elif kind in ("leakyRelu", "elu"):
-        negative = np.minimum(v, 0)
-        if kind == "elu":
-            np.expm1(negative, out=negative)
-        negative *= slope
-        np.maximum(v, 0, out=v)
-        v += negative
-    elif kind == "sigmoid":
-        np.negative(v, out=v)
-        np.exp(v, out=v)
-        v += 1
-        np.reciprocal(v, out=v)
-    elif kind == "tanh":
-        np.tanh(v, out=v)
-
-
-def activationDerivative(y, activation, ctype):
-    """act'(z) from the output y = act(z), a new array of `ctype`."""
-    kind, slope = activation
-    y = y.astype(ctype, copy=False)
-    if kind == "identity":
-        return np.ones_like(y)
-    if kind == "relu":
-        return (y > 0).astype(ctype)
-    if kind == "leakyRelu":
-        return np.where(y > 0, ctype.type(1), ctype.type(slope))
-    if kind == "elu":
-        return np.where(y > 0, ctype.type(1), y + ctype.type(slope))
-    if kind == "sigmoid":
-        return y * (1 - y)
-    return 1 - y * y
-
-
-def activationInverse(y, activation, ctype):
-    """z = act^-1(y) for an invertible activation (identity, leakyRelu or elu with slope > 0), a new array of
-    `ctype`."""
-    kind, slope = activation
-    z = y.astype(ctype, copy=True)
-    if kind == "leakyRelu":
-        negative = z < 0
-        z[negative] /= slope
-    elif kind == "elu":
-        negative = z < 0
-        z[negative] = np.log1p(z[negative] / ctype.type(slope))
-    return z
-
-
-def moments(chunks, x, corrected=False):
-    """Per-map float64 ``(mu, sigma2)`` of the rows: two passes, corrected where columns are long (see the file's
-    docstring) or where `corrected` asks for a mean as exact as the variance."""
-    m = chunks.outer * chunks.inner
-    ctype = computeType(x.dtype)
-    mu = chunks.sums(x, dtype=ctype) / m
-    if chunks.sequentialTerms <= MAX_SEQUENTIAL_TERMS and not corrected:
-        return mu, chunks.sums(x, x, center=mu, dtype=ctype) / m
-
-    # NOTE: the corrected two-pass algorithm (Chan, Golub & LeVeque 1983): the second pass also sums the deviations
-    # from the first pass's mean, which repairs that mean where its float32 partial sums, long columns, lost digits;
-    # the deviations are taken from the center as the pass uses it, rounded to the compute type
-    center = mu.astype(ctype).astype(np.float64)
-    deviation, squares = chunks.sums(x, x, center=center, dtype=ctype, deviationSums=True)
-    return center + deviation / m, np.maximum(squares / m - (deviation / m) ** 2, 0.0)
-
-
-def trainForward(
-    data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped, activation=None, residual=None
-):
-    """The statistics of `moments`, then one normalization pass (fused with `activation` and `residual`); with
-    `skipped`, the maps whose batch mean or variance is not finite keep their running statistics and count 1 there."""
-    chunks = Chunks(shape3)
-    maps, m = shape3[1], shape3[0] * shape3[2]
-    x, y = chunks.view(data), chunks.view(out)
-
-    with np.errstate(invalid="ignore", over="ignore"):
-        mu, sigma2 = moments(chunks, x)
-        invstd = 1.0 / np.sqrt(sigma2 + epsilon)
-    normalizeRows(
-        chunks, x, y, center=mu, gain=invstd * mapVector(scale, maps), shift=mapVector(bias, maps),
-        activation=activation, residual=rowsOf(chunks, residual),
-    )
-
-    mapVector(saved.mean, maps)[...] = mu
-    mapVector(saved.invstd, maps)[...] = invstd
-
-    if running is not None:
-        runningMean, runningVar = mapVector(running.mean, maps), mapVector(running.var, maps)
-        newMean = (1.0 - factor) * runningMean + factor * mu
-        newVar = (1.0 - factor) * runningVar + factor * sigma2 * (m / (m - 1))
-        if skipped is not None:
-            finite = np.isfinite(mu) & np.isfinite(sigma2)
-            newMean, newVar = np.where(finite, newMean, runningMean), np.where(finite, newVar, runningVar)
-            mapVector(skipped, maps)[...] += ~finite
-        runningMean[...], runningVar[...] = newMean, newVar
-
-
-def batchStatistics(data, shape3, *, saved):
-    """The corrected two passes of `moments` alone: where processes merge their moments, an error in a process's mean
-    enters the merged variance through the spread of the processes' means (Chan's cross term), so the mean is repaired
-    (about 1e-8 relative for float32 data at a mean 1e4 times the standard deviation, against 1e-4 uncorrected)."""
-    chunks = Chunks(shape3)
-    mu, sigma2 = moments(chunks, chunks.view(data), corrected=True)
-    mapVector(saved.mean, chunks.maps)[...] = mu
-    mapVector(saved.var, chunks.maps)[...] = sigma2
-
-
-def normalize(data, out, shape3, *, scale, bias, saved, activation=None, residual=None):
-    """The pass of `normalizeRows` with gain = scale * invstd, in float64."""
-    chunks = Chunks(shape3)
-    maps = shape3[1]
-    gain = mapVector(scale, maps) * mapVector(saved.invstd, maps).astype(np.float64)
-    normalizeRows(
-        chunks, chunks.view(data), chunks.view(out), center=mapVector(saved.mean, maps), gain=gain,
-        shift=mapVector(bias, maps), activation=activation, residual=rowsOf(chunks, residual),
-    )
-
-
-def evalForward(data, out, shape3, *, scale, bias, running, epsilon, activation=None, residual=None):
-    """One pass of `normalizeRows` with the running statistics; gain = scale / sqrt(var + epsilon), in float64, once per
-    call."""
-    chunks = Chunks(shape3)
-    maps = shape3[1]
-    x, y = chunks.view(data), chunks.view(out)
-
-    gain = mapVector(scale, maps) / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
-    normalizeRows(
-        chunks, x, y, center=mapVector(running.mean, maps), gain=gain, shift=mapVector(bias, maps),
-        activation=activation, residual=rowsOf(chunks, residual),
-    )
-
-
-def rowsOf(chunks, ary):
-    """The chunk rows of `ary`, or None."""
-    return None if ary is None else chunks.view(ary)
-
-
-def gradientSums(chunks, x, g, center, invstd, scalegrad, biasgrad):
-    """biasgrad = sum(g), scalegrad = sum(g * (x - center) * invstd); returns (dbias, dscale) in float64."""
-    ctype = computeType(x.dtype)
-    dbias = chunks.sums(g, dtype=ctype)
-    dscale = chunks.sums(x, g, center=center, dtype=ctype) * invstd
-    mapVector(biasgrad, chunks.maps)[...] = dbias
-    mapVector(scalegrad, chunks.maps)[...] = dscale
-    return dbias, dscale
-
-
-def backward(
-    data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, activation=None, outdata=None, bias=None,
-    resgrad=None,
-):
-    """The two sums in one pass each, then the pass of `inputGradient`; after a fused forward, `fusedBackward`."""
-    if activation is not None:
-        maps = shape3[1]
-        invstd = mapVector(saved.invstd, maps).astype(np.float64)
-        center = None if data is None else mapVector(saved.mean, maps).astype(np.float64)
-        fusedBackward(
-            Chunks(shape3), data, grad, outdata, ingrad, resgrad, activation, scale=scale, bias=bias, center=center,
-            invstd=invstd, scalegrad=scalegrad, biasgrad=biasgrad, frozen=False,
+    def trainForward(self, call):
+        """The statistics of `moments`, then one normalization pass (fused with the activation and the residual)."""
+        chunks, m = self.chunks, self.m
+        x = chunks.view(call.data)
+        with np.errstate(invalid="ignore", over="ignore"):
+            mu, sigma2 = moments(chunks, x)
+            invstd = 1.0 / np.sqrt(sigma2 + self.epsilon)
+        normalizeRows(
+            chunks, x, chunks.view(call.out), center=mu, gain=invstd * self.vector(call.scale),
+            shift=self.vector(call.bias), activation=self.activation, residual=rowsOf(chunks, call.residual),
         )
-        return
-    chunks = Chunks(shape3)
-    maps = shape3[1]
-    x, g = chunks.view(data), chunks.view(grad)
-    mu = mapVector(saved.mean, maps).astype(np.float64)
-    invstd = mapVector(saved.invstd, maps).astype(np.float64)
-
-    dbias, dscale = gradientSums(chunks, x, g, mu, invstd, scalegrad, biasgrad)
-    if ingrad is not None:
-        inputGradientPass(chunks, x, g, chunks.view(ingrad), scale, mu, invstd, dbias, dscale, shape3[0] * shape3[2])
-
-
-def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
-    """The pass of `inputGradientPass` with the given sums."""
-    chunks = Chunks(shape3)
-    maps = shape3[1]
-    inputGradientPass(
-        chunks, chunks.view(data), chunks.view(grad), chunks.view(ingrad), scale,
-        mapVector(saved.mean, maps).astype(np.float64), mapVector(saved.invstd, maps).astype(np.float64),
-        mapVector(biasgrad, maps).astype(np.float64), mapVector(scalegrad, maps).astype(np.float64), count,
-    )
-
-
-def inputGradientPass(chunks, x, g, dx, scale, mu, invstd, dbias, dscale, count):
-    """dx = gain * g + slope * (x - mu) + offset per map, the coefficients of
-    ``scale * invstd * (g - (dbias + xhat * dscale) / count)`` taken once per call in float64."""
-    ctype = computeType(x.dtype)
-    gain = mapVector(scale, chunks.maps) * invstd
-    centers, gains = chunks.perMap(mu, ctype), chunks.perMap(gain, ctype)
-    slopes = chunks.perMap(-gain * invstd * dscale / count, ctype)
-    offsets = chunks.perMap(-gain * dbias / count, ctype)
-
-    def work(rows, scratch):
-        term = scratch.reshape(dx[rows].shape)
-        np.subtract(x[rows], chunks.part(centers, rows), out=term, casting="same_kind")
-        term *= chunks.part(slopes, rows)
-        term += chunks.part(offsets, rows)
-        np.multiply(g[rows], chunks.part(gains, rows), out=dx[rows], casting="same_kind")
-        np.add(dx[rows], term, out=dx[rows], casting="same_kind")
-
-    chunks.run(work, dtype=ctype)
-
-
-def frozenBackward(
-    data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad, activation=None, outdata=None,
-    resgrad=None,
-):
-    """The two sums, then ingrad = grad * (scale * invstd) per map (the data is not read for it); after a fused
-    forward, `fusedBackward`."""
-    chunks = Chunks(shape3)
-    maps = shape3[1]
-    invstd = 1.0 / np.sqrt(mapVector(running.var, maps).astype(np.float64) + epsilon)
-    if activation is not None:
-        fusedBackward(
-            chunks, data, grad, outdata, ingrad, resgrad, activation, scale=scale, bias=None,
-            center=mapVector(running.mean, maps).astype(np.float64), invstd=invstd, scalegrad=scalegrad,
-            biasgrad=biasgrad, frozen=True,
+        self.vector(call.savemean)[...] = mu
+        self.vector(call.saveinvvar)[...] = invstd
+        if call.mean is None:
+            return
+        finite = None if call.skipped is None else np.isfinite(mu) & np.isfinite(sigma2)
+        guardedUpdate(
+            [(self.vector(call.mean), mu, call.factor), (self.vector(call.var), sigma2 * (m / (m - 1)), call.factor)],
+            finite,
         )
-        return
-    x, g = chunks.view(data), chunks.view(grad)
-    ctype = computeType(x.dtype)
+        if finite is not None:
+            self.vector(call.skipped)[...] += ~finite
 
-    gradientSums(chunks, x, g, mapVector(running.mean, maps).astype(np.float64), invstd, scalegrad, biasgrad)
-    if ingrad is None:
-        return
+    def batchStatistics(self, call):
+        """The corrected two passes of `moments` alone: where processes merge their moments, an error in a process's
+        mean enters the merged variance through the spread of the processes' means (Chan's cross term), so the mean is
+        repaired (about 1e-8 relative for float32 data at a mean 1e4 times the standard deviation, against 1e-4
+        uncorrected)."""
+        mu, sigma2 = moments(self.chunks, self.chunks.view(call.data), corrected=True)
+        self.vector(call.mean)[...] = mu
+        self.vector(call.var)[...] = sigma2
 
-    dx = chunks.view(ingrad)
-    gains = chunks.perMap(mapVector(scale, maps) * invstd, ctype)
+    def normalize(self, call):
+        """The pass of `normalizeRows` with gain = scale * saveinvvar, in float64."""
+        chunks = self.chunks
+        normalizeRows(
+            chunks, chunks.view(call.data), chunks.view(call.out), center=self.vector(call.savemean),
+            gain=self.vector(call.scale) * self.vector(call.saveinvvar, float64), shift=self.vector(call.bias),
+            activation=self.activation, residual=rowsOf(chunks, call.residual),
+        )
 
-    def inputGradient(rows, scratch):
-        np.multiply(g[rows], chunks.part(gains, rows), out=dx[rows], casting="same_kind")
+    def evalForward(self, call):
+        """One pass of `normalizeRows` with the running statistics; gain = scale / sqrt(var + epsilon) in float64, once
+        per call."""
+        chunks = self.chunks
+        normalizeRows(
+            chunks, chunks.view(call.data), chunks.view(call.out), center=self.vector(call.mean),
+            gain=self.vector(call.scale) / np.sqrt(self.vector(call.var, float64) + self.epsilon),
+            shift=self.vector(call.bias), activation=self.activation, residual=rowsOf(chunks, call.residual),
+        )
 
-    chunks.run(inputGradient)
+    def backward(self, call):
+        """The two sums in one pass each, then the pass of `inputGradientPass`; after a fused forward, the walks of
+        `FusedGradient`."""
+        invstd = self.vector(call.saveinvvar, float64)
+        if self.activation is not None:
+            center = self.vector(call.savemean, float64) if call.data is not None else None
+            self.fusedBackward(call, center, invstd, frozen=False)
+            return
+        chunks = self.chunks
+        x, g = chunks.view(call.data), chunks.view(call.grad)
+        mu = self.vector(call.savemean, float64)
+        dbias, dscale = gradientSums(chunks, x, g, mu, invstd, call.scalegrad, call.biasgrad)
+        if call.ingrad is not None:
+            factors = gradientFactors(self.vector(call.scale), invstd, dbias, dscale, self.m)
+            inputGradientPass(chunks, x, g, chunks.view(call.ingrad), mu, *factors)
 
+    def inputGradient(self, call):
+        """The pass of `inputGradientPass` with the given sums."""
+        chunks = self.chunks
+        invstd = self.vector(call.saveinvvar, float64)
+        factors = gradientFactors(
+            self.vector(call.scale), invstd, self.vector(call.biasgrad, float64), self.vector(call.scalegrad, float64),
+            call.count,
+        )
+        inputGradientPass(
+            chunks, chunks.view(call.data), chunks.view(call.grad), chunks.view(call.ingrad),
+            self.vector(call.savemean, float64), *factors,
+        )
 
-def guardedScale(scale):
-    """The scale InPlace-ABN divides by: `scale`, or `Contract.reconstructionFloor` with scale's sign (+ for 0) where
-    |scale| is below it."""
-    floor = np.where(scale < 0, -reconstructionFloor, reconstructionFloor)
-    return np.where(np.abs(scale) < reconstructionFloor, floor, scale)
+    def frozenBackward(self, call):
+        """The two sums, then ingrad = grad * (scale * invstd) per map (the data is not read for it); after a fused
+        forward, the walks of `FusedGradient`."""
+        invstd = 1.0 / np.sqrt(self.vector(call.var, float64) + self.epsilon)
+        if self.activation is not None:
+            self.fusedBackward(call, self.vector(call.mean, float64), invstd, frozen=True)
+            return
+        chunks = self.chunks
+        x, g = chunks.view(call.data), chunks.view(call.grad)
+        gradientSums(chunks, x, g, self.vector(call.mean, float64), invstd, call.scalegrad, call.biasgrad)
+        if call.ingrad is None:
+            return
 
+        dx = chunks.view(call.ingrad)
+        gains = chunks.perMap(self.vector(call.scale) * invstd, computeType(x.dtype))
 
-def fusedBackward(
-    chunks, data, grad, outdata, ingrad, resgrad, activation, *, scale, bias, center, invstd, scalegrad, biasgrad,
-    frozen,
-):
-    """Backward after a forward fused with `activation` (`Contract.BatchNormPrimitives.backward`): a walk that takes
-    dz = grad * act'(outdata) per chunk (into `resgrad` where given) and sums dz and dz * xhat, then a walk that writes
-    ingrad = gain * dz + slope * dev + offset (``ingrad = dz * gain`` when `frozen`). dev is x - center, or xhat itself
-    rebuilt from the output, ``(act^-1(outdata) - bias) / scale``, when `data` is None (InPlace-ABN); `ingrad` may be
-    `grad`. Sums are float64 totals of compute-type partials, as in `Chunks.sums`."""
-    maps, count = chunks.maps, chunks.outer * chunks.inner
-    g, y = chunks.view(grad), chunks.view(outdata)
-    ctype = computeType(g.dtype)
-    x = None if data is None else chunks.view(data)
-    dz = None if resgrad is None else chunks.view(resgrad)
-    scaleVector = mapVector(scale, maps).astype(np.float64)
-    if x is None:
-        # NOTE: xhat = (z - bias) / scale directly: its deviation scale is 1
-        centers, devScale = chunks.perMap(mapVector(bias, maps), ctype), np.ones(maps)
-        inverseScales = chunks.perMap(1.0 / guardedScale(scaleVector), ctype)
-    else:
-        centers, devScale = chunks.perMap(center, ctype), invstd
+        def inputGradient(rows, scratch):
+            np.multiply(g[rows], chunks.part(gains, rows), out=dx[rows], casting="same_kind")
 
-    def deviation(rows):
-        if x is None:
-            dev = activationInverse(y[rows], activation, ctype)
-            dev -= chunks.part(centers, rows)
-            dev *= chunks.part(inverseScales, rows)
-            return dev
-        return np.subtract(x[rows], chunks.part(centers, rows), dtype=ctype)
+        chunks.run(inputGradient)
 
-    def gradientOf(rows):
-        return np.multiply(g[rows], activationDerivative(y[rows], activation, ctype), dtype=ctype)
+    def fusedBackward(self, call, center, invstd, frozen):
+        """Backward after a forward fused with the plan's activation: the sums walk (dz into `resgrad` where given),
+        then the input-gradient walk; with `data` None xhat is rebuilt from the output (InPlace-ABN), its deviation
+        already scaled (``devScale`` 1)."""
+        chunks = self.chunks
+        scale = self.vector(call.scale, float64)
+        rebuilt = call.data is None
+        centers = self.vector(call.bias) if rebuilt else center
+        walks = FusedGradient(
+            chunks, chunks.view(call.grad), chunks.view(call.outdata), None if rebuilt else chunks.view(call.data),
+            self.activation, centers, scale,
+        )
+        dz = rowsOf(chunks, call.resgrad)
+        devScale = 1.0 if rebuilt else invstd
+        dbias, sumGD = walks.sums(dz)
+        dscale = sumGD * devScale
+        self.vector(call.biasgrad)[...] = dbias
+        self.vector(call.scalegrad)[...] = dscale
+        if call.ingrad is None:
+            return
+        gain = scale * invstd
+        if frozen:
+            walks.inputGradient(chunks.view(call.ingrad), dz, gain)
+        else:
+            walks.inputGradient(chunks.view(call.ingrad), dz, gain, -gain * devScale * dscale / self.m,
+                                -gain * dbias / self.m)
 
-    shape = (chunks.rows,) if chunks.byMapRows else (len(chunks.slices), maps)
-    sumG, sumGD = np.empty(shape), np.empty(shape)
-    index = {rows.start: i for i, rows in enumerate(chunks.slices)}
-    axis, subscripts = (1, "ij,ij->i") if chunks.byMapRows else (0, "ij,ij->j")
+    def renormStatistics(self, call):
+        """Batch Renormalization's per-map step in float64, the twin of the CUDA kernel ``bnRenormStatistics``; both
+        CPU kernel sets run it (it reads and writes per-map vectors only)."""
+        vector, epsilon = self.vector, self.epsilon
+        mu, sigma2 = vector(call.batchMean, float64), vector(call.batchVar, float64)
+        renormMean, renormStd = vector(call.renormMean), vector(call.renormStd)
+        clipping, count = call.clipping, call.count
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            sigma = np.sqrt(sigma2 + epsilon)
+            std = np.maximum(renormStd, np.sqrt(epsilon), dtype=float64)
+            # NOTE: np.clip keeps a NaN a NaN, as the kernel's comparisons do
+            r = np.clip(sigma / std, clipping.rmin, clipping.rmax)
+            d = np.clip((mu - renormMean) / std, -clipping.dmax, clipping.dmax)
+            scale = vector(call.scale)
+            outputs = ((call.savemean, mu), (call.saveinvvar, 1.0 / sigma), (call.r, r), (call.d, d),
+                       (call.correctedScale, r * scale), (call.correctedBias, d * scale + vector(call.bias)))
+            for target, value in outputs:
+                vector(target)[...] = value
 
-    def sums(rows, scratch):
-        dzRows = gradientOf(rows)
-        if dz is not None:
-            dz[rows] = dzRows
-        at = rows if chunks.byMapRows else index[rows.start]
-        sumG[at] = np.add.reduce(dzRows, axis=axis, dtype=ctype)
-        sumGD[at] = np.einsum(subscripts, dzRows, deviation(rows))
+            finite = None if call.skipped is None else np.isfinite(mu) & np.isfinite(sigma2)
+            weight = 1.0 - call.renormMomentum
+            updates = [(renormMean, mu, weight), (renormStd, sigma, weight)]
+            if call.mean is not None:
+                unbiased = sigma2 * (count / (count - 1))
+                updates += [(vector(call.mean), mu, call.factor), (vector(call.var), unbiased, call.factor)]
+            guardedUpdate(updates, finite)
+        if finite is not None:
+            vector(call.skipped)[...] += ~finite
 
-    chunks.run(sums)
-    dbias, dscale = chunks.mapTotals(sumG), chunks.mapTotals(sumGD) * devScale
-    mapVector(biasgrad, maps)[...] = dbias
-    mapVector(scalegrad, maps)[...] = dscale
-    if ingrad is None:
-        return
-
-    dx = chunks.view(ingrad)
-    gain = scaleVector * invstd
-    gains = chunks.perMap(gain, ctype)
-    slopes = chunks.perMap(-gain * devScale * dscale / count, ctype)
-    offsets = chunks.perMap(-gain * dbias / count, ctype)
-
-    def inputGradient(rows, scratch):
-        dzRows = gradientOf(rows) if dz is None else dz[rows].astype(ctype)
-        dzRows *= chunks.part(gains, rows)
-        if not frozen:
-            term = deviation(rows)
-            term *= chunks.part(slopes, rows)
-            term += chunks.part(offsets, rows)
-            dzRows += term
-        dx[rows] = dzRows
-
-    chunks.run(inputGradient)
-
-
-def renormStatistics(
-    moments, count, *, scale, bias, running, renorm, saved, correction, corrected, epsilon, factor, renormMomentum,
-    clipping, skipped,
-):
-    """Batch Renormalization's per-map step in float64 (the formulas are `Contract.BatchNormPrimitives`'); the twin of
-    the CUDA kernel ``bnRenormStatistics``. Both CPU kernel sets run it: it reads and writes per-map vectors only."""
-    maps = scale.size
-    mu, sigma2 = (mapVector(ary, maps).astype(np.float64) for ary in moments)
-    renormMean, renormStd = mapVector(renorm.mean, maps), mapVector(renorm.std, maps)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        sigma = np.sqrt(sigma2 + epsilon)
-        std = np.maximum(renormStd, np.sqrt(epsilon), dtype=np.float64)
-        # NOTE: np.clip keeps a NaN a NaN, as the kernel's comparisons do
-        r = np.clip(sigma / std, clipping.rmin, clipping.rmax)
-        d = np.clip((mu - renormMean) / std, -clipping.dmax, clipping.dmax)
-        scaleVector = mapVector(scale, maps)
-
-        mapVector(saved.mean, maps)[...] = mu
-        mapVector(saved.invstd, maps)[...] = 1.0 / sigma
-        mapVector(correction.r, maps)[...] = r
-        mapVector(correction.d, maps)[...] = d
-        mapVector(corrected.scale, maps)[...] = r * scaleVector
-        mapVector(corrected.bias, maps)[...] = d * scaleVector + mapVector(bias, maps)
-
-        keep = None
-        if skipped is not None:
-            keep = ~(np.isfinite(mu) & np.isfinite(sigma2))
-            keep = keep if keep.any() else None
-        updates = [(renormMean, mu, 1.0 - renormMomentum), (renormStd, sigma, 1.0 - renormMomentum)]
-        if running is not None:
-            unbiased = sigma2 * (count / (count - 1))
-            updates += [(mapVector(running.mean, maps), mu, factor), (mapVector(running.var, maps), unbiased, factor)]
-        for target, value, weight in updates:
-            new = (1.0 - weight) * target + weight * value
-            target[...] = new if keep is None else np.where(keep, target, new)
-    if keep is not None:
-        mapVector(skipped, maps)[...] += keep
-
-
-def renormCombine(correction, x, y, out):
-    """``out = r * x + d * y`` per map in float64 (`Contract.BatchNormPrimitives.renormCombine`)."""
-    maps = x.size
-    r = mapVector(correction.r, maps).astype(np.float64)
-    result = r * mapVector(x, maps)
-    if y is not None:
-        result += mapVector(correction.d, maps) * mapVector(y, maps).astype(np.float64)
-    mapVector(out, maps)[...] = result
+    def renormCombine(self, call):
+        """``out = r * x + d * y`` per map in float64."""
+        result = self.vector(call.r, float64) * self.vector(call.x)
+        if call.y is not None:
+            result += self.vector(call.d) * self.vector(call.y, float64)
+        self.vector(call.out)[...] = result

@@ -1,5 +1,6 @@
-"""Batch-normalization primitives of the CUDA backend (`BatchNormPrimitives` of `Backend.Contract`, which states what
-each function computes), with the kernels of ``Kernels/BatchNorm.cu``. Twin of `Backend.Cpu.BatchNormKernels`.
+"""Batch normalization of the CUDA backend (`BatchNormBackend` of `Backend.Contract`): `CudaPlan`, whose methods are
+the primitives of `Backend.BatchNormPlan` (which states what each computes), with the kernels of
+``Kernels/BatchNorm.cu``. Twin of `Backend.Cpu.CBatchNorm` and `Backend.Cpu.NumpyBatchNorm`.
 
 Data, outputs and gradients are float32 or float16 (one dtype per call); per-map parameters and statistics are float32
 arrays of ``maps`` elements. How the work is laid out on the device:
@@ -10,7 +11,7 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   write per-block partials to a small pool workspace and merge them in a second kernel (Chan et al. 1979 for the
   moments), which also writes the per-map results and the running statistics.
 - Loads and stores are 16 bytes wide when the contiguous axis is a multiple of 4 floats / 8 halves and every pointer
-  is 16-byte aligned (pool blocks are 256-byte aligned); else one element at a time.
+  of the call is 16-byte aligned (pool blocks are 256-byte aligned); else one element at a time.
 - Passes over the data: training forward reads x twice (statistics, then normalization) and writes y once; evaluation
   forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no pool block);
   backward reads x and dy twice (reduction, then dx) and writes dx once; the frozen backward's dx pass reads dy only.
@@ -18,15 +19,19 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   the forward's pass adds the residual and applies the activation before its one write; backward reads the output y
   besides (dz = dy * act'(y) in both passes, written to the residual's gradient in the dx pass), and x not at all in
   InPlace-ABN, where x - mean is rebuilt from y.
+
+A plan works out every launch of its shape once, on first use: grid, block, vector width and the argument list with
+its geometry packed (`Launch.PreparedLaunch`); a call fills in its addresses and scalars and queues the kernels.
 """
 
 import numpy as np
 
+from PuzzleLib.Backend.BatchNormPlan import BatchNormPlan
 from PuzzleLib.Backend.Contract import reconstructionFloor
 from PuzzleLib.Backend.Cuda.GPUArray import empty
 from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, grid1d, residentBlocks
 from PuzzleLib.Kernels import BatchNorm as declared
-from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, ROWS_BX, ROWS_BY, ChannelParams, FusedParams
+from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, ROWS_BX, ROWS_BY
 
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16))
 suffixes = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -39,268 +44,269 @@ PER_MAP_BLOCK = 256
 
 kernels = KernelSource(declared)
 
-
-def checkShapes(shape3, dataArrays, perMap):
-    """Asserts what the primitives rely on: data arrays of one dtype and ``outer * maps * inner`` elements, float32
-    per-map arrays of ``maps`` elements (`Backend.Dnn` has checked all of it)."""
-    outer, maps, inner = shape3
-    dtypes = {ary.dtype for ary in dataArrays if ary is not None}
-    assert len(dtypes) == 1 and dtypes <= set(suffixes), dtypes
-    assert all(ary.size == outer * maps * inner for ary in dataArrays if ary is not None), shape3
-    assert all(ary.dtype == np.float32 and ary.size == maps for ary in perMap if ary is not None), maps
-    assert 0 < maps < 2**31 and inner > 0, shape3
-    return dtypes.pop()
-
-
-def vectorWidth(suffix, length, *arrays):
-    """16-byte vectors when the contiguous length allows it and every pointer is 16-byte aligned, else 1."""
-    width = max(declared.vectorWidths[suffix])
-    if length % width == 0 and all(ary.ptr % 16 == 0 for ary in arrays if ary is not None):
-        return width
-    return 1
+# NOTE: the dynamic values of each family, in the order its launches take them
+CHANNEL = ("p.mean", "p.invstd", "p.var", "p.scale", "p.bias", "p.scalegrad", "p.biasgrad", "p.invM")
+FUSED = ("f.residual", "f.y", "f.resgrad")
+STATS = ("x", "pn", "pmean", "pm2")
+STATS_FINALIZE = STATS + ("factor", "savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped")
+GRAD = ("x", "dy", "mean", "psum", "pdot")
+GRAD_FINALIZE = ("psum", "pdot", "invstd", "scalegrad", "biasgrad")
+GRAD_FINALIZE_FROZEN = ("psum", "pdot", "var", "scalegrad", "biasgrad")
+RENORM_STATISTICS = (
+    "batchMean", "batchVar", "m", "factor", "momentum", "rmin", "rmax", "dmax", "scale", "bias", "savedMean",
+    "savedInvstd", "r", "d", "correctedScale", "correctedBias", "runningMean", "runningVar", "renormMean", "renormStd",
+    "skipped",
+)
 
 
-def reductionGrid(outer, maps, inner, vec):
-    """(grid, block, splits) of the stats/grad reduction kernels: enough blocks to fill the device twice over, while
-    each block keeps enough work to amortize its final merge."""
-    _, resident = residentBlocks(BLOCK_SIZE)
-    target = 2 * resident
-
-    if inner > 1:
-        vectors = outer * (inner // vec)
-        splits = min(ceilDiv(target, maps), max(1, vectors // MIN_VECTORS_PER_BLOCK), MAX_SPLITS)
-        return (maps, splits, 1), (BLOCK_SIZE, 1, 1), splits
-
-    channelBlocks = ceilDiv(maps, ROWS_BX * vec)
-    splits = min(ceilDiv(target, channelBlocks), max(1, outer // MIN_ROWS_PER_BLOCK), MAX_SPLITS)
-    return (channelBlocks, splits, 1), (ROWS_BX, ROWS_BY, 1), splits
+def plan(backend, layout, dtype, options):
+    return CudaPlan(backend, layout, dtype, options)
 
 
-def finalizeGrid(maps):
-    return (ceilDiv(maps, FINALIZE_WARPS), 1, 1), (32, FINALIZE_WARPS, 1)
+def ptr(ary):
+    return 0 if ary is None else ary.ptr
 
 
-def fusedParams(activation, residual=None, outdata=None, resgrad=None, reconstruct=False):
-    """The `FusedParams` of a fused pass, or None without an activation and a residual."""
-    if activation is None and residual is None:
-        return None
-    kind, slope = ("identity", 0.0) if activation is None else activation
-    return FusedParams(
-        residual=residual, y=outdata, resgrad=resgrad, act=declared.activationNumbers[kind],
-        reconstruct=int(reconstruct), slope=slope, floor=reconstructionFloor,
-    )
+def aligned(*arrays):
+    """True when every given array starts on a 16-byte boundary (None values are skipped)."""
+    return all(ary.ptr % 16 == 0 for ary in arrays if ary is not None)
 
 
-def applyPass(mode, x, dy, out, shape3, params, fused=None):
-    """One elementwise pass of `mode` (``declared.modes``) writing `out`, with the per-channel `ChannelParams`; with
-    `fused` (`FusedParams`), the fused kernels."""
-    outer, maps, inner = shape3
-    suffix = suffixes[out.dtype]
-    _, resident = residentBlocks(BLOCK_SIZE)
-    extra = {} if fused is None else {"f": fused}
-    aligned = [x, dy, out] + ([] if fused is None else [fused.residual, fused.y, fused.resgrad])
+class CudaPlan(BatchNormPlan):
+    """The CUDA kernels' plan: the launches of its shape, each prepared on first use (`launch`)."""
 
-    if inner > 1:
-        vec = vectorWidth(suffix, inner, *aligned)
-        vectors = outer * maps * (inner // vec)
-        grid = (max(1, min(ceilDiv(vectors, BLOCK_SIZE), 4 * resident)), 1, 1)
-        kernels.launch(
-            declared.applySpatial if fused is None else declared.applySpatialFused, grid, (BLOCK_SIZE, 1, 1),
-            instance={"mode": mode, "dtype": suffix, "vec": vec}, x=x, dy=dy, out=out, outer=outer, maps=maps,
-            innerV=inner // vec, p=params, **extra,
+    name = "cuda"
+
+    def __init__(self, backend, layout, dtype, options):
+        super().__init__(backend, layout, dtype, options)
+        outer, maps, inner = self.shape3
+        assert 0 < maps < 2**31 and inner > 0 and dtype in suffixes, (self.shape3, dtype)
+        self.suffix = suffixes[dtype]
+        self.spatial = inner > 1
+        width = max(declared.vectorWidths[self.suffix])
+        # NOTE: 16-byte vectors where the contiguous length allows them; the pointers of each call decide the rest
+        self.widest = width if (inner if self.spatial else maps) % width == 0 else 1
+        self.prepared = {}
+
+    def launch(self, role, *key):
+        """The `PreparedLaunch` of `role` (``"stats"``, ``"statsFinalize"``, ``"apply"``, ``"grad"``,
+        ``"gradFinalize"``, ``"gradFinalizeFrozen"``, ``"renormStatistics"``, ``"renormCombine"``) and its `key`,
+        made on the first call that needs it."""
+        found = self.prepared.get((role,) + key)
+        if found is None:
+            found = self.prepared[(role,) + key] = getattr(self, "prepare" + role[0].upper() + role[1:])(*key)
+        return found
+
+    def vectorWidth(self, *arrays):
+        return self.widest if self.widest > 1 and aligned(*arrays) else 1
+
+    # --- launch geometry
+
+    def reductionGrid(self, vec):
+        """(grid, block, splits) of the stats/grad reduction kernels: enough blocks to fill the device twice over,
+        while each block keeps enough work to amortize its final merge."""
+        outer, maps, inner = self.shape3
+        target = 2 * residentBlocks(BLOCK_SIZE)[1]
+        if self.spatial:
+            vectors = outer * (inner // vec)
+            splits = min(ceilDiv(target, maps), max(1, vectors // MIN_VECTORS_PER_BLOCK), MAX_SPLITS)
+            return (maps, splits, 1), (BLOCK_SIZE, 1, 1), splits
+        channelBlocks = ceilDiv(maps, ROWS_BX * vec)
+        splits = min(ceilDiv(target, channelBlocks), max(1, outer // MIN_ROWS_PER_BLOCK), MAX_SPLITS)
+        return (channelBlocks, splits, 1), (ROWS_BX, ROWS_BY, 1), splits
+
+    def view(self, vec):
+        """The static view arguments of the spatial or the rows kernels."""
+        outer, maps, inner = self.shape3
+        return dict(outer=outer, maps=maps, innerV=inner // vec) if self.spatial else dict(rows=outer, maps=maps)
+
+    def fusedStatics(self, reconstruct):
+        kind, slope = ("identity", 0.0) if self.activation is None else self.activation
+        return dict(f_act=declared.activationNumbers[kind], f_reconstruct=int(reconstruct), f_slope=slope,
+                    f_floor=reconstructionFloor)
+
+    def finalizeGrid(self):
+        return (ceilDiv(self.maps, FINALIZE_WARPS), 1, 1), (32, FINALIZE_WARPS, 1)
+
+    def prepareStats(self, vec):
+        grid, block, _ = self.reductionGrid(vec)
+        signature = declared.statsSpatial if self.spatial else declared.statsRows
+        return kernels.prepared(signature, grid, block, {"dtype": self.suffix, "vec": vec}, STATS, **self.view(vec))
+
+    def prepareStatsFinalize(self, splits):
+        outer, maps, inner = self.shape3
+        grid, block = self.finalizeGrid()
+        return kernels.prepared(
+            declared.statsFinalize, grid, block, {"dtype": self.suffix}, STATS_FINALIZE, shiftStride=inner,
+            splits=splits, maps=maps, m=outer * inner, epsilon=self.epsilon,
         )
-    else:
-        # NOTE: the fused rows kernels work element by element, so their vectors are never wider than 1
-        vec = vectorWidth(suffix, maps, *aligned) if fused is None else 1
+
+    def prepareApply(self, mode, vec, fused, reconstruct):
+        outer, maps, inner = self.shape3
+        _, resident = residentBlocks(BLOCK_SIZE)
+        statics = dict(self.view(vec), p_epsilon=self.epsilon, **(self.fusedStatics(reconstruct) if fused else {}))
+        dynamic = ("x", "dy", "out") + CHANNEL + (FUSED if fused else ())
+        instance = {"mode": mode, "dtype": self.suffix, "vec": vec}
+        if self.spatial:
+            grid = (max(1, min(ceilDiv(outer * maps * (inner // vec), BLOCK_SIZE), 4 * resident)), 1, 1)
+            signature = declared.applySpatialFused if fused else declared.applySpatial
+            return kernels.prepared(signature, grid, (BLOCK_SIZE, 1, 1), instance, dynamic, **statics)
         channelBlocks = ceilDiv(maps, ROWS_BX * vec)
         rowBlocks = max(1, min(ceilDiv(outer, ROWS_BY), ceilDiv(4 * resident, channelBlocks), MAX_GRID_Y))
-        kernels.launch(
-            declared.applyRows if fused is None else declared.applyRowsFused, (channelBlocks, rowBlocks, 1),
-            (ROWS_BX, ROWS_BY, 1), instance={"mode": mode, "dtype": suffix, "vec": vec}, x=x, dy=dy, out=out,
-            rows=outer, maps=maps, p=params, **extra,
+        signature = declared.applyRowsFused if fused else declared.applyRows
+        return kernels.prepared(signature, (channelBlocks, rowBlocks, 1), (ROWS_BX, ROWS_BY, 1), instance, dynamic,
+                                **statics)
+
+    def prepareGrad(self, vec, fused, reconstruct):
+        grid, block, _ = self.reductionGrid(vec)
+        if self.spatial:
+            signature = declared.gradSpatialFused if fused else declared.gradSpatial
+        else:
+            signature = declared.gradRowsFused if fused else declared.gradRows
+        statics = self.view(vec)
+        if fused:
+            statics.update(self.fusedStatics(reconstruct), p_epsilon=self.epsilon)
+        dynamic = GRAD + (CHANNEL + FUSED if fused else ())
+        return kernels.prepared(signature, grid, block, {"dtype": self.suffix, "vec": vec}, dynamic, **statics)
+
+    def prepareGradFinalize(self, splits):
+        grid, block = self.finalizeGrid()
+        return kernels.prepared(declared.gradFinalize, grid, block, None, GRAD_FINALIZE, splits=splits, maps=self.maps)
+
+    def prepareGradFinalizeFrozen(self, splits):
+        grid, block = self.finalizeGrid()
+        return kernels.prepared(declared.gradFinalizeFrozen, grid, block, None, GRAD_FINALIZE_FROZEN, splits=splits,
+                                maps=self.maps, epsilon=self.epsilon)
+
+    def prepareRenormStatistics(self):
+        grid, block = grid1d(self.maps, PER_MAP_BLOCK)
+        return kernels.prepared(declared.renormStatistics, grid, block, None, RENORM_STATISTICS, maps=self.maps,
+                                epsilon=self.epsilon)
+
+    def prepareRenormCombine(self):
+        grid, block = grid1d(self.maps, PER_MAP_BLOCK)
+        return kernels.prepared(declared.renormCombine, grid, block, None, ("r", "x", "d", "y", "out"), maps=self.maps)
+
+    # --- the passes
+
+    def reduceMoments(self, x, factor, savedMean, savedInvstd, running=(None, None), savedVar=None, skipped=None):
+        """Partial moments per block (Welford within a thread, Chan across threads), then ``bnStatsFinalize`` merges
+        them per map and writes the saved statistics, `savedVar` (the biased variance) and the running update where
+        given (with `skipped`, not for maps whose statistics are not finite: those count 1 there)."""
+        vec = self.vectorWidth(x)
+        _, _, splits = self.reductionGrid(vec)
+        size = splits * self.maps
+        workspace = empty((3, size), np.float32)
+        pn, pmean, pm2 = (workspace.ptr + 4 * k * size for k in range(3))
+        self.launch("stats", vec)(x.ptr, pn, pmean, pm2)
+        self.launch("statsFinalize", splits)(
+            x.ptr, pn, pmean, pm2, factor, savedMean.ptr, savedInvstd.ptr, ptr(running[0]), ptr(running[1]),
+            ptr(savedVar), ptr(skipped),
         )
 
+    def apply(self, mode, x, dy, out, channel, fused=None):
+        """One elementwise pass of `mode` (``declared.modes``) writing `out`, with the per-channel values `channel`
+        (the addresses and 1 / m of `CHANNEL`); with `fused` (the residual, the output y, the residual's gradient),
+        the fused kernels (element by element on rows)."""
+        if fused is None:
+            vec = self.vectorWidth(x, dy, out)
+            self.launch("apply", mode, vec, False, False)(ptr(x), ptr(dy), out.ptr, *channel)
+            return
+        vec = self.vectorWidth(x, dy, out, *fused) if self.spatial else 1
+        self.launch("apply", mode, vec, True, x is None)(ptr(x), ptr(dy), out.ptr, *channel, *map(ptr, fused))
 
-def reduceGradient(data, grad, shape3, mean, finalize, fused=None, params=None, **finalizeArguments):
-    """Partial sums of grad and grad * (x - mean) per block, merged per map by `finalize` (``gradFinalize`` or
-    ``gradFinalizeFrozen``, which take the rest of their arguments from `finalizeArguments`); with `fused`
-    (`FusedParams`) and the `ChannelParams` `params`, of dz and dz * (x - mean) (`data` may be None then)."""
-    outer, maps, inner = shape3
-    suffix = suffixes[grad.dtype]
-    aligned = [data, grad] + ([] if fused is None else [fused.y])
-    vec = vectorWidth(suffix, inner if inner > 1 else maps, *aligned) if fused is None or inner > 1 else 1
-    grid, block, splits = reductionGrid(outer, maps, inner, vec)
+    def reduceGradient(self, x, dy, mean, fused, channel):
+        """Partial sums of dz and dz * (x - mean) per block; returns (psum, pdot, splits) for the finalize kernel."""
+        if fused is None:
+            vec = self.vectorWidth(x, dy)
+        else:
+            vec = self.vectorWidth(x, dy, fused[1]) if self.spatial else 1
+        _, _, splits = self.reductionGrid(vec)
+        size = splits * self.maps
+        workspace = empty((2, size), np.float32)
+        psum, pdot = workspace.ptr, workspace.ptr + 4 * size
+        values = (ptr(x), dy.ptr, ptr(mean), psum, pdot) + ((*channel, *map(ptr, fused)) if fused else ())
+        self.launch("grad", vec, fused is not None, x is None)(*values)
+        # NOTE: the workspace stays alive until the finalize kernel is queued (the pool reuses a block only for work
+        # queued after it)
+        return workspace, psum, pdot, splits
 
-    workspace = empty((2, splits * maps), np.float32)
-    psum, pdot = workspace.ptr, workspace.ptr + 4 * splits * maps
-    instance = {"dtype": suffix, "vec": vec}
-    extra = {} if fused is None else {"p": params, "f": fused}
+    # --- the primitives
 
-    if inner > 1:
-        kernels.launch(
-            declared.gradSpatial if fused is None else declared.gradSpatialFused, grid, block, instance, x=data,
-            dy=grad, outer=outer, maps=maps, innerV=inner // vec, mean=mean, psum=psum, pdot=pdot, **extra,
+    def trainForward(self, call):
+        """Kernels: partial moments -> merge per map and running update -> normalization (fused with the activation and
+        residual; in place when `out` is `data`: the statistics are taken first)."""
+        self.reduceMoments(call.data, call.factor, call.savemean, call.saveinvvar, (call.mean, call.var),
+                           skipped=call.skipped)
+        self.normalizeWith(call, call.savemean, call.saveinvvar)
+
+    def normalizeWith(self, call, savemean, saveinvvar):
+        channel = (savemean.ptr, saveinvvar.ptr, 0, call.scale.ptr, call.bias.ptr, 0, 0, 0.0)
+        fused = None if self.activation is None and call.residual is None else (call.residual, None, None)
+        self.apply("trainForward", call.data, None, call.out, channel, fused)
+
+    def normalize(self, call):
+        """The normalization kernel of `trainForward` alone."""
+        self.normalizeWith(call, call.savemean, call.saveinvvar)
+
+    def batchStatistics(self, call):
+        """The kernels of `reduceMoments` alone (float32 statistics); the inverse standard deviation they also write
+        goes to a scratch array; float64 outputs receive the float32 results converted by pycuda."""
+        wide = call.mean.dtype == np.float64
+        scratch = empty((3, self.maps), np.float32)
+        mean, var = (scratch[0], scratch[1]) if wide else (call.mean, call.var)
+        self.reduceMoments(call.data, 0.0, mean, scratch[2], savedVar=var)
+        if wide:
+            for target, result in ((call.mean, mean), (call.var, var)):
+                target._copyFrom(result.astype(np.float64))
+
+    def evalForward(self, call):
+        """One kernel, one read and one write per element; in place when `out` is `data` (no workspace, no pool
+        block)."""
+        channel = (call.mean.ptr, 0, call.var.ptr, call.scale.ptr, call.bias.ptr, 0, 0, 0.0)
+        fused = None if self.activation is None and call.residual is None else (call.residual, None, None)
+        self.apply("evalForward", call.data, None, call.out, channel, fused)
+
+    def backward(self, call):
+        """Kernels: partial sums -> merge per map (times the batch invstd) -> dx pass; after a fused forward the fused
+        reduction and dx kernels (`data` None: rebuilt from `outdata`)."""
+        fused = None if self.activation is None else (None, call.outdata, call.resgrad)
+        channel = [call.savemean.ptr, call.saveinvvar.ptr, 0, call.scale.ptr, ptr(call.bias), 0, 0, 0.0]
+        workspace, psum, pdot, splits = self.reduceGradient(call.data, call.grad, call.savemean, fused, channel)
+        self.launch("gradFinalize", splits)(psum, pdot, call.saveinvvar.ptr, call.scalegrad.ptr, call.biasgrad.ptr)
+        del workspace
+        if call.ingrad is not None:
+            channel[5:] = call.scalegrad.ptr, call.biasgrad.ptr, 1.0 / self.m
+            self.apply("backward", call.data, call.grad, call.ingrad, channel, fused)
+
+    def inputGradient(self, call):
+        """The dx pass of `backward` alone, with the given sums over `count` elements per map."""
+        channel = (call.savemean.ptr, call.saveinvvar.ptr, 0, call.scale.ptr, 0, call.scalegrad.ptr,
+                   call.biasgrad.ptr, 1.0 / call.count)
+        self.apply("backward", call.data, call.grad, call.ingrad, channel)
+
+    def frozenBackward(self, call):
+        """Kernels: partial sums -> merge per map (times the running invstd) -> dx pass that reads grad only (and the
+        output, after a fused forward)."""
+        fused = None if self.activation is None else (None, call.outdata, call.resgrad)
+        channel = (0,) * 7 + (0.0,)
+        workspace, psum, pdot, splits = self.reduceGradient(call.data, call.grad, call.mean, fused, channel)
+        self.launch("gradFinalizeFrozen", splits)(psum, pdot, call.var.ptr, call.scalegrad.ptr, call.biasgrad.ptr)
+        del workspace
+        if call.ingrad is not None:
+            channel = (0, 0, call.var.ptr, call.scale.ptr, 0, 0, 0, 0.0)
+            self.apply("frozenBackward", None, call.grad, call.ingrad, channel, fused)
+
+    def renormStatistics(self, call):
+        """One kernel, one thread per map (``bnRenormStatistics``, the twin of `NumpyPlan.renormStatistics`)."""
+        clipping = call.clipping
+        self.launch("renormStatistics")(
+            call.batchMean.ptr, call.batchVar.ptr, call.count, call.factor, call.renormMomentum, clipping.rmin,
+            clipping.rmax, clipping.dmax, call.scale.ptr, call.bias.ptr, call.savemean.ptr, call.saveinvvar.ptr,
+            call.r.ptr, call.d.ptr, call.correctedScale.ptr, call.correctedBias.ptr, ptr(call.mean), ptr(call.var),
+            call.renormMean.ptr, call.renormStd.ptr, ptr(call.skipped),
         )
-    else:
-        kernels.launch(
-            declared.gradRows if fused is None else declared.gradRowsFused, grid, block, instance, x=data, dy=grad,
-            rows=outer, maps=maps, mean=mean, psum=psum, pdot=pdot, **extra,
-        )
 
-    grid, block = finalizeGrid(maps)
-    kernels.launch(finalize, grid, block, psum=psum, pdot=pdot, splits=splits, maps=maps, **finalizeArguments)
-
-
-def reduceMoments(data, shape3, *, savedMean, savedInvstd, savedVar, runningMean, runningVar, epsilon, factor,
-                  skipped=None):
-    """Partial moments per block (Welford within a thread, Chan across threads), then ``bnStatsFinalize`` merges them
-    per map and writes the saved statistics, `savedVar` (the biased variance) and the running update where given (with
-    `skipped`, not for maps whose statistics are not finite: those count 1 there)."""
-    outer, maps, inner = shape3
-    suffix = suffixes[data.dtype]
-    vec = vectorWidth(suffix, inner if inner > 1 else maps, data)
-    grid, block, splits = reductionGrid(outer, maps, inner, vec)
-
-    workspace = empty((3, splits * maps), np.float32)
-    pn, pmean, pm2 = (workspace.ptr + 4 * k * splits * maps for k in range(3))
-    instance = {"dtype": suffix, "vec": vec}
-
-    if inner > 1:
-        kernels.launch(
-            declared.statsSpatial, grid, block, instance, x=data, outer=outer, maps=maps, innerV=inner // vec, pn=pn,
-            pmean=pmean, pm2=pm2,
-        )
-    else:
-        kernels.launch(declared.statsRows, grid, block, instance, x=data, rows=outer, maps=maps, pn=pn, pmean=pmean,
-                       pm2=pm2)
-
-    grid, block = finalizeGrid(maps)
-    kernels.launch(
-        declared.statsFinalize, grid, block, {"dtype": suffix}, x=data, shiftStride=inner, pn=pn, pmean=pmean, pm2=pm2,
-        splits=splits, maps=maps, m=outer * inner, epsilon=epsilon, factor=factor, savedMean=savedMean,
-        savedInvstd=savedInvstd, runningMean=runningMean, runningVar=runningVar, savedVar=savedVar, skipped=skipped,
-    )
-
-
-def trainForward(
-    data, out, shape3, *, scale, bias, running, saved, epsilon, factor, skipped, activation=None, residual=None
-):
-    """Kernels: partial moments -> merge per map and running update (`reduceMoments`) -> normalization (fused with the
-    activation and residual; in place when `out` is `data`: the statistics are taken first)."""
-    runningArrays = (None, None) if running is None else running
-    checkShapes(shape3, (data, out, residual), (scale, bias, *runningArrays, *saved, skipped))
-    reduceMoments(
-        data, shape3, savedMean=saved.mean, savedInvstd=saved.invstd, savedVar=None, runningMean=runningArrays[0],
-        runningVar=runningArrays[1], epsilon=epsilon, factor=factor, skipped=skipped,
-    )
-
-    params = ChannelParams(mean=saved.mean, invstd=saved.invstd, scale=scale, bias=bias)
-    applyPass("trainForward", data, None, out, shape3, params, fusedParams(activation, residual))
-
-
-def batchStatistics(data, shape3, *, saved):
-    """The kernels of `reduceMoments` alone (float32 statistics); the inverse standard deviation they also write goes
-    to a scratch array; float64 `saved` arrays receive the float32 results converted by pycuda."""
-    maps = shape3[1]
-    wide = saved.mean.dtype == np.float64
-    assert all(ary.size == maps and ary.dtype == saved.mean.dtype for ary in saved), maps
-    scratch = empty((3, maps), np.float32)
-    mean, var = (scratch[0], scratch[1]) if wide else saved
-    checkShapes(shape3, (data,), (mean, var))
-    reduceMoments(
-        data, shape3, savedMean=mean, savedInvstd=scratch[2], savedVar=var, runningMean=None, runningVar=None,
-        epsilon=1.0, factor=0.0,
-    )
-    if wide:
-        for target, result in zip(saved, (mean, var), strict=True):
-            target._copyFrom(result.astype(np.float64))
-
-
-def normalize(data, out, shape3, *, scale, bias, saved, activation=None, residual=None):
-    """The normalization kernel of `trainForward` alone."""
-    checkShapes(shape3, (data, out, residual), (scale, bias, *saved))
-    params = ChannelParams(mean=saved.mean, invstd=saved.invstd, scale=scale, bias=bias)
-    applyPass("trainForward", data, None, out, shape3, params, fusedParams(activation, residual))
-
-
-def evalForward(data, out, shape3, *, scale, bias, running, epsilon, activation=None, residual=None):
-    """One kernel, one read and one write per element; in place when `out` is `data` (no workspace, no pool block)."""
-    checkShapes(shape3, (data, out, residual), (scale, bias, *running))
-    params = ChannelParams(mean=running.mean, var=running.var, scale=scale, bias=bias, epsilon=epsilon)
-    applyPass("evalForward", data, None, out, shape3, params, fusedParams(activation, residual))
-
-
-def backward(
-    data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, activation=None, outdata=None, bias=None,
-    resgrad=None,
-):
-    """Kernels: partial sums -> merge per map (times the batch invstd) -> dx pass; after a fused forward the fused
-    reduction and dx kernels (`data` None: rebuilt from `outdata`)."""
-    checkShapes(shape3, (data, grad, ingrad, outdata, resgrad), (scale, *saved, scalegrad, biasgrad, bias))
-    fused = None if activation is None else fusedParams(
-        activation, outdata=outdata, resgrad=resgrad, reconstruct=data is None
-    )
-    params = ChannelParams(mean=saved.mean, invstd=saved.invstd, scale=scale, bias=bias)
-    reduceGradient(
-        data, grad, shape3, saved.mean, declared.gradFinalize, fused=fused, params=params, invstd=saved.invstd,
-        scalegrad=scalegrad, biasgrad=biasgrad,
-    )
-
-    if ingrad is not None:
-        outer, _, inner = shape3
-        params = params._replace(scalegrad=scalegrad, biasgrad=biasgrad, invM=1.0 / (outer * inner))
-        applyPass("backward", data, grad, ingrad, shape3, params, fused)
-
-
-def inputGradient(data, grad, ingrad, shape3, *, scale, saved, scalegrad, biasgrad, count):
-    """The dx pass of `backward` alone, with the given sums over `count` elements per map."""
-    checkShapes(shape3, (data, grad, ingrad), (scale, *saved, scalegrad, biasgrad))
-    params = ChannelParams(
-        mean=saved.mean, invstd=saved.invstd, scale=scale, scalegrad=scalegrad, biasgrad=biasgrad, invM=1.0 / count
-    )
-    applyPass("backward", data, grad, ingrad, shape3, params)
-
-
-def frozenBackward(
-    data, grad, ingrad, shape3, *, scale, running, epsilon, scalegrad, biasgrad, activation=None, outdata=None,
-    resgrad=None,
-):
-    """Kernels: partial sums -> merge per map (times the running invstd) -> dx pass that reads grad only (and the
-    output, after a fused forward)."""
-    checkShapes(shape3, (data, grad, ingrad, outdata, resgrad), (scale, *running, scalegrad, biasgrad))
-    fused = None if activation is None else fusedParams(activation, outdata=outdata, resgrad=resgrad)
-    reduceGradient(
-        data, grad, shape3, running.mean, declared.gradFinalizeFrozen, fused=fused, params=ChannelParams(),
-        var=running.var, epsilon=epsilon, scalegrad=scalegrad, biasgrad=biasgrad,
-    )
-
-    if ingrad is not None:
-        params = ChannelParams(var=running.var, scale=scale, epsilon=epsilon)
-        applyPass("frozenBackward", None, grad, ingrad, shape3, params, fused)
-
-
-def renormStatistics(
-    moments, count, *, scale, bias, running, renorm, saved, correction, corrected, epsilon, factor, renormMomentum,
-    clipping, skipped,
-):
-    """One kernel, one thread per map (``bnRenormStatistics``, the twin of `NumpyBatchNorm.renormStatistics`)."""
-    runningArrays = (None, None) if running is None else running
-    perMap = (*moments, scale, bias, *saved, *correction, *corrected, *runningArrays, *renorm, skipped)
-    maps = scale.size
-    assert all(ary.dtype == np.float32 and ary.size == maps for ary in perMap if ary is not None), maps
-    grid, block = grid1d(maps, PER_MAP_BLOCK)
-    kernels.launch(
-        declared.renormStatistics, grid, block, batchMean=moments.mean, batchVar=moments.var, maps=maps, m=count,
-        epsilon=epsilon, factor=factor, momentum=renormMomentum, rmin=clipping.rmin, rmax=clipping.rmax,
-        dmax=clipping.dmax, scale=scale, bias=bias, savedMean=saved.mean, savedInvstd=saved.invstd, r=correction.r,
-        d=correction.d, correctedScale=corrected.scale, correctedBias=corrected.bias, runningMean=runningArrays[0],
-        runningVar=runningArrays[1], renormMean=renorm.mean, renormStd=renorm.std, skipped=skipped,
-    )
-
-
-def renormCombine(correction, x, y, out):
-    """One kernel, one thread per map (``bnRenormCombine``)."""
-    maps = x.size
-    assert all(ary.dtype == np.float32 and ary.size == maps for ary in (*correction, x, y, out) if ary is not None)
-    grid, block = grid1d(maps, PER_MAP_BLOCK)
-    kernels.launch(declared.renormCombine, grid, block, r=correction.r, x=x, d=correction.d, y=y, maps=maps, out=out)
+    def renormCombine(self, call):
+        """One kernel, one thread per map (``bnRenormCombine``)."""
+        self.launch("renormCombine")(call.r.ptr, call.x.ptr, call.d.ptr, ptr(call.y), call.out.ptr)

@@ -9,6 +9,8 @@ alive. Only C-contiguous arrays exist here. The interface is `PuzzleLib.Backend.
 the CPU backend's too.
 """
 
+import operator
+
 import numpy as np
 import pycuda.driver as cuda
 import pycuda.gpuarray
@@ -94,14 +96,14 @@ class GPUArray(gpuarray.GPUArray, pycuda.gpuarray.GPUArray):
             # NOTE: allocated here rather than by pycuda so that an empty array still owns a block and a unique address
             gpudata = poolAllocator(gpuarray.elementCount(shape) * dtype.itemsize)
         super().__init__(shape, dtype, allocator=poolAllocator, gpudata=gpudata, base=base)
+        # NOTE: the address is read on every call of every primitive: taken once here, read by a C getter
+        self._ptr = int(self.gpudata)
 
     # NOTE: the CUDA `Backend`, set by the package `PuzzleLib.Backend.Cuda` once it has bundled this module with its
     # primitives (a class attribute: the front modules read it on every call)
     backend = None
 
-    @property
-    def ptr(self):
-        return 0 if self.gpudata is None else int(self.gpudata)
+    ptr = property(operator.attrgetter("_ptr"), doc="address of the first element, fixed for the array's life")
 
     def get(self, out=None):
         """Returns a new host ndarray with the contents, or copies them into `out` (a C-contiguous host ndarray of this

@@ -53,6 +53,12 @@ class KernelSource:
             self.functions[name] = func
         return func
 
+    def prepared(self, signature, grid, block, instance, dynamic, **static):
+        """A `PreparedLaunch` of ``signature.name(**instance)`` on (grid, block): its static arguments packed once
+        (`Signature.bind`), `dynamic` (names in order) left to each launch."""
+        name = signature.name(**(instance or {}))
+        return PreparedLaunch(self.function(name, signature), grid, block, signature.bind(dynamic, **static))
+
     def launch(self, signature, grid, block, instance=None, **arguments):
         """Queues the entry point ``signature.name(**instance)`` on (grid, block) with the arguments given by name.
 
@@ -61,3 +67,17 @@ class KernelSource:
         """
         name = signature.name(**(instance or {}))
         self.function(name, signature).prepared_call(grid, block, *signature.pack(**arguments))
+
+
+class PreparedLaunch:
+    """One kernel of a plan, prepared once: the compiled function, its grid and block, and its argument list with the
+    static values in place (a `Kernels.Signature.Binding`). Calling it with the dynamic values (addresses as ints,
+    in the order it was prepared with) queues the launch."""
+
+    __slots__ = ("function", "grid", "block", "binding")
+
+    def __init__(self, function, grid, block, binding):
+        self.function, self.grid, self.block, self.binding = function, grid, block, binding
+
+    def __call__(self, *values):
+        self.function.prepared_call(self.grid, self.block, *self.binding.arguments(*values))

@@ -1,6 +1,7 @@
 """Both backends follow `Backend.Contract`: each module of a backend defines every function of its protocol with the
-same parameters (names, order, keyword-only or not) and every attribute the protocol names. The sources are read, not
-imported, so the CUDA backend is checked on machines without pycuda too."""
+same parameters (names, order, keyword-only or not) and every attribute the protocol names, and every batch-norm plan
+of a backend defines each primitive of `Backend.BatchNormPlan` as a method taking the plan and one record. The sources
+are read, not imported, so the CUDA backend is checked on machines without pycuda too."""
 
 import ast
 import inspect
@@ -8,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from PuzzleLib.Backend import Contract
+from PuzzleLib.Backend import BatchNormPlan, Contract
 
 pytestmark = pytest.mark.backendIndependent
 
 BACKEND_DIR = Path(Contract.__file__).resolve().parent
 FAMILIES = {
     "gpuarray": (Contract.GPUArrayModule, "GPUArray.py"),
-    "batchNorm": (Contract.BatchNormPrimitives, "BatchNormKernels.py"),
+    "batchNorm": (Contract.BatchNormBackend, "BatchNormKernels.py"),
     "blas": (Contract.BlasPrimitives, "Blas.py"),
     "elementWise": (Contract.ElementWisePrimitives, "ElementWise.py"),
     "permute": (Contract.PermutePrimitives, "Permute.py"),
@@ -52,8 +53,33 @@ def test_the_backend_bundle_names_one_module_per_family():
     assert fields == list(FAMILIES)
 
 
-# NOTE: the CPU backend's batch-norm primitives pick one of two implementations, each a whole BatchNormPrimitives
-IMPLEMENTATIONS = [("Cpu", "CBatchNorm.py"), ("Cpu", "NumpyBatchNorm.py")]
+# NOTE: every backend's complete plan (the CPU's C plan is its numpy plan with the passes the C source has replaced)
+PLANS = [("Cpu", "NumpyBatchNorm.py", "NumpyPlan"), ("Cpu", "CBatchNorm.py", "CPlan"),
+         ("Cuda", "BatchNormKernels.py", "CudaPlan")]
+COMPLETE = {"NumpyPlan", "CudaPlan"}
+# NOTE: the primitives a backend computes; Batch Renormalization's two composites are the base plan's, made of them
+PRIMITIVES = sorted(
+    name for name, member in vars(BatchNormPlan.BatchNormPlan).items()
+    if inspect.isfunction(member) and not name.startswith("_") and name not in ("renormForward", "renormBackward")
+)
+
+
+@pytest.mark.parametrize("package, fileName, className", PLANS)
+def test_each_plan_defines_the_primitives_as_methods_of_one_record(package, fileName, className):
+    tree = ast.parse((BACKEND_DIR / package / fileName).read_text())
+    (plan,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == className]
+    methods = {node.name: [a.arg for a in node.args.args] for node in plan.body if isinstance(node, ast.FunctionDef)}
+    for name in PRIMITIVES:
+        if name in methods:
+            assert methods[name] == ["self", "call"], "%s.%s takes %s" % (className, name, methods[name])
+        else:
+            assert className not in COMPLETE, "%s lacks %s" % (className, name)
+
+
+def test_every_primitive_has_a_record_and_a_base_that_states_it():
+    for name in PRIMITIVES:
+        member = getattr(BatchNormPlan.BatchNormPlan, name)
+        assert member.__doc__ and "`Contract." in member.__doc__, name
 
 
 @pytest.mark.parametrize("package", ["Cpu", "Cuda"])
@@ -61,11 +87,6 @@ IMPLEMENTATIONS = [("Cpu", "CBatchNorm.py"), ("Cpu", "NumpyBatchNorm.py")]
 def test_backend_module_follows_its_protocol(package, family):
     protocol, fileName = FAMILIES[family]
     checkFollows(protocol, package, fileName)
-
-
-@pytest.mark.parametrize("package, fileName", IMPLEMENTATIONS)
-def test_each_cpu_batch_norm_implementation_follows_the_protocol(package, fileName):
-    checkFollows(Contract.BatchNormPrimitives, package, fileName)
 
 
 def checkFollows(protocol, package, fileName):

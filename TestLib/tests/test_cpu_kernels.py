@@ -1,6 +1,6 @@
 """The CPU backend's two batch-norm implementations, the C kernels (`Backend.Cpu.CBatchNorm`, ``Kernels/BatchNorm.c``)
-and the numpy ones (`Backend.Cpu.NumpyBatchNorm`), each called directly, against float64 formulas computed here or in
-`TestLib.Reference`; the modules on either choice of `Config.cpuKernels`; the fallback when the C source cannot be
+and the numpy ones (`Backend.Cpu.NumpyBatchNorm`), each plan called directly, against float64 formulas computed here or
+in `TestLib.Reference`; the modules on either choice of `Config.cpuKernels`; the fallback when the C source cannot be
 built; the run-time compilation (`Backend.Cpu.SourceLibrary`); the two settings of `Config`.
 
 The shapes cover every way the C kernels cut the work (the path each case takes is in its name): one thread below 32768
@@ -27,9 +27,19 @@ import numpy as np
 import pytest
 
 from PuzzleLib import Config
-from PuzzleLib.Backend import Dnn
-from PuzzleLib.Backend.Contract import BatchMoments, BatchStatistics, RunningStatistics
-from PuzzleLib.Backend.Cpu import BatchNormKernels, CBatchNorm, GPUArray, NumpyBatchNorm, SourceLibrary
+from PuzzleLib.Backend import BatchNormPlan, Dnn
+from PuzzleLib.Backend.BatchNormLayout import layoutOf
+from PuzzleLib.Backend.Contract import (
+    Backward,
+    EvalForward,
+    FrozenBackward,
+    InputGradient,
+    Moments,
+    Normalize,
+    PlanOptions,
+    TrainForward,
+)
+from PuzzleLib.Backend.Cpu import BatchNormKernels, CBatchNorm, GPUArray, NumpyBatchNorm, SourceLibrary, backend
 from PuzzleLib.Kernels import sourcePath
 from PuzzleLib.Modules import BatchNorm2D
 from PuzzleLib.TestLib import Reference
@@ -58,7 +68,7 @@ CASES = {
     "tiny_maps_fused_3t": ((4, 3001, 3), 3),
     "tiny_single": ((1, 2, 5), 1),
 }
-IMPLEMENTATIONS = {"c": CBatchNorm, "numpy": NumpyBatchNorm}
+IMPLEMENTATIONS = {"c": CBatchNorm.CPlan, "numpy": NumpyBatchNorm.NumpyPlan}
 LARGE = {np.float16: (1e3, 4.0), np.float32: (1e4, 1.0), np.float64: (1e4, 1.0)}
 
 # NOTE: 4 to 11 times the worst errors measured over CASES (x86-64 with AVX-512; a C build for AVX2 measures the same,
@@ -112,13 +122,14 @@ def cKernelsOrSkip():
         pytest.fail("the C kernels cannot be built: %s" % problem)
 
 
-def kernelsFor(name, dtype, monkeypatch, threads):
+def kernelsFor(name, dtype, monkeypatch, threads, shape3):
+    """The plan of implementation `name` for `shape3` data of `dtype` (normalized over axes (0, 2)), on `threads`."""
     if name == "c":
         cKernelsOrSkip()
         if np.dtype(dtype) not in CBatchNorm.dataTypes:
             pytest.skip("the C compiler has no _Float16: float16 runs on the numpy kernels")
     monkeypatch.setattr(Config, "cpuThreads", threads)
-    return IMPLEMENTATIONS[name]
+    return IMPLEMENTATIONS[name](backend, layoutOf(shape3, AXES), np.dtype(dtype), PlanOptions(EPS))
 
 
 def mapTypeOf(dtype):
@@ -218,7 +229,7 @@ def checkLargeVariance(what, var, expected, tolerance):
 def test_forward_primitives(monkeypatch, name, dtype, case):
     """trainForward (with and without running statistics), batchStatistics, normalize, evalForward and in place."""
     shape3, threads = CASES[case]
-    kernels = kernelsFor(name, dtype, monkeypatch, threads)
+    plan = kernelsFor(name, dtype, monkeypatch, threads, shape3)
     tol, maps, mapType = TOLERANCES[name, dtype], shape3[1], mapTypeOf(dtype)
     rng = np.random.default_rng(11)
     host = makeData(rng, shape3, dtype)
@@ -228,22 +239,21 @@ def test_forward_primitives(monkeypatch, name, dtype, case):
     refOut, refMean, refVar, refInvstd = trainReference(host, scale, bias)
     m = shape3[0] * shape3[2]
     newMean, newVar = Reference.runningUpdate(runMean, runVar, refMean, refVar, m, FACTOR)
-    for running in (RunningStatistics(*onCpu(runMean, runVar)), None):
+    for running in (onCpu(runMean, runVar), (None, None)):
         out = GPUArray.empty(shape3, dtype)
-        saved = BatchStatistics(GPUArray.empty((maps,), mapType), GPUArray.empty((maps,), mapType))
-        kernels.trainForward(data, out, shape3, scale=gpuScale, bias=gpuBias, running=running, saved=saved,
-                             epsilon=EPS, factor=FACTOR, skipped=None)
+        saved = (GPUArray.empty((maps,), mapType), GPUArray.empty((maps,), mapType))
+        plan.trainForward(TrainForward(data, out, gpuScale, gpuBias, *running, None, *saved, FACTOR))
         checkTrainOut("trainForward out", out.get(), refOut, tol)
-        check("saved mean", saved.mean.get(), refMean, tol["stats"])
-        check("saved invstd", saved.invstd.get(), refInvstd, tol["stats"])
-        checkLargeVariance("1 / invstd**2 - eps", 1.0 / saved.invstd.get().astype(np.float64) ** 2 - EPS, refVar,
+        check("saved mean", saved[0].get(), refMean, tol["stats"])
+        check("saved invstd", saved[1].get(), refInvstd, tol["stats"])
+        checkLargeVariance("1 / invstd**2 - eps", 1.0 / saved[1].get().astype(np.float64) ** 2 - EPS, refVar,
                            tol["largeVar"])
-        if running is not None:
-            check("running mean", running.mean.get(), newMean, tol["stats"])
-            check("running var", running.var.get(), newVar, tol["stats"])
+        if running[0] is not None:
+            check("running mean", running[0].get(), newMean, tol["stats"])
+            check("running var", running[1].get(), newVar, tol["stats"])
 
-    moments = BatchMoments(GPUArray.empty((maps,), np.float64), GPUArray.empty((1, maps), np.float64))
-    kernels.batchStatistics(data, shape3, saved=moments)
+    moments = Moments(data, GPUArray.empty((maps,), np.float64), GPUArray.empty((1, maps), np.float64))
+    plan.batchStatistics(moments)
     check("batchStatistics mean", moments.mean.get(), refMean, tol["stats"])
     check("batchStatistics var", moments.var.get().ravel(), refVar, tol["stats"])
     checkLargeVariance("batchStatistics var", moments.var.get(), refVar, tol["largeVar"])
@@ -251,19 +261,18 @@ def test_forward_primitives(monkeypatch, name, dtype, case):
     givenMean = (refMean + rng.normal(0.0, 0.2, maps) * np.sqrt(refVar)).astype(mapType)
     givenInvstd = (refInvstd * rng.uniform(0.8, 1.25, maps)).astype(mapType)
     out = GPUArray.empty(shape3, dtype)
-    kernels.normalize(data, out, shape3, scale=gpuScale, bias=gpuBias,
-                      saved=BatchStatistics(*onCpu(givenMean, givenInvstd)))
+    plan.normalize(Normalize(data, out, gpuScale, gpuBias, *onCpu(givenMean, givenInvstd)))
     expected = (host.astype(np.float64) - perMap(givenMean)) * perMap(givenInvstd) * perMap(scale) + perMap(bias)
     check("normalize", out.get(), expected, tol["data"])
 
     expected = Reference.batchNormEval(host, scale, bias, runMean, runVar, EPS, axes=AXES)
-    running = RunningStatistics(*onCpu(runMean, runVar))
+    running = onCpu(runMean, runVar)
     out = GPUArray.empty(shape3, dtype)
-    kernels.evalForward(data, out, shape3, scale=gpuScale, bias=gpuBias, running=running, epsilon=EPS)
+    plan.evalForward(EvalForward(data, out, gpuScale, gpuBias, *running))
     check("evalForward", out.get(), expected, tol["data"])
-    kernels.evalForward(data, data, shape3, scale=gpuScale, bias=gpuBias, running=running, epsilon=EPS)
+    plan.evalForward(EvalForward(data, data, gpuScale, gpuBias, *running))
     check("evalForward in place", data.get(), expected, tol["data"])
-    assert np.array_equal(running.mean.get(), runMean) and np.array_equal(running.var.get(), runVar)
+    assert np.array_equal(running[0].get(), runMean) and np.array_equal(running[1].get(), runVar)
 
 
 @implementations
@@ -272,9 +281,9 @@ def test_rows_statistics_where_the_first_rows_are_far_from_the_mean(monkeypatch,
     1e4 (sorted data), one whose first 16 rows sit 1e3 standard deviations above the rest, and one of sorted normal
     values, against float64. The C kernels take a block of rows about the mean of the rows before it (the first block
     about its own mean), so the drift is merged exactly rather than cancelled."""
-    kernels = kernelsFor(name, np.float32, monkeypatch, threads=2)
-    rng = np.random.default_rng(5)
     outer = 20000
+    plan = kernelsFor(name, np.float32, monkeypatch, 2, (outer, 3, 1))
+    rng = np.random.default_rng(5)
     host = np.empty((outer, 3, 1), np.float32)
     host[:, 0, 0] = 1e4 + np.linspace(0.0, 100.0, outer) + rng.standard_normal(outer) * 0.01
     host[:, 1, 0] = rng.standard_normal(outer)
@@ -284,8 +293,8 @@ def test_rows_statistics_where_the_first_rows_are_far_from_the_mean(monkeypatch,
     rows = mapRows(host)
     mean = rows.mean(axis=1)
     var = np.square(rows - mean[:, None]).mean(axis=1)
-    moments = BatchMoments(GPUArray.empty((3,), np.float64), GPUArray.empty((3,), np.float64))
-    kernels.batchStatistics(onCpu(host)[0], host.shape, saved=moments)
+    moments = Moments(onCpu(host)[0], GPUArray.empty((3,), np.float64), GPUArray.empty((3,), np.float64))
+    plan.batchStatistics(moments)
     # NOTE: measured worst: C 1e-9 standard deviations and 1.7e-7 relative; numpy 1.1e-6 and 4.1e-5
     meanTolerance, varTolerance = {"c": (1e-8, 1e-6), "numpy": (1e-5, 4e-4)}[name]
     check("mean in standard deviations", (moments.mean.get() - mean) / np.sqrt(var), 0.0, (0.0, meanTolerance))
@@ -296,9 +305,9 @@ def test_concurrent_calls_each_get_their_own_workspace(monkeypatch):
     """The C kernels keep a call's per-map workspace for the next call; calls from several Python threads at once (the
     ctypes calls release the GIL), with map counts that need workspaces of different sizes, must each get a workspace
     of their own: every result is checked against float64."""
-    kernels = kernelsFor("c", np.float32, monkeypatch, threads=1)
     rng = np.random.default_rng(3)
     shapes = [(64, 4100, 1), (3, 70000, 1), (40, 300, 9), (2, 1, 20000)]
+    plans = [kernelsFor("c", np.float32, monkeypatch, 1, shape) for shape in shapes]
     hosts = [rng.standard_normal(shape).astype(np.float32) * 2.0 + 1.0 for shape in shapes]
     expected = []
     for host in hosts:
@@ -307,12 +316,12 @@ def test_concurrent_calls_each_get_their_own_workspace(monkeypatch):
     failures = []
 
     def work(index):
-        host = hosts[index % len(hosts)]
+        host, plan = hosts[index % len(hosts)], plans[index % len(hosts)]
         maps = host.shape[1]
         data = onCpu(host)[0]
         for _ in range(30):
-            moments = BatchMoments(GPUArray.empty((maps,), np.float64), GPUArray.empty((maps,), np.float64))
-            kernels.batchStatistics(data, host.shape, saved=moments)
+            moments = Moments(data, GPUArray.empty((maps,), np.float64), GPUArray.empty((maps,), np.float64))
+            plan.batchStatistics(moments)
             mean, var = expected[index % len(hosts)]
             if not (np.allclose(moments.mean.get(), mean, rtol=1e-6, atol=1e-6)
                     and np.allclose(moments.var.get(), var, rtol=1e-6, atol=1e-6)):
@@ -333,7 +342,7 @@ def test_concurrent_calls_each_get_their_own_workspace(monkeypatch):
 def test_backward_primitives(monkeypatch, name, dtype, case):
     """backward (with and without ingrad), inputGradient from given sums over more elements, frozenBackward."""
     shape3, threads = CASES[case]
-    kernels = kernelsFor(name, dtype, monkeypatch, threads)
+    plan = kernelsFor(name, dtype, monkeypatch, threads, shape3)
     tol, maps, mapType = TOLERANCES[name, dtype], shape3[1], mapTypeOf(dtype)
     rng = np.random.default_rng(12)
     host = makeData(rng, shape3, dtype)
@@ -349,20 +358,20 @@ def test_backward_primitives(monkeypatch, name, dtype, case):
     # NOTE: the statistics as a training forward saves them, rounded to the per-map type; the reference uses the same
     _, mean, _, invstd = trainReference(host, scale, np.zeros(maps))
     mean, invstd = mean.astype(mapType), invstd.astype(mapType)
-    saved = BatchStatistics(*onCpu(mean, invstd))
+    saved = onCpu(mean, invstd)
     xhat = (x - perMap(mean)) * perMap(invstd)
     dbias, dscale = mapSums(g), mapSums(g * xhat)
     dx = perMap(scale) * perMap(invstd) / m * (m * g - perMap(dbias) - xhat * perMap(dscale))
 
     ingrad, (scalegrad, biasgrad) = GPUArray.empty(shape3, dtype), sums()
-    kernels.backward(data, grad, ingrad, shape3, scale=gpuScale, saved=saved, scalegrad=scalegrad, biasgrad=biasgrad)
+    plan.backward(Backward(data, grad, ingrad, gpuScale, *saved, scalegrad, biasgrad))
     checkSums("biasgrad", biasgrad.get(), dbias, g, tol["sums"])
     checkSums("scalegrad", scalegrad.get(), dscale, g * xhat, tol["sums"])
     gain = scale * invstd.astype(np.float64)
     checkInputGradient("ingrad", ingrad.get(), dx, gain, tol["data"])
 
     scalegrad, biasgrad = sums()
-    kernels.backward(data, grad, None, shape3, scale=gpuScale, saved=saved, scalegrad=scalegrad, biasgrad=biasgrad)
+    plan.backward(Backward(data, grad, None, gpuScale, *saved, scalegrad, biasgrad))
     checkSums("biasgrad without ingrad", biasgrad.get(), dbias, g, tol["sums"])
     checkSums("scalegrad without ingrad", scalegrad.get(), dscale, g * xhat, tol["sums"])
 
@@ -371,8 +380,7 @@ def test_backward_primitives(monkeypatch, name, dtype, case):
     givenScale = rng.normal(0.0, 2.0 * np.sqrt(count), maps).astype(mapType)
     ingrad = GPUArray.empty(shape3, dtype)
     gpuGivenScale, gpuGivenBias = onCpu(givenScale, givenBias)
-    kernels.inputGradient(data, grad, ingrad, shape3, scale=gpuScale, saved=saved, scalegrad=gpuGivenScale,
-                          biasgrad=gpuGivenBias, count=count)
+    plan.inputGradient(InputGradient(data, grad, ingrad, gpuScale, *saved, gpuGivenScale, gpuGivenBias, count))
     expected = perMap(scale) * perMap(invstd) * (g - (perMap(givenBias) + xhat * perMap(givenScale)) / count)
     checkInputGradient("inputGradient", ingrad.get(), expected, gain, tol["data"])
     assert np.array_equal(gpuGivenScale.get(), givenScale) and np.array_equal(gpuGivenBias.get(), givenBias)
@@ -380,11 +388,10 @@ def test_backward_primitives(monkeypatch, name, dtype, case):
     frozenDx = Reference.frozenBackward(host, hostGrad, scale, runMean, runVar, EPS, AXES)[0]
     frozenXhat = (x - perMap(runMean)) / np.sqrt(perMap(runVar) + EPS)
     frozenScale, frozenBias = mapSums(g * frozenXhat), mapSums(g)
-    running = RunningStatistics(*onCpu(runMean, runVar))
+    running = onCpu(runMean, runVar)
     for ingrad in (GPUArray.empty(shape3, dtype), None):
         scalegrad, biasgrad = sums()
-        kernels.frozenBackward(data, grad, ingrad, shape3, scale=gpuScale, running=running, epsilon=EPS,
-                               scalegrad=scalegrad, biasgrad=biasgrad)
+        plan.frozenBackward(FrozenBackward(data, grad, ingrad, gpuScale, *running, scalegrad, biasgrad))
         checkSums("frozen biasgrad", biasgrad.get(), frozenBias, g, tol["sums"])
         checkSums("frozen scalegrad", scalegrad.get(), frozenScale, g * frozenXhat, tol["sums"])
         if ingrad is not None:
@@ -396,17 +403,20 @@ def test_backward_primitives(monkeypatch, name, dtype, case):
 
 @pytest.fixture
 def dispatched(monkeypatch):
-    """The names of the modules `BatchNormKernels` dispatched to, in call order."""
+    """The names of the implementations `BatchNormKernels` made plans on, in order (plans made before are forgotten,
+    so that every plan is made anew)."""
     chosen = []
     choose = BatchNormKernels.implementation
 
-    def recording(dtype):
-        module = choose(dtype)
-        chosen.append(module.NAME)
-        return module
+    def recording(dtype, options):
+        implementation = choose(dtype, options)
+        chosen.append(implementation.name)
+        return implementation
 
     monkeypatch.setattr(BatchNormKernels, "implementation", recording)
-    return chosen
+    BatchNormPlan.cachedPlan.cache_clear()
+    yield chosen
+    BatchNormPlan.cachedPlan.cache_clear()
 
 
 @pytest.mark.parametrize("channelsLast", [False, True], ids=["channels_first", "channels_last"])
@@ -461,7 +471,8 @@ def test_batchnorm2d_on_either_kernels(monkeypatch, dispatched, choice, channels
     checkSumsOver("module frozen scale grad", bn.vars["scale"].grad.get(), dscale, hostGrad * frozenXhat)
     checkSumsOver("module frozen bias grad", bn.vars["bias"].grad.get(), dbias, hostGrad)
 
-    assert dispatched == [choice] * 4
+    # NOTE: one plan serves the four calls: the implementation is chosen once, when it is made
+    assert dispatched == [choice]
 
 
 # --- the fallback where the C source cannot be built
@@ -478,18 +489,20 @@ class Records(logging.Handler):
 
 @pytest.fixture
 def noCompiler(monkeypatch, tmp_path):
-    """No compiler, an empty cache, no library loaded and no build tried yet in this process (all restored after);
-    yields the warning lines logged on Config.logger."""
+    """No compiler, an empty cache, no library loaded, no build tried yet and no plan made in this process (all
+    restored after); yields the warning lines logged on Config.logger."""
     monkeypatch.setenv("PUZZLELIB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setitem(BatchNormKernels.cBuild, "outcome", None)
     monkeypatch.setattr(SourceLibrary, "libraries", {})
+    BatchNormPlan.cachedPlan.cache_clear()
     records = Records()
     Config.logger.addHandler(records)
     try:
         yield records.lines
     finally:
         Config.logger.removeHandler(records)
+        BatchNormPlan.cachedPlan.cache_clear()
 
 
 def smallBatch(seed=14):
@@ -514,7 +527,7 @@ def test_auto_falls_back_to_numpy_with_one_warning(monkeypatch, noCompiler):
 
     assert len(noCompiler) == 1, noCompiler
     assert "numpy" in noCompiler[0] and "no C compiler found" in noCompiler[0] and "/nonexistent/cc" in noCompiler[0]
-    assert BatchNormKernels.implementation(np.dtype(np.float32)) is NumpyBatchNorm
+    assert BatchNormKernels.implementation(np.dtype(np.float32), PlanOptions(EPS)) is NumpyBatchNorm.NumpyPlan
     assert "/nonexistent/cc" in BatchNormKernels.cProblem()
     assert len(noCompiler) == 1
 
@@ -547,7 +560,7 @@ def test_asking_for_c_without_a_compiler_raises_and_writes_nothing(monkeypatch, 
 def test_the_c_kernels_serve_again_after_the_fallback_tests():
     cKernelsOrSkip()
     with Config.useCpuKernels("auto"):
-        assert BatchNormKernels.implementation(np.dtype(np.float32)) is CBatchNorm
+        assert BatchNormKernels.implementation(np.dtype(np.float32), PlanOptions(EPS)) is CBatchNorm.CPlan
 
 
 # --- run-time compilation (three real compiles in all)
@@ -625,15 +638,15 @@ def test_a_compiler_that_refuses_the_optional_options_still_builds_working_kerne
     host = makeData(rng, shape3, np.float32)
     scale, bias, _, _ = makeParams(rng, 3, np.float32)
     data, out = GPUArray.to_gpu(host), GPUArray.empty(shape3, np.float32)
-    saved = BatchStatistics(GPUArray.empty((3,)), GPUArray.empty((3,)))
-    CBatchNorm.trainForward(data, out, shape3, scale=GPUArray.to_gpu(scale), bias=GPUArray.to_gpu(bias),
-                            running=None, saved=saved, epsilon=EPS, factor=FACTOR, skipped=None)
-    moments = BatchMoments(GPUArray.empty((3,), np.float64), GPUArray.empty((3,), np.float64))
-    CBatchNorm.batchStatistics(data, shape3, saved=moments)
+    saved = (GPUArray.empty((3,)), GPUArray.empty((3,)))
+    plan = CBatchNorm.CPlan(backend, layoutOf(shape3, AXES), np.dtype(np.float32), PlanOptions(EPS))
+    plan.trainForward(TrainForward(data, out, *onCpu(scale, bias), None, None, None, *saved, FACTOR))
+    moments = Moments(data, GPUArray.empty((3,), np.float64), GPUArray.empty((3,), np.float64))
+    plan.batchStatistics(moments)
 
     refOut, refMean, refVar, refInvstd = trainReference(host, scale, bias)
     checkTrainOut("out without OpenMP", out.get(), refOut, tol)
-    check("invstd without OpenMP", saved.invstd.get(), refInvstd, tol["stats"])
+    check("invstd without OpenMP", saved[1].get(), refInvstd, tol["stats"])
     check("mean without OpenMP", moments.mean.get(), refMean, tol["stats"])
     checkLargeVariance("variance without OpenMP", moments.var.get(), refVar, tol["largeVar"])
 

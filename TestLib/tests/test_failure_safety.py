@@ -18,7 +18,7 @@ import pytest
 
 from PuzzleLib import Config
 from PuzzleLib.Backend import gpuarray
-from PuzzleLib.Backend.Cpu import NumpyBatchNorm
+from PuzzleLib.Backend.Cpu import NumpyChunks
 from PuzzleLib.Containers import Sequential
 from PuzzleLib.Modules import BatchNorm, BatchNorm2D, Linear
 from PuzzleLib.Modules.Activation import Activation, sigmoid
@@ -255,7 +255,7 @@ def test_a_module_cannot_be_appended_twice_or_into_itself():
 def fourWorkers(monkeypatch):
     monkeypatch.setattr(Config, "cpuThreads", 4)
     # NOTE: eight chunks of one row each (a row is CHUNK_ELEMENTS long), spread over four groups
-    return NumpyBatchNorm.Chunks((8, 1, NumpyBatchNorm.CHUNK_ELEMENTS))
+    return NumpyChunks.Chunks((8, 1, NumpyChunks.CHUNK_ELEMENTS))
 
 
 def slowWork(active, started, fail=None):

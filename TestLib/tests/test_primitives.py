@@ -1,5 +1,5 @@
-"""Each backend's batch-normalization primitives (`Contract.BatchNormPrimitives`) on the ``(outer, maps, inner)`` view,
-against the float64 reference of `TestLib.Reference`, on every backend.
+"""Each backend's batch-normalization primitives (the methods of its `Backend.BatchNormPlan`) on the
+``(outer, maps, inner)`` view, against the float64 reference of `TestLib.Reference`, on every backend.
 
 The cases cover both layouts the CUDA kernels distinguish: spatial (inner > 1; scalar and 16-byte vector paths, one and
 many blocks per map) and rows (inner == 1: per-activation and channels-last data), in float32 and float16.
@@ -10,7 +10,17 @@ import gc
 import numpy as np
 import pytest
 
-from PuzzleLib.Backend.Contract import BatchMoments, BatchStatistics, RunningStatistics
+from PuzzleLib.Backend.BatchNormLayout import layoutOf
+from PuzzleLib.Backend.Contract import (
+    Backward,
+    EvalForward,
+    FrozenBackward,
+    InputGradient,
+    Moments,
+    Normalize,
+    PlanOptions,
+    TrainForward,
+)
 from PuzzleLib.TestLib import Reference
 
 AXES = (0, 2)
@@ -29,6 +39,11 @@ STAT_TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float16: dict(rtol=1e-3, 
 
 cases = pytest.mark.parametrize("name", sorted(CASES))
 dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float16])
+
+
+def planOf(backend, shape3, dtype, epsilon=1e-5):
+    """The backend's own plan of ``(outer, maps, inner)`` data normalized over axes (0, 2)."""
+    return backend.batchNorm.plan(backend, layoutOf(shape3, AXES), np.dtype(dtype), PlanOptions(epsilon))
 
 
 def sumTolerance(dtype, shape3):
@@ -57,20 +72,20 @@ def test_train_forward(backend, name, dtype):
     eps, factor = 1e-5, 0.3
 
     out = arrays.empty(shape3, dtype)
-    running = RunningStatistics(arrays.to_gpu(mean), arrays.to_gpu(var))
-    saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
-    backend.batchNorm.trainForward(
-        arrays.to_gpu(host), out, shape3, scale=arrays.to_gpu(scale), bias=arrays.to_gpu(bias), running=running,
-        saved=saved, epsilon=eps, factor=factor, skipped=None,
+    running = (arrays.to_gpu(mean), arrays.to_gpu(var))
+    saved = (arrays.empty((maps,)), arrays.empty((maps,)))
+    params = (arrays.to_gpu(scale), arrays.to_gpu(bias))
+    planOf(backend, shape3, dtype, eps).trainForward(
+        TrainForward(arrays.to_gpu(host), out, *params, *running, None, *saved, factor)
     )
 
     ref = Reference.batchNormTrain(host, scale, bias, AXES, eps)
     newMean, newVar = Reference.runningUpdate(mean, var, ref.mean.ravel(), ref.var.ravel(), ref.m, factor)
     np.testing.assert_allclose(out.get().astype(np.float64), ref.out, **TOL[dtype], err_msg=name)
-    np.testing.assert_allclose(saved.mean.get(), ref.mean.ravel(), **STAT_TOL[dtype])
-    np.testing.assert_allclose(saved.invstd.get(), ref.invstd.ravel(), **STAT_TOL[dtype])
-    np.testing.assert_allclose(running.mean.get(), newMean, **STAT_TOL[dtype])
-    np.testing.assert_allclose(running.var.get(), newVar, **STAT_TOL[dtype])
+    np.testing.assert_allclose(saved[0].get(), ref.mean.ravel(), **STAT_TOL[dtype])
+    np.testing.assert_allclose(saved[1].get(), ref.invstd.ravel(), **STAT_TOL[dtype])
+    np.testing.assert_allclose(running[0].get(), newMean, **STAT_TOL[dtype])
+    np.testing.assert_allclose(running[1].get(), newVar, **STAT_TOL[dtype])
 
 
 @dtypes
@@ -81,17 +96,17 @@ def test_eval_forward_and_in_place(backend, name, dtype):
     arrays = backend.gpuarray
     host = makeData(rng, shape3, dtype)
     scale, bias, mean, var = makeParams(rng, shape3[1])
-    params = dict(scale=arrays.to_gpu(scale), bias=arrays.to_gpu(bias),
-                  running=RunningStatistics(arrays.to_gpu(mean), arrays.to_gpu(var)), epsilon=1e-5)
+    params = (arrays.to_gpu(scale), arrays.to_gpu(bias), arrays.to_gpu(mean), arrays.to_gpu(var))
     ref = Reference.batchNormEval(host, scale, bias, mean, var, 1e-5, axes=AXES)
 
     data, out = arrays.to_gpu(host), arrays.empty(shape3, dtype)
-    backend.batchNorm.evalForward(data, out, shape3, **params)
+    plan = planOf(backend, shape3, dtype)
+    plan.evalForward(EvalForward(data, out, *params))
     np.testing.assert_allclose(out.get().astype(np.float64), ref, **TOL[dtype], err_msg=name)
 
     gc.collect()
     before = arrays.memoryPool.stats()["allocations"]
-    backend.batchNorm.evalForward(data, data, shape3, **params)
+    plan.evalForward(EvalForward(data, data, *params))
     assert arrays.memoryPool.stats()["allocations"] == before, "in-place evaluation took a pool block"
     np.testing.assert_allclose(data.get().astype(np.float64), ref, **TOL[dtype], err_msg=name)
 
@@ -120,17 +135,15 @@ def test_backward_after_training(backend, name, dtype):
     arrays, maps = backend.gpuarray, shape3[1]
     scale = rng.normal(1.0, 0.1, maps).astype(np.float32)
     ref = Reference.batchNormTrain(host, scale, np.zeros(maps), AXES, 1e-5)
-    saved = BatchStatistics(arrays.to_gpu(ref.mean.ravel().astype(np.float32)),
-                            arrays.to_gpu(ref.invstd.ravel().astype(np.float32)))
+    saved = (arrays.to_gpu(ref.mean.ravel().astype(np.float32)), arrays.to_gpu(ref.invstd.ravel().astype(np.float32)))
 
-    backend.batchNorm.backward(data, dy, ingrad, shape3, scale=arrays.to_gpu(scale), saved=saved,
-                               scalegrad=scalegrad, biasgrad=biasgrad)
+    plan = planOf(backend, shape3, dtype)
+    plan.backward(Backward(data, dy, ingrad, arrays.to_gpu(scale), *saved, scalegrad, biasgrad))
     reference = Reference.batchNormBackward(host, grad, scale, AXES, 1e-5)
     checkGradients(name, dtype, ingrad, scalegrad, biasgrad, reference, sumTolerance(dtype, shape3))
 
     biasgrad.fill(7.0)
-    backend.batchNorm.backward(data, dy, None, shape3, scale=arrays.to_gpu(scale), saved=saved,
-                               scalegrad=scalegrad, biasgrad=biasgrad)
+    plan.backward(Backward(data, dy, None, arrays.to_gpu(scale), *saved, scalegrad, biasgrad))
     np.testing.assert_allclose(biasgrad.get(), reference[2].ravel(), **sumTolerance(dtype, shape3))
 
 
@@ -141,11 +154,9 @@ def test_frozen_backward(backend, name, dtype):
     arrays = backend.gpuarray
     scale, _, mean, var = makeParams(rng, shape3[1])
 
-    backend.batchNorm.frozenBackward(
-        data, dy, ingrad, shape3, scale=arrays.to_gpu(scale),
-        running=RunningStatistics(arrays.to_gpu(mean), arrays.to_gpu(var)), epsilon=1e-5, scalegrad=scalegrad,
-        biasgrad=biasgrad,
-    )
+    planOf(backend, shape3, dtype).frozenBackward(FrozenBackward(
+        data, dy, ingrad, arrays.to_gpu(scale), arrays.to_gpu(mean), arrays.to_gpu(var), scalegrad, biasgrad
+    ))
     reference = Reference.frozenBackward(host, grad, scale, mean, var, 1e-5, axes=AXES)
     frozenTol = dict(rtol=1e-3, atol=1e-3 * np.sqrt(shape3[0] * shape3[2]))
     checkGradients(name, dtype, ingrad, scalegrad, biasgrad, reference, frozenTol)
@@ -160,8 +171,8 @@ def test_batch_statistics(backend, name, dtype, statType):
     rng = np.random.default_rng(5)
     arrays, maps = backend.gpuarray, shape3[1]
     host = makeData(rng, shape3, dtype, loc=3.0)
-    saved = BatchMoments(arrays.empty((maps,), statType), arrays.empty((1, maps), statType))
-    backend.batchNorm.batchStatistics(arrays.to_gpu(host), shape3, saved=saved)
+    saved = Moments(arrays.to_gpu(host), arrays.empty((maps,), statType), arrays.empty((1, maps), statType))
+    planOf(backend, shape3, dtype).batchStatistics(saved)
 
     ref = Reference.batchNormTrain(host, np.ones(maps), np.zeros(maps), AXES, 1e-5)
     np.testing.assert_allclose(saved.mean.get(), ref.mean.ravel(), **STAT_TOL[dtype], err_msg=name)
@@ -173,8 +184,9 @@ def test_batch_statistics_of_one_element_and_large_mean(backend):
     the CPU backend (the merge across processes needs it: a process's error in the mean enters the merged variance), to
     the float32 rounding of the kernels' mean on CUDA; the variance to 1e-5."""
     arrays = backend.gpuarray
-    saved = BatchMoments(arrays.empty((3,), np.float64), arrays.empty((3,), np.float64))
-    backend.batchNorm.batchStatistics(arrays.to_gpu(np.array([[2.5, -1.0, 1e4]], np.float32)), (1, 3, 1), saved=saved)
+    saved = Moments(arrays.to_gpu(np.array([[2.5, -1.0, 1e4]], np.float32)), arrays.empty((3,), np.float64),
+                    arrays.empty((3,), np.float64))
+    planOf(backend, (1, 3, 1), np.float32).batchStatistics(saved)
     np.testing.assert_array_equal(saved.var.get(), 0.0)
     np.testing.assert_allclose(saved.mean.get(), [2.5, -1.0, 1e4])
 
@@ -183,8 +195,8 @@ def test_batch_statistics_of_one_element_and_large_mean(backend):
     # would be a float32 again
     noise = np.random.default_rng(2).normal(0.0, 1.0, (4001, 2))
     host = (noise - noise.mean(axis=0) + (1e4 + 3e-4)).astype(np.float32)
-    saved = BatchMoments(arrays.empty((2,), np.float64), arrays.empty((2,), np.float64))
-    backend.batchNorm.batchStatistics(arrays.to_gpu(host), (4001, 2, 1), saved=saved)
+    saved = Moments(arrays.to_gpu(host), arrays.empty((2,), np.float64), arrays.empty((2,), np.float64))
+    planOf(backend, (4001, 2, 1), np.float32).batchStatistics(saved)
     exact = host.astype(np.float64)
     meanTolerance = 1e-5 if backend.name == "cpu" else 2 * 2.0**-24 * 1e4
     np.testing.assert_allclose(saved.mean.get(), exact.mean(axis=0), rtol=0, atol=meanTolerance)
@@ -202,10 +214,9 @@ def test_normalize_with_given_statistics(backend, name, dtype):
     invstd = rng.uniform(0.5, 2.0, maps).astype(np.float32)
 
     out = arrays.empty(shape3, dtype)
-    backend.batchNorm.normalize(
-        arrays.to_gpu(host), out, shape3, scale=arrays.to_gpu(scale), bias=arrays.to_gpu(bias),
-        saved=BatchStatistics(arrays.to_gpu(mean), arrays.to_gpu(invstd)),
-    )
+    planOf(backend, shape3, dtype).normalize(Normalize(
+        arrays.to_gpu(host), out, arrays.to_gpu(scale), arrays.to_gpu(bias), arrays.to_gpu(mean), arrays.to_gpu(invstd)
+    ))
     expected = (host.astype(np.float64) - mean[:, None]) * (invstd * scale)[:, None] + bias[:, None]
     np.testing.assert_allclose(out.get().astype(np.float64), expected, **TOL[dtype], err_msg=name)
 
@@ -221,10 +232,10 @@ def test_input_gradient_from_sums_over_more_elements(backend, name, dtype):
     dbias, dscale = rng.normal(0, 5, maps).astype(np.float32), rng.normal(0, 5, maps).astype(np.float32)
     count = 3 * shape3[0] * shape3[2] + 1
 
-    backend.batchNorm.inputGradient(
-        data, dy, ingrad, shape3, scale=arrays.to_gpu(scale), saved=BatchStatistics(arrays.to_gpu(mean),
-        arrays.to_gpu(invstd)), scalegrad=arrays.to_gpu(dscale), biasgrad=arrays.to_gpu(dbias), count=count,
-    )
+    planOf(backend, shape3, dtype).inputGradient(InputGradient(
+        data, dy, ingrad, arrays.to_gpu(scale), arrays.to_gpu(mean), arrays.to_gpu(invstd), arrays.to_gpu(dscale),
+        arrays.to_gpu(dbias), count,
+    ))
     xhat = (host.astype(np.float64) - mean[:, None]) * invstd[:, None]
     expected = (scale * invstd)[:, None] * (grad - (dbias[:, None] + xhat * dscale[:, None]) / count)
     np.testing.assert_allclose(ingrad.get().astype(np.float64), expected, **TOL[dtype], err_msg=name)
@@ -238,16 +249,16 @@ def test_large_mean(backend, shape3):
     host = rng.normal(1e4, 1.0, shape3).astype(np.float32)
     ref = Reference.batchNormTrain(host, np.ones(maps), np.zeros(maps), AXES, 0.0)
 
-    running = RunningStatistics(arrays.zeros((maps,)), arrays.zeros((maps,)))
-    saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
-    backend.batchNorm.trainForward(
-        arrays.to_gpu(host), arrays.empty(shape3), shape3, scale=arrays.zeros((maps,)).fill(1.0),
-        bias=arrays.zeros((maps,)), running=running, saved=saved, epsilon=0.0, factor=1.0, skipped=None,
-    )
+    running = (arrays.zeros((maps,)), arrays.zeros((maps,)))
+    saved = (arrays.empty((maps,)), arrays.empty((maps,)))
+    planOf(backend, shape3, np.float32, 0.0).trainForward(TrainForward(
+        arrays.to_gpu(host), arrays.empty(shape3), arrays.zeros((maps,)).fill(1.0), arrays.zeros((maps,)), *running,
+        None, *saved, 1.0,
+    ))
 
-    np.testing.assert_allclose(running.var.get(), ref.unbiasedVar.ravel(), rtol=1e-3)
-    np.testing.assert_allclose(1.0 / saved.invstd.get().astype(np.float64) ** 2, ref.var.ravel(), rtol=1e-3)
-    np.testing.assert_allclose(saved.mean.get(), ref.mean.ravel(), rtol=1e-6)
+    np.testing.assert_allclose(running[1].get(), ref.unbiasedVar.ravel(), rtol=1e-3)
+    np.testing.assert_allclose(1.0 / saved[1].get().astype(np.float64) ** 2, ref.var.ravel(), rtol=1e-3)
+    np.testing.assert_allclose(saved[0].get(), ref.mean.ravel(), rtol=1e-6)
 
 
 @dtypes
@@ -270,21 +281,20 @@ def test_train_forward_guard_keeps_running_statistics_of_non_finite_maps(backend
     newMean, newVar = Reference.runningUpdate(mean[2:], var[2:], ref.mean.ravel(), ref.var.ravel(), ref.m, 0.3)
     for guarded in (True, False):
         out = arrays.empty(shape3, dtype)
-        running = RunningStatistics(arrays.to_gpu(mean), arrays.to_gpu(var))
-        saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
+        runMean, runVar = arrays.to_gpu(mean), arrays.to_gpu(var)
+        saved = (arrays.empty((maps,)), arrays.empty((maps,)))
         skipped = arrays.to_gpu(counts) if guarded else None
-        backend.batchNorm.trainForward(
-            arrays.to_gpu(host), out, shape3, scale=arrays.to_gpu(scale), bias=arrays.to_gpu(bias), running=running,
-            saved=saved, epsilon=1e-5, factor=0.3, skipped=skipped,
-        )
+        planOf(backend, shape3, dtype).trainForward(TrainForward(
+            arrays.to_gpu(host), out, arrays.to_gpu(scale), arrays.to_gpu(bias), runMean, runVar, skipped, *saved, 0.3
+        ))
         np.testing.assert_allclose(out.get()[:, 2:].astype(np.float64), ref.out, **TOL[dtype], err_msg=name)
-        np.testing.assert_allclose(running.mean.get()[2:], newMean, **STAT_TOL[dtype], err_msg=name)
-        np.testing.assert_allclose(running.var.get()[2:], newVar, **STAT_TOL[dtype], err_msg=name)
+        np.testing.assert_allclose(runMean.get()[2:], newMean, **STAT_TOL[dtype], err_msg=name)
+        np.testing.assert_allclose(runVar.get()[2:], newVar, **STAT_TOL[dtype], err_msg=name)
         if guarded:
-            assert np.array_equal(running.mean.get()[:2], mean[:2]) and np.array_equal(running.var.get()[:2], var[:2])
+            assert np.array_equal(runMean.get()[:2], mean[:2]) and np.array_equal(runVar.get()[:2], var[:2])
             assert skipped.get().tolist() == [1.0, 3.0] + [0.0] * (maps - 2)
         else:
-            assert not np.isfinite(running.var.get()[:2]).any()
+            assert not np.isfinite(runVar.get()[:2]).any()
 
 
 def test_training_loop_makes_no_raw_allocation(backend):
@@ -294,14 +304,14 @@ def test_training_loop_makes_no_raw_allocation(backend):
     data, grad = arrays.to_gpu(makeData(rng, shape3, np.float32)), arrays.to_gpu(makeData(rng, shape3, np.float32))
     scale, bias, mean, var = (arrays.to_gpu(p) for p in makeParams(rng, maps))
 
+    plan = planOf(backend, shape3, np.float32)
+
     def step():
         out, ingrad = arrays.empty(shape3), arrays.empty(shape3)
-        saved = BatchStatistics(arrays.empty((maps,)), arrays.empty((maps,)))
+        saved = (arrays.empty((maps,)), arrays.empty((maps,)))
         scalegrad, biasgrad = arrays.empty((maps,)), arrays.empty((maps,))
-        backend.batchNorm.trainForward(data, out, shape3, scale=scale, bias=bias, running=RunningStatistics(mean, var),
-                                       saved=saved, epsilon=1e-5, factor=0.1, skipped=None)
-        backend.batchNorm.backward(data, grad, ingrad, shape3, scale=scale, saved=saved, scalegrad=scalegrad,
-                                   biasgrad=biasgrad)
+        plan.trainForward(TrainForward(data, out, scale, bias, mean, var, None, *saved, 0.1))
+        plan.backward(Backward(data, grad, ingrad, scale, *saved, scalegrad, biasgrad))
 
     step()
     gc.collect()
