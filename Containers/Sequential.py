@@ -3,16 +3,8 @@
 import numpy as np
 
 from PuzzleLib.Backend import gpuarray
-from PuzzleLib.Modules.Module import Module, ModuleError, Snapshot
-
-
-def outShape(module, shape):
-    """The output shape of `module` for input `shape`; modules without `dataShapeFrom` keep the shape."""
-    shapeFrom = getattr(module, "dataShapeFrom", None)
-    if shapeFrom is None:
-        module.checkDataShape(shape)
-        return tuple(shape)
-    return tuple(shapeFrom(shape))
+from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Transaction import CombinedSnapshot, Snapshot
 
 
 def holds(container, module):
@@ -21,17 +13,6 @@ def holds(container, module):
         if child is module or holds(child, module):
             return True
     return False
-
-
-class CombinedSnapshot:
-    """Snapshots of a container and of its children, restored together (`Module.Snapshot`)."""
-
-    def __init__(self, snapshots):
-        self.snapshots = snapshots
-
-    def restore(self):
-        for snapshot in self.snapshots:
-            snapshot.restore()
 
 
 class Sequential(Module):
@@ -166,18 +147,16 @@ class Sequential(Module):
 
     # --- state and modes
 
+    # NOTE: each child decides for itself
+    hasParamGrads = True
+
     def zeroGradParams(self):
         for module in self.modules:
             module.zeroGradParams()
 
-    def updateParams(self, learnRate):
-        snapshot = self.snapshot("update")
-        try:
-            for module in self.modules:
-                module.updateParams(learnRate)
-        except BaseException:
-            snapshot.restore()
-            raise
+    def addGradients(self, learnRate):
+        for module in self.modules:
+            module.updateParams(learnRate)
 
     def reset(self):
         super().reset()
@@ -222,8 +201,8 @@ class Sequential(Module):
     def snapshot(self, call, updParamGrads=True):
         """The container's fields and every child's state for `call`: a chain that raises part-way puts back the
         children that already ran (all-or-nothing)."""
-        own = Snapshot(self, [])
-        return CombinedSnapshot([own] + [module.snapshot(call, updParamGrads) for module in self.modules])
+        own = Snapshot(self, [], containers=call == "load")
+        return CombinedSnapshot(self, [own] + [module.snapshot(call, updParamGrads) for module in self.modules])
 
     # --- checks
 
@@ -233,7 +212,7 @@ class Sequential(Module):
             raise ModuleError("%s is empty: append modules before calling it" % self.describe())
         for module in self.modules:
             module.checkReady()
-            shape = outShape(module, shape)
+            shape = tuple(module.dataShapeFrom(shape))
         return shape
 
     def checkDataShape(self, shape):
@@ -250,29 +229,16 @@ class Sequential(Module):
             data = module(data)
         return data
 
-    def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
-        """Backpropagates through the children in reverse; each accumulates its own parameter gradients.
-
-        Every child's `checkBackward` runs first, and a child that raises part-way puts back the gradients of the
-        children that already ran, so a call that raises changes nothing.
-
-        Raises:
-            ModuleError: before any forward, or for a `grad` unlike the output, or a child that cannot backpropagate.
-        """
-        self.checkGrad(grad)
-        self.checkBackward(updParamGrads)
-
-        snapshot = self.snapshot("backward", updParamGrads)
-        try:
-            for i in reversed(range(len(self.modules))):
-                grad = self.modules[i].backward(
-                    grad, updParamGrads=updParamGrads, updGrad=updGrad or i > 0, scale=scale, momentum=momentum
-                )
-            self.grad = grad if updGrad else None
-            return self.grad
-        except BaseException:
-            snapshot.restore()
-            raise
+    def backwardStep(self, grad, updGrad, updParamGrads, scale, momentum):
+        """Backpropagates through the children in reverse; each accumulates its own parameter gradients. Every child's
+        `checkBackward` has run first (`checkBackward`), and a child that raises part-way puts back the gradients of
+        the children that already ran (the container's transaction holds theirs), so a call that raises changes
+        nothing."""
+        for i in reversed(range(len(self.modules))):
+            grad = self.modules[i].backward(
+                grad, updParamGrads=updParamGrads, updGrad=updGrad or i > 0, scale=scale, momentum=momentum
+            )
+        return grad
 
     def checkBackward(self, updParamGrads):
         for module in self.modules:

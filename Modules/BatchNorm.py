@@ -54,25 +54,16 @@ class BatchNorm(BatchNormND):
         # NOTE: the keyword-only options (skipNonFinite, renorm, virtualBatch, ...) are BatchNormND's, checked there
         super().__init__(2, size, epsilon, initFactor, minFactor, sscale, affine, name, empty, inplace, **options)
         self.size = self.maps
+        # NOTE: (batch, size) data, normalized over the batch; the parameters keep PuzzleLib's (1, size, 1, 1) shape
+        self.normalizedAxes = (0,)
 
     def checkDataShape(self, shape):
         if len(shape) != 2:
             raise ModuleError("%s expects 2D data (batch, size); got shape %s" % (self.describe(), shape))
         if shape[1] != self.size:
             raise ModuleError("%s: data has %d features (expected: %d)" % (self.describe(), shape[1], self.size))
-        self.checkElementsPerMap(shape)
-
-    @property
-    def dnnAxes(self):
-        # NOTE: the data is viewed as (batch, size, 1, 1) so that parameters keep PuzzleLib's (1, size, 1, 1) shape
-        return (0,)
-
-    def toDnn(self, ary):
-        return ary.reshape(ary.shape[0], ary.shape[1], 1, 1)
-
-    def fromDnn(self, ary, like):
-        return None if ary is None else ary.reshape(like.shape)
-
+        if self.train:
+            self.training.checkBatch(self, shape)
 
 def unittest(make=BatchNorm):
     """The seed example's data through ``make(6)`` (BatchNorm, or a module that must compute the same), against the

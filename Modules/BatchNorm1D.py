@@ -39,9 +39,9 @@ class BatchNorm1D(BatchNormND):
 
 
 def unittest():
-    from PuzzleLib.Modules.BatchNormND import checkAgainstReference
+    from PuzzleLib.TestLib.Reference import checkModule
 
-    checkAgainstReference(BatchNorm1D(4), (3, 4, 6), seed=1)
+    checkModule(BatchNorm1D(4), (3, 4, 6), seed=1)
 
 
 if __name__ == "__main__":

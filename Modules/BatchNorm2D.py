@@ -38,9 +38,9 @@ class BatchNorm2D(BatchNormND):
 
 
 def unittest():
-    from PuzzleLib.Modules.BatchNormND import checkAgainstReference
+    from PuzzleLib.TestLib.Reference import checkModule
 
-    checkAgainstReference(BatchNorm2D(4), (3, 4, 6, 5), seed=2)
+    checkModule(BatchNorm2D(4), (3, 4, 6, 5), seed=2)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,9 @@ class BatchNorm3D(BatchNormND):
 
 
 def unittest():
-    from PuzzleLib.Modules.BatchNormND import checkAgainstReference
+    from PuzzleLib.TestLib.Reference import checkModule
 
-    checkAgainstReference(BatchNorm3D(4), (3, 4, 6, 5, 2), seed=3)
+    checkModule(BatchNorm3D(4), (3, 4, 6, 5, 2), seed=3)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,21 @@
-"""BatchNormND: batch normalization of maps over the batch and all spatial axes (channels first or last)."""
+"""BatchNormND: batch normalization of maps over the batch and all spatial axes (channels first or last); plain batch
+normalization with the non-finite guard and in-place evaluation, training through one of the parts of
+`Modules.BatchNormParts` (renorm, ghost batches, fused activation, InPlace-ABN)."""
 
 import math
 import warnings
 
 import numpy as np
 
-from PuzzleLib.Backend import Blas, Checks, Dnn, gpuarray
-from PuzzleLib.Backend.Contract import FusedActivation, RenormCorrection
-from PuzzleLib.Modules.Module import Module, ModuleError, checkBool, checkNumber, checkPositiveInt
+from PuzzleLib.Backend import BatchNormPlan, Checks, gpuarray
+from PuzzleLib.Backend.Contract import EvalForward, FrozenBackward, PlanOptions
+from PuzzleLib.Modules.Arguments import checkBool, checkNumber, checkPositiveInt
+from PuzzleLib.Modules.BatchNormParts import trainingPart
+from PuzzleLib.Modules.BatchNormParts.RenormTraining import RenormTraining, checkClipping
+from PuzzleLib.Modules.Module import Module, ModuleError
 from PuzzleLib.Modules.Variable import Variable
+
+float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 class BatchNormND(Module):
@@ -56,34 +63,23 @@ class BatchNormND(Module):
             forward, the map's count in ``skipCounts`` grows by 1, and the module warns (RuntimeWarning) the first
             time it learns of one; the output of that batch is what the formula gives. False: the running update of
             PyTorch and cuDNN, where one such batch turns the map's running statistics into NaN for good.
-        renorm (bool): keyword only. Batch Renormalization in training (Ioffe 2017, "Batch Renormalization: Towards
-            Reducing Minibatch Dependence in Batch-Normalized Models", arXiv 1702.03275; TensorFlow's ``renorm``):
-            with the batch's sigma = sqrt(sigma2 + epsilon) and the moving ``renormMean`` and ``renormStd`` before the
-            batch (``std = max(renormStd, sqrt(epsilon))``)::
-
-                r = clip(sigma / std, rmin, rmax),  d = clip((mu - renormMean) / std, -dmax, dmax)
-                out = ((x - mu) / sigma * r + d) * scale + bias        # r and d constants in backward
-                renormMean = renormMomentum * renormMean + (1 - renormMomentum) * mu
-                renormStd  = renormMomentum * renormStd  + (1 - renormMomentum) * sigma
-
-            ``mean`` and ``var`` follow the factor schedule above and serve evaluation, which is unchanged. Default
-            False. See `Backend.Dnn.batchRenormNd`.
+        renorm (bool): keyword only. Batch Renormalization in training (Ioffe 2017, arXiv 1702.03275; TensorFlow's
+            ``renorm``; the formulas are `BatchNormParts.RenormTraining`'s): each training batch corrected by (r, d)
+            toward the moving ``renormMean`` and ``renormStd``; ``mean`` and ``var`` follow the factor schedule above
+            and serve evaluation, which is unchanged. Default False. See `Backend.Dnn.batchRenormNd`.
         renormClipping (dict or None): keyword only, with renorm: the bounds, some of ``{"rmax": float >= 1, "rmin":
             float in [0, 1], "dmax": float >= 0}``; a missing bound is none, a missing rmin is 1 / rmax (the paper's
             interval; TensorFlow's is 0). None (the default): no clipping, TensorFlow's default. Assign
             ``bn.renormClipping`` between steps to follow the paper's schedule (rmax from 1 to 3, dmax from 0 to 5).
         renormMomentum (float): keyword only, in [0, 1], the weight of the old value in the renorm statistics'
             update. Default 0.99 (TensorFlow's ``renorm_momentum``).
-        virtualBatch (int or None): keyword only. Ghost batch normalization (Hoffer, Hubara & Soudry 2017, "Train
-            longer, generalize better", arXiv 1705.08741, Algorithm 1; Keras's ``virtual_batch_size``): in training,
-            the batch is cut along axis 0 into ghost batches of `virtualBatch` samples (the last holds the rest, and
-            needs 2 elements per map too), each normalized with its own statistics (and its own renorm correction),
-            each moving the running statistics in turn: ``numOfProps`` grows by the ghost count. Evaluation is
-            unchanged. None (the default): the whole batch.
+        virtualBatch (int or None): keyword only. Ghost batch normalization (Hoffer, Hubara & Soudry 2017, arXiv
+            1705.08741; Keras's ``virtual_batch_size``; `BatchNormParts.GhostBatches`): in training, ghost batches of
+            `virtualBatch` samples (the last holds the rest) each normalized with its own statistics and moving the
+            running ones in turn (``numOfProps`` grows by the ghost count). None (the default): the whole batch.
         activation (str or None): keyword only. ``"relu"``, ``"leakyRelu"``, ``"elu"``, ``"sigmoid"`` or ``"tanh"``,
-            computed in the normalization pass, ``out = act(bn(x) [+ residual])``, its derivative taken from the output
-            inside backward's passes (`Contract.FusedActivation`); None (the default): none. Not with renorm or
-            virtualBatch yet.
+            computed in the normalization pass, ``out = act(bn(x) [+ residual])`` (`BatchNormParts.FusedTraining`);
+            None (the default): none. Not with renorm or virtualBatch yet.
         slope (float or None): keyword only: leakyRelu's negative slope (default 0.01) or elu's alpha (default 1.0).
 
     Call: ``bn(data, residual=None)``; a residual (data's shape and dtype) is added before the activation (cuDNN's
@@ -127,8 +123,7 @@ class BatchNormND(Module):
 
     spatialText = None
     transientFields = Module.transientFields + (
-        "savemean", "saveinvvar", "renormCorrection", "pendingResidual", "residualGrad", "skipMirror",
-        "statisticsCollector",
+        "savemean", "saveinvvar", "renormCorrection", "residualGrad", "hadResidual", "skipMirror",
     )
     # NOTE: the name of the constructor argument that gives the map count, for messages
     mapsArgument = "maps"
@@ -173,36 +168,29 @@ class BatchNormND(Module):
         checkNumber(owner, "renormMomentum", renormMomentum, "in [0, 1]", lambda v: 0 <= v <= 1)
         if renormClipping is not None and not renorm:
             raise ValueError("%s: renormClipping needs renorm=True; got %r" % (owner, renormClipping))
-        renormClipping = self.checkRenormClipping(owner, renormClipping)
+        renormPart = RenormTraining(checkClipping(owner, renormClipping), float(renormMomentum)) if renorm else None
         if virtualBatch is not None:
             checkPositiveInt(owner, "virtualBatch", virtualBatch)
         try:
             fused = Checks.fusedActivation(activation, slope)
         except ValueError as e:
             raise ValueError("%s: %s" % (owner, e)) from None
-        if fused is not None and (renorm or virtualBatch is not None):
-            raise ValueError(
-                "%s: a fused activation does not combine with renorm or virtualBatch yet; got activation=%r with %s"
-                % (owner, activation, "renorm" if renorm else "virtualBatch=%r" % virtualBatch)
-            )
+        training = trainingPart(owner, fused, bool(inplace), renormPart, virtualBatch)
 
         super().__init__(name)
         self.nd, self.maps, self.axis = int(nd), int(maps), axis
+        self.normalizedAxes = tuple(dim for dim in range(self.nd + 2) if dim != axis)
         self.epsilon, self.initFactor, self.minFactor, self.sscale = epsilon, initFactor, minFactor, sscale
         self.affine, self.inplace = affine, inplace
         self.numOfProps = 0
-        self.savemean, self.saveinvvar = None, None
-        # NOTE: set by `PopulationStatistics.recomputeStatistics` only: called with the input of an evaluation forward
-        self.statisticsCollector = None
+        self.savemean, self.saveinvvar, self.renormCorrection = None, None, None
         self.skipNonFinite = bool(skipNonFinite)
         self.skipCounts, self.skipMirror, self.warnedSkips = None, None, False
-        self.renorm, self.renormMomentum = bool(renorm), float(renormMomentum)
-        self.renormBounds = renormClipping
-        self.renormCorrection = None
+        self.renorm, self.renormMomentum, self.renormPart = bool(renorm), float(renormMomentum), renormPart
         self.virtualBatch = None if virtualBatch is None else int(virtualBatch)
-        self.activation, self.fused = activation, fused
-        # NOTE: the residual of the forward under way (`forward`), and the gradient backward gives it
-        self.pendingResidual, self.hadResidual, self.residualGrad = None, False, None
+        self.activation, self.fused, self.training = activation, fused, training
+        # NOTE: whether the last forward took a residual, and the gradient backward gives it
+        self.hadResidual, self.residualGrad = False, None
 
         self.scale, self.bias, self.mean, self.var = None, None, None, None
         if not empty:
@@ -220,44 +208,23 @@ class BatchNormND(Module):
             )
         return int(axis) % rank
 
-    @staticmethod
-    def checkRenormClipping(owner, clipping):
-        """`clipping` (None, or a dict with some of the keys rmax, rmin, dmax) checked, as a new dict of floats."""
-        if clipping is None:
-            return {}
-        if not isinstance(clipping, dict) or not set(clipping) <= {"rmax", "rmin", "dmax"}:
-            raise ValueError(
-                "%s: renormClipping must be None or a dict with some of the keys 'rmax', 'rmin', 'dmax'; got %r"
-                % (owner, clipping)
-            )
-        try:
-            Checks.renormClipping(**clipping)
-        except ValueError as e:
-            raise ValueError("%s: renormClipping: %s" % (owner, e)) from None
-        return {key: None if value is None else float(value) for key, value in clipping.items()}
-
     @property
     def renormClipping(self):
         """Batch Renormalization's clipping bounds, a dict with some of the keys rmax, rmin, dmax (a copy). Assign a
         new dict to change them between training steps, as the paper's schedule of rmax and dmax does; it is checked
         as the constructor checks it (ValueError)."""
-        return dict(self.renormBounds)
+        return {} if self.renormPart is None else dict(self.renormPart.bounds)
 
     @renormClipping.setter
     def renormClipping(self, clipping):
         if not self.renorm:
             raise ValueError("%s: renormClipping needs renorm=True" % self.describe())
-        self.renormBounds = self.checkRenormClipping(self.describe(), clipping)
+        self.renormPart.setBounds(checkClipping(self.describe(), clipping))
 
     @property
     def paramShape(self):
         rank = self.nd + 2
         return tuple(self.maps if axis == self.axis else 1 for axis in range(rank))
-
-    @property
-    def dnnAxes(self):
-        """The normalized axes: every axis but the maps'."""
-        return tuple(axis for axis in range(self.nd + 2) if axis != self.axis)
 
     @property
     def channelsLast(self):
@@ -283,7 +250,7 @@ class BatchNormND(Module):
 
     def calcTypes(self):
         """float32 and float16 everywhere, float64 too on the CPU backend (`Backend.Dnn.dataTypes`)."""
-        return Dnn.dataTypes(self.backend)
+        return self.backend.batchNorm.dataTypes
 
     def paramSpecs(self):
         group = "params" if self.affine else "attrs"
@@ -297,7 +264,19 @@ class BatchNormND(Module):
         """A non-affine module's scale and bias: PuzzleLib keeps them as parameters (params and links) in its files."""
         return () if self.affine else ("scale", "bias")
 
-    # --- shapes
+    # --- checks: the module's own contract, in its own words (the plans take its arrays unchecked)
+
+    def checkData(self, data, residual=None):
+        """`Module.checkData`, and a residual of the data's shape, dtype and backend that the training part takes."""
+        super().checkData(data)
+        if residual is not None:
+            self.checkArray(residual, "residual")
+            if residual.shape != data.shape or residual.dtype != data.dtype:
+                raise ModuleError(
+                    "%s expects a residual of the data's shape %s and dtype %s; got shape %s and dtype %s"
+                    % (self.describe(), data.shape, data.dtype, residual.shape, residual.dtype)
+                )
+            self.training.checkResidual(self)
 
     def checkDataShape(self, shape):
         rank = 2 + self.nd
@@ -310,44 +289,31 @@ class BatchNormND(Module):
         if shape[self.axis] != self.maps:
             raise ModuleError(
                 "%s expects data with %d maps on axis %d%s; got %d"
-                % (
-                    self.describe(),
-                    self.maps,
-                    self.axis,
-                    " (channels-last)" if self.channelsLast else "",
-                    shape[self.axis],
-                )
+                % (self.describe(), self.maps, self.axis, " (channels-last)" if self.channelsLast else "",
+                   shape[self.axis])
             )
-        self.checkElementsPerMap(shape)
+        if self.train:
+            self.training.checkBatch(self, shape)
 
-    def checkElementsPerMap(self, shape):
-        """In training, a map needs at least 2 elements to estimate a variance (SPEC section 4.2), in every ghost batch
-        with `virtualBatch`."""
-        m = self.elementsPerMap(shape)
-        if self.train and m < 2:
+    def checkReady(self):
+        if self.scale is None:
+            raise ModuleError("%s is empty: set or load its parameters before calling it" % self.describe())
+        if self.inplace and self.train:
+            self.training.checkInPlace(self)
+
+    def checkBackward(self, updParamGrads):
+        """After an in-place evaluation forward the input is gone (the output overwrote it), and the scale gradient
+        needs it: only the input gradient, ``backward(grad, updParamGrads=False)``, can be computed then."""
+        if self.inplace and not self.train and updParamGrads:
             raise ModuleError(
-                "%s: training needs at least 2 elements per map to estimate a variance; data of shape %s has %d"
-                % (self.describe(), shape, m)
+                "%s: the in-place evaluation forward overwrote its input, which the scale gradient needs; call "
+                "backward(grad, updParamGrads=False) for the input gradient alone, or use inplace=False"
+                % self.describe()
             )
-        if self.train and self.virtualBatch is not None:
-            start, stop = self.ghostBatches(shape[0])[-1]
-            ghostM = m // shape[0] * (stop - start)
-            if ghostM < 2:
-                raise ModuleError(
-                    "%s: training with virtualBatch=%d needs at least 2 elements per map in every ghost batch; the "
-                    "last of data of shape %s holds %d sample(s), %d element(s) per map"
-                    % (self.describe(), self.virtualBatch, shape, stop - start, ghostM)
-                )
-
-    def ghostBatches(self, batch):
-        """The (start, stop) rows of each ghost batch of a batch of `batch` samples: `virtualBatch` each, the last
-        holding what is left; the whole batch without `virtualBatch`."""
-        size = batch if self.virtualBatch is None else self.virtualBatch
-        return [(start, min(start + size, batch)) for start in range(0, batch, size)]
 
     def elementsPerMap(self, shape):
         """m, the elements each map of data of `shape` holds (the product of the normalized axes)."""
-        return math.prod(shape[axis] for axis in self.dnnAxes)
+        return math.prod(shape[axis] for axis in self.normalizedAxes)
 
     def nextFactor(self):
         """The factor of the next training batch: ``max(initFactor / (numOfProps + 1), minFactor)``."""
@@ -359,161 +325,76 @@ class BatchNormND(Module):
         names.insert(self.axis, "maps")
         return ", ".join(names)
 
-    def toDnn(self, ary):
-        """The view the Dnn functions take; identity for spatial data."""
-        return ary
+    # --- what the parts use
 
-    def fromDnn(self, ary, like):
-        return ary
+    def planOf(self, data, activation=None, residual=False):
+        """The `Backend.BatchNormPlan` of a call on `data` (or arrays of its shape and dtype) over the module's
+        normalized axes, with `activation` (a `Contract.FusedActivation` or None) and a `residual` or not."""
+        return BatchNormPlan.planOf(data, self.normalizedAxes, PlanOptions(self.epsilon, activation, residual))
+
+    def newStatistics(self, data, count, wide=False):
+        """`count` new per-map arrays of the parameters' shape on the data's backend, float32 (float64 for float64
+        data when `wide`)."""
+        dtype = float64 if wide and data.dtype == float64 else float32
+        arrays, shape = data.backend.gpuarray, self.paramShape
+        return [arrays.empty(shape, dtype) for _ in range(count)]
 
     # --- forward and backward
 
-    def checkReady(self):
-        if self.scale is None:
-            raise ModuleError("%s is empty: set or load its parameters before calling it" % self.describe())
-        if self.inplace and self.train:
-            fused = self.inplaceActivation()
-            if not Checks.invertible(fused):
-                raise ModuleError(
-                    "%s: in-place training (InPlace-ABN) rebuilds the input from the output, which needs an activation "
-                    "that inverts exactly and stably (None, leakyRelu or elu with slope > 0); got activation=%r%s. Use "
-                    "inplace=False, or in-place evaluation only" % (
-                        self.describe(), fused.kind, " with slope 0" if fused.kind in ("leakyRelu", "elu") else ""
-                    )
-                )
-            if self.renorm or self.virtualBatch is not None:
-                raise ModuleError(
-                    "%s: in-place training does not combine with renorm or virtualBatch yet" % self.describe()
-                )
-
-    def inplaceActivation(self):
-        """The activation in-place training fuses: the module's, or the identity."""
-        return self.fused if self.fused is not None else FusedActivation("identity", 0.0)
-
-    @property
-    def gradUsesOutData(self):
-        """True when backward reads the module's output (a fused activation, or in-place training): a successor must
-        not overwrite it (`Containers.Sequential.append` checks)."""
-        return self.fused is not None or (self.inplace and self.train)
-
-    @property
-    def gradUsesInData(self):
-        """True when backward reads the module's input: all but in-place training."""
-        return not (self.inplace and self.train)
-
-    @property
-    def overwritesInput(self):
-        """True when the forward writes its output over its input (`inplace`: in evaluation, and in training)."""
-        return self.inplace
-
-    # --- forward with a residual
-
-    def __call__(self, data, residual=None):
-        # NOTE: the synchronized modules' forward takes the data alone (they refuse a residual there)
-        return self.forward(data) if residual is None else self.forward(data, residual)
-
-    def forward(self, data, residual=None):
-        """`Module.forward`, with an optional `residual` (a GPUArray of the data's shape and dtype) added before the
-        activation: ``out = act(bn(data) + residual)``; backward then sets ``residualGrad``.
-
-        Raises:
-            ModuleError: as `Module.forward`, and for a residual of another shape, dtype or backend, or one given to
-                in-place training (the input is rebuilt from the output, which the residual would enter).
-        """
-        if residual is not None:
-            self.checkArray(residual, "residual")
-            if not isinstance(data, gpuarray.GPUArray) or residual.shape != data.shape or residual.dtype != data.dtype:
-                raise ModuleError(
-                    "%s expects a residual of the data's shape %s and dtype %s; got shape %s and dtype %s"
-                    % (self.describe(), getattr(data, "shape", None), getattr(data, "dtype", None), residual.shape,
-                       residual.dtype)
-                )
-            if self.inplace and self.train:
-                raise ModuleError(
-                    "%s: in-place training takes no residual (the input is rebuilt from the output alone)"
-                    % self.describe()
-                )
-            if self.renorm or self.virtualBatch is not None:
-                raise ModuleError("%s: a residual does not combine with renorm or virtualBatch yet" % self.describe())
-        # NOTE: taken by updateData, inside the snapshot of Module.forward: no line of this call runs after it
-        self.pendingResidual = residual
-        return super().forward(data)
-
-    def dnnFusion(self, residual=None):
-        """The keywords of `Dnn.batchNormNd` for the fused activation and `residual`."""
-        fused = self.inplaceActivation() if self.inplace and self.train else self.fused
-        extra = {} if fused is None else {"activation": fused.kind, "slope": Checks.slopeArgument(*fused)}
-        if residual is not None:
-            extra["residual"] = self.toDnn(residual)
-        return extra
-
-    def updateData(self, data):
-        residual, self.pendingResidual = self.pendingResidual, None
+    def updateData(self, data, residual=None):
+        """Training: the training part's forward (statistics, running update, normalization), then the warning of a
+        skipped update; evaluation: one pass with the running statistics, in place with `inplace`."""
         self.hadResidual = residual is not None
-        try:
-            if not self.train:
-                if self.statisticsCollector is not None:
-                    self.statisticsCollector(self, data)
-                out = self.toDnn(data) if self.inplace else None
-                result = Dnn.batchNormNd(
-                    self.toDnn(data), self.scale, self.bias, self.mean, self.var, self.epsilon, test=True,
-                    mode=self.dnnAxes, out=out, **self.dnnFusion(residual),
-                )
-                return self.fromDnn(result, data)
+        if self.train:
+            training = self.training
+            out = training.output(self, data)
+            training.train(self, data, out, residual)
+            self.warnOfSkips()
+            return out
+        out = data if self.inplace else data.backend.gpuarray.empty(data.shape, data.dtype)
+        self.planOf(data, self.fused, residual is not None).evalForward(
+            EvalForward(data, out, self.scale, self.bias, self.mean, self.var, residual)
+        )
+        return out
 
-            x = self.toDnn(data)
-            if self.virtualBatch is None:
-                result = self.trainStep(x, x if self.inplace else None, residual)
-            else:
-                result = self.trainGhostBatches(x)
-        except ValueError as e:
-            raise ModuleError("%s: %s" % (self.describe(), e)) from None
-
-        self.warnOfSkips()
-        return self.fromDnn(result, data)
-
-    def trainStep(self, x, out, residual=None):
-        """One training normalization of `x` (the whole batch, or a ghost batch), into `out` (or a new array), and its
-        running update: sets ``savemean``, ``saveinvvar``, ``renormCorrection``; returns the output."""
-        factor = self.nextFactor()
-        if self.renorm:
-            out, savemean, saveinvvar, r, d = Dnn.batchRenormNd(
-                x, self.scale, self.bias, self.mean, self.var, self.renormMean, self.renormStd, self.epsilon, factor,
-                self.renormMomentum, self.dnnAxes, out=out, skipped=self.skipCounter(), **self.renormBounds,
-            )
-            self.renormCorrection = RenormCorrection(r, d)
+    def backwardStep(self, grad, updGrad, updParamGrads, scale, momentum):
+        """Both gradients from one backward of the plan: the batch statistics after a training forward (the training
+        part's backward), the running ones (constants) after an evaluation forward. See `Module.backward`."""
+        # NOTE: with the defaults (scale 1, momentum 0) a parameter gradient is the new sum itself: the kernels write it
+        # straight into var.grad, with no array of its own and no accumulate pass
+        overwrite = updParamGrads and scale == 1.0 and momentum == 0.0
+        if overwrite:
+            sums = (self.vars["scale"].grad, self.vars["bias"].grad)
         else:
-            out, savemean, saveinvvar = Dnn.batchNormNd(
-                x, self.scale, self.bias, self.mean, self.var, self.epsilon, factor, mode=self.dnnAxes, out=out,
-                skipped=self.skipCounter(), **self.dnnFusion(residual),
-            )
-        self.numOfProps += 1
-        self.savemean, self.saveinvvar = savemean, saveinvvar
-        return out
+            sums = tuple(self.newStatistics(grad, 2))
+        if self.train:
+            training = self.training
+            ingrad = training.inputGradient(self, grad, updGrad)
+            training.backward(self, self.inData, grad, ingrad, sums, training.results(self))
+        else:
+            ingrad = self.frozenBackward(grad, updGrad, sums)
+        if updParamGrads and not overwrite:
+            self.accumulate(self.vars["scale"], sums[0], scale, momentum)
+            self.accumulate(self.vars["bias"], sums[1], scale, momentum)
+        return ingrad if updGrad else None
 
-    def trainGhostBatches(self, x):
-        """Ghost batch normalization (Hoffer, Hubara & Soudry 2017, arXiv 1705.08741, Algorithm 1): `trainStep` on
-        each ghost batch in turn, into its rows of one output; the per-ghost statistics are stacked on a new first
-        axis of ``savemean``, ``saveinvvar`` (and ``renormCorrection``), ghost g in row g."""
-        out = x.backend.gpuarray.empty(x.shape, x.dtype)
-        ghosts = self.ghostBatches(x.shape[0])
-        stacked = None
-        for g, (start, stop) in enumerate(ghosts):
-            self.trainStep(x[start:stop], out[start:stop])
-            perGhost = [self.savemean, self.saveinvvar] + (list(self.renormCorrection) if self.renorm else [])
-            if stacked is None:
-                arrays = x.backend.gpuarray
-                stacked = [arrays.empty((len(ghosts),) + ary.shape, ary.dtype) for ary in perGhost]
-            for target, ary in zip(stacked, perGhost, strict=True):
-                target[g].set(ary)
-        self.savemean, self.saveinvvar = stacked[:2]
-        self.renormCorrection = RenormCorrection(*stacked[2:]) if self.renorm else None
-        return out
+    def frozenBackward(self, grad, updGrad, sums):
+        """The backward after an evaluation forward, the running statistics constants; after a fused one, through the
+        activation's derivative, with the residual's gradient."""
+        arrays, fused = grad.backend.gpuarray, self.fused
+        resgrad = arrays.empty(grad.shape, grad.dtype) if self.hadResidual and fused is not None else None
+        ingrad = arrays.empty(grad.shape, grad.dtype) if updGrad or resgrad is not None else None
+        self.planOf(grad, fused).frozenBackward(FrozenBackward(
+            self.inData, grad, ingrad, self.scale, self.mean, self.var, *sums, None if fused is None else self.data,
+            resgrad,
+        ))
+        if self.hadResidual:
+            self.residualGrad = grad if fused is None else resgrad
+        return ingrad
 
     def stateArrays(self, call, updParamGrads=True):
         if call == "forward" and self.train:
-            renorm = [self.renormMean, self.renormStd] if self.renorm else []
-            return [self.mean, self.var] + renorm + ([] if self.skipCounts is None else [self.skipCounts])
+            return [ary for ary in self.training.stateArrays(self) if ary is not None]
         return super().stateArrays(call, updParamGrads)
 
     # --- running updates skipped for non-finite statistics
@@ -545,7 +426,7 @@ class BatchNormND(Module):
                 "is given once; skipNonFinite=False lets them in, as PyTorch does)"
                 % (self.describe(), np.count_nonzero(counts), self.maps),
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
 
     @property
@@ -554,145 +435,28 @@ class BatchNormND(Module):
         for the device)."""
         return 0 if self.skipCounts is None else int(self.skipCounts.get().sum(dtype=np.float64))
 
-    def checkBackward(self, updParamGrads):
-        """After an in-place evaluation forward the input is gone (the output overwrote it), and the scale gradient
-        needs it: only the input gradient, ``backward(grad, updParamGrads=False)``, can be computed then."""
-        if self.inplace and not self.train and updParamGrads and self.vars:
-            raise ModuleError(
-                "%s: the in-place evaluation forward overwrote its input, which the scale gradient needs; call "
-                "backward(grad, updParamGrads=False) for the input gradient alone, or use inplace=False"
-                % self.describe()
-            )
+    # --- what backward reads, for containers
 
-    def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
-        """Backpropagates `grad` in one call of `Backend.Dnn.batchNormNdBackward`: the batch statistics after a training
-        forward, the running ones (constants) after an evaluation forward. See `Module.backward`.
+    @property
+    def gradUsesOutData(self):
+        """True when backward reads the module's output (a fused activation, or in-place training): a successor must
+        not overwrite it (`Containers.Sequential.append` checks)."""
+        return self.fused is not None or (self.inplace and self.train)
 
-        Raises:
-            ModuleError: as `Module.backward`; also for parameter gradients after an in-place evaluation forward
-                (`checkBackward`).
-        """
-        self.checkGrad(grad)
-        updParamGrads = updParamGrads and bool(self.vars)
-        self.checkBackward(updParamGrads)
-        if not (updGrad or updParamGrads):
-            return None
+    @property
+    def gradUsesInData(self):
+        """True when backward reads the module's input: all but in-place training."""
+        return not (self.inplace and self.train)
 
-        # NOTE: with the defaults (scale 1, momentum 0) a parameter gradient is the new sum itself: the kernels write it
-        # straight into var.grad, with no array of their own and no accumulate pass
-        overwrite = updParamGrads and scale == 1.0 and momentum == 0.0
-        paramGrads = {"scalegrad": self.vars["scale"].grad, "biasgrad": self.vars["bias"].grad} if overwrite else {}
-        snapshot = self.snapshot("backward", updParamGrads)
-        try:
-            x, dy = self.toDnn(self.inData), self.toDnn(grad)
-            fused = self.fusedBackward(dy, updGrad)
-            if fused:
-                x = None if self.inplace and self.train else x
-                # NOTE: the residual's gradient needs the backward's walks whether or not the input's is asked for
-                updGrad = updGrad or "resgrad" in fused
-            if self.train and self.virtualBatch is not None:
-                ingrad, scalegrad, biasgrad = self.ghostBackward(x, dy, updGrad, paramGrads)
-            elif self.train and self.renorm:
-                ingrad, scalegrad, biasgrad = Dnn.batchRenormNdBackward(
-                    x, dy, self.scale, self.savemean, self.saveinvvar, *self.renormCorrection, self.dnnAxes,
-                    updGrad=updGrad, **paramGrads,
-                )
-            else:
-                ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
-                    x, dy, self.scale, self.savemean, self.saveinvvar, self.epsilon, self.dnnAxes, test=not self.train,
-                    mean=self.mean, var=self.var, updGrad=updGrad, **paramGrads, **fused,
-                )
-            if updParamGrads and not overwrite:
-                self.accumulate(self.vars["scale"], scalegrad, scale, momentum)
-                self.accumulate(self.vars["bias"], biasgrad, scale, momentum)
-            if self.hadResidual:
-                self.residualGrad = self.fromDnn(fused["resgrad"], grad) if "resgrad" in fused else grad
-            if updGrad:
-                self.grad = self.fromDnn(ingrad, grad)
-            return self.grad if updGrad else None
-        except BaseException:
-            snapshot.restore()
-            raise
-
-    def fusedBackward(self, dy, updGrad):
-        """The keywords of `Dnn.batchNormNdBackward` after a fused forward (none after a plain one): the activation, the
-        output, a new array for the residual's gradient, and in in-place training the bias and the input gradient
-        written over `dy` (InPlace-ABN: no new memory)."""
-        if self.fused is None and not (self.inplace and self.train):
-            return {}
-        fusion = self.dnnFusion()
-        fusion.update(outdata=self.toDnn(self.data))
-        if self.hadResidual and self.fused is not None:
-            fusion["resgrad"] = dy.backend.gpuarray.empty(dy.shape, dy.dtype)
-        if self.inplace and self.train:
-            fusion["bias"] = self.bias
-            if updGrad:
-                fusion["ingrad"] = dy
-        return fusion
-
-    def ghostBackward(self, x, dy, updGrad, paramGrads):
-        """The training backward of each ghost batch with its own statistics (`trainGhostBatches`), each writing its
-        rows of one input gradient; the parameter gradients summed (into the arrays of `paramGrads` when given)."""
-        ingrad = x.backend.gpuarray.empty(x.shape, x.dtype) if updGrad else None
-        sums = None
-        for g, (start, stop) in enumerate(self.ghostBatches(x.shape[0])):
-            saved = (self.savemean[g], self.saveinvvar[g])
-            outs = dict(paramGrads if g == 0 else {}, ingrad=ingrad[start:stop] if updGrad else None)
-            if self.renorm:
-                _, scalegrad, biasgrad = Dnn.batchRenormNdBackward(
-                    x[start:stop], dy[start:stop], self.scale, *saved, *(ary[g] for ary in self.renormCorrection),
-                    self.dnnAxes, updGrad=updGrad, **outs,
-                )
-            else:
-                _, scalegrad, biasgrad = Dnn.batchNormNdBackward(
-                    x[start:stop], dy[start:stop], self.scale, *saved, self.epsilon, self.dnnAxes, updGrad=updGrad,
-                    **outs,
-                )
-            if sums is None:
-                sums = (scalegrad, biasgrad)
-            else:
-                Blas.toVectorAddVector(sums[0], scalegrad)
-                Blas.toVectorAddVector(sums[1], biasgrad)
-        return (ingrad, *sums)
+    @property
+    def overwritesInput(self):
+        """True when the forward writes its output over its input (`inplace`: in evaluation, and in training)."""
+        return self.inplace
 
     def releaseResults(self):
         super().releaseResults()
         self.savemean, self.saveinvvar, self.renormCorrection = None, None, None
         self.hadResidual, self.residualGrad = False, None
-
-    def reset(self):
-        super().reset()
-        self.savemean, self.saveinvvar, self.renormCorrection = None, None, None
-        self.hadResidual, self.residualGrad = False, None
-
-
-def checkAgainstReference(bn, shape, seed):
-    """Self-test shared by the spatial modules: a training forward, backward and evaluation forward of `bn` (maps on
-    axis 1) on seeded data of `shape`, each against the float64 reference. Returns (data, training reference)."""
-    from PuzzleLib.TestLib import Reference
-
-    np.random.seed(seed)
-    hostData = np.random.normal(2.0, 3.0, size=shape).astype(np.float32)
-    out = bn(gpuarray.to_gpu(hostData)).get()
-    ref = Reference.batchNormTrain(
-        hostData, bn.scale.get(), bn.bias.get(), Reference.spatialAxes(hostData.ndim), bn.epsilon
-    )
-    assert np.allclose(out, ref.out, atol=1e-5)
-    assert np.allclose(bn.mean.get(), ref.mean, rtol=1e-5)
-    assert np.allclose(bn.var.get(), ref.unbiasedVar, rtol=1e-5)
-
-    hostGrad = np.random.randn(*shape).astype(np.float32)
-    bn.backward(gpuarray.to_gpu(hostGrad))
-    dx, dscale, dbias = Reference.batchNormBackward(hostData, hostGrad, bn.scale.get(), ref.axes, bn.epsilon)
-    assert np.allclose(bn.grad.get(), dx, atol=1e-5)
-    assert np.allclose(bn.vars["scale"].grad.get(), dscale, atol=1e-4)
-    assert np.allclose(bn.vars["bias"].grad.get(), dbias, atol=1e-4)
-
-    bn.evalMode()
-    out = bn(gpuarray.to_gpu(hostData)).get()
-    refEval = Reference.batchNormEval(hostData, bn.scale.get(), bn.bias.get(), bn.mean.get(), bn.var.get(), bn.epsilon)
-    assert np.allclose(out, refEval, atol=1e-5)
-    return hostData, ref
 
 
 def unittest():
@@ -701,7 +465,7 @@ def unittest():
     for nd in (1, 2, 3):
         maps = 3
         bn = BatchNormND(nd, maps)
-        hostData, ref = checkAgainstReference(bn, (4, maps) + (5, 3, 2)[:nd], seed=nd)
+        hostData, ref = Reference.checkModule(bn, (4, maps) + (5, 3, 2)[:nd], seed=nd)
 
         # channels last: the same maps moved to the end give the same numbers, moved the same way
         hostLast = np.ascontiguousarray(np.moveaxis(hostData, 1, -1))

@@ -5,7 +5,8 @@ import math
 import numpy as np
 
 from PuzzleLib.Backend import Blas, ElementWise, gpuarray
-from PuzzleLib.Modules.Module import Module, ModuleError, checkBool, checkNumber, checkPositiveInt
+from PuzzleLib.Modules.Arguments import checkBool, checkNumber, checkPositiveInt
+from PuzzleLib.Modules.Module import Module, ModuleError
 from PuzzleLib.Modules.Variable import Variable
 
 initSchemes = ("xavier", "he", "gaussian", "uniform")

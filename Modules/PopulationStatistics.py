@@ -2,12 +2,13 @@
 
 import numpy as np
 
-from PuzzleLib.Backend import Dnn, gpuarray
+from PuzzleLib.Backend import gpuarray
 from PuzzleLib.Backend.Collective import mergeMoments
-from PuzzleLib.Backend.Contract import BatchMoments
+from PuzzleLib.Backend.Contract import Moments
 from PuzzleLib.Modules.BatchNormND import BatchNormND
-from PuzzleLib.Modules.Module import ModuleError, deferredInterrupts
+from PuzzleLib.Modules.Module import ModuleError
 from PuzzleLib.Modules.SyncBatchNormND import SyncStatistics
+from PuzzleLib.Modules.Transaction import Snapshot
 
 
 class StatisticsTaken(Exception):  # noqa: N818 (a signal, not an error)
@@ -20,8 +21,8 @@ class MomentsAccumulator:
     with the pairwise formula of Chan, Golub & LeVeque (1979) (`Collective.mergeMoments`), so the result does not
     depend on how the set is cut into batches.
 
-    Installed as a module's ``statisticsCollector``: `BatchNormND` calls it with its (checked) input in an evaluation
-    forward; it adds the batch's moments, then raises `StatisticsTaken`.
+    Installed as the module's forward hook (`Module.forwardHooks`): the module calls it with its checked input before
+    the forward changes anything; it adds the batch's moments, then raises `StatisticsTaken`.
     """
 
     def __init__(self, module):
@@ -35,8 +36,7 @@ class MomentsAccumulator:
         if n > 0:
             # NOTE: float64 moments where the backend has them (exact on the CPU); the CUDA kernels compute in float32
             record = data.backend.gpuarray.empty((2, module.maps), np.float64)
-            moments = BatchMoments(record[0].reshape(module.paramShape), record[1].reshape(module.paramShape))
-            Dnn.batchNormNdStatistics(module.toDnn(data), module.dnnAxes, out=moments)
+            module.planOf(data).batchStatistics(Moments(data, record[0], record[1]))
             mu, var = record.get()
             self.count, self.mean, self.var = mergeMoments(
                 np.array([self.count, n]), np.stack([self.mean, mu]), np.stack([self.var, var])
@@ -110,20 +110,14 @@ def recomputeStatistics(net, batches, progress=False):
         bar = tqdm(total=size, desc="recomputeStatistics", unit="batch")
 
     modes = [(module, module.train) for module in walk(net)]
-    previous = [(module, module.mean.get(), module.var.get()) for module in modules if module.mean is not None]
+    # NOTE: every statistic already set is put back if a later module fails (an interrupt included)
+    snapshot = Snapshot(None, [ary for module in modules for ary in (module.mean, module.var) if ary is not None])
     try:
         net.evalMode()
-        for module in modules:
-            setStatistics(module, takeStatistics(net, module, batches, bar))
-    except BaseException:
-        with deferredInterrupts():
-            for module, mean, var in previous:
-                module.mean.set(mean)
-                module.var.set(var)
-        raise
+        snapshot.run(setEach, net, modules, batches, bar)
     finally:
         for module in modules:
-            module.statisticsCollector = None
+            module.__dict__.pop("forwardHooks", None)
         for module, train in modes:
             module.trainMode() if train else module.evalMode()
         if bar is not None:
@@ -131,10 +125,16 @@ def recomputeStatistics(net, batches, progress=False):
     return modules
 
 
+def setEach(net, modules, batches, bar):
+    """Each module's statistics in turn, the modules before it normalizing with their new ones."""
+    for module in modules:
+        setStatistics(module, takeStatistics(net, module, batches, bar))
+
+
 def takeStatistics(net, module, batches, bar):
     """One pass over `batches` that merges the moments of the input `module` receives; returns `MomentsAccumulator`."""
     accumulator = MomentsAccumulator(module)
-    module.statisticsCollector = accumulator
+    module.forwardHooks = (accumulator,)
     for batch in batches:
         data = batch if isinstance(batch, gpuarray.GPUArray) else gpuarray.to_gpu(np.asarray(batch))
         try:
@@ -148,7 +148,7 @@ def takeStatistics(net, module, batches, bar):
             )
         if bar is not None:
             bar.update(1)
-    module.statisticsCollector = None
+    del module.forwardHooks
     return accumulator
 
 

@@ -21,9 +21,9 @@ class SyncBatchNorm1D(SyncStatistics, BatchNorm1D):
 def unittest():
     from mpi4py import MPI
 
-    from PuzzleLib.Modules.BatchNormND import checkAgainstReference
+    from PuzzleLib.TestLib.Reference import checkModule
 
-    checkAgainstReference(SyncBatchNorm1D(3, comm=MPI.COMM_SELF), (4, 3, 7), seed=1)
+    checkModule(SyncBatchNorm1D(3, comm=MPI.COMM_SELF), (4, 3, 7), seed=1)
 
 
 if __name__ == "__main__":

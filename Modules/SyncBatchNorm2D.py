@@ -21,9 +21,9 @@ class SyncBatchNorm2D(SyncStatistics, BatchNorm2D):
 def unittest():
     from mpi4py import MPI
 
-    from PuzzleLib.Modules.BatchNormND import checkAgainstReference
+    from PuzzleLib.TestLib.Reference import checkModule
 
-    checkAgainstReference(SyncBatchNorm2D(4, comm=MPI.COMM_SELF), (3, 4, 6, 5), seed=2)
+    checkModule(SyncBatchNorm2D(4, comm=MPI.COMM_SELF), (3, 4, 6, 5), seed=2)
 
 
 if __name__ == "__main__":

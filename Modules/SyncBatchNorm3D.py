@@ -21,9 +21,9 @@ class SyncBatchNorm3D(SyncStatistics, BatchNorm3D):
 def unittest():
     from mpi4py import MPI
 
-    from PuzzleLib.Modules.BatchNormND import checkAgainstReference
+    from PuzzleLib.TestLib.Reference import checkModule
 
-    checkAgainstReference(SyncBatchNorm3D(3, comm=MPI.COMM_SELF), (2, 3, 4, 3, 5), seed=3)
+    checkModule(SyncBatchNorm3D(3, comm=MPI.COMM_SELF), (2, 3, 4, 3, 5), seed=3)
 
 
 if __name__ == "__main__":

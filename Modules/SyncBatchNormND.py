@@ -1,15 +1,126 @@
-"""SyncBatchNormND: batch normalization whose training statistics are those of the batches of every process (MPI)."""
+"""SyncBatchNormND: batch normalization whose training statistics are those of the batches of every process (MPI);
+`SyncStatistics` makes any batch-norm module synchronized, `SyncTraining` is its training part."""
 
 import numpy as np
 
-from PuzzleLib.Backend import Collective, Dnn
-from PuzzleLib.Backend.BatchNormChecks import statType
-from PuzzleLib.Backend.Contract import BatchMoments
+from PuzzleLib.Backend import Collective
+from PuzzleLib.Backend.Contract import InputGradient, Moments, Normalize
+from PuzzleLib.Backend.StatisticsUpdate import guardedUpdate, runningUpdates
 from PuzzleLib.Modules.BatchNormND import BatchNormND
-from PuzzleLib.Modules.Module import ModuleError
+from PuzzleLib.Modules.BatchNormParts.PlainTraining import PlainTraining
+from PuzzleLib.Modules.ModuleError import ModuleError
 
 # NOTE: the data types a header can name; their positions are what the processes compare
 headerTypes = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def problemOf(check, *args):
+    """The message of the `ModuleError` ``check(*args)`` raises, or None when it passes."""
+    try:
+        check(*args)
+    except ModuleError as e:
+        return str(e)
+    return None
+
+
+def raiseProblems(bn, problems):
+    if problems:
+        lines = "; ".join("rank %d: %s" % (rank, message) for rank, message in problems)
+        raise ModuleError("%s: a process refused its part of the synchronized step (%s)" % (bn.describe(), lines))
+
+
+class SyncTraining(PlainTraining):
+    """The training part of a synchronized module (`SyncStatistics` says what it computes). Its checks are the
+    exchanges': a process whose data or gradient fails the module's checks tells the others in the exchange it takes
+    part in anyway, and every process raises the same `ModuleError`."""
+
+    feature = "the synchronized modules"
+
+    def train(self, bn, data, out, residual):
+        counts = self.agreeOnBatch(bn, data, residual)
+        arrays = data.backend.gpuarray
+        # NOTE: float64 moments: the CPU backend's are exact in float64, and the merge should not round them
+        record = arrays.empty((2, bn.maps), np.float64)
+        plan = bn.planOf(data)
+        plan.batchStatistics(Moments(data, *(record[k].reshape(bn.paramShape) for k in (0, 1))))
+        gathered = bn.exchange.allgather(record)
+
+        count, mu, sigma2 = Collective.mergeMoments(counts, gathered[:, 0], gathered[:, 1])
+        invstd = 1.0 / np.sqrt(sigma2 + bn.epsilon)
+        saved = arrays.to_gpu(np.stack([mu, invstd]).astype(np.float64 if data.dtype == np.float64 else np.float32))
+        savemean, saveinvvar = (saved[k].reshape(bn.paramShape) for k in (0, 1))
+        plan.normalize(Normalize(data, out, bn.scale, bn.bias, savemean, saveinvvar))
+        self.moveRunningStatistics(bn, mu, sigma2, count)
+        bn.numOfProps += 1
+        bn.savemean, bn.saveinvvar, bn.globalCount = savemean, saveinvvar, count
+
+    def agreeOnBatch(self, bn, data, residual):
+        """The first exchange of a training forward (each process's checks, map count, data type and element count
+        per map); returns every process's element count per map."""
+        problem = problemOf(super(SyncStatistics, bn).checkData, data, residual)
+        dtypeCode, count = -1, 0
+        if problem is None:
+            dtypeCode, count = headerTypes.index(data.dtype), bn.elementsPerMap(data.shape)
+        headers, problems = bn.exchange.allgatherChecked([bn.maps, dtypeCode, count], problem)
+        raiseProblems(bn, problems)
+        if len(set(headers[:, 0])) > 1:
+            raise ModuleError(
+                "%s: the processes have different map counts (per rank: %s)" % (bn.describe(), headers[:, 0].tolist())
+            )
+        if len(set(headers[:, 1])) > 1:
+            types = [str(headerTypes[code]) for code in headers[:, 1]]
+            raise ModuleError("%s: the processes' data types differ (per rank: %s)" % (bn.describe(), types))
+        counts = headers[:, 2]
+        if counts.sum() < 2:
+            raise ModuleError(
+                "%s: training needs at least 2 elements per map in the global batch to estimate a variance; the "
+                "processes hold %s" % (bn.describe(), counts.tolist())
+            )
+        return counts
+
+    def moveRunningStatistics(self, bn, mu, sigma2, count):
+        """The running update with the merged statistics, on the host where they are (every process the same bits),
+        guarded as the kernels guard it."""
+        mean = bn.mean.get().astype(np.float64).reshape(bn.maps)
+        var = bn.var.get().astype(np.float64).reshape(bn.maps)
+        counts = bn.skipCounter()
+        finite = None if counts is None else np.isfinite(mu) & np.isfinite(sigma2)
+        guardedUpdate(runningUpdates(mean, var, mu, sigma2, count, bn.nextFactor()), finite)
+        if finite is not None and not finite.all():
+            counts.set(counts.get() + (~finite).astype(np.float32).reshape(counts.shape))
+        bn.mean.set(mean.astype(np.float32).reshape(bn.mean.shape))
+        bn.var.set(var.astype(np.float32).reshape(bn.var.shape))
+
+    def backward(self, bn, data, grad, ingrad, sums, results):
+        """Each process sums over its batch, one exchange adds the sums (with each process's check of `grad`), the
+        input gradient follows from the global sums; the parameter gradients are the global sums."""
+        problem = problemOf(super(SyncStatistics, bn).checkGrad, grad)
+        local = np.zeros(2 * bn.maps, np.float64)
+        if problem is None:
+            own = bn.newStatistics(grad, 2)
+            PlainTraining.backward(self, bn, data, grad, None, own, results)
+            local[: bn.maps], local[bn.maps :] = own[1].get().ravel(), own[0].get().ravel()
+        gathered, problems = bn.exchange.allgatherChecked(local, problem)
+        raiseProblems(bn, problems)
+        total = gathered.sum(axis=0).reshape(2, bn.maps)
+        globalSums = grad.backend.gpuarray.to_gpu(total.astype(results[0].dtype))
+        biasgrad, scalegrad = (globalSums[k].reshape(bn.paramShape) for k in (0, 1))
+        if ingrad is not None:
+            bn.planOf(data).inputGradient(
+                InputGradient(data, grad, ingrad, bn.scale, *results, scalegrad, biasgrad, bn.globalCount)
+            )
+        # NOTE: parameter gradients are float32 whatever the data type (float64 sums serve float64 data)
+        for target, k in zip(sums, (1, 0), strict=True):
+            target.set(total[k].astype(np.float32).reshape(target.shape))
+
+    def checkBatch(self, bn, shape):
+        """No local minimum: a process may hold 0 or 1 element per map; the global batch needs 2 (`agreeOnBatch`)."""
+
+    def checkInPlace(self, bn):
+        """The synchronized modules train into a new output whatever `inplace` says (they evaluate in place)."""
+
+    def checkResidual(self, bn):
+        raise ModuleError("%s: a residual does not combine with %s yet" % (bn.describe(), self.feature))
 
 
 class SyncStatistics:
@@ -49,7 +160,7 @@ class SyncStatistics:
 
     # NOTE: a copy (`Module.__deepcopy__`) takes part in its original's communicator and exchanges
     sharedFields = ("comm", "exchange")
-    transientFields = BatchNormND.transientFields + ("globalCounts", "globalCount")
+    transientFields = BatchNormND.transientFields + ("globalCount",)
 
     def __init__(self, *args, comm=None, **kwargs):
         comm = Collective.checkCommunicator(type(self).__name__, comm)
@@ -64,143 +175,19 @@ class SyncStatistics:
         super().__init__(*args, **kwargs)
         self.comm = comm
         self.exchange = Collective.Exchange(comm)
-        self.globalCounts, self.globalCount = None, None
+        self.training = SyncTraining()
+        self.globalCount = None
 
-    def checkElementsPerMap(self, shape):
-        """No local minimum in training: a process may hold 0 or 1 element per map; the global batch needs 2."""
+    def checkData(self, data, residual=None):
+        """In training the checks are the first exchange's (`SyncTraining.agreeOnBatch`), so that a batch one process
+        refuses is refused by every process; evaluation checks as `BatchNormND` (it communicates nothing)."""
         if not self.train:
-            super().checkElementsPerMap(shape)
+            super().checkData(data, residual)
 
-    def forward(self, data):
-        """As `BatchNormND.forward`; in training the statistics are those of the global batch (see the class)."""
+    def checkGrad(self, grad):
+        """After a training forward the checks are the exchange's (`SyncTraining.backward`); else as `Module`."""
         if not self.train:
-            return super().forward(data)
-        self.globalCounts = self.agreeOnBatch(data)
-        return super().forward(data)
-
-    def agreeOnBatch(self, data):
-        """The first exchange of a training forward; returns every process's element count per map."""
-        problem, dtypeCode, count = None, -1, 0
-        try:
-            self.checkArray(data, "data")
-            self.checkReady()
-            self.checkDataShape(data.shape)
-            self.checkDataType(data.dtype)
-            dtypeCode, count = headerTypes.index(data.dtype), self.elementsPerMap(data.shape)
-        except ModuleError as e:
-            problem = str(e)
-
-        headers, problems = self.exchange.allgatherChecked([self.maps, dtypeCode, count], problem)
-        self.raiseProblems(problems)
-        if len(set(headers[:, 0])) > 1:
-            raise ModuleError(
-                "%s: the processes have different map counts (per rank: %s)" % (self.describe(), headers[:, 0].tolist())
-            )
-        if len(set(headers[:, 1])) > 1:
-            types = [str(headerTypes[code]) for code in headers[:, 1]]
-            raise ModuleError("%s: the processes' data types differ (per rank: %s)" % (self.describe(), types))
-        counts = headers[:, 2]
-        if counts.sum() < 2:
-            raise ModuleError(
-                "%s: training needs at least 2 elements per map in the global batch to estimate a variance; the "
-                "processes hold %s" % (self.describe(), counts.tolist())
-            )
-        return counts
-
-    def raiseProblems(self, problems):
-        if problems:
-            lines = "; ".join("rank %d: %s" % (rank, message) for rank, message in problems)
-            raise ModuleError("%s: a process refused its part of the synchronized step (%s)" % (self.describe(), lines))
-
-    def updateData(self, data):
-        if not self.train:
-            return super().updateData(data)
-
-        x = self.toDnn(data)
-        arrays = data.backend.gpuarray
-        statType_ = statType(data.dtype)
-
-        try:
-            # NOTE: float64 moments: the CPU backend's are exact in float64, and the merge should not round them
-            record = arrays.empty((2, self.maps), np.float64)
-            moments = BatchMoments(record[0].reshape(self.paramShape), record[1].reshape(self.paramShape))
-            Dnn.batchNormNdStatistics(x, self.dnnAxes, out=moments)
-        except ValueError as e:
-            raise ModuleError("%s: %s" % (self.describe(), e)) from None
-        gathered = self.exchange.allgather(record)
-
-        count, mu, sigma2 = Collective.mergeMoments(self.globalCounts, gathered[:, 0], gathered[:, 1])
-        invstd = 1.0 / np.sqrt(sigma2 + self.epsilon)
-        saved = arrays.to_gpu(np.stack([mu, invstd]).astype(statType_))
-        savemean, saveinvvar = saved[0].reshape(self.paramShape), saved[1].reshape(self.paramShape)
-        out = Dnn.batchNormNdNormalize(x, self.scale, self.bias, savemean, saveinvvar, self.dnnAxes)
-
-        factor = self.nextFactor()
-        runningMean = self.mean.get().astype(np.float64).reshape(self.maps)
-        runningVar = self.var.get().astype(np.float64).reshape(self.maps)
-        newMean = (1.0 - factor) * runningMean + factor * mu
-        newVar = (1.0 - factor) * runningVar + factor * sigma2 * (count / (count - 1))
-        counts = self.skipCounter()
-        if counts is not None:
-            # NOTE: the guard of BatchNormND's kernels, here on the host where the merged statistics are
-            finite = np.isfinite(mu) & np.isfinite(sigma2)
-            newMean, newVar = np.where(finite, newMean, runningMean), np.where(finite, newVar, runningVar)
-            if not finite.all():
-                counts.set(counts.get() + (~finite).astype(np.float32).reshape(counts.shape))
-        self.mean.set(newMean.astype(np.float32).reshape(self.mean.shape))
-        self.var.set(newVar.astype(np.float32).reshape(self.var.shape))
-
-        self.warnOfSkips()
-        self.numOfProps += 1
-        self.savemean, self.saveinvvar, self.globalCount = savemean, saveinvvar, count
-        return self.fromDnn(out, data)
-
-    def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
-        """As `BatchNormND.backward`; after a training forward the sums are those of the global batch (see the class),
-        and every process takes part in the exchange whatever its flags."""
-        if not self.train:
-            return super().backward(grad, updParamGrads, updGrad, scale, momentum)
-
-        problem = None
-        try:
-            self.checkGrad(grad)
-        except ModuleError as e:
-            problem = str(e)
-        updParamGrads = updParamGrads and bool(self.vars)
-
-        snapshot = self.snapshot("backward", updParamGrads)
-        try:
-            sums = np.zeros(2 * self.maps, np.float64)
-            if problem is None:
-                _, scalegrad, biasgrad = Dnn.batchNormNdBackward(
-                    self.toDnn(self.inData), self.toDnn(grad), self.scale, self.savemean, self.saveinvvar,
-                    self.epsilon, self.dnnAxes, updGrad=False,
-                )
-                sums[: self.maps], sums[self.maps :] = biasgrad.get().ravel(), scalegrad.get().ravel()
-
-            gathered, problems = self.exchange.allgatherChecked(sums, problem)
-            self.raiseProblems(problems)
-            total = gathered.sum(axis=0).reshape(2, self.maps)
-            arrays = grad.backend.gpuarray
-            globalSums = arrays.to_gpu(total.astype(self.savemean.dtype))
-            biasgrad, scalegrad = (globalSums[k].reshape(self.paramShape) for k in (0, 1))
-
-            if updGrad:
-                ingrad = Dnn.batchNormNdInputGradient(
-                    self.toDnn(self.inData), self.toDnn(grad), self.scale, self.savemean, self.saveinvvar, scalegrad,
-                    biasgrad, self.globalCount, self.dnnAxes,
-                )
-            if updParamGrads:
-                # NOTE: parameter gradients are float32 whatever the data type (float64 sums serve float64 data)
-                paramSums = globalSums if globalSums.dtype == np.float32 else arrays.to_gpu(total.astype(np.float32))
-                self.accumulate(self.vars["scale"], paramSums[1], scale, momentum)
-                self.accumulate(self.vars["bias"], paramSums[0], scale, momentum)
-            if updGrad:
-                self.grad = self.fromDnn(ingrad, grad)
-            return self.grad if updGrad else None
-        except BaseException:
-            snapshot.restore()
-            raise
+            super().checkGrad(grad)
 
     def releaseResults(self):
         super().releaseResults()
@@ -240,10 +227,10 @@ def unittest():
     Several processes are tested by ``TestLib/tests/test_sync_batchnorm.py`` under mpiexec."""
     from mpi4py import MPI
 
-    from PuzzleLib.Modules.BatchNormND import checkAgainstReference
+    from PuzzleLib.TestLib.Reference import checkModule
 
     for nd in (1, 2, 3):
-        checkAgainstReference(SyncBatchNormND(nd, 3, comm=MPI.COMM_SELF), (4, 3) + (5, 3, 2)[:nd], seed=nd)
+        checkModule(SyncBatchNormND(nd, 3, comm=MPI.COMM_SELF), (4, 3) + (5, 3, 2)[:nd], seed=nd)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Optimizer: the base of the parameter-update rules (set up on a module, then `update()` after each backward)."""
 
-from PuzzleLib.Modules.Module import Module, ModuleError, Snapshot
+from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Transaction import Snapshot
 
 
 def namedVars(module):
@@ -63,13 +64,12 @@ class Optimizer:
                 "call setupOn again" % type(self).__name__
             )
         # NOTE: a step that raises part-way (an interrupt) must not leave some parameters moved and others not
-        snapshot = Snapshot(self, self.stateArrays())
-        try:
-            for var, state in self.states.values():
-                self.updateVar(var, state)
-        except BaseException:
-            snapshot.restore()
-            raise
+        Snapshot(self, self.stateArrays()).run(self.step)
+
+    def step(self):
+        """The rule on every parameter in turn (inside `update`'s transaction)."""
+        for var, state in self.states.values():
+            self.updateVar(var, state)
 
     def stateArrays(self):
         """The arrays a step writes: every parameter and every per-parameter state that is an array."""

@@ -140,3 +140,30 @@ def batchRenormBackward(x, grad, scale, axes, epsilon, r, d):
 
     dx, xhat = normalizationBackward(x, grad * scale * r, axes, epsilon)
     return dx, np.sum(grad * (xhat * r + d), axis=axes, keepdims=True), np.sum(grad, axis=axes, keepdims=True)
+
+
+def checkModule(bn, shape, seed):
+    """Self-test shared by the spatial modules: a training forward, backward and evaluation forward of `bn` (maps on
+    axis 1) on seeded data of `shape`, each against the float64 reference. Returns (data, training reference)."""
+    from PuzzleLib.Backend import gpuarray
+
+    np.random.seed(seed)
+    hostData = np.random.normal(2.0, 3.0, size=shape).astype(np.float32)
+    out = bn(gpuarray.to_gpu(hostData)).get()
+    ref = batchNormTrain(hostData, bn.scale.get(), bn.bias.get(), spatialAxes(hostData.ndim), bn.epsilon)
+    assert np.allclose(out, ref.out, atol=1e-5)
+    assert np.allclose(bn.mean.get(), ref.mean, rtol=1e-5)
+    assert np.allclose(bn.var.get(), ref.unbiasedVar, rtol=1e-5)
+
+    hostGrad = np.random.randn(*shape).astype(np.float32)
+    bn.backward(gpuarray.to_gpu(hostGrad))
+    dx, dscale, dbias = batchNormBackward(hostData, hostGrad, bn.scale.get(), ref.axes, bn.epsilon)
+    assert np.allclose(bn.grad.get(), dx, atol=1e-5)
+    assert np.allclose(bn.vars["scale"].grad.get(), dscale, atol=1e-4)
+    assert np.allclose(bn.vars["bias"].grad.get(), dbias, atol=1e-4)
+
+    bn.evalMode()
+    out = bn(gpuarray.to_gpu(hostData)).get()
+    refEval = batchNormEval(hostData, bn.scale.get(), bn.bias.get(), bn.mean.get(), bn.var.get(), bn.epsilon)
+    assert np.allclose(out, refEval, atol=1e-5)
+    return hostData, ref

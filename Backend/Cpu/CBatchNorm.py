@@ -125,35 +125,37 @@ class CPlan(NumpyPlan):
         mask = doubleMask(call.mean, call.var, first=SAVED_BITS)
         check(function(pack(outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.mean.ptr, call.var.ptr)))
 
-    def normalizeWith(self, call, centre, second, isVariance):
-        function, pack = self.normalizeCall
+    def normalizeArguments(self, call, centre, second, isVariance):
         outer, maps, inner = self.shape3
         mask = self.mask(call.scale, call.bias, centre, second)
-        check(function(pack(
+        return self.normalizeCall[1](
             outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.out.ptr, call.scale.ptr, call.bias.ptr,
             centre.ptr, second.ptr, isVariance, self.epsilon,
-        )))
+        )
+
+    # NOTE: the primitives call their C function themselves (the arguments are packed by a call that has returned), so
+    # that a module's call reaches the kernel in as few frames as it can
 
     def normalize(self, call):
-        self.normalizeWith(call, call.savemean, call.saveinvvar, 0)
+        check(self.normalizeCall[0](self.normalizeArguments(call, call.savemean, call.saveinvvar, 0)))
 
     def evalForward(self, call):
-        self.normalizeWith(call, call.mean, call.var, 1)
+        check(self.normalizeCall[0](self.normalizeArguments(call, call.mean, call.var, 1)))
 
-    def backwardWith(self, call, mode, centre, second, count=0.0):
-        function, pack = self.backwardCall
+    def backwardArguments(self, call, mode, centre, second, count=0.0):
         outer, maps, inner = self.shape3
         mask = self.mask(call.scale, centre, second, call.scalegrad, call.biasgrad)
-        check(function(pack(
+        return self.backwardCall[1](
             outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.grad.ptr, ptr(call.ingrad), mode,
             call.scale.ptr, centre.ptr, second.ptr, call.scalegrad.ptr, call.biasgrad.ptr, self.epsilon, count,
-        )))
+        )
 
     def backward(self, call):
-        self.backwardWith(call, TRAINING, call.savemean, call.saveinvvar)
+        check(self.backwardCall[0](self.backwardArguments(call, TRAINING, call.savemean, call.saveinvvar)))
 
     def frozenBackward(self, call):
-        self.backwardWith(call, FROZEN, call.mean, call.var)
+        check(self.backwardCall[0](self.backwardArguments(call, FROZEN, call.mean, call.var)))
 
     def inputGradient(self, call):
-        self.backwardWith(call, INPUT_GRADIENT, call.savemean, call.saveinvvar, float(call.count))
+        arguments = self.backwardArguments(call, INPUT_GRADIENT, call.savemean, call.saveinvvar, float(call.count))
+        check(self.backwardCall[0](arguments))

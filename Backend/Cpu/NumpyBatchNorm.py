@@ -25,19 +25,11 @@ from PuzzleLib.Backend.Cpu.NumpyChunks import (
     normalizeRows,
     rowsOf,
 )
+from PuzzleLib.Backend.StatisticsUpdate import guardedUpdate, runningUpdates
 
 NAME = "numpy"
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
 float64 = np.float64
-
-
-def guardedUpdate(updates, finite):
-    """Moves each ``(target, value, weight)`` of `updates` (float vectors, the target a host view written in place) to
-    ``(1 - weight) * target + weight * value``, except where `finite` (a bool vector, or None for everywhere) is False:
-    there the target keeps its value. The running update of every numpy step."""
-    for target, value, weight in updates:
-        new = (1.0 - weight) * target + weight * value
-        target[...] = new if finite is None else np.where(finite, new, target)
 
 
 class NumpyPlan(BatchNormPlan):
@@ -70,10 +62,7 @@ class NumpyPlan(BatchNormPlan):
         if call.mean is None:
             return
         finite = None if call.skipped is None else np.isfinite(mu) & np.isfinite(sigma2)
-        guardedUpdate(
-            [(self.vector(call.mean), mu, call.factor), (self.vector(call.var), sigma2 * (m / (m - 1)), call.factor)],
-            finite,
-        )
+        guardedUpdate(runningUpdates(self.vector(call.mean), self.vector(call.var), mu, sigma2, m, call.factor), finite)
         if finite is not None:
             self.vector(call.skipped)[...] += ~finite
 
@@ -205,8 +194,7 @@ class NumpyPlan(BatchNormPlan):
             weight = 1.0 - call.renormMomentum
             updates = [(renormMean, mu, weight), (renormStd, sigma, weight)]
             if call.mean is not None:
-                unbiased = sigma2 * (count / (count - 1))
-                updates += [(vector(call.mean), mu, call.factor), (vector(call.var), unbiased, call.factor)]
+                updates += runningUpdates(vector(call.mean), vector(call.var), mu, sigma2, count, call.factor)
             guardedUpdate(updates, finite)
         if finite is not None:
             vector(call.skipped)[...] += ~finite

@@ -22,7 +22,8 @@ from PuzzleLib.Backend.Cpu import NumpyChunks
 from PuzzleLib.Containers import Sequential
 from PuzzleLib.Modules import BatchNorm, BatchNorm2D, Linear
 from PuzzleLib.Modules.Activation import Activation, sigmoid
-from PuzzleLib.Modules.Module import ModuleError, deferredInterrupts
+from PuzzleLib.Modules.Module import ModuleError
+from PuzzleLib.Modules.Transaction import deferredInterrupts
 from PuzzleLib.Optimizers import SGD, MomentumSGD
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

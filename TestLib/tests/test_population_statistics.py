@@ -94,7 +94,8 @@ def test_parameters_counters_and_modes_are_left_as_they_were():
     assert (bn0.numOfProps, bn1.numOfProps) == (1, 1)
     for key, var in net.namedVars().items():
         assert np.array_equal(var.data.get(), before[key]), key
-    assert bn0.statisticsCollector is None and bn1.statisticsCollector is None
+    # NOTE: no forward hook is left behind
+    assert bn0.forwardHooks == () and bn1.forwardHooks == ()
 
 
 class TwoPasses:
