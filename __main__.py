@@ -2,9 +2,9 @@
 [--backend auto|cuda|cpu]``.
 
 Prints the backend in use; first the seed example and the running-statistics demonstration on the handwritten digits
-(`PuzzleLib.TestLib.RunningStatistics`; ``--skip-demo`` leaves them out), then the experiment of Ioffe & Szegedy 2015,
+(`PuzzleLib.Examples.RunningStatistics`; ``--skip-demo`` leaves them out), then the experiment of Ioffe & Szegedy 2015,
 Figure 1: two identical sigmoid networks, one with BatchNorm, trained side by side on the digits
-(`PuzzleLib.TestLib.DigitsExperiment`), with a table of test accuracy per epoch and the final BatchNorm attributes.
+(`PuzzleLib.Examples.DigitsExperiment`), with a table of test accuracy per epoch and the final BatchNorm attributes.
 
 Before any work it checks the options, the backend asked for (``--backend`` or ``PUZZLELIB_BACKEND``), the packages the
 run needs (scikit-learn, tqdm; matplotlib for ``--plot``) and the folders of the output files; a problem is one line,
@@ -123,7 +123,7 @@ def main(argv=None):
     checkPrerequisites(parser, args)
 
     from PuzzleLib import Config
-    from PuzzleLib.TestLib import DigitsExperiment, RunningStatistics
+    from PuzzleLib.Examples import DigitsExperiment, RunningStatistics
 
     if args.backend is not None:
         Config.useBackend(args.backend)

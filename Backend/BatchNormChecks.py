@@ -105,12 +105,14 @@ def backwardCase(data, test, activation, slope, outdata, bias, resgrad, updGrad)
     return BackwardCase(bool(test), fused, data is None)
 
 
-def checkBackward(data, grad, scale, mode, stats, outs, ingrad, updGrad, case, **fusedArrays):
-    """The array checks of the backward entry points (`case` a `Checks.BackwardCase`, or None for Batch
-    Renormalization's plain backward); returns (layout, backend). `stats` ({name: per-map array}) are all needed;
-    `outs` ({name: per-map array or None}) are the parameter gradients' outputs; `fusedArrays` the fused backward's
-    other arrays. `data` may be None (InPlace-ABN): the layout is `grad`'s then."""
-    backend = commonBackend(data=data, grad=grad, scale=scale, ingrad=ingrad, **stats, **outs, **fusedArrays)
+def checkBackward(case, data, grad, scale, mode, stats, outs, **optional):
+    """The array checks of the backward entry points; returns (layout, backend). `case` is the `BackwardCase` the
+    keywords make (None for Batch Renormalization's plain backward); `stats` ({name: per-map array}) are all needed;
+    `outs` ({name: per-map array or None}) are the parameter gradients' outputs; `optional` holds `ingrad` and
+    `updGrad`, and a fused backward's `outdata`, `bias` and `resgrad`. `data` may be None (InPlace-ABN): the layout is
+    `grad`'s then."""
+    ingrad, updGrad = optional.pop("ingrad"), optional.pop("updGrad")
+    backend = commonBackend(data=data, grad=grad, scale=scale, ingrad=ingrad, **stats, **outs, **optional)
     rebuilt = data is None
     like = grad if rebuilt else data
     layout = checkData("grad" if rebuilt else "data", like, backend, modeAxes(mode, like.ndim))
@@ -123,20 +125,25 @@ def checkBackward(data, grad, scale, mode, stats, outs, ingrad, updGrad, case, *
             raise ValueError("%s is needed for the backward pass after %s forward" % (name, after))
         layout.checkPerMap(name, ary, perMap)
     if case is not None and case.activation is not None:
-        checkArray("outdata", fusedArrays["outdata"], dtypes=(grad.dtype,), shape=grad.shape)
-        resgrad = fusedArrays["resgrad"]
-        if resgrad is not None:
-            checkArray("resgrad", resgrad, dtypes=(grad.dtype,), shape=grad.shape)
-            checkApart("resgrad", resgrad, "an output may overlap no other argument", grad=grad,
-                       outdata=fusedArrays["outdata"], data=data, ingrad=ingrad)
+        checkFusedArrays(data, grad, ingrad, optional["outdata"], optional["resgrad"])
     if rebuilt:
-        layout.checkPerMap("bias", fusedArrays["bias"], perMap)
+        layout.checkPerMap("bias", optional["bias"], perMap)
     if outs["scalegrad"] is not None or outs["biasgrad"] is not None:
         checkPerMapOutputs(layout, outs, data=data, grad=grad, scale=scale, **stats)
     if ingrad is not None:
-        others = {name: ary for name, ary in fusedArrays.items() if name != "resgrad"}
+        others = {name: ary for name, ary in optional.items() if name != "resgrad"}
         # NOTE: InPlace-ABN's input gradient may overwrite grad exactly (each element is read before it is written)
         inPlace = rebuilt and ingrad.ptr == grad.ptr and ingrad.shape == grad.shape and ingrad.dtype == grad.dtype
         checkInputGradient(ingrad, updGrad, grad, data=data, grad=None if inPlace else grad, scale=scale, **stats,
                            **outs, **others)
     return layout, backend
+
+
+def checkFusedArrays(data, grad, ingrad, outdata, resgrad):
+    """The arrays of a backward after a fused forward: the forward's output, and the residual's gradient apart from
+    every other argument."""
+    checkArray("outdata", outdata, dtypes=(grad.dtype,), shape=grad.shape)
+    if resgrad is not None:
+        checkArray("resgrad", resgrad, dtypes=(grad.dtype,), shape=grad.shape)
+        checkApart("resgrad", resgrad, "an output may overlap no other argument", grad=grad, outdata=outdata, data=data,
+                   ingrad=ingrad)

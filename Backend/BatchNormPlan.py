@@ -192,32 +192,29 @@ class PermutedPlan(BatchNormPlan):
         for name, ary in outputs:
             Permute.permute(work[name], layout.inverse, out=ary)
 
-    def trainForward(self, call):
-        self.permuted("trainForward", call)
-
-    def evalForward(self, call):
-        self.permuted("evalForward", call)
-
-    def normalize(self, call):
-        self.permuted("normalize", call)
-
-    def batchStatistics(self, call):
-        self.permuted("batchStatistics", call)
-
-    def backward(self, call):
-        self.permuted("backward", call)
-
-    def frozenBackward(self, call):
-        self.permuted("frozenBackward", call)
-
-    def inputGradient(self, call):
-        self.permuted("inputGradient", call)
+    # NOTE: the data passes (trainForward ... inputGradient) go through `permuted`, set below the class (`permuting`);
+    # the per-map steps need no permutation
 
     def renormStatistics(self, call):
         self.inner.renormStatistics(call)
 
     def renormCombine(self, call):
         self.inner.renormCombine(call)
+
+
+def permuting(primitive):
+    """The `PermutedPlan` method of `primitive`: the inner plan's, through permuted copies (`PermutedPlan.permuted`)."""
+
+    def method(self, call):
+        self.permuted(primitive, call)
+
+    method.__name__ = method.__qualname__ = primitive
+    return method
+
+
+for primitive in ("trainForward", "evalForward", "normalize", "batchStatistics", "backward", "frozenBackward",
+                  "inputGradient"):
+    setattr(PermutedPlan, primitive, permuting(primitive))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -115,7 +115,7 @@ def batchRenormNdBackward(
     """
     stats = {"savemean": savemean, "saveinvvar": saveinvvar, "r": r, "d": d}
     outs = {"scalegrad": scalegrad, "biasgrad": biasgrad}
-    layout, backend = checkBackward(data, grad, scale, mode, stats, outs, ingrad, updGrad, None)
+    layout, backend = checkBackward(None, data, grad, scale, mode, stats, outs, ingrad=ingrad, updGrad=updGrad)
 
     arrays = backend.gpuarray
     ingrad = (arrays.empty(grad.shape, grad.dtype) if ingrad is None else ingrad) if updGrad else None

@@ -215,8 +215,8 @@ def batchNormNdBackward(
     case = backwardCase(data, test, activation, slope, outdata, bias, resgrad, updGrad)
     stats = {"mean": mean, "var": var} if test else {"savemean": savemean, "saveinvvar": saveinvvar}
     outs = {"scalegrad": scalegrad, "biasgrad": biasgrad}
-    layout, backend = checkBackward(data, grad, scale, mode, stats, outs, ingrad, updGrad, case, outdata=outdata,
-                                    bias=bias, resgrad=resgrad)
+    layout, backend = checkBackward(case, data, grad, scale, mode, stats, outs, ingrad=ingrad, updGrad=updGrad,
+                                    outdata=outdata, bias=bias, resgrad=resgrad)
     if test:
         checkEpsilon(epsilon)
 

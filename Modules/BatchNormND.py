@@ -483,7 +483,8 @@ def unittest():
         renormMean, renormStd = np.zeros(scale.shape), np.ones(scale.shape)
         for start in (0, 2):
             part = hostData[start : start + 2]
-            ghost = Reference.batchRenormTrain(part, scale, bias, axes, 1e-5, renormMean, renormStd, 2 / 3, 1.5)
+            ghost = Reference.batchRenormTrain(part, scale, bias, axes, 1e-5, renormMean, renormStd,
+                                               rmin=2 / 3, rmax=1.5)
             assert np.allclose(out[start : start + 2], ghost.out, atol=1e-5)
             renormMean, renormStd = (renormMean + ghost.mean) / 2, (renormStd + ghost.sigma) / 2
         assert np.allclose(ghosts.renormStd.get(), renormStd, rtol=1e-5) and ghosts.numOfProps == 2

@@ -115,10 +115,12 @@ def frozenBackward(x, grad, scale, mean, var, epsilon, axes=None):
     return dx, np.sum(grad * xhat, axis=axes, keepdims=True), np.sum(grad, axis=axes, keepdims=True)
 
 
-def batchRenormTrain(x, scale, bias, axes, epsilon, renormMean, renormStd, rmin=0.0, rmax=np.inf, dmax=np.inf):
+def batchRenormTrain(x, scale, bias, axes, epsilon, renormMean, renormStd, **clipping):
     """Batch Renormalization's training forward (Ioffe 2017, arXiv 1702.03275, Algorithm 1, with TensorFlow's floor
-    of the moving standard deviation at sqrt(epsilon)); returns the namespace of `batchNormTrain` plus r, d, sigma (all
-    keepdims, float64)."""
+    of the moving standard deviation at sqrt(epsilon)), with the bounds `clipping` (``rmin`` default 0, ``rmax`` and
+    ``dmax`` default inf); returns the namespace of `batchNormTrain` plus r, d, sigma (all keepdims, float64)."""
+    rmin, rmax, dmax = clipping.pop("rmin", 0.0), clipping.pop("rmax", np.inf), clipping.pop("dmax", np.inf)
+    assert not clipping, clipping
     ref = batchNormTrain(x, scale, bias, axes, epsilon)
     x = np.asarray(x, dtype=np.float64)
     renormMean, renormStd = asParam(renormMean, x, ref.axes), asParam(renormStd, x, ref.axes)

@@ -50,7 +50,8 @@ def test_forward_and_updates_match_the_float64_reference(case):
     arrays = [gpuarray.to_gpu(a) for a in (host, scale, bias, mean, var, renormMean, renormStd)]
 
     out, savemean, saveinvvar, r, d = Dnn.batchRenormNd(*arrays, EPS, 0.25, 0.9, mode, **CLIP)
-    ref = Reference.batchRenormTrain(host, scale, bias, axes, EPS, renormMean, renormStd, 1 / 3, 3.0, 2.0)
+    ref = Reference.batchRenormTrain(host, scale, bias, axes, EPS, renormMean, renormStd,
+                                     rmin=1 / 3, rmax=3.0, dmax=2.0)
 
     # NOTE: the state was built so that every bound is met once and each of r and d runs free once
     assert sorted(np.round(ref.r.ravel(), 6).tolist())[0] == round(1 / 3, 6) and ref.r.max() == 3.0
@@ -75,7 +76,7 @@ def test_float64_forward_is_exact(backend):
     scale, bias, renormMean, renormStd = renormState(shape, axes, np.float64)
     arrays = [gpuarray.to_gpu(a) for a in (host, scale, bias, renormMean, renormStd)]
     out, savemean, saveinvvar, r, d = Dnn.batchRenormNd(*arrays[:3], None, None, *arrays[3:], EPS, rmax=2.5)
-    ref = Reference.batchRenormTrain(host, scale, bias, axes, EPS, renormMean, renormStd, 0.4, 2.5)
+    ref = Reference.batchRenormTrain(host, scale, bias, axes, EPS, renormMean, renormStd, rmin=0.4, rmax=2.5)
     assert savemean.dtype == r.dtype == np.float64
     np.testing.assert_allclose(out.get(), ref.out, rtol=0, atol=1e-12)
     np.testing.assert_allclose(r.get(), ref.r, rtol=1e-13)
@@ -135,7 +136,8 @@ def test_backward_matches_the_reference_with_r_and_d_constant(case):
     ingrad, scalegrad, biasgrad = Dnn.batchRenormNdBackward(
         x, gpuarray.to_gpu(grad), p[0], savemean, saveinvvar, r, d, mode
     )
-    ref = Reference.batchRenormTrain(host, scale, bias, axes, EPS, renormMean, renormStd, 1 / 3, 3.0, 2.0)
+    ref = Reference.batchRenormTrain(host, scale, bias, axes, EPS, renormMean, renormStd,
+                                     rmin=1 / 3, rmax=3.0, dmax=2.0)
     dx, dscale, dbias = Reference.batchRenormBackward(host, grad, scale, axes, EPS, ref.r, ref.d)
     np.testing.assert_allclose(ingrad.get(), dx, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scalegrad.get(), dscale, rtol=1e-4, atol=1e-4)
@@ -309,7 +311,8 @@ def test_module_backward_and_accumulation_follow_the_reference():
     grad = np.random.randn(*shape).astype(np.float32)
     bn(gpuarray.to_gpu(host))
     scale = bn.scale.get()
-    ref = Reference.batchRenormTrain(host, scale, bn.bias.get(), axes, EPS, renormMean, renormStd, 1 / 1.2, 1.2, 0.3)
+    ref = Reference.batchRenormTrain(host, scale, bn.bias.get(), axes, EPS, renormMean, renormStd, rmin=1 / 1.2,
+                                     rmax=1.2, dmax=0.3)
     assert (np.abs(ref.d) == 0.3).all() and (ref.r == 1.2).any()
     dx, dscale, dbias = Reference.batchRenormBackward(host, grad, scale, axes, EPS, ref.r, ref.d)
 

@@ -1,4 +1,4 @@
-"""The data-parallel example (`TestLib.DataParallelDigits`) on 2 MPI ranks with an unequal split (33 + 27 of 60): the
+"""The data-parallel example (`Examples.DataParallelDigits`) on 2 MPI ranks with an unequal split (33 + 27 of 60): the
 synchronized training must be the main job's single-process BatchNorm training, up to float32 rounding.
 
 One run of 3 epochs on the CPU backend. The test skips where mpi4py or mpiexec is missing, unless
@@ -29,7 +29,7 @@ MAX_ABS_DIFF = 1e-4
 def result(tmp_path_factory):
     MpiLauncher.skipUnlessAvailable()
     path = tmp_path_factory.mktemp("dataParallel") / "result.json"
-    args = ["-m", "PuzzleLib.TestLib.DataParallelDigits", "--worker", "--epochs", str(EPOCHS), "--json", str(path)]
+    args = ["-m", "PuzzleLib.Examples.DataParallelDigits", "--worker", "--epochs", str(EPOCHS), "--json", str(path)]
     done = MpiLauncher.run(RANKS, args, TIMEOUT, backend="cpu")
     assert done.returncode == 0, "mpiexec failed (%d):\n%s\n%s" % (done.returncode, done.stdout, done.stderr)
     with open(path, encoding="utf-8") as file:

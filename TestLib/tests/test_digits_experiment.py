@@ -9,10 +9,10 @@ import pytest
 
 from PuzzleLib.Backend import gpuarray
 from PuzzleLib.Containers import Sequential
+from PuzzleLib.Examples import DigitsExperiment
+from PuzzleLib.Examples.RunningStatistics import loadDigits
 from PuzzleLib.Modules import Activation, BatchNorm, Linear
 from PuzzleLib.Modules.PopulationStatistics import recomputeStatistics
-from PuzzleLib.TestLib import DigitsExperiment
-from PuzzleLib.TestLib.RunningStatistics import loadDigits
 
 pytest.importorskip("sklearn", reason="the digits set ships with scikit-learn (extra 'test')")
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from PuzzleLib.TestLib import Reference, RunningStatistics
+from PuzzleLib.Examples import RunningStatistics
+from PuzzleLib.TestLib import Reference
 
 
 def test_seed_example_prints_the_documented_values():

@@ -119,7 +119,8 @@ def test_ghost_batches_with_renorm_take_their_corrections_in_turn():
     dscale = 0.0
     for g, (start, stop) in enumerate(GHOSTS):
         part, partGrad = host[start:stop], grad[start:stop]
-        ref = Reference.batchRenormTrain(part, scale, bias, (0,), EPS, renormMean, renormStd, 1 / 1.5, 1.5, 0.5)
+        ref = Reference.batchRenormTrain(part, scale, bias, (0,), EPS, renormMean, renormStd,
+                                         rmin=1 / 1.5, rmax=1.5, dmax=0.5)
         np.testing.assert_allclose(out[start:stop], ref.out, atol=2e-5)
         np.testing.assert_allclose(bn.renormCorrection.r.get()[g].ravel(), ref.r.ravel(), rtol=1e-5)
         dx, ds, _ = Reference.batchRenormBackward(part, partGrad, scale, (0,), EPS, ref.r, ref.d)

@@ -18,7 +18,7 @@ difference between the final weights and running statistics of the two networks,
 
 Run::
 
-    python -m PuzzleLib.TestLib.DataParallelDigits --ranks 2 [--epochs 15] [--seed 0] [--json FILE]
+    python -m PuzzleLib.Examples.DataParallelDigits --ranks 2 [--epochs 15] [--seed 0] [--json FILE]
 
 which starts itself on N processes through `MpiLauncher` (``mpiexec -n N python -m mpi4py -m ...``); a program already
 started by mpiexec does the work itself. ``PUZZLELIB_BACKEND`` chooses the ranks' backend.
@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from PuzzleLib.TestLib import DigitsExperiment
+from PuzzleLib.Examples import DigitsExperiment
 
 BATCH = DigitsExperiment.defaults["batchsize"]
 
@@ -121,6 +121,37 @@ def sumGradients(comm, variables, flat):
     return seconds
 
 
+def trainEpochs(comm, run, train, test, rows, epochs, seed):
+    """Trains `run` (network, optimizer, cost, the parameters whose gradients the ranks sum) for `epochs` on this
+    rank's `rows` of each global batch of the `train` images and labels (shuffled by `seed`, as the single-process
+    run); returns (test accuracy per epoch on the `test` data and labels, seconds per step, seconds in the gradients'
+    Allreduce)."""
+    from PuzzleLib.Backend import Blas, gpuarray
+
+    net, optimizer, cost, summed = run
+    trainX, trainY = train
+    flat = np.empty(sum(var.grad.size for var in summed), np.float32)
+    rng = np.random.default_rng(seed)
+    accuracy, stepSeconds, allreduceSeconds = [], [], 0.0
+    for _ in range(epochs):
+        order = rng.permutation(len(trainX))
+        for start in range(0, len(trainX) - BATCH + 1, BATCH):
+            index = order[start : start + BATCH][rows]
+            data = gpuarray.to_gpu(trainX[index].astype(np.float32))
+            labels = gpuarray.to_gpu(trainY[index].astype(np.int32))
+
+            began = time.perf_counter()
+            _, grad = cost(net(data), labels)
+            # NOTE: (onehot - p) / localBatch becomes (onehot - p) / 60: this rank's rows of the global mean loss
+            Blas.addVectorToVector(grad, grad, out=grad, alpha=len(index) / BATCH, beta=0.0)
+            net.backward(grad)
+            allreduceSeconds += sumGradients(comm, summed, flat)
+            optimizer.update()
+            stepSeconds.append(time.perf_counter() - began)
+        accuracy.append(DigitsExperiment.evaluate(net, cost, *test)[1])
+    return accuracy, stepSeconds, allreduceSeconds
+
+
 def runDataParallel(comm, epochs=DigitsExperiment.defaults["epochs"], seed=DigitsExperiment.defaults["seed"]):
     """Trains the synchronized network on the ranks of `comm` (every rank calls it), then the reference on rank 0.
 
@@ -134,14 +165,13 @@ def runDataParallel(comm, epochs=DigitsExperiment.defaults["epochs"], seed=Digit
         included); None on the other ranks.
     """
     from PuzzleLib import Config
-    from PuzzleLib.Backend import Blas, gpuarray
+    from PuzzleLib.Backend import gpuarray
     from PuzzleLib.Cost import CrossEntropy
+    from PuzzleLib.Examples.RunningStatistics import loadDigits
     from PuzzleLib.Modules import SyncBatchNorm
     from PuzzleLib.Optimizers import MomentumSGD
-    from PuzzleLib.TestLib.RunningStatistics import loadDigits
 
     rank, sizes = comm.Get_rank(), split(BATCH, comm.Get_size())
-    lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
     trainX, trainY, testX, testY = loadDigits(seed)
     trainX, testX = trainX / 16.0, testX / 16.0
     testData, testLabels = gpuarray.to_gpu(testX.astype(np.float32)), gpuarray.to_gpu(testY.astype(np.int32))
@@ -154,29 +184,14 @@ def runDataParallel(comm, epochs=DigitsExperiment.defaults["epochs"], seed=Digit
     # NOTE: SyncBatchNorm's gradients are already the global batch's, the same on every rank: summing them would count
     # every row N times
     summed = [var for name, var in net.namedVars().items() if not isinstance(net[name.split(".")[1]], SyncBatchNorm)]
-    flat = np.empty(sum(var.grad.size for var in summed), np.float32)
     optimizer = MomentumSGD(DigitsExperiment.defaults["learnRate"], DigitsExperiment.defaults["momRate"])
     optimizer.setupOn(net)
-    cost = CrossEntropy(name="dataParallel")
+    run = (net, optimizer, CrossEntropy(name="dataParallel"), summed)
 
-    rng = np.random.default_rng(seed)
-    accuracy, stepSeconds, allreduceSeconds = [], [], 0.0
-    for _ in range(epochs):
-        order = rng.permutation(len(trainX))
-        for start in range(0, len(trainX) - BATCH + 1, BATCH):
-            index = order[start : start + BATCH][lo:hi]
-            data = gpuarray.to_gpu(trainX[index].astype(np.float32))
-            labels = gpuarray.to_gpu(trainY[index].astype(np.int32))
-
-            began = time.perf_counter()
-            _, grad = cost(net(data), labels)
-            # NOTE: (onehot - p) / localBatch becomes (onehot - p) / 60: this rank's rows of the global mean loss
-            Blas.addVectorToVector(grad, grad, out=grad, alpha=(hi - lo) / BATCH, beta=0.0)
-            net.backward(grad)
-            allreduceSeconds += sumGradients(comm, summed, flat)
-            optimizer.update()
-            stepSeconds.append(time.perf_counter() - began)
-        accuracy.append(DigitsExperiment.evaluate(net, cost, testData, testLabels)[1])
+    rows = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+    accuracy, stepSeconds, allreduceSeconds = trainEpochs(
+        comm, run, (trainX, trainY), (testData, testLabels), rows, epochs, seed
+    )
 
     mine = state(net)
     everyRank = comm.gather(mine, root=0)
@@ -240,7 +255,7 @@ def underMpiexec():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m PuzzleLib.TestLib.DataParallelDigits", description=__doc__.splitlines()[0]
+        prog="python -m PuzzleLib.Examples.DataParallelDigits", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--epochs", type=positiveInt, default=DigitsExperiment.defaults["epochs"], help="default: 15")
     parser.add_argument("--seed", type=int, default=DigitsExperiment.defaults["seed"], help="as the main job's (0)")
@@ -259,7 +274,7 @@ def main(argv=None):
             parser.error(str(e))
         options = ["--epochs", str(args.epochs), "--seed", str(args.seed), "--worker"]
         options += ["--json", os.path.abspath(args.json)] if args.json else []
-        done = MpiLauncher.run(args.ranks, ["-m", "PuzzleLib.TestLib.DataParallelDigits", *options], args.timeout)
+        done = MpiLauncher.run(args.ranks, ["-m", "PuzzleLib.Examples.DataParallelDigits", *options], args.timeout)
         sys.stdout.write(done.stdout)
         sys.stderr.write(done.stderr)
         return done.returncode

@@ -11,11 +11,11 @@ import numpy as np
 from PuzzleLib.Backend import gpuarray
 from PuzzleLib.Containers import Sequential
 from PuzzleLib.Cost import CrossEntropy
+from PuzzleLib.Examples.RunningStatistics import loadDigits
 from PuzzleLib.Modules import Activation, BatchNorm, Linear
 from PuzzleLib.Modules.Activation import sigmoid
 from PuzzleLib.Modules.PopulationStatistics import recomputeStatistics
 from PuzzleLib.Optimizers import MomentumSGD
-from PuzzleLib.TestLib.RunningStatistics import loadDigits
 
 HIDDEN = (100, 100, 100)
 CLASSES = 10
@@ -73,6 +73,32 @@ def evaluate(net, cost, data, labels):
     return cost.getMeanError(), cost.getAccuracy()
 
 
+def trainEpoch(runs, batches):
+    """One pass of every run (network, optimizer, cost) over `batches` ((images, labels) on the host), the networks
+    trained side by side on the same batches."""
+    for images, labels in batches:
+        data, labels = gpuarray.to_gpu(images.astype(np.float32)), gpuarray.to_gpu(labels.astype(np.int32))
+        for net, optimizer, cost in runs.values():
+            _, grad = cost(net(data), labels)
+            net.backward(grad)
+            optimizer.update()
+
+
+def exactStatistics(run, trainSet, testData, testLabels):
+    """The BatchNorm network's test loss and accuracy with the exact statistics of the training set
+    (`recomputeStatistics`); the network keeps its running statistics."""
+    # NOTE: the running statistics follow the weights of the last steps; the exact ones are those of the training set
+    # under the final weights
+    bnNet, _, bnCost = run
+    running = [(module, module.mean.get(), module.var.get()) for module in bnNet if isinstance(module, BatchNorm)]
+    recomputeStatistics(bnNet, trainSet)
+    exactLoss, exactAccuracy = evaluate(bnNet, bnCost, testData, testLabels)
+    for module, mean, var in running:
+        module.mean.set(mean)
+        module.var.set(var)
+    return {"exactTestLoss": exactLoss, "exactTestAccuracy": exactAccuracy}
+
+
 def runExperiment(
     epochs=defaults["epochs"],
     seed=defaults["seed"],
@@ -124,16 +150,8 @@ def runExperiment(
         order = rng.permutation(len(trainX))
         for _, _, cost in runs.values():
             cost.resetAccumulator()
-
         batches = tqdm(starts, desc="epoch %d/%d" % (epoch, epochs), leave=False) if progress else starts
-        for start in batches:
-            index = order[start : start + batchsize]
-            data = gpuarray.to_gpu(trainX[index].astype(np.float32))
-            labels = gpuarray.to_gpu(trainY[index].astype(np.int32))
-            for net, optimizer, cost in runs.values():
-                _, grad = cost(net(data), labels)
-                net.backward(grad)
-                optimizer.update()
+        trainEpoch(runs, [(trainX[order[k : k + batchsize]], trainY[order[k : k + batchsize]]) for k in batches])
 
         for key, (net, _, cost) in runs.items():
             record = history[key]
@@ -146,22 +164,11 @@ def runExperiment(
     config = {"epochs": epochs, "seed": seed, "batchsize": batchsize, "learnRate": learnRate, "momRate": momRate}
     config.update({"wscale": wscale, "hidden": list(HIDDEN), "train": len(trainX), "test": len(testX)})
     result = {"config": config, "networks": history, "batchNorm": batchNormAttributes(nets["batchnorm"])}
-
-    # NOTE: the running statistics follow the weights of the last steps; the exact ones are those of the training set
-    # under the final weights
-    bnNet, _, bnCost = runs["batchnorm"]
     trainSet = [gpuarray.to_gpu(trainX[k : k + batchsize].astype(np.float32)) for k in range(0, len(trainX), batchsize)]
-    running = [(module, module.mean.get(), module.var.get()) for module in bnNet if isinstance(module, BatchNorm)]
-    recomputeStatistics(bnNet, trainSet)
-    exactLoss, exactAccuracy = evaluate(bnNet, bnCost, testData, testLabels)
-    for module, mean, var in running:
-        module.mean.set(mean)
-        module.var.set(var)
     result["exactStatistics"] = {
         "runningTestLoss": history["batchnorm"]["testLoss"][-1],
         "runningTestAccuracy": history["batchnorm"]["testAccuracy"][-1],
-        "exactTestLoss": exactLoss,
-        "exactTestAccuracy": exactAccuracy,
+        **exactStatistics(runs["batchnorm"], trainSet, testData, testLabels),
     }
     if keepNets:
         result["nets"] = nets
