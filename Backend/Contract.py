@@ -28,6 +28,7 @@ no residual, no input gradient). Formulas: Ioffe & Szegedy 2015 (arXiv 1502.0316
 running variance is unbiased (m / (m - 1)), as in Theano and cuDNN.
 """
 
+import collections
 from dataclasses import dataclass
 from types import ModuleType
 from typing import NamedTuple, Protocol
@@ -94,179 +95,87 @@ reconstructionFloor = 1e-5
 # --- the records of a batch-normalization call: one per primitive of `BatchNormPlan`, every array a GPUArray or None
 
 
-class TrainForward(NamedTuple):
-    """A training forward: `data` normalized with its batch statistics into `out` (`data` itself only for InPlace-ABN);
-    `savemean`, `saveinvvar` receive mu and 1 / sqrt(sigma2 + epsilon); `mean`, `var` (both or neither) move by
-    `factor`, guarded by the counter `skipped` where it is given; `residual` is added before the plan's activation."""
-
-    data: object
-    out: object
-    scale: object
-    bias: object
-    mean: object
-    var: object
-    skipped: object
-    savemean: object
-    saveinvvar: object
-    factor: float
-    residual: object = None
+def record(name, fields, doc):
+    """A record type (a `collections.namedtuple`) of the space-separated `fields`, those after a ``|`` defaulting to
+    None, documented by `doc`."""
+    required, _, optional = fields.partition("|")
+    result = collections.namedtuple(name, required.split() + optional.split(), defaults=[None] * len(optional.split()))
+    result.__doc__ = doc
+    return result
 
 
-class EvalForward(NamedTuple):
-    """An evaluation forward with the running `mean` and `var`; `out` may be `data` (in place)."""
+TrainForward = record(
+    "TrainForward", "data out scale bias mean var skipped savemean saveinvvar factor | residual",
+    "A training forward: `data` normalized with its batch statistics into `out` (`data` itself only for "
+    "InPlace-ABN); `savemean`, `saveinvvar` receive mu and 1 / sqrt(sigma2 + epsilon); `mean`, `var` (both or "
+    "neither) move by `factor`, guarded by the counter `skipped` where it is given; `residual` is added before "
+    "the plan's activation.",
+)
 
-    data: object
-    out: object
-    scale: object
-    bias: object
-    mean: object
-    var: object
-    residual: object = None
+EvalForward = record(
+    "EvalForward", "data out scale bias mean var | residual",
+    "An evaluation forward with the running `mean` and `var`; `out` may be `data` (in place).",
+)
 
+Normalize = record(
+    "Normalize", "data out scale bias savemean saveinvvar | residual",
+    "The normalization pass of a training forward with given statistics `savemean`, `saveinvvar`.",
+)
 
-class Normalize(NamedTuple):
-    """The normalization pass of a training forward with given statistics `savemean`, `saveinvvar`."""
+Moments = record(
+    "Moments", "data mean var",
+    "The batch's per-map moments alone: `mean` and the biased `var` (float32 or float64 arrays, both alike).",
+)
 
-    data: object
-    out: object
-    scale: object
-    bias: object
-    savemean: object
-    saveinvvar: object
-    residual: object = None
+Backward = record(
+    "Backward", "data grad ingrad scale savemean saveinvvar scalegrad biasgrad | bias outdata resgrad",
+    "A backward after a training forward: `scalegrad` and `biasgrad` are overwritten with the sums, `ingrad` "
+    "(None: not computed; it may be `grad`) with the input gradient. After a fused forward `outdata` is its "
+    "output and `resgrad` (or None) receives the residual's gradient; `data` None rebuilds xhat from `outdata` "
+    "with `bias` (InPlace-ABN).",
+)
 
+FrozenBackward = record(
+    "FrozenBackward", "data grad ingrad scale mean var scalegrad biasgrad | outdata resgrad",
+    "A backward after an evaluation forward with the running `mean` and `var` (constants); the rest as "
+    "`Backward`.",
+)
 
-class Moments(NamedTuple):
-    """The batch's per-map moments alone: `mean` and the biased `var` (float32 or float64 arrays, both alike)."""
+InputGradient = record(
+    "InputGradient", "data grad ingrad scale savemean saveinvvar scalegrad biasgrad count",
+    "The input gradient of a training forward from given sums `scalegrad`, `biasgrad` over `count` elements per "
+    "map (read, not written).",
+)
 
-    data: object
-    mean: object
-    var: object
+RenormStep = record(
+    "RenormStep",
+    "batchMean batchVar count scale bias mean var renormMean renormStd savemean saveinvvar r d "
+    "correctedScale correctedBias skipped factor renormMomentum clipping",
+    "Batch Renormalization's per-map step between the batch moments (`batchMean`, biased `batchVar`, over `count` "
+    "elements per map) and the normalization pass: writes `savemean`, `saveinvvar`, the correction `r`, `d` and "
+    "the corrected parameters `correctedScale`, `correctedBias`; moves `mean`, `var` (both or neither) by "
+    "`factor` and `renormMean`, `renormStd` by `renormMomentum`, guarded by `skipped` where it is given; "
+    "`clipping` is a `RenormClipping`.",
+)
 
+RenormForward = record(
+    "RenormForward",
+    "data out scale bias mean var renormMean renormStd skipped savemean saveinvvar r d factor "
+    "renormMomentum clipping",
+    "Batch Renormalization's training forward (`RenormStep` between `Moments` and `Normalize`): the fields of "
+    "`TrainForward` and `RenormStep` it needs; `savemean`, `saveinvvar`, `r`, `d` are its outputs.",
+)
 
-class Backward(NamedTuple):
-    """A backward after a training forward: `scalegrad` and `biasgrad` are overwritten with the sums, `ingrad` (None:
-    not computed; it may be `grad`) with the input gradient. After a fused forward `outdata` is its output and
-    `resgrad` (or None) receives the residual's gradient; `data` None rebuilds xhat from `outdata` with `bias`
-    (InPlace-ABN)."""
+RenormBackward = record(
+    "RenormBackward", "data grad ingrad scale savemean saveinvvar r d scalegrad biasgrad",
+    "Batch Renormalization's backward, r and d constants: `Backward` with the scale ``r * scale``, then the scale "
+    "gradient ``r * sum(dz * xhat) + d * sum(dz)``.",
+)
 
-    data: object
-    grad: object
-    ingrad: object
-    scale: object
-    savemean: object
-    saveinvvar: object
-    scalegrad: object
-    biasgrad: object
-    bias: object = None
-    outdata: object = None
-    resgrad: object = None
-
-
-class FrozenBackward(NamedTuple):
-    """A backward after an evaluation forward with the running `mean` and `var` (constants); the rest as `Backward`."""
-
-    data: object
-    grad: object
-    ingrad: object
-    scale: object
-    mean: object
-    var: object
-    scalegrad: object
-    biasgrad: object
-    outdata: object = None
-    resgrad: object = None
-
-
-class InputGradient(NamedTuple):
-    """The input gradient of a training forward from given sums `scalegrad`, `biasgrad` over `count` elements per
-    map (read, not written)."""
-
-    data: object
-    grad: object
-    ingrad: object
-    scale: object
-    savemean: object
-    saveinvvar: object
-    scalegrad: object
-    biasgrad: object
-    count: int
-
-
-class RenormStep(NamedTuple):
-    """Batch Renormalization's per-map step between the batch moments (`batchMean`, biased `batchVar`, over `count`
-    elements per map) and the normalization pass: writes `savemean`, `saveinvvar`, the correction `r`, `d` and the
-    corrected parameters `correctedScale`, `correctedBias`; moves `mean`, `var` (both or neither) by `factor` and
-    `renormMean`, `renormStd` by `renormMomentum`, guarded by `skipped` where it is given; `clipping` is a
-    `RenormClipping`."""
-
-    batchMean: object
-    batchVar: object
-    count: int
-    scale: object
-    bias: object
-    mean: object
-    var: object
-    renormMean: object
-    renormStd: object
-    savemean: object
-    saveinvvar: object
-    r: object
-    d: object
-    correctedScale: object
-    correctedBias: object
-    skipped: object
-    factor: float
-    renormMomentum: float
-    clipping: object
-
-
-class RenormForward(NamedTuple):
-    """Batch Renormalization's training forward (`RenormStep` between `Moments` and `Normalize`): the fields of
-    `TrainForward` and `RenormStep` it needs; `savemean`, `saveinvvar`, `r`, `d` are its outputs."""
-
-    data: object
-    out: object
-    scale: object
-    bias: object
-    mean: object
-    var: object
-    renormMean: object
-    renormStd: object
-    skipped: object
-    savemean: object
-    saveinvvar: object
-    r: object
-    d: object
-    factor: float
-    renormMomentum: float
-    clipping: object
-
-
-class RenormBackward(NamedTuple):
-    """Batch Renormalization's backward, r and d constants: `Backward` with the scale ``r * scale``, then the scale
-    gradient ``r * sum(dz * xhat) + d * sum(dz)``."""
-
-    data: object
-    grad: object
-    ingrad: object
-    scale: object
-    savemean: object
-    saveinvvar: object
-    r: object
-    d: object
-    scalegrad: object
-    biasgrad: object
-
-
-class RenormCombine(NamedTuple):
-    """``out = r * x + d * y`` per map (``r * x`` when `y` is None); `out` may be `x` or `y`."""
-
-    r: object
-    d: object
-    x: object
-    y: object
-    out: object
+RenormCombine = record(
+    "RenormCombine", "r d x y out",
+    "``out = r * x + d * y`` per map (``r * x`` when `y` is None); `out` may be `x` or `y`.",
+)
 
 
 class PlanOptions(NamedTuple):
@@ -282,6 +191,9 @@ class GPUArrayModule(Protocol):
     """A backend's arrays (SPEC section 2): ``GPUArray`` (a subclass of `PuzzleLib.Backend.gpuarray.GPUArray`) and
     ``memoryPool`` (a `MemoryPool` over the backend's raw allocator), plus the three constructors.
 
+    ``Backup(arrays)`` copies the contents of `arrays` (of this backend) so that ``restore()`` can put them back, in
+    the cheapest way the backend has (`Modules.Transaction.Snapshot` takes one before a call that writes them).
+
     ``HostMirror(ary)`` is a host copy of `ary` that follows it without waiting for the device: ``refresh()`` queues a
     copy of its present contents (unless the previous one is still under way), ``latest()`` returns the newest copy
     that has completed, an ndarray, or None before the first has; neither blocks.
@@ -289,6 +201,7 @@ class GPUArrayModule(Protocol):
 
     GPUArray: type
     memoryPool: object
+    Backup: type
     HostMirror: type
 
     def empty(self, shape, dtype):

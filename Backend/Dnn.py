@@ -20,6 +20,7 @@ the running variance is unbiased (m / (m - 1)) as in Theano and cuDNN.
 
 import numpy as np
 
+from PuzzleLib.Backend import Contract
 from PuzzleLib.Backend.BatchNormChecks import (
     backwardCase,
     checkApart,
@@ -34,17 +35,6 @@ from PuzzleLib.Backend.BatchNormLayout import checkData, modeAxes
 from PuzzleLib.Backend.BatchNormPlan import planOf
 from PuzzleLib.Backend.BatchRenormDnn import batchRenormNd, batchRenormNdBackward
 from PuzzleLib.Backend.Checks import checkArray, checkEpsilon, checkFactor, commonBackend, fusedActivation, invertible
-from PuzzleLib.Backend.Contract import (
-    Backward,
-    BatchMoments,
-    EvalForward,
-    FrozenBackward,
-    InputGradient,
-    Moments,
-    Normalize,
-    PlanOptions,
-    TrainForward,
-)
 from PuzzleLib.Backend.Dispatch import currentBackend
 from PuzzleLib.Backend.TheanoBatchNorm import (
     batchNormalization,
@@ -137,10 +127,10 @@ def batchNormNd(
             )
         checkCounter(layout, skipped, data=data, scale=scale, bias=bias, mean=mean, var=var, out=out)
 
-    plan = planOf(data, axes, PlanOptions(epsilon, fused, residual is not None))
+    plan = planOf(data, axes, Contract.PlanOptions(epsilon, fused, residual is not None))
     out = backend.gpuarray.empty(data.shape, data.dtype) if out is None else out
     if test:
-        plan.evalForward(EvalForward(data, out, scale, bias, mean, var, residual))
+        plan.evalForward(Contract.EvalForward(data, out, scale, bias, mean, var, residual))
         return out
 
     if (mean is None) != (var is None):
@@ -156,7 +146,9 @@ def batchNormNd(
         )
     statShape = scale.shape if mean is None else mean.shape
     savemean, saveinvvar = (backend.gpuarray.empty(statShape, float32) for _ in range(2))
-    plan.trainForward(TrainForward(data, out, scale, bias, mean, var, skipped, savemean, saveinvvar, factor, residual))
+    plan.trainForward(
+        Contract.TrainForward(data, out, scale, bias, mean, var, skipped, savemean, saveinvvar, factor, residual)
+    )
     return out, savemean, saveinvvar
 
 
@@ -221,16 +213,19 @@ def batchNormNdBackward(
         checkEpsilon(epsilon)
 
     like = grad if data is None else data
-    plan = planOf(like, layout.axes, PlanOptions(epsilon, case.activation))
+    plan = planOf(like, layout.axes, Contract.PlanOptions(epsilon, case.activation))
     arrays = backend.gpuarray
     ingrad = (arrays.empty(grad.shape, grad.dtype) if ingrad is None else ingrad) if updGrad else None
     scalegrad = arrays.empty(scale.shape, float32) if scalegrad is None else scalegrad
     biasgrad = arrays.empty(scale.shape, float32) if biasgrad is None else biasgrad
     if test:
-        plan.frozenBackward(FrozenBackward(data, grad, ingrad, scale, mean, var, scalegrad, biasgrad, outdata, resgrad))
+        plan.frozenBackward(
+            Contract.FrozenBackward(data, grad, ingrad, scale, mean, var, scalegrad, biasgrad, outdata, resgrad)
+        )
     else:
-        plan.backward(Backward(data, grad, ingrad, scale, savemean, saveinvvar, scalegrad, biasgrad, bias, outdata,
-                               resgrad))
+        plan.backward(Contract.Backward(
+            data, grad, ingrad, scale, savemean, saveinvvar, scalegrad, biasgrad, bias, outdata, resgrad
+        ))
     return ingrad, scalegrad, biasgrad
 
 
@@ -259,16 +254,17 @@ def batchNormNdStatistics(data, mode="spatial", *, out=None):
         ValueError: a wrong dtype or shape, an unknown mode or bad axes.
     """
     if out is not None:
-        out = BatchMoments(*out)
+        out = Contract.BatchMoments(*out)
     backend = commonBackend(data=data, **({} if out is None else {"mean": out.mean, "var": out.var}))
     axes = modeAxes(mode, data.ndim)
     layout = checkData("data", data, backend, axes)
     if out is None:
-        out = BatchMoments(*(backend.gpuarray.empty(layout.paramShape, statType(data.dtype)) for _ in range(2)))
+        arrays = backend.gpuarray
+        out = Contract.BatchMoments(*(arrays.empty(layout.paramShape, statType(data.dtype)) for _ in range(2)))
     else:
         layout.checkPerMap("mean", out.mean, (float32, float64))
         layout.checkPerMap("var", out.var, (out.mean.dtype,))
-    planOf(data, axes, PlanOptions(1.0)).batchStatistics(Moments(data, out.mean, out.var))
+    planOf(data, axes, Contract.PlanOptions(1.0)).batchStatistics(Contract.Moments(data, out.mean, out.var))
     return out
 
 
@@ -301,7 +297,9 @@ def batchNormNdNormalize(data, scale, bias, savemean, saveinvvar, mode="spatial"
         if out.ptr == data.ptr and data.size:
             raise ValueError("batchNormNdNormalize cannot write its output over its input (out is data)")
     out = backend.gpuarray.empty(data.shape, data.dtype) if out is None else out
-    planOf(data, axes, PlanOptions(1.0)).normalize(Normalize(data, out, scale, bias, savemean, saveinvvar))
+    planOf(data, axes, Contract.PlanOptions(1.0)).normalize(
+        Contract.Normalize(data, out, scale, bias, savemean, saveinvvar)
+    )
     return out
 
 
@@ -344,7 +342,7 @@ def batchNormNdInputGradient(data, grad, scale, savemean, saveinvvar, scalegrad,
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count <= 0:
         raise ValueError("count must be a positive int (the elements per map the sums span); got %r" % (count,))
     ingrad = backend.gpuarray.empty(data.shape, data.dtype)
-    planOf(data, axes, PlanOptions(1.0)).inputGradient(
-        InputGradient(data, grad, ingrad, scale, savemean, saveinvvar, scalegrad, biasgrad, int(count))
+    planOf(data, axes, Contract.PlanOptions(1.0)).inputGradient(
+        Contract.InputGradient(data, grad, ingrad, scale, savemean, saveinvvar, scalegrad, biasgrad, int(count))
     )
     return ingrad

@@ -220,11 +220,6 @@ class GPUArray:
         """Returns a one-dimensional view."""
         return self._view((self.size,), 0)
 
-    def _backup(self):
-        """A copy of the contents that `set` can put back (`Modules.Module.Snapshot` takes one before a call that
-        writes this array in place): a new array of this backend, unless the backend has a cheaper kind of copy."""
-        return self.copy()
-
     def __getitem__(self, key):
         """``a[i]`` (a view of one row) or ``a[i:j]`` (a view of rows i to j); nothing else.
 

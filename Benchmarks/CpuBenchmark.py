@@ -24,9 +24,9 @@ PuzzleLib / PyTorch >= 1.5 for training and training + backward on every shape, 
 evaluation.
 
 A second table gives the Python cost of one call on a tiny input, ``BatchNorm(64)`` on (16, 64): the median over many
-calls of the module, of `Backend.Dnn` with the module's arrays, of the CPU backend's primitive
-(`Backend.Cpu.BatchNormKernels`, which picks the kernels) with preallocated outputs, and of the chosen kernels' function
-itself, next to PyTorch's ``F.batch_norm`` (its backward alone through ``torch.autograd.grad``).
+calls of the module, of `Backend.Dnn` with the module's arrays, of the call's plan (`Backend.BatchNormPlan`: the
+primitive of the chosen kernels, given its record of preallocated arrays), next to PyTorch's ``F.batch_norm`` (its
+backward alone through ``torch.autograd.grad``).
 
     python -m PuzzleLib.Benchmarks.CpuBenchmark [--repeats N] [--block B] [--calls N] [--json FILE]
 """
@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 
 from PuzzleLib import Config  # noqa: E402
 from PuzzleLib.Backend import Dnn, gpuarray  # noqa: E402
-from PuzzleLib.Backend.Contract import BatchStatistics, RunningStatistics  # noqa: E402
+from PuzzleLib.Backend.Contract import Backward, EvalForward, PlanOptions, TrainForward  # noqa: E402
 from PuzzleLib.Backend.Cpu import BatchNormKernels, SourceLibrary  # noqa: E402
 from PuzzleLib.Modules.BatchNorm import BatchNorm  # noqa: E402
 from PuzzleLib.Modules.BatchNorm2D import BatchNorm2D  # noqa: E402
@@ -75,7 +75,7 @@ def processorName():
 def kernelsInUse():
     """The batch-norm kernels float32 data runs on ("c" or "numpy", building the C ones now) and whether the C
     library has OpenMP (None when it is not in use)."""
-    name = BatchNormKernels.implementation(np.dtype(np.float32)).NAME
+    name = BatchNormKernels.implementation(np.dtype(np.float32), PlanOptions(EPS)).name
     return name, bool(SourceLibrary.libraries["BatchNorm.c"].bnHasOpenMP()) if name == "c" else None
 
 
@@ -251,8 +251,7 @@ def medianCall(func, calls):
 
 
 def overheadTable(torch, calls):
-    """``{level: {task: µs}}`` on the tiny input: the module, `Dnn`, the primitive, the kernels' function, PyTorch."""
-    kernels = BatchNormKernels.implementation(np.dtype(np.float32))
+    """``{level: {task: µs}}`` on the tiny input: the module, `Dnn`, the call's plan, PyTorch."""
     rng = np.random.default_rng(1)
     host, grad = (rng.normal(size=TINY).astype(np.float32) for _ in range(2))
     maps = TINY[1]
@@ -261,24 +260,16 @@ def overheadTable(torch, calls):
     bnEval.evalMode()
     bn(x)
 
-    # NOTE: the module hands Dnn a (batch, size, 1, 1) view, normalized over axis 0, and the primitives see (16, 64, 1)
-    xd, dyd, shape3, axes = bn.toDnn(x), bn.toDnn(dy), (TINY[0], maps, 1), bn.dnnAxes
-    out, ingrad = gpuarray.empty(xd.shape, np.float32), gpuarray.empty(xd.shape, np.float32)
+    # NOTE: Dnn takes per-map arrays of the data's rank: the module's (1, 64, 1, 1) ones fit a (16, 64, 1, 1) view
+    xd, dyd, axes = x.reshape(TINY + (1, 1)), dy.reshape(TINY + (1, 1)), bn.normalizedAxes
+    plan = bn.planOf(x)
+    out, ingrad = gpuarray.empty(TINY, np.float32), gpuarray.empty(TINY, np.float32)
     perMap = [gpuarray.empty(bn.scale.shape, np.float32) for _ in range(4)]
-    running, saved = RunningStatistics(bn.mean, bn.var), BatchStatistics(bn.savemean, bn.saveinvvar)
-    scratch = BatchStatistics(perMap[0], perMap[1])
-    sums = {"scalegrad": perMap[2], "biasgrad": perMap[3]}
     # NOTE: the module's default: the running update guarded against non-finite batch statistics
     skipped = gpuarray.zeros(bn.scale.shape, np.float32)
-
-    def primitives(module):
-        return {
-            "train": lambda: module.trainForward(xd, out, shape3, scale=bn.scale, bias=bn.bias, running=running,
-                                                 saved=scratch, epsilon=EPS, factor=MOMENTUM, skipped=skipped),
-            "backward": lambda: module.backward(xd, dyd, ingrad, shape3, scale=bn.scale, saved=saved, **sums),
-            "eval": lambda: module.evalForward(xd, out, shape3, scale=bn.scale, bias=bn.bias, running=running,
-                                               epsilon=EPS),
-        }
+    train = TrainForward(x, out, bn.scale, bn.bias, bn.mean, bn.var, skipped, perMap[0], perMap[1], MOMENTUM)
+    backward = Backward(x, dy, ingrad, bn.scale, bn.savemean, bn.saveinvvar, perMap[2], perMap[3])
+    evaluate = EvalForward(x, out, bn.scale, bn.bias, bn.mean, bn.var)
 
     levels = {
         "module": {"train": lambda: bn(x), "backward": lambda: bn.backward(dy), "eval": lambda: bnEval(x)},
@@ -287,8 +278,10 @@ def overheadTable(torch, calls):
             "backward": lambda: Dnn.batchNormNdBackward(xd, dyd, bn.scale, bn.savemean, bn.saveinvvar, EPS, axes),
             "eval": lambda: Dnn.batchNormNd(xd, bn.scale, bn.bias, bn.mean, bn.var, EPS, test=True, mode=axes),
         },
-        "primitive": primitives(BatchNormKernels),
-        "%s kernels" % kernels.NAME: primitives(kernels),
+        "%s plan" % plan.name: {
+            "train": lambda: plan.trainForward(train), "backward": lambda: plan.backward(backward),
+            "eval": lambda: plan.evalForward(evaluate),
+        },
     }
     if torch is not None:
         levels["PyTorch"] = tinyTorch(torch, host, grad)

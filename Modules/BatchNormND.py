@@ -93,7 +93,9 @@ class BatchNormND(Module):
         skipCounts (GPUArray or None): float32 per-map counts of the running updates skipped (``skipNonFinite``);
             None until the first guarded training forward. ``skippedUpdates`` (int) is their total.
         savemean, saveinvvar (GPUArray): the last training batch's mean and 1 / sqrt(sigma2 + epsilon); with
-            `virtualBatch`, of shape (ghosts,) + the parameters' shape, ghost batch g in row g.
+            `virtualBatch`, of shape (ghosts,) + the parameters' shape, ghost batch g in row g. The module keeps the
+            two arrays of a plain training forward and writes them anew in each: read them before the next forward
+            (as backward does), or copy them.
         renormMean, renormStd (GPUArray): with `renorm`, the float32 moving statistics of r and d (``attrs``, saved
             with the module), initially 0 and 1 as in TensorFlow.
         renormCorrection (`Contract.RenormCorrection` or None): the last training batch's (r, d), per map (stacked as
@@ -123,7 +125,7 @@ class BatchNormND(Module):
 
     spatialText = None
     transientFields = Module.transientFields + (
-        "savemean", "saveinvvar", "renormCorrection", "residualGrad", "hadResidual", "skipMirror",
+        "savemean", "saveinvvar", "renormCorrection", "residualGrad", "hadResidual", "skipMirror", "statisticsBuffers",
     )
     # NOTE: the name of the constructor argument that gives the map count, for messages
     mapsArgument = "maps"
@@ -180,10 +182,12 @@ class BatchNormND(Module):
         super().__init__(name)
         self.nd, self.maps, self.axis = int(nd), int(maps), axis
         self.normalizedAxes = tuple(dim for dim in range(self.nd + 2) if dim != axis)
+        # NOTE: of the data's rank with `maps` on `axis`, 1 elsewhere
+        self.paramShape = tuple(self.maps if dim == axis else 1 for dim in range(self.nd + 2))
         self.epsilon, self.initFactor, self.minFactor, self.sscale = epsilon, initFactor, minFactor, sscale
         self.affine, self.inplace = affine, inplace
         self.numOfProps = 0
-        self.savemean, self.saveinvvar, self.renormCorrection = None, None, None
+        self.savemean, self.saveinvvar, self.renormCorrection, self.statisticsBuffers = None, None, None, None
         self.skipNonFinite = bool(skipNonFinite)
         self.skipCounts, self.skipMirror, self.warnedSkips = None, None, False
         self.renorm, self.renormMomentum, self.renormPart = bool(renorm), float(renormMomentum), renormPart
@@ -220,11 +224,6 @@ class BatchNormND(Module):
         if not self.renorm:
             raise ValueError("%s: renormClipping needs renorm=True" % self.describe())
         self.renormPart.setBounds(checkClipping(self.describe(), clipping))
-
-    @property
-    def paramShape(self):
-        rank = self.nd + 2
-        return tuple(self.maps if axis == self.axis else 1 for axis in range(rank))
 
     @property
     def channelsLast(self):
@@ -312,8 +311,9 @@ class BatchNormND(Module):
             )
 
     def elementsPerMap(self, shape):
-        """m, the elements each map of data of `shape` holds (the product of the normalized axes)."""
-        return math.prod(shape[axis] for axis in self.normalizedAxes)
+        """m, the elements each map of data of `shape` (checked: `maps` maps) holds, the product of the normalized
+        axes."""
+        return math.prod(shape) // self.maps
 
     def nextFactor(self):
         """The factor of the next training batch: ``max(initFactor / (numOfProps + 1), minFactor)``."""
@@ -331,6 +331,14 @@ class BatchNormND(Module):
         """The `Backend.BatchNormPlan` of a call on `data` (or arrays of its shape and dtype) over the module's
         normalized axes, with `activation` (a `Contract.FusedActivation` or None) and a `residual` or not."""
         return BatchNormPlan.planOf(data, self.normalizedAxes, PlanOptions(self.epsilon, activation, residual))
+
+    def savedStatistics(self, data):
+        """The two per-map arrays a plain training forward saves its batch statistics in: the module's own, made on
+        the first forward and written anew by each (the backward after it reads them; no pool block per call)."""
+        buffers = self.statisticsBuffers
+        if buffers is None or buffers[0].backend is not data.backend:
+            buffers = self.statisticsBuffers = self.newStatistics(data, 2)
+        return buffers
 
     def newStatistics(self, data, count, wide=False):
         """`count` new per-map arrays of the parameters' shape on the data's backend, float32 (float64 for float64
@@ -394,7 +402,7 @@ class BatchNormND(Module):
 
     def stateArrays(self, call, updParamGrads=True):
         if call == "forward" and self.train:
-            return [ary for ary in self.training.stateArrays(self) if ary is not None]
+            return self.training.stateArrays(self)
         return super().stateArrays(call, updParamGrads)
 
     # --- running updates skipped for non-finite statistics

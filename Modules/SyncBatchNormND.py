@@ -113,6 +113,10 @@ class SyncTraining(PlainTraining):
         for target, k in zip(sums, (1, 0), strict=True):
             target.set(total[k].astype(np.float32).reshape(target.shape))
 
+    def stateArrays(self, bn):
+        # NOTE: the checks come after the snapshot here (they are the exchange's): an empty module has no arrays
+        return [ary for ary in super().stateArrays(bn) if ary is not None]
+
     def checkBatch(self, bn, shape):
         """No local minimum: a process may hold 0 or 1 element per map; the global batch needs 2 (`agreeOnBatch`)."""
 

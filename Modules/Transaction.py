@@ -65,11 +65,11 @@ class Transaction:
 
 class Snapshot(Transaction):
     """An object's state before a call that may raise: its attributes and copies of the arrays the call changes in
-    place (`GPUArray._backup`: device arrays on CUDA, plain numpy arrays on the CPU backend).
+    place (the backend's `Backup`: one device block on CUDA, plain numpy arrays on the CPU backend).
 
     Args:
         owner: a module, an optimizer, or None (the arrays alone).
-        arrays (list of GPUArray): the arrays the call may write.
+        arrays (list of GPUArray): the arrays the call may write (of one backend).
         containers (bool): also copy the attributes that are dicts or lists, one level deep (a load may add
             parameters to a module created empty); other calls only rebind attributes.
     """
@@ -81,12 +81,12 @@ class Snapshot(Transaction):
             for key, value in fields.items():
                 if type(value) in (dict, list):
                     fields[key] = value.copy()
-        self.arrays = [(ary, ary._backup()) for ary in arrays]
+        self.backup = arrays[0].backend.gpuarray.Backup(arrays) if arrays else None
 
     def restore(self):
         with deferredInterrupts():
-            for ary, saved in self.arrays:
-                ary.set(saved)
+            if self.backup is not None:
+                self.backup.restore()
             if self.owner is not None:
                 self.owner.__dict__.clear()
                 self.owner.__dict__.update(self.fields)

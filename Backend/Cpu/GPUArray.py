@@ -71,11 +71,6 @@ class GPUArray(gpuarray.GPUArray):
         np.copyto(out._ndarray, self._ndarray)
         return out
 
-    def _backup(self):
-        # NOTE: a plain numpy copy, outside the pool: host memory either way, and a snapshot's copy lives for one call,
-        # where a pool block costs more Python than the copy itself
-        return self._ndarray.copy()
-
     def __dlpack_device__(self):
         """``(DLDeviceType.kDLCPU, 0)``: the array is host memory (the DLPack protocol of the Python array API
         standard)."""
@@ -161,6 +156,18 @@ def hostBuffer(shape, dtype=np.float32):
     """A host ndarray for transfers with `GPUArray.get(out=...)`; plain numpy memory here, as the arrays are host
     memory already (the CUDA backend's is page-locked)."""
     return np.empty(shape, dtype)
+
+
+class Backup:
+    """`Contract.GPUArrayModule.Backup`: plain numpy copies, outside the pool (host memory either way, and a snapshot's
+    copies live for one call, where a pool block costs more Python than the copies themselves)."""
+
+    def __init__(self, arrays):
+        self.saved = [(ary, ary._ndarray.copy()) for ary in arrays]
+
+    def restore(self):
+        for ary, saved in self.saved:
+            np.copyto(ary._ndarray, saved)
 
 
 class HostMirror:

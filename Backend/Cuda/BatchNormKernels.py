@@ -86,7 +86,7 @@ class CudaPlan(BatchNormPlan):
         width = max(declared.vectorWidths[self.suffix])
         # NOTE: 16-byte vectors where the contiguous length allows them; the pointers of each call decide the rest
         self.widest = width if (inner if self.spatial else maps) % width == 0 else 1
-        self.prepared = {}
+        self.prepared, self.grids = {}, {}
 
     def launch(self, role, *key):
         """The `PreparedLaunch` of `role` (``"stats"``, ``"statsFinalize"``, ``"apply"``, ``"grad"``,
@@ -103,8 +103,15 @@ class CudaPlan(BatchNormPlan):
     # --- launch geometry
 
     def reductionGrid(self, vec):
-        """(grid, block, splits) of the stats/grad reduction kernels: enough blocks to fill the device twice over,
-        while each block keeps enough work to amortize its final merge."""
+        """(grid, block, splits) of the stats/grad reduction kernels, worked out once per vector width."""
+        grid = self.grids.get(vec)
+        if grid is None:
+            grid = self.grids[vec] = self.fillingGrid(vec)
+        return grid
+
+    def fillingGrid(self, vec):
+        """The reduction grid: enough blocks to fill the device twice over, while each block keeps enough work to
+        amortize its final merge."""
         outer, maps, inner = self.shape3
         target = 2 * residentBlocks(BLOCK_SIZE)[1]
         if self.spatial:

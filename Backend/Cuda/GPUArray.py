@@ -221,6 +221,26 @@ def hostBuffer(shape, dtype=np.float32):
     return cuda.pagelocked_empty(gpuarray.normalizeShape(shape), np.dtype(dtype))
 
 
+class Backup:
+    """`Contract.GPUArrayModule.Backup`: the arrays' contents in one pool block (one allocation and one GPUArray
+    however many arrays), copied device to device, on the legacy default stream like everything else."""
+
+    def __init__(self, arrays):
+        self.arrays, self.offsets, total = arrays, [], 0
+        for ary in arrays:
+            self.offsets.append(total)
+            total += -(-ary.nbytes // 256) * 256
+        self.block = empty((max(total, 1),), np.uint8)
+        for ary, offset in zip(arrays, self.offsets, strict=True):
+            if ary.nbytes:
+                cuda.memcpy_dtod(self.block.ptr + offset, ary.ptr, ary.nbytes)
+
+    def restore(self):
+        for ary, offset in zip(self.arrays, self.offsets, strict=True):
+            if ary.nbytes:
+                cuda.memcpy_dtod(ary.ptr, self.block.ptr + offset, ary.nbytes)
+
+
 class HostMirror:
     """`Contract.GPUArrayModule.HostMirror`: a page-locked host buffer filled by an asynchronous copy queued on the
     legacy default stream (after the work that writes the array), and an event that says when it has landed. A refresh

@@ -37,7 +37,7 @@ class PlainTraining:
 
     def train(self, bn, data, out, residual):
         plan = bn.planOf(data, self.activation, residual is not None)
-        savemean, saveinvvar = bn.newStatistics(data, 2)
+        savemean, saveinvvar = bn.savedStatistics(data)
         plan.trainForward(TrainForward(
             data, out, bn.scale, bn.bias, bn.mean, bn.var, bn.skipCounter(), savemean, saveinvvar, bn.nextFactor(),
             residual,

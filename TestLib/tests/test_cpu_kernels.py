@@ -27,18 +27,8 @@ import numpy as np
 import pytest
 
 from PuzzleLib import Config
-from PuzzleLib.Backend import BatchNormPlan, Dnn
+from PuzzleLib.Backend import BatchNormPlan, Contract, Dnn
 from PuzzleLib.Backend.BatchNormLayout import layoutOf
-from PuzzleLib.Backend.Contract import (
-    Backward,
-    EvalForward,
-    FrozenBackward,
-    InputGradient,
-    Moments,
-    Normalize,
-    PlanOptions,
-    TrainForward,
-)
 from PuzzleLib.Backend.Cpu import BatchNormKernels, CBatchNorm, GPUArray, NumpyBatchNorm, SourceLibrary, backend
 from PuzzleLib.Kernels import sourcePath
 from PuzzleLib.Modules import BatchNorm2D
@@ -129,7 +119,7 @@ def kernelsFor(name, dtype, monkeypatch, threads, shape3):
         if np.dtype(dtype) not in CBatchNorm.dataTypes:
             pytest.skip("the C compiler has no _Float16: float16 runs on the numpy kernels")
     monkeypatch.setattr(Config, "cpuThreads", threads)
-    return IMPLEMENTATIONS[name](backend, layoutOf(shape3, AXES), np.dtype(dtype), PlanOptions(EPS))
+    return IMPLEMENTATIONS[name](backend, layoutOf(shape3, AXES), np.dtype(dtype), Contract.PlanOptions(EPS))
 
 
 def mapTypeOf(dtype):
@@ -242,7 +232,7 @@ def test_forward_primitives(monkeypatch, name, dtype, case):
     for running in (onCpu(runMean, runVar), (None, None)):
         out = GPUArray.empty(shape3, dtype)
         saved = (GPUArray.empty((maps,), mapType), GPUArray.empty((maps,), mapType))
-        plan.trainForward(TrainForward(data, out, gpuScale, gpuBias, *running, None, *saved, FACTOR))
+        plan.trainForward(Contract.TrainForward(data, out, gpuScale, gpuBias, *running, None, *saved, FACTOR))
         checkTrainOut("trainForward out", out.get(), refOut, tol)
         check("saved mean", saved[0].get(), refMean, tol["stats"])
         check("saved invstd", saved[1].get(), refInvstd, tol["stats"])
@@ -252,7 +242,7 @@ def test_forward_primitives(monkeypatch, name, dtype, case):
             check("running mean", running[0].get(), newMean, tol["stats"])
             check("running var", running[1].get(), newVar, tol["stats"])
 
-    moments = Moments(data, GPUArray.empty((maps,), np.float64), GPUArray.empty((1, maps), np.float64))
+    moments = Contract.Moments(data, GPUArray.empty((maps,), np.float64), GPUArray.empty((1, maps), np.float64))
     plan.batchStatistics(moments)
     check("batchStatistics mean", moments.mean.get(), refMean, tol["stats"])
     check("batchStatistics var", moments.var.get().ravel(), refVar, tol["stats"])
@@ -261,16 +251,16 @@ def test_forward_primitives(monkeypatch, name, dtype, case):
     givenMean = (refMean + rng.normal(0.0, 0.2, maps) * np.sqrt(refVar)).astype(mapType)
     givenInvstd = (refInvstd * rng.uniform(0.8, 1.25, maps)).astype(mapType)
     out = GPUArray.empty(shape3, dtype)
-    plan.normalize(Normalize(data, out, gpuScale, gpuBias, *onCpu(givenMean, givenInvstd)))
+    plan.normalize(Contract.Normalize(data, out, gpuScale, gpuBias, *onCpu(givenMean, givenInvstd)))
     expected = (host.astype(np.float64) - perMap(givenMean)) * perMap(givenInvstd) * perMap(scale) + perMap(bias)
     check("normalize", out.get(), expected, tol["data"])
 
     expected = Reference.batchNormEval(host, scale, bias, runMean, runVar, EPS, axes=AXES)
     running = onCpu(runMean, runVar)
     out = GPUArray.empty(shape3, dtype)
-    plan.evalForward(EvalForward(data, out, gpuScale, gpuBias, *running))
+    plan.evalForward(Contract.EvalForward(data, out, gpuScale, gpuBias, *running))
     check("evalForward", out.get(), expected, tol["data"])
-    plan.evalForward(EvalForward(data, data, gpuScale, gpuBias, *running))
+    plan.evalForward(Contract.EvalForward(data, data, gpuScale, gpuBias, *running))
     check("evalForward in place", data.get(), expected, tol["data"])
     assert np.array_equal(running[0].get(), runMean) and np.array_equal(running[1].get(), runVar)
 
@@ -293,7 +283,7 @@ def test_rows_statistics_where_the_first_rows_are_far_from_the_mean(monkeypatch,
     rows = mapRows(host)
     mean = rows.mean(axis=1)
     var = np.square(rows - mean[:, None]).mean(axis=1)
-    moments = Moments(onCpu(host)[0], GPUArray.empty((3,), np.float64), GPUArray.empty((3,), np.float64))
+    moments = Contract.Moments(onCpu(host)[0], GPUArray.empty((3,), np.float64), GPUArray.empty((3,), np.float64))
     plan.batchStatistics(moments)
     # NOTE: measured worst: C 1e-9 standard deviations and 1.7e-7 relative; numpy 1.1e-6 and 4.1e-5
     meanTolerance, varTolerance = {"c": (1e-8, 1e-6), "numpy": (1e-5, 4e-4)}[name]
@@ -320,7 +310,7 @@ def test_concurrent_calls_each_get_their_own_workspace(monkeypatch):
         maps = host.shape[1]
         data = onCpu(host)[0]
         for _ in range(30):
-            moments = Moments(data, GPUArray.empty((maps,), np.float64), GPUArray.empty((maps,), np.float64))
+            moments = Contract.Moments(data, GPUArray.empty((maps,), np.float64), GPUArray.empty((maps,), np.float64))
             plan.batchStatistics(moments)
             mean, var = expected[index % len(hosts)]
             if not (np.allclose(moments.mean.get(), mean, rtol=1e-6, atol=1e-6)
@@ -364,14 +354,14 @@ def test_backward_primitives(monkeypatch, name, dtype, case):
     dx = perMap(scale) * perMap(invstd) / m * (m * g - perMap(dbias) - xhat * perMap(dscale))
 
     ingrad, (scalegrad, biasgrad) = GPUArray.empty(shape3, dtype), sums()
-    plan.backward(Backward(data, grad, ingrad, gpuScale, *saved, scalegrad, biasgrad))
+    plan.backward(Contract.Backward(data, grad, ingrad, gpuScale, *saved, scalegrad, biasgrad))
     checkSums("biasgrad", biasgrad.get(), dbias, g, tol["sums"])
     checkSums("scalegrad", scalegrad.get(), dscale, g * xhat, tol["sums"])
     gain = scale * invstd.astype(np.float64)
     checkInputGradient("ingrad", ingrad.get(), dx, gain, tol["data"])
 
     scalegrad, biasgrad = sums()
-    plan.backward(Backward(data, grad, None, gpuScale, *saved, scalegrad, biasgrad))
+    plan.backward(Contract.Backward(data, grad, None, gpuScale, *saved, scalegrad, biasgrad))
     checkSums("biasgrad without ingrad", biasgrad.get(), dbias, g, tol["sums"])
     checkSums("scalegrad without ingrad", scalegrad.get(), dscale, g * xhat, tol["sums"])
 
@@ -380,7 +370,7 @@ def test_backward_primitives(monkeypatch, name, dtype, case):
     givenScale = rng.normal(0.0, 2.0 * np.sqrt(count), maps).astype(mapType)
     ingrad = GPUArray.empty(shape3, dtype)
     gpuGivenScale, gpuGivenBias = onCpu(givenScale, givenBias)
-    plan.inputGradient(InputGradient(data, grad, ingrad, gpuScale, *saved, gpuGivenScale, gpuGivenBias, count))
+    plan.inputGradient(Contract.InputGradient(data, grad, ingrad, gpuScale, *saved, gpuGivenScale, gpuGivenBias, count))
     expected = perMap(scale) * perMap(invstd) * (g - (perMap(givenBias) + xhat * perMap(givenScale)) / count)
     checkInputGradient("inputGradient", ingrad.get(), expected, gain, tol["data"])
     assert np.array_equal(gpuGivenScale.get(), givenScale) and np.array_equal(gpuGivenBias.get(), givenBias)
@@ -391,7 +381,7 @@ def test_backward_primitives(monkeypatch, name, dtype, case):
     running = onCpu(runMean, runVar)
     for ingrad in (GPUArray.empty(shape3, dtype), None):
         scalegrad, biasgrad = sums()
-        plan.frozenBackward(FrozenBackward(data, grad, ingrad, gpuScale, *running, scalegrad, biasgrad))
+        plan.frozenBackward(Contract.FrozenBackward(data, grad, ingrad, gpuScale, *running, scalegrad, biasgrad))
         checkSums("frozen biasgrad", biasgrad.get(), frozenBias, g, tol["sums"])
         checkSums("frozen scalegrad", scalegrad.get(), frozenScale, g * frozenXhat, tol["sums"])
         if ingrad is not None:
@@ -527,7 +517,7 @@ def test_auto_falls_back_to_numpy_with_one_warning(monkeypatch, noCompiler):
 
     assert len(noCompiler) == 1, noCompiler
     assert "numpy" in noCompiler[0] and "no C compiler found" in noCompiler[0] and "/nonexistent/cc" in noCompiler[0]
-    assert BatchNormKernels.implementation(np.dtype(np.float32), PlanOptions(EPS)) is NumpyBatchNorm.NumpyPlan
+    assert BatchNormKernels.implementation(np.dtype(np.float32), Contract.PlanOptions(EPS)) is NumpyBatchNorm.NumpyPlan
     assert "/nonexistent/cc" in BatchNormKernels.cProblem()
     assert len(noCompiler) == 1
 
@@ -560,7 +550,7 @@ def test_asking_for_c_without_a_compiler_raises_and_writes_nothing(monkeypatch, 
 def test_the_c_kernels_serve_again_after_the_fallback_tests():
     cKernelsOrSkip()
     with Config.useCpuKernels("auto"):
-        assert BatchNormKernels.implementation(np.dtype(np.float32), PlanOptions(EPS)) is CBatchNorm.CPlan
+        assert BatchNormKernels.implementation(np.dtype(np.float32), Contract.PlanOptions(EPS)) is CBatchNorm.CPlan
 
 
 # --- run-time compilation (three real compiles in all)
@@ -639,9 +629,9 @@ def test_a_compiler_that_refuses_the_optional_options_still_builds_working_kerne
     scale, bias, _, _ = makeParams(rng, 3, np.float32)
     data, out = GPUArray.to_gpu(host), GPUArray.empty(shape3, np.float32)
     saved = (GPUArray.empty((3,)), GPUArray.empty((3,)))
-    plan = CBatchNorm.CPlan(backend, layoutOf(shape3, AXES), np.dtype(np.float32), PlanOptions(EPS))
-    plan.trainForward(TrainForward(data, out, *onCpu(scale, bias), None, None, None, *saved, FACTOR))
-    moments = Moments(data, GPUArray.empty((3,), np.float64), GPUArray.empty((3,), np.float64))
+    plan = CBatchNorm.CPlan(backend, layoutOf(shape3, AXES), np.dtype(np.float32), Contract.PlanOptions(EPS))
+    plan.trainForward(Contract.TrainForward(data, out, *onCpu(scale, bias), None, None, None, *saved, FACTOR))
+    moments = Contract.Moments(data, GPUArray.empty((3,), np.float64), GPUArray.empty((3,), np.float64))
     plan.batchStatistics(moments)
 
     refOut, refMean, refVar, refInvstd = trainReference(host, scale, bias)

@@ -10,17 +10,8 @@ import gc
 import numpy as np
 import pytest
 
+from PuzzleLib.Backend import Contract
 from PuzzleLib.Backend.BatchNormLayout import layoutOf
-from PuzzleLib.Backend.Contract import (
-    Backward,
-    EvalForward,
-    FrozenBackward,
-    InputGradient,
-    Moments,
-    Normalize,
-    PlanOptions,
-    TrainForward,
-)
 from PuzzleLib.TestLib import Reference
 
 AXES = (0, 2)
@@ -43,7 +34,7 @@ dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float16])
 
 def planOf(backend, shape3, dtype, epsilon=1e-5):
     """The backend's own plan of ``(outer, maps, inner)`` data normalized over axes (0, 2)."""
-    return backend.batchNorm.plan(backend, layoutOf(shape3, AXES), np.dtype(dtype), PlanOptions(epsilon))
+    return backend.batchNorm.plan(backend, layoutOf(shape3, AXES), np.dtype(dtype), Contract.PlanOptions(epsilon))
 
 
 def sumTolerance(dtype, shape3):
@@ -76,7 +67,7 @@ def test_train_forward(backend, name, dtype):
     saved = (arrays.empty((maps,)), arrays.empty((maps,)))
     params = (arrays.to_gpu(scale), arrays.to_gpu(bias))
     planOf(backend, shape3, dtype, eps).trainForward(
-        TrainForward(arrays.to_gpu(host), out, *params, *running, None, *saved, factor)
+        Contract.TrainForward(arrays.to_gpu(host), out, *params, *running, None, *saved, factor)
     )
 
     ref = Reference.batchNormTrain(host, scale, bias, AXES, eps)
@@ -101,12 +92,12 @@ def test_eval_forward_and_in_place(backend, name, dtype):
 
     data, out = arrays.to_gpu(host), arrays.empty(shape3, dtype)
     plan = planOf(backend, shape3, dtype)
-    plan.evalForward(EvalForward(data, out, *params))
+    plan.evalForward(Contract.EvalForward(data, out, *params))
     np.testing.assert_allclose(out.get().astype(np.float64), ref, **TOL[dtype], err_msg=name)
 
     gc.collect()
     before = arrays.memoryPool.stats()["allocations"]
-    plan.evalForward(EvalForward(data, data, *params))
+    plan.evalForward(Contract.EvalForward(data, data, *params))
     assert arrays.memoryPool.stats()["allocations"] == before, "in-place evaluation took a pool block"
     np.testing.assert_allclose(data.get().astype(np.float64), ref, **TOL[dtype], err_msg=name)
 
@@ -138,12 +129,12 @@ def test_backward_after_training(backend, name, dtype):
     saved = (arrays.to_gpu(ref.mean.ravel().astype(np.float32)), arrays.to_gpu(ref.invstd.ravel().astype(np.float32)))
 
     plan = planOf(backend, shape3, dtype)
-    plan.backward(Backward(data, dy, ingrad, arrays.to_gpu(scale), *saved, scalegrad, biasgrad))
+    plan.backward(Contract.Backward(data, dy, ingrad, arrays.to_gpu(scale), *saved, scalegrad, biasgrad))
     reference = Reference.batchNormBackward(host, grad, scale, AXES, 1e-5)
     checkGradients(name, dtype, ingrad, scalegrad, biasgrad, reference, sumTolerance(dtype, shape3))
 
     biasgrad.fill(7.0)
-    plan.backward(Backward(data, dy, None, arrays.to_gpu(scale), *saved, scalegrad, biasgrad))
+    plan.backward(Contract.Backward(data, dy, None, arrays.to_gpu(scale), *saved, scalegrad, biasgrad))
     np.testing.assert_allclose(biasgrad.get(), reference[2].ravel(), **sumTolerance(dtype, shape3))
 
 
@@ -154,7 +145,7 @@ def test_frozen_backward(backend, name, dtype):
     arrays = backend.gpuarray
     scale, _, mean, var = makeParams(rng, shape3[1])
 
-    planOf(backend, shape3, dtype).frozenBackward(FrozenBackward(
+    planOf(backend, shape3, dtype).frozenBackward(Contract.FrozenBackward(
         data, dy, ingrad, arrays.to_gpu(scale), arrays.to_gpu(mean), arrays.to_gpu(var), scalegrad, biasgrad
     ))
     reference = Reference.frozenBackward(host, grad, scale, mean, var, 1e-5, axes=AXES)
@@ -171,7 +162,7 @@ def test_batch_statistics(backend, name, dtype, statType):
     rng = np.random.default_rng(5)
     arrays, maps = backend.gpuarray, shape3[1]
     host = makeData(rng, shape3, dtype, loc=3.0)
-    saved = Moments(arrays.to_gpu(host), arrays.empty((maps,), statType), arrays.empty((1, maps), statType))
+    saved = Contract.Moments(arrays.to_gpu(host), arrays.empty((maps,), statType), arrays.empty((1, maps), statType))
     planOf(backend, shape3, dtype).batchStatistics(saved)
 
     ref = Reference.batchNormTrain(host, np.ones(maps), np.zeros(maps), AXES, 1e-5)
@@ -184,7 +175,7 @@ def test_batch_statistics_of_one_element_and_large_mean(backend):
     the CPU backend (the merge across processes needs it: a process's error in the mean enters the merged variance), to
     the float32 rounding of the kernels' mean on CUDA; the variance to 1e-5."""
     arrays = backend.gpuarray
-    saved = Moments(arrays.to_gpu(np.array([[2.5, -1.0, 1e4]], np.float32)), arrays.empty((3,), np.float64),
+    saved = Contract.Moments(arrays.to_gpu(np.array([[2.5, -1.0, 1e4]], np.float32)), arrays.empty((3,), np.float64),
                     arrays.empty((3,), np.float64))
     planOf(backend, (1, 3, 1), np.float32).batchStatistics(saved)
     np.testing.assert_array_equal(saved.var.get(), 0.0)
@@ -195,7 +186,7 @@ def test_batch_statistics_of_one_element_and_large_mean(backend):
     # would be a float32 again
     noise = np.random.default_rng(2).normal(0.0, 1.0, (4001, 2))
     host = (noise - noise.mean(axis=0) + (1e4 + 3e-4)).astype(np.float32)
-    saved = Moments(arrays.to_gpu(host), arrays.empty((2,), np.float64), arrays.empty((2,), np.float64))
+    saved = Contract.Moments(arrays.to_gpu(host), arrays.empty((2,), np.float64), arrays.empty((2,), np.float64))
     planOf(backend, (4001, 2, 1), np.float32).batchStatistics(saved)
     exact = host.astype(np.float64)
     meanTolerance = 1e-5 if backend.name == "cpu" else 2 * 2.0**-24 * 1e4
@@ -214,7 +205,7 @@ def test_normalize_with_given_statistics(backend, name, dtype):
     invstd = rng.uniform(0.5, 2.0, maps).astype(np.float32)
 
     out = arrays.empty(shape3, dtype)
-    planOf(backend, shape3, dtype).normalize(Normalize(
+    planOf(backend, shape3, dtype).normalize(Contract.Normalize(
         arrays.to_gpu(host), out, arrays.to_gpu(scale), arrays.to_gpu(bias), arrays.to_gpu(mean), arrays.to_gpu(invstd)
     ))
     expected = (host.astype(np.float64) - mean[:, None]) * (invstd * scale)[:, None] + bias[:, None]
@@ -232,7 +223,7 @@ def test_input_gradient_from_sums_over_more_elements(backend, name, dtype):
     dbias, dscale = rng.normal(0, 5, maps).astype(np.float32), rng.normal(0, 5, maps).astype(np.float32)
     count = 3 * shape3[0] * shape3[2] + 1
 
-    planOf(backend, shape3, dtype).inputGradient(InputGradient(
+    planOf(backend, shape3, dtype).inputGradient(Contract.InputGradient(
         data, dy, ingrad, arrays.to_gpu(scale), arrays.to_gpu(mean), arrays.to_gpu(invstd), arrays.to_gpu(dscale),
         arrays.to_gpu(dbias), count,
     ))
@@ -251,7 +242,7 @@ def test_large_mean(backend, shape3):
 
     running = (arrays.zeros((maps,)), arrays.zeros((maps,)))
     saved = (arrays.empty((maps,)), arrays.empty((maps,)))
-    planOf(backend, shape3, np.float32, 0.0).trainForward(TrainForward(
+    planOf(backend, shape3, np.float32, 0.0).trainForward(Contract.TrainForward(
         arrays.to_gpu(host), arrays.empty(shape3), arrays.zeros((maps,)).fill(1.0), arrays.zeros((maps,)), *running,
         None, *saved, 1.0,
     ))
@@ -284,7 +275,7 @@ def test_train_forward_guard_keeps_running_statistics_of_non_finite_maps(backend
         runMean, runVar = arrays.to_gpu(mean), arrays.to_gpu(var)
         saved = (arrays.empty((maps,)), arrays.empty((maps,)))
         skipped = arrays.to_gpu(counts) if guarded else None
-        planOf(backend, shape3, dtype).trainForward(TrainForward(
+        planOf(backend, shape3, dtype).trainForward(Contract.TrainForward(
             arrays.to_gpu(host), out, arrays.to_gpu(scale), arrays.to_gpu(bias), runMean, runVar, skipped, *saved, 0.3
         ))
         np.testing.assert_allclose(out.get()[:, 2:].astype(np.float64), ref.out, **TOL[dtype], err_msg=name)
@@ -310,8 +301,8 @@ def test_training_loop_makes_no_raw_allocation(backend):
         out, ingrad = arrays.empty(shape3), arrays.empty(shape3)
         saved = (arrays.empty((maps,)), arrays.empty((maps,)))
         scalegrad, biasgrad = arrays.empty((maps,)), arrays.empty((maps,))
-        plan.trainForward(TrainForward(data, out, scale, bias, mean, var, None, *saved, 0.1))
-        plan.backward(Backward(data, grad, ingrad, scale, *saved, scalegrad, biasgrad))
+        plan.trainForward(Contract.TrainForward(data, out, scale, bias, mean, var, None, *saved, 0.1))
+        plan.backward(Contract.Backward(data, grad, ingrad, scale, *saved, scalegrad, biasgrad))
 
     step()
     gc.collect()

@@ -1,0 +1,137 @@
+"""The CUDA backend's host path, checked without a GPU: the pre-packed launch arguments (`Kernels.Signature.bind`)
+pack to the same bytes as the arguments given by name, and the launches a batch-norm module makes on a stand-in driver
+(`TestLib.StandInCuda`: no kernel runs) are the declared entries, with arguments that pack with their declared formats
+and point at the module's arrays. Whether the kernels compute the right numbers needs a GPU (the rest of the suite
+checks them there)."""
+
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from PuzzleLib.Kernels import BatchNorm, Signature
+
+pytestmark = pytest.mark.backendIndependent
+
+
+def valueFor(parameter, rng):
+    if parameter.format == "P":
+        return rng.randrange(0, 2**40) * 16
+    if parameter.format == "f":
+        return struct.unpack("f", struct.pack("f", rng.uniform(-4.0, 4.0)))[0]
+    return rng.randrange(-2**20, 2**20)
+
+
+def namedValues(signature, flat):
+    """The keywords `Signature.pack` takes, from one value per flat field (structs as dicts)."""
+    values = {}
+    for parameter in signature.parameters:
+        if isinstance(parameter, Signature.Struct):
+            values[parameter.name] = {f.name: flat["%s.%s" % (parameter.name, f.name)] for f in parameter.fields}
+        else:
+            values[parameter.name] = flat[parameter.name]
+    return values
+
+
+@pytest.mark.parametrize("entry", sorted(BatchNorm.entries()))
+def test_a_binding_packs_as_the_arguments_given_by_name(entry):
+    signature = BatchNorm.entries()[entry]
+    rng = random.Random(entry)
+    fields = [(name, parameter) for name, parameter in signature.fields()]
+    flat = {name: valueFor(parameter, rng) for name, parameter in fields}
+    dynamic = [name for index, (name, _) in enumerate(fields) if index % 2 == 0]
+    static = {name.replace(".", "_"): flat[name] for name, _ in fields if name not in dynamic}
+    binding = signature.bind(dynamic, **static)
+
+    packed = struct.pack(signature.format, *binding.arguments(*(flat[name] for name in dynamic)))
+    assert packed == struct.pack(signature.format, *signature.pack(**namedValues(signature, flat)))
+
+
+def test_a_binding_refuses_a_value_neither_static_nor_dynamic():
+    with pytest.raises(TypeError, match="missing"):
+        BatchNorm.renormCombine.bind(("r", "x"), maps=3)
+
+
+SCRIPT = r"""
+import json, sys
+from PuzzleLib.TestLib import StandInCuda
+StandInCuda.install()
+import numpy as np
+from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Kernels import BatchNorm as declared
+from PuzzleLib.Modules import BatchNorm, BatchNorm2D
+
+def argument(launch, name):
+    _, _, values = launch
+    names = [field for field, _ in declared.entries()[launch[0]].fields()]
+    return values[names.index(name)]
+
+def launches(call):
+    del StandInCuda.launches[:]
+    result = call()
+    return result, [(f.name, len(f.packed(args)), args) for f, grid, block, args in StandInCuda.launches]
+
+report = {}
+x = gpuarray.to_gpu(np.random.randn(8, 16, 4, 4).astype(np.float32))
+bn = BatchNorm2D(16)
+out, calls = launches(lambda: bn(x))
+report["train"] = [(name, size) for name, size, _ in calls]
+report["trainPointers"] = [argument(calls[2], "x") == x.ptr, argument(calls[2], "out") == out.ptr,
+                           argument(calls[1], "savedMean") == bn.savemean.ptr,
+                           argument(calls[1], "runningVar") == bn.var.ptr]
+grad, calls = launches(lambda: bn.backward(x))
+report["backward"] = [(name, size) for name, size, _ in calls]
+report["backwardPointers"] = [argument(calls[2], "out") == grad.ptr,
+                              argument(calls[1], "scalegrad") == bn.vars["scale"].grad.ptr,
+                              argument(calls[2], "p.scalegrad") == bn.vars["scale"].grad.ptr]
+bn.evalMode()
+_, calls = launches(lambda: bn(x))
+report["eval"] = [(name, size) for name, size, _ in calls]
+fused = BatchNorm(16, activation="relu")
+_, calls = launches(lambda: fused(gpuarray.to_gpu(np.random.randn(32, 16).astype(np.float32))))
+report["fused"] = [name for name, _, _ in calls]
+ghosts = BatchNorm2D(16, renorm=True, virtualBatch=4)
+_, calls = launches(lambda: ghosts(x))
+report["ghosts"] = [name for name, _, _ in calls]
+
+# NOTE: device memory is host memory here, so the one-block backup of a snapshot can be checked for real
+odd = gpuarray.to_gpu(np.arange(5, dtype=np.float16))
+kept = [bn.mean, bn.var, odd]
+before = [ary.get() for ary in kept]
+backup = type(bn.mean).backend.gpuarray.Backup(kept)
+for ary in kept:
+    ary.fill(7)
+backup.restore()
+report["restored"] = all(np.array_equal(ary.get(), old) for ary, old in zip(kept, before))
+print(json.dumps(report))
+"""
+
+
+def test_a_module_on_a_stand_in_driver_launches_the_declared_entries():
+    env = dict(os.environ, PUZZLELIB_BACKEND="cuda")
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    entries = BatchNorm.entries()
+
+    def size(name):
+        return struct.calcsize(entries[name].format)
+
+    expected = ["bnStatsSpatial_f32_v4", "bnStatsFinalize_f32", "bnApplySpatial_trainForward_f32_v4"]
+    assert [name for name, _ in report["train"]] == expected
+    assert all(packed == size(name) for name, packed in report["train"] + report["backward"] + report["eval"])
+    assert all(report["trainPointers"]) and all(report["backwardPointers"])
+    assert [name for name, _ in report["backward"]] == [
+        "bnGradSpatial_f32_v4", "bnGradFinalize", "bnApplySpatial_backward_f32_v4"
+    ]
+    assert [name for name, _ in report["eval"]] == ["bnApplySpatial_evalForward_f32_v4"]
+    assert report["fused"] == ["bnStatsRows_f32_v4", "bnStatsFinalize_f32", "bnApplyRowsFused_trainForward_f32_v1"]
+    # NOTE: two ghost batches of 4 samples, each: moments, their merge, the renorm step, the corrected pass
+    assert report["restored"]
+    assert report["ghosts"] == [
+        "bnStatsSpatial_f32_v4", "bnStatsFinalize_f32", "bnRenormStatistics", "bnApplySpatial_trainForward_f32_v4",
+    ] * 2
