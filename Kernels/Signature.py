@@ -176,15 +176,15 @@ class Binding:
     Attributes:
         template (list): every value in order, 0 where a call fills one in; slots (list of int): where the dynamic
             values go, in the order `Signature.bind` was given them.
+        arguments (function): ``arguments(*values)``, the argument tuple of a launch with `values` (already converted:
+            addresses as ints, 0 for a null pointer) in the dynamic slots.
     """
 
     def __init__(self, template, slots):
         self.template, self.slots = template, slots
-
-    def arguments(self, *values):
-        """The argument tuple of a launch, `values` (already converted: addresses as ints, 0 for a null pointer) in the
-        dynamic slots."""
-        args = self.template.copy()
-        for slot, value in zip(self.slots, values, strict=True):
-            args[slot] = value
-        return args
+        # NOTE: the tuple is written out once as a function of the dynamic values (the static ones are its globals),
+        # so a launch builds its arguments in one step instead of filling a copy of the template slot by slot
+        where = {slot: index for index, slot in enumerate(slots)}
+        items = ["v%d" % where[k] if k in where else "s%d" % k for k in range(len(template))]
+        source = "lambda %s: (%s,)" % (", ".join("v%d" % i for i in range(len(slots))), ", ".join(items))
+        self.arguments = eval(source, {"s%d" % k: value for k, value in enumerate(template) if k not in where})

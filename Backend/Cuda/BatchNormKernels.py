@@ -28,7 +28,7 @@ import numpy as np
 
 from PuzzleLib.Backend.BatchNormPlan import BatchNormPlan
 from PuzzleLib.Backend.Contract import reconstructionFloor
-from PuzzleLib.Backend.Cuda.GPUArray import empty
+from PuzzleLib.Backend.Cuda.GPUArray import empty, memoryPool
 from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, grid1d, residentBlocks
 from PuzzleLib.Kernels import BatchNorm as declared
 from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, ROWS_BX, ROWS_BY
@@ -203,7 +203,8 @@ class CudaPlan(BatchNormPlan):
         vec = self.vectorWidth(x)
         _, _, splits = self.reductionGrid(vec)
         size = splits * self.maps
-        workspace = empty((3, size), np.float32)
+        # NOTE: a pool block of its own per call (a plan serves every module of its shape, in any thread), no GPUArray
+        workspace = memoryPool.allocate(3 * 4 * size)
         pn, pmean, pm2 = (workspace.ptr + 4 * k * size for k in range(3))
         self.launch("stats", vec)(x.ptr, pn, pmean, pm2)
         self.launch("statsFinalize", splits)(
@@ -230,7 +231,7 @@ class CudaPlan(BatchNormPlan):
             vec = self.vectorWidth(x, dy, fused[1]) if self.spatial else 1
         _, _, splits = self.reductionGrid(vec)
         size = splits * self.maps
-        workspace = empty((2, size), np.float32)
+        workspace = memoryPool.allocate(2 * 4 * size)
         psum, pdot = workspace.ptr, workspace.ptr + 4 * size
         values = (ptr(x), dy.ptr, ptr(mean), psum, pdot) + ((*channel, *map(ptr, fused)) if fused else ())
         self.launch("grad", vec, fused is not None, x is None)(*values)

@@ -89,8 +89,8 @@ class GPUArray(gpuarray.GPUArray, pycuda.gpuarray.GPUArray):
     def __init__(self, shape, dtype=np.float32, allocator=None, base=None, gpudata=None, strides=None, order="C"):
         # NOTE: pycuda's signature, so that pycuda's own methods building ``self.__class__(...)`` keep working
         shape, dtype = gpuarray.normalizeShape(shape), np.dtype(dtype)
-        contiguous = pycuda.gpuarray._c_contiguous_strides(dtype.itemsize, shape)
-        if order != "C" or (strides is not None and tuple(strides) != tuple(contiguous) and len(shape) > 0):
+        if order != "C" or (strides is not None and len(shape) > 0 and tuple(strides) != tuple(
+                pycuda.gpuarray._c_contiguous_strides(dtype.itemsize, shape))):
             raise ValueError("GPUArray supports only C-contiguous layouts; got order %r, strides %s" % (order, strides))
         if gpudata is None:
             # NOTE: allocated here rather than by pycuda so that an empty array still owns a block and a unique address
@@ -222,15 +222,15 @@ def hostBuffer(shape, dtype=np.float32):
 
 
 class Backup:
-    """`Contract.GPUArrayModule.Backup`: the arrays' contents in one pool block (one allocation and one GPUArray
-    however many arrays), copied device to device, on the legacy default stream like everything else."""
+    """`Contract.GPUArrayModule.Backup`: the arrays' contents in one pool block (one allocation however many arrays,
+    and no GPUArray), copied device to device, on the legacy default stream like everything else."""
 
     def __init__(self, arrays):
         self.arrays, self.offsets, total = arrays, [], 0
         for ary in arrays:
             self.offsets.append(total)
             total += -(-ary.nbytes // 256) * 256
-        self.block = empty((max(total, 1),), np.uint8)
+        self.block = memoryPool.allocate(total)
         for ary, offset in zip(arrays, self.offsets, strict=True):
             if ary.nbytes:
                 cuda.memcpy_dtod(self.block.ptr + offset, ary.ptr, ary.nbytes)
@@ -250,18 +250,21 @@ class HostMirror:
         self.ary = ary
         self.buffer = hostBuffer(ary.shape, ary.dtype)
         self.landed = None
-        self.event = None
+        # NOTE: one event, recorded again after each copy; `pending` says whether a copy is under way
+        self.event, self.pending = None, False
 
     def poll(self):
-        if self.event is not None and self.event.query():
-            self.landed, self.event = self.buffer.copy(), None
+        if self.pending and self.event.query():
+            self.landed, self.pending = self.buffer.copy(), False
 
     def refresh(self):
         self.poll()
-        if self.event is None:
+        if not self.pending:
             cuda.memcpy_dtoh_async(self.buffer, self.ary.ptr)
-            self.event = cuda.Event()
+            if self.event is None:
+                self.event = cuda.Event()
             self.event.record()
+            self.pending = True
 
     def latest(self):
         self.poll()

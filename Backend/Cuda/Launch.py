@@ -74,10 +74,11 @@ class PreparedLaunch:
     static values in place (a `Kernels.Signature.Binding`). Calling it with the dynamic values (addresses as ints,
     in the order it was prepared with) queues the launch."""
 
-    __slots__ = ("function", "grid", "block", "binding")
+    __slots__ = ("function", "grid", "block", "binding", "arguments")
 
     def __init__(self, function, grid, block, binding):
         self.function, self.grid, self.block, self.binding = function, grid, block, binding
+        self.arguments = binding.arguments
 
     def __call__(self, *values):
-        self.function.prepared_call(self.grid, self.block, *self.binding.arguments(*values))
+        self.function.prepared_call(self.grid, self.block, *self.arguments(*values))
