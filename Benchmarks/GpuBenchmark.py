@@ -79,12 +79,17 @@ def shape3Of(shape):
 
 
 def benchmarkOurs(gpu, bn, timer, shape, dtype, repeats):
-    from PuzzleLib.Backend.Contract import BatchStatistics, RunningStatistics
+    """The CUDA plan's primitives (`Backend.Cuda.BatchNormKernels.CudaPlan`) on the (outer, maps, inner) view of
+    `shape`, with preallocated outputs."""
+    from PuzzleLib.Backend.BatchNormLayout import layoutOf
+    from PuzzleLib.Backend.Contract import Backward, EvalForward, PlanOptions, TrainForward
+    from PuzzleLib.Backend.Cuda import backend
 
     shape3 = shape3Of(shape)
     maps = shape3[1]
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     nbuf = max(1, min(4, -(-ROTATE_BYTES // nbytes)))
+    plan = bn.plan(backend, layoutOf(shape3, (0, 2)), np.dtype(dtype), PlanOptions(1e-5))
 
     def filled(value):
         return gpu.empty(shape3, dtype).fill(value)
@@ -92,25 +97,23 @@ def benchmarkOurs(gpu, bn, timer, shape, dtype, repeats):
     xs = [filled(1.0 + 0.1 * i) for i in range(nbuf)]
     ys = [gpu.empty(shape3, dtype) for _ in range(nbuf)]
     scale, bias = gpu.zeros((maps,)).fill(1.0), gpu.zeros((maps,))
-    running = RunningStatistics(gpu.zeros((maps,)), gpu.zeros((maps,)).fill(1.0))
-    saved = BatchStatistics(gpu.empty((maps,)), gpu.empty((maps,)))
+    mean, var = gpu.zeros((maps,)), gpu.zeros((maps,)).fill(1.0)
+    savemean, saveinvvar = gpu.empty((maps,)), gpu.empty((maps,))
     scalegrad, biasgrad = gpu.empty((maps,)), gpu.empty((maps,))
     # NOTE: the modules' default: the running update guarded against non-finite batch statistics
     skipped = gpu.zeros((maps,))
 
     results = {}
-    results["train forward"] = (timer.median(lambda i: bn.trainForward(
-        xs[i % nbuf], ys[i % nbuf], shape3, scale=scale, bias=bias, running=running, saved=saved, epsilon=1e-5,
-        factor=0.1, skipped=skipped), repeats), 2 * nbytes)
-    results["eval forward"] = (timer.median(lambda i: bn.evalForward(
-        xs[i % nbuf], ys[i % nbuf], shape3, scale=scale, bias=bias, running=running, epsilon=1e-5), repeats),
-        2 * nbytes)
+    results["train forward"] = (timer.median(lambda i: plan.trainForward(TrainForward(
+        xs[i % nbuf], ys[i % nbuf], scale, bias, mean, var, skipped, savemean, saveinvvar, 0.1)), repeats), 2 * nbytes)
+    results["eval forward"] = (timer.median(lambda i: plan.evalForward(EvalForward(
+        xs[i % nbuf], ys[i % nbuf], scale, bias, mean, var)), repeats), 2 * nbytes)
 
     # NOTE: the output buffers double as the incoming gradients; a third set holds dx
     dxs = [gpu.empty(shape3, dtype) for _ in range(nbuf)]
-    results["backward"] = (timer.median(lambda i: bn.backward(
-        xs[i % nbuf], ys[i % nbuf], dxs[i % nbuf], shape3, scale=scale, saved=saved, scalegrad=scalegrad,
-        biasgrad=biasgrad), repeats), 3 * nbytes)
+    results["backward"] = (timer.median(lambda i: plan.backward(Backward(
+        xs[i % nbuf], ys[i % nbuf], dxs[i % nbuf], scale, savemean, saveinvvar, scalegrad, biasgrad)), repeats),
+        3 * nbytes)
     return results
 
 
