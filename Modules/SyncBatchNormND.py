@@ -158,8 +158,9 @@ class SyncStatistics:
     Raises:
         ValueError: at construction, for a `comm` that is not an mpi4py intra-communicator.
         ImportError: at construction, when mpi4py (or an MPI library) is missing.
-        ModuleError: in training, on every process alike, when any process's data fails its checks, the processes
-            disagree on the map count or the data type, or the global batch has fewer than 2 elements per map.
+        ModuleError: in training, on every process alike, when any process's data (or residual: the synchronized
+            modules take none) fails its checks, the processes disagree on the map count or the data type, or the
+            global batch has fewer than 2 elements per map.
     """
 
     # NOTE: a copy (`Module.__deepcopy__`) takes part in its original's communicator and exchanges

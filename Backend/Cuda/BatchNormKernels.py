@@ -88,13 +88,12 @@ class CudaPlan(BatchNormPlan):
         self.widest = width if (inner if self.spatial else maps) % width == 0 else 1
         self.prepared, self.grids = {}, {}
 
-    def launch(self, role, *key):
-        """The `PreparedLaunch` of `role` (``"stats"``, ``"statsFinalize"``, ``"apply"``, ``"grad"``,
-        ``"gradFinalize"``, ``"gradFinalizeFrozen"``, ``"renormStatistics"``, ``"renormCombine"``) and its `key`,
-        made on the first call that needs it."""
-        found = self.prepared.get((role,) + key)
+    def launch(self, prepare, *key):
+        """The `PreparedLaunch` that ``prepare(*key)`` (one of the ``prepare*`` methods) makes, made on the first call
+        that needs it and kept."""
+        found = self.prepared.get((prepare.__name__,) + key)
         if found is None:
-            found = self.prepared[(role,) + key] = getattr(self, "prepare" + role[0].upper() + role[1:])(*key)
+            found = self.prepared[(prepare.__name__,) + key] = prepare(*key)
         return found
 
     def vectorWidth(self, *arrays):
@@ -206,8 +205,8 @@ class CudaPlan(BatchNormPlan):
         # NOTE: a pool block of its own per call (a plan serves every module of its shape, in any thread), no GPUArray
         workspace = memoryPool.allocate(3 * 4 * size)
         pn, pmean, pm2 = (workspace.ptr + 4 * k * size for k in range(3))
-        self.launch("stats", vec)(x.ptr, pn, pmean, pm2)
-        self.launch("statsFinalize", splits)(
+        self.launch(self.prepareStats, vec)(x.ptr, pn, pmean, pm2)
+        self.launch(self.prepareStatsFinalize, splits)(
             x.ptr, pn, pmean, pm2, factor, savedMean.ptr, savedInvstd.ptr, ptr(running[0]), ptr(running[1]),
             ptr(savedVar), ptr(skipped),
         )
@@ -218,10 +217,10 @@ class CudaPlan(BatchNormPlan):
         the fused kernels (element by element on rows)."""
         if fused is None:
             vec = self.vectorWidth(x, dy, out)
-            self.launch("apply", mode, vec, False, False)(ptr(x), ptr(dy), out.ptr, *channel)
+            self.launch(self.prepareApply, mode, vec, False, False)(ptr(x), ptr(dy), out.ptr, *channel)
             return
         vec = self.vectorWidth(x, dy, out, *fused) if self.spatial else 1
-        self.launch("apply", mode, vec, True, x is None)(ptr(x), ptr(dy), out.ptr, *channel, *map(ptr, fused))
+        self.launch(self.prepareApply, mode, vec, True, x is None)(ptr(x), ptr(dy), out.ptr, *channel, *map(ptr, fused))
 
     def reduceGradient(self, x, dy, mean, fused, channel):
         """Partial sums of dz and dz * (x - mean) per block; returns (psum, pdot, splits) for the finalize kernel."""
@@ -234,7 +233,7 @@ class CudaPlan(BatchNormPlan):
         workspace = memoryPool.allocate(2 * 4 * size)
         psum, pdot = workspace.ptr, workspace.ptr + 4 * size
         values = (ptr(x), dy.ptr, ptr(mean), psum, pdot) + ((*channel, *map(ptr, fused)) if fused else ())
-        self.launch("grad", vec, fused is not None, x is None)(*values)
+        self.launch(self.prepareGrad, vec, fused is not None, x is None)(*values)
         # NOTE: the workspace stays alive until the finalize kernel is queued (the pool reuses a block only for work
         # queued after it)
         return workspace, psum, pdot, splits
@@ -281,7 +280,8 @@ class CudaPlan(BatchNormPlan):
         fused = None if self.activation is None else (None, call.outdata, call.resgrad)
         channel = [call.savemean.ptr, call.saveinvvar.ptr, 0, call.scale.ptr, ptr(call.bias), 0, 0, 0.0]
         workspace, psum, pdot, splits = self.reduceGradient(call.data, call.grad, call.savemean, fused, channel)
-        self.launch("gradFinalize", splits)(psum, pdot, call.saveinvvar.ptr, call.scalegrad.ptr, call.biasgrad.ptr)
+        finalize = self.launch(self.prepareGradFinalize, splits)
+        finalize(psum, pdot, call.saveinvvar.ptr, call.scalegrad.ptr, call.biasgrad.ptr)
         del workspace
         if call.ingrad is not None:
             channel[5:] = call.scalegrad.ptr, call.biasgrad.ptr, 1.0 / self.m
@@ -299,7 +299,8 @@ class CudaPlan(BatchNormPlan):
         fused = None if self.activation is None else (None, call.outdata, call.resgrad)
         channel = (0,) * 7 + (0.0,)
         workspace, psum, pdot, splits = self.reduceGradient(call.data, call.grad, call.mean, fused, channel)
-        self.launch("gradFinalizeFrozen", splits)(psum, pdot, call.var.ptr, call.scalegrad.ptr, call.biasgrad.ptr)
+        finalize = self.launch(self.prepareGradFinalizeFrozen, splits)
+        finalize(psum, pdot, call.var.ptr, call.scalegrad.ptr, call.biasgrad.ptr)
         del workspace
         if call.ingrad is not None:
             channel = (0, 0, call.var.ptr, call.scale.ptr, 0, 0, 0, 0.0)
@@ -308,7 +309,7 @@ class CudaPlan(BatchNormPlan):
     def renormStatistics(self, call):
         """One kernel, one thread per map (``bnRenormStatistics``, the twin of `NumpyPlan.renormStatistics`)."""
         clipping = call.clipping
-        self.launch("renormStatistics")(
+        self.launch(self.prepareRenormStatistics)(
             call.batchMean.ptr, call.batchVar.ptr, call.count, call.factor, call.renormMomentum, clipping.rmin,
             clipping.rmax, clipping.dmax, call.scale.ptr, call.bias.ptr, call.savemean.ptr, call.saveinvvar.ptr,
             call.r.ptr, call.d.ptr, call.correctedScale.ptr, call.correctedBias.ptr, ptr(call.mean), ptr(call.var),
@@ -317,4 +318,4 @@ class CudaPlan(BatchNormPlan):
 
     def renormCombine(self, call):
         """One kernel, one thread per map (``bnRenormCombine``)."""
-        self.launch("renormCombine")(call.r.ptr, call.x.ptr, call.d.ptr, ptr(call.y), call.out.ptr)
+        self.launch(self.prepareRenormCombine)(call.r.ptr, call.x.ptr, call.d.ptr, ptr(call.y), call.out.ptr)

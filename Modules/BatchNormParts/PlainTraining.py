@@ -1,5 +1,9 @@
 """PlainTraining: batch normalization's training forward and backward (Ioffe & Szegedy 2015, arXiv 1502.03167,
-Algorithm 1 and section 3), the part every other training part of `Modules.BatchNormParts` starts from."""
+Algorithm 1 and section 3), the part every other training part of `Modules.BatchNormParts` starts from.
+
+Combines with: a residual; a fused activation and in-place training through its subclasses (`FusedTraining`,
+`InPlaceTraining`); ghost batches (`GhostBatches` holds it).
+"""
 
 from PuzzleLib.Backend.Contract import Backward, TrainForward
 from PuzzleLib.Modules.ModuleError import ModuleError
