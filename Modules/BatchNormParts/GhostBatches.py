@@ -18,7 +18,6 @@ class GhostBatches:
 
     feature = "virtualBatch"
     activation = None
-    trainsInPlace = False
 
     def __init__(self, inner, virtualBatch):
         self.inner, self.virtualBatch = inner, virtualBatch

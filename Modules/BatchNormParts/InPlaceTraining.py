@@ -17,7 +17,6 @@ from PuzzleLib.Modules.ModuleError import ModuleError
 class InPlaceTraining(FusedTraining):
     """`FusedTraining` in place: `activation` is the module's, or the identity (a `Contract.FusedActivation`)."""
 
-    trainsInPlace = True
 
     def output(self, bn, data):
         return data

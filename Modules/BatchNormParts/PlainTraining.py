@@ -34,7 +34,6 @@ class PlainTraining:
     # a residual (`checkInPlace`, `checkResidual` refuse the others, naming `feature`)
     feature = None
     activation = None
-    trainsInPlace = False
 
     def output(self, bn, data):
         return data.backend.gpuarray.empty(data.shape, data.dtype)
