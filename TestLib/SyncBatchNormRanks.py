@@ -156,6 +156,9 @@ def provokeErrors(comm, sizes):
     few = rows[:1] if rank == 0 else rows[:0]
     attempt("tooFewElements", lambda: bn(few), bn)
 
+    # NOTE: one rank alone passes a residual (the synchronized modules take none): every rank must refuse alike
+    attempt("residual", lambda: bn(rows, residual=rows) if rank == 0 else bn(rows), bn)
+
     attempt("communicator", lambda: SyncBatchNorm(5, comm="COMM_WORLD"))
 
     # NOTE: after every refusal the ranks are still in step: a good forward and backward go through

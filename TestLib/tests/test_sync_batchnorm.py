@@ -177,6 +177,8 @@ def test_errors_are_raised_on_every_rank_alike_and_change_nothing(backend, tmp_p
         "SyncBatchNorm expects 2D data (batch, size); got shape (4, 5, 1))" % (ranks - 1),
         "tooFewElements": "ModuleError: SyncBatchNorm: training needs at least 2 elements per map in the global batch "
         "to estimate a variance; the processes hold [1, %s]" % ", ".join(["0"] * (ranks - 1)),
+        "residual": "ModuleError: SyncBatchNorm: a process refused its part of the synchronized step (rank 0: "
+        "SyncBatchNorm: a residual does not combine with the synchronized modules yet)",
         "communicator": "ValueError: SyncBatchNorm: comm must be an mpi4py intra-communicator (mpi4py.MPI.Intracomm, "
         "such as MPI.COMM_WORLD); got 'COMM_WORLD'",
         "backwardGrad": "ModuleError: SyncBatchNorm: a process refused its part of the synchronized step (rank 0: "
