@@ -210,6 +210,25 @@ static void threadShare(const Geometry *geo, i64 *first, i64 *last)
     *last = geo->tiles * (me + 1) / team;
 }
 
+// Runs body(job) on a team of `threads` threads, or straight on the calling thread for one: libgomp builds and tears
+// down a team for every parallel region, even one whose if clause is false (about a microsecond, more than a small
+// call's whole work). The bodies' worksharing loops and barriers are orphaned constructs, which bind to a team of one
+// when no region encloses them.
+static void runTeam(void (*body)(const void *job), const void *job, int threads)
+{
+#ifdef _OPENMP
+    if (threads > 1)
+    {
+#pragma omp parallel num_threads(threads)
+        body(job);
+        return;
+    }
+#else
+    (void)threads;
+#endif
+    body(job);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Chan's pairwise merge: (n, mean, m2) += a block of nb elements with mean meanB and m2B; n may be 0.
 
@@ -876,6 +895,81 @@ static void BN_NAME(tileGradientSums)(const Data *x, const Data *g, Data *dx, co
 // ---------------------------------------------------------------------------------------------------------------
 // Drivers
 
+// What the team of a statistics call shares (statisticsAndNormalize): factors is NULL without a normalization.
+typedef struct
+{
+    const Data *x;
+    Data *y;
+    const Geometry *geo;
+    const void *scale, *bias;
+    const StatisticsOutputs *out;
+    const Scratch *s;
+    Coefficients *factors;
+    double m;
+} BN_NAME(StatisticsJob);
+
+static void BN_NAME(statisticsTeam)(const void *context)
+{
+    const BN_NAME(StatisticsJob) *job = context;
+    const Data *x = job->x;
+    Data *y = job->y;
+    const Geometry *geo = job->geo;
+    const Scratch *s = job->s;
+    Coefficients *factors = job->factors;
+
+    if (fusedPath(geo))
+    {
+#pragma omp for schedule(static)
+        for (i64 group = 0; group < geo->groups; group++)
+        {
+            i64 c0 = groupFirstMap(geo, group), w = groupWidth(geo, group);
+            BN_NAME(tileMoments)(x, geo, group, 0, geo->extent, s->mean + c0, s->m2 + c0);
+            BN_NAME(finishStatistics)(job->out, factors, job->scale, job->bias, s->mean, s->m2, c0, w, job->m);
+            if (y != NULL)
+                BN_NAME(tileNormalize)(x, y, geo, group, 0, geo->extent, factors);
+        }
+        return;
+    }
+
+    i64 first, last;
+    threadShare(geo, &first, &last);
+    for (i64 t = first; t < last; t++)
+    {
+        i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
+        i64 a1 = minI64(a0 + geo->chunk, geo->extent);
+        double *part = s->partials + 3 * t * geo->width;
+        BN_NAME(tileMoments)(x, geo, group, a0, a1, part + geo->width, part + 2 * geo->width);
+        // NOTE: a tile holds a1 - a0 elements of each of its maps (elements of one map, or rows of its columns)
+        part[0] = (double)(a1 - a0);
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (i64 c0 = 0; c0 < geo->maps; c0 += MAP_CHUNK)
+    {
+        i64 n = minI64(MAP_CHUNK, geo->maps - c0);
+        for (i64 c = c0; c < c0 + n; c++)
+        {
+            i64 group = c / geo->width, j = c - group * geo->width;
+            double count = 0.0, mean = 0.0, m2 = 0.0;
+            for (i64 chunk = 0; chunk < geo->chunks; chunk++)
+            {
+                const double *part = s->partials + 3 * (group * geo->chunks + chunk) * geo->width;
+                chanMerge(&count, &mean, &m2, part[0], part[geo->width + j], part[2 * geo->width + j]);
+            }
+            s->mean[c] = mean, s->m2[c] = m2;
+        }
+        BN_NAME(finishStatistics)(job->out, factors, job->scale, job->bias, s->mean, s->m2, c0, n, job->m);
+    }
+    if (y != NULL)
+    {
+        for (i64 t = last - 1; t >= first; t--)
+        {
+            i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
+            BN_NAME(tileNormalize)(x, y, geo, group, a0, minI64(a0 + geo->chunk, geo->extent), factors);
+        }
+    }
+}
+
 // The statistics of every map, then (when y is given) normalization with them: y = (x - mu) * invstd * scale + bias.
 // Per-map pointers, by bit of doubleMask: 0 scale, 1 bias, 2 runMean, 3 runVar, 4 savedMean, 5 savedSecond.
 static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometry *geo, const void *scale,
@@ -885,65 +979,10 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
     Coefficients k;
     if (BN_NAME(takeScratch)(&s, &k, geo) != BN_OK)
         return BN_OUT_OF_MEMORY;
-    Coefficients *factors = y != NULL ? &k : NULL;
-    double m = (double)geo->outer * (double)geo->inner;
-
-    if (fusedPath(geo))
-    {
-#pragma omp parallel for schedule(static) num_threads(geo->threads) if (geo->threads > 1)
-        for (i64 group = 0; group < geo->groups; group++)
-        {
-            i64 c0 = groupFirstMap(geo, group), w = groupWidth(geo, group);
-            BN_NAME(tileMoments)(x, geo, group, 0, geo->extent, s.mean + c0, s.m2 + c0);
-            BN_NAME(finishStatistics)(out, factors, scale, bias, s.mean, s.m2, c0, w, m);
-            if (y != NULL)
-                BN_NAME(tileNormalize)(x, y, geo, group, 0, geo->extent, &k);
-        }
-    }
-    else
-    {
-#pragma omp parallel num_threads(geo->threads) if (geo->threads > 1)
-        {
-            i64 first, last;
-            threadShare(geo, &first, &last);
-            for (i64 t = first; t < last; t++)
-            {
-                i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
-                i64 a1 = minI64(a0 + geo->chunk, geo->extent);
-                double *part = s.partials + 3 * t * geo->width;
-                BN_NAME(tileMoments)(x, geo, group, a0, a1, part + geo->width, part + 2 * geo->width);
-                // NOTE: a tile holds a1 - a0 elements of each of its maps (elements of one map, or rows of its columns)
-                part[0] = (double)(a1 - a0);
-            }
-#pragma omp barrier
-#pragma omp for schedule(static)
-            for (i64 c0 = 0; c0 < geo->maps; c0 += MAP_CHUNK)
-            {
-                i64 n = minI64(MAP_CHUNK, geo->maps - c0);
-                for (i64 c = c0; c < c0 + n; c++)
-                {
-                    i64 group = c / geo->width, j = c - group * geo->width;
-                    double count = 0.0, mean = 0.0, m2 = 0.0;
-                    for (i64 chunk = 0; chunk < geo->chunks; chunk++)
-                    {
-                        const double *part = s.partials + 3 * (group * geo->chunks + chunk) * geo->width;
-                        chanMerge(&count, &mean, &m2, part[0], part[geo->width + j], part[2 * geo->width + j]);
-                    }
-                    s.mean[c] = mean, s.m2[c] = m2;
-                }
-                BN_NAME(finishStatistics)(out, factors, scale, bias, s.mean, s.m2, c0, n, m);
-            }
-            if (y != NULL)
-            {
-                for (i64 t = last - 1; t >= first; t--)
-                {
-                    i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
-                    BN_NAME(tileNormalize)(x, y, geo, group, a0, minI64(a0 + geo->chunk, geo->extent), &k);
-                }
-            }
-        }
-    }
-
+    BN_NAME(StatisticsJob) job = {
+        x, y, geo, scale, bias, out, &s, y != NULL ? &k : NULL, (double)geo->outer * (double)geo->inner,
+    };
+    runTeam(BN_NAME(statisticsTeam), &job, geo->threads);
     freeScratch(&s);
     return BN_OK;
 }
@@ -973,54 +1012,62 @@ BN_EXPORT int BN_NAME(bnMoments)(const BnMomentsArgs *a)
     return BN_NAME(statisticsAndNormalize)((const Data *)a->x, NULL, &geo, NULL, NULL, &out);
 }
 
+// What the team of a normalization shares (bnNormalize).
+typedef struct
+{
+    const BnNormalizeArgs *a;
+    const Geometry *geo;
+    Coefficients *k;
+} BN_NAME(NormalizeJob);
+
+static void BN_NAME(normalizeTeam)(const void *context)
+{
+    const BN_NAME(NormalizeJob) *job = context;
+    const BnNormalizeArgs *a = job->a;
+    const Geometry *geo = job->geo;
+    unsigned doubleMask = a->view.doubleMask;
+    i64 maps = geo->maps;
+
+    // NOTE: the per-map factors are shared out too: with many maps their loop is not short
+#pragma omp for schedule(static)
+    for (i64 c = 0; c < maps; c += MAP_CHUNK)
+    {
+        double mean[MAP_CHUNK], gain[MAP_CHUNK], scale[MAP_CHUNK], bias[MAP_CHUNK];
+        i64 n = minI64(MAP_CHUNK, maps - c);
+        mapLoad(mean, a->centre, doubleMask, 2, c, n);
+        mapLoad(gain, a->second, doubleMask, 3, c, n);
+        mapLoad(scale, a->scale, doubleMask, 0, c, n);
+        mapLoad(bias, a->bias, doubleMask, 1, c, n);
+        for (i64 j = 0; j < n; j++)
+            scale[j] *= a->secondIsVariance ? 1.0 / sqrt(gain[j] + a->epsilon) : gain[j];
+        BN_NAME(setNormalizations)(job->k, c, n, mean, scale, bias);
+    }
+
+#pragma omp for schedule(static)
+    for (i64 t = 0; t < geo->tiles; t++)
+    {
+        i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
+        BN_NAME(tileNormalize)((const Data *)a->x, (Data *)a->y, geo, group, a0, minI64(a0 + geo->chunk, geo->extent),
+                               job->k);
+    }
+}
+
 // Normalization with given statistics (BatchNormPlan.evalForward and BatchNormPlan.normalize):
 // y = (x - centre) * gain * scale + bias, gain = 1 / sqrt(second + epsilon) when secondIsVariance (the running
 // variance), else gain = second (a saved invstd). y may be x.
 // Per-map pointers, by bit of doubleMask: 0 scale, 1 bias, 2 centre, 3 second.
-static int BN_NAME(normalizeWith)(const Data *x, Data *y, i64 outer, i64 maps, i64 inner, int threads,
-                                  const void *scale, const void *bias, const void *centre, const void *second,
-                                  int secondIsVariance, double epsilon, unsigned doubleMask)
+BN_EXPORT int BN_NAME(bnNormalize)(const BnNormalizeArgs *a)
 {
-    Geometry geo = geometryOf(outer, maps, inner, threads);
+    const BnView *v = &a->view;
+    Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
     Scratch s;
     Coefficients k;
     if (BN_NAME(takeScratch)(&s, &k, &geo) != BN_OK)
         return BN_OUT_OF_MEMORY;
-
-#pragma omp parallel num_threads(geo.threads) if (geo.threads > 1)
-    {
-        // NOTE: the per-map factors are shared out too: with many maps their loop is not short
-#pragma omp for schedule(static)
-        for (i64 c = 0; c < maps; c += MAP_CHUNK)
-        {
-            double mean[MAP_CHUNK], gain[MAP_CHUNK], a[MAP_CHUNK], b[MAP_CHUNK];
-            i64 n = minI64(MAP_CHUNK, maps - c);
-            mapLoad(mean, centre, doubleMask, 2, c, n);
-            mapLoad(gain, second, doubleMask, 3, c, n);
-            mapLoad(a, scale, doubleMask, 0, c, n);
-            mapLoad(b, bias, doubleMask, 1, c, n);
-            for (i64 j = 0; j < n; j++)
-                a[j] *= secondIsVariance ? 1.0 / sqrt(gain[j] + epsilon) : gain[j];
-            BN_NAME(setNormalizations)(&k, c, n, mean, a, b);
-        }
-
-#pragma omp for schedule(static)
-        for (i64 t = 0; t < geo.tiles; t++)
-        {
-            i64 group = t / geo.chunks, a0 = (t % geo.chunks) * geo.chunk;
-            BN_NAME(tileNormalize)(x, y, &geo, group, a0, minI64(a0 + geo.chunk, geo.extent), &k);
-        }
-    }
-
+    BN_NAME(NormalizeJob) job = {a, &geo, &k};
+    runTeam(BN_NAME(normalizeTeam), &job, geo.threads);
     freeScratch(&s);
     return BN_OK;
-}
-
-BN_EXPORT int BN_NAME(bnNormalize)(const BnNormalizeArgs *a)
-{
-    const BnView *v = &a->view;
-    return BN_NAME(normalizeWith)((const Data *)a->x, (Data *)a->y, v->outer, v->maps, v->inner, v->threads, a->scale,
-                                  a->bias, a->centre, a->second, a->secondIsVariance, a->epsilon, v->doubleMask);
 }
 
 // Maps [c0, c0 + n) of a backward, from their sums s.sumA = sum(g) and s.sumB = sum(g * (x - mean)) and invstd in
@@ -1052,6 +1099,128 @@ static void BN_NAME(finishGradients)(const Scratch *s, Coefficients *k, int mode
     }
 }
 
+// What the team of a backward shares (bnBackward).
+typedef struct
+{
+    const BnBackwardArgs *a;
+    const Geometry *geo;
+    const Scratch *s;
+    Coefficients *k;
+} BN_NAME(BackwardJob);
+
+static void BN_NAME(backwardTeam)(const void *context)
+{
+    const BN_NAME(BackwardJob) *job = context;
+    const BnBackwardArgs *a = job->a;
+    const Geometry *geo = job->geo;
+    const Scratch *s = job->s;
+    Coefficients *k = job->k;
+    const Data *x = (const Data *)a->x, *g = (const Data *)a->g;
+    Data *dx = (Data *)a->dx;
+    int mode = a->mode;
+    const void *scale = a->scale, *centre = a->centre, *second = a->second;
+    void *scalegrad = a->scalegrad, *biasgrad = a->biasgrad;
+    double epsilon = a->epsilon, count = a->count, m = (double)geo->outer * (double)geo->inner;
+    unsigned doubleMask = a->view.doubleMask;
+    i64 maps = geo->maps;
+    double *invstd = s->m2;
+    Data *frozenDx = mode == 1 ? dx : NULL;
+
+    // NOTE: the per-map factors are shared out too: with many maps their loop is not short
+#pragma omp for schedule(static)
+    for (i64 c = 0; c < maps; c += MAP_CHUNK)
+    {
+        double mean[MAP_CHUNK], gain[MAP_CHUNK], b[MAP_CHUNK], offset[MAP_CHUNK];
+        i64 n = minI64(MAP_CHUNK, maps - c);
+        mapLoad(invstd + c, second, doubleMask, 2, c, n);
+        if (mode == 1)
+        {
+            for (i64 j = 0; j < n; j++)
+                invstd[c + j] = 1.0 / sqrt(invstd[c + j] + epsilon);
+        }
+        mapLoad(mean, centre, doubleMask, 1, c, n);
+        BN_NAME(setCentres)(k, c, n, mean);
+        // NOTE: the frozen input gradient needs no sums: its factor is known before the walk that takes them
+        mapLoad(gain, scale, doubleMask, 0, c, n);
+        for (i64 j = 0; j < n; j++)
+        {
+            gain[j] *= invstd[c + j];
+            k->a[c + j] = (Calc)gain[j];
+        }
+        if (mode == 2)
+        {
+            mapLoad(b, scalegrad, doubleMask, 3, c, n);
+            mapLoad(offset, biasgrad, doubleMask, 4, c, n);
+            for (i64 j = 0; j < n; j++)
+            {
+                b[j] = -gain[j] * invstd[c + j] * b[j] / count;
+                offset[j] = -gain[j] * offset[j] / count;
+            }
+            BN_NAME(setGradientFactors)(k, c, n, b, offset);
+        }
+    }
+
+    if (mode == 2)
+    {
+#pragma omp for schedule(static)
+        for (i64 t = 0; t < geo->tiles; t++)
+        {
+            i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
+            BN_NAME(tileInputGradient)(x, g, dx, geo, group, a0, minI64(a0 + geo->chunk, geo->extent), k);
+        }
+    }
+    else if (fusedPath(geo))
+    {
+#pragma omp for schedule(static)
+        for (i64 group = 0; group < geo->groups; group++)
+        {
+            i64 c0 = groupFirstMap(geo, group), w = groupWidth(geo, group);
+            BN_NAME(tileGradientSums)(x, g, frozenDx, geo, group, 0, geo->extent, k, s->sumA + c0, s->sumB + c0);
+            BN_NAME(finishGradients)(s, k, mode, scale, scalegrad, biasgrad, c0, w, m, doubleMask);
+            if (mode == 0 && dx != NULL)
+                BN_NAME(tileInputGradient)(x, g, dx, geo, group, 0, geo->extent, k);
+        }
+    }
+    else
+    {
+        i64 first, last;
+        threadShare(geo, &first, &last);
+        for (i64 t = first; t < last; t++)
+        {
+            i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
+            i64 a1 = minI64(a0 + geo->chunk, geo->extent);
+            double *part = s->partials + 3 * t * geo->width;
+            BN_NAME(tileGradientSums)(x, g, frozenDx, geo, group, a0, a1, k, part, part + geo->width);
+        }
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (i64 c0 = 0; c0 < maps; c0 += MAP_CHUNK)
+        {
+            i64 n = minI64(MAP_CHUNK, maps - c0);
+            for (i64 c = c0; c < c0 + n; c++)
+            {
+                i64 group = c / geo->width, j = c - group * geo->width;
+                double sumG = 0.0, sumGD = 0.0;
+                for (i64 chunk = 0; chunk < geo->chunks; chunk++)
+                {
+                    const double *part = s->partials + 3 * (group * geo->chunks + chunk) * geo->width;
+                    sumG += part[j], sumGD += part[geo->width + j];
+                }
+                s->sumA[c] = sumG, s->sumB[c] = sumGD;
+            }
+            BN_NAME(finishGradients)(s, k, mode, scale, scalegrad, biasgrad, c0, n, m, doubleMask);
+        }
+        if (mode == 0 && dx != NULL)
+        {
+            for (i64 t = last - 1; t >= first; t--)
+            {
+                i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
+                BN_NAME(tileInputGradient)(x, g, dx, geo, group, a0, minI64(a0 + geo->chunk, geo->extent), k);
+            }
+        }
+    }
+}
+
 // Backward after a training forward (BatchNormPlan.backward, mode 0), the frozen backward after an evaluation forward
 // (BatchNormPlan.frozenBackward, mode 1) and the input gradient from given sums (BatchNormPlan.inputGradient, mode 2).
 //   mode 0: centre = savedMean, invstd = saved invstd; biasgrad = sum(g), scalegrad = sum(g * xhat);
@@ -1061,128 +1230,18 @@ static void BN_NAME(finishGradients)(const Scratch *s, Coefficients *k, int mode
 //   mode 2: the sums are read (over `count` elements per map), not written; dx as mode 0 with m = count.
 // Per-map pointers, by bit of doubleMask: 0 scale, 1 centre, 2 second (invstd, or the running variance in mode 1),
 // 3 scalegrad, 4 biasgrad.
-static int BN_NAME(backwardWith)(const Data *x, const Data *g, Data *dx, i64 outer, i64 maps, i64 inner,
-                                 int threads, int mode, const void *scale, const void *centre, const void *second,
-                                 void *scalegrad, void *biasgrad, double epsilon, double count,
-                                 unsigned doubleMask)
+BN_EXPORT int BN_NAME(bnBackward)(const BnBackwardArgs *a)
 {
-    Geometry geo = geometryOf(outer, maps, inner, threads);
+    const BnView *v = &a->view;
+    Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
     Scratch s;
     Coefficients k;
     if (BN_NAME(takeScratch)(&s, &k, &geo) != BN_OK)
         return BN_OUT_OF_MEMORY;
-
-    double *invstd = s.m2;
-    double m = (double)outer * (double)inner;
-    Data *frozenDx = mode == 1 ? dx : NULL;
-
-#pragma omp parallel num_threads(geo.threads) if (geo.threads > 1)
-    {
-        // NOTE: the per-map factors are shared out too: with many maps their loop is not short
-#pragma omp for schedule(static)
-        for (i64 c = 0; c < maps; c += MAP_CHUNK)
-        {
-            double mean[MAP_CHUNK], gain[MAP_CHUNK], b[MAP_CHUNK], offset[MAP_CHUNK];
-            i64 n = minI64(MAP_CHUNK, maps - c);
-            mapLoad(invstd + c, second, doubleMask, 2, c, n);
-            if (mode == 1)
-            {
-                for (i64 j = 0; j < n; j++)
-                    invstd[c + j] = 1.0 / sqrt(invstd[c + j] + epsilon);
-            }
-            mapLoad(mean, centre, doubleMask, 1, c, n);
-            BN_NAME(setCentres)(&k, c, n, mean);
-            // NOTE: the frozen input gradient needs no sums: its factor is known before the walk that takes them
-            mapLoad(gain, scale, doubleMask, 0, c, n);
-            for (i64 j = 0; j < n; j++)
-            {
-                gain[j] *= invstd[c + j];
-                k.a[c + j] = (Calc)gain[j];
-            }
-            if (mode == 2)
-            {
-                mapLoad(b, scalegrad, doubleMask, 3, c, n);
-                mapLoad(offset, biasgrad, doubleMask, 4, c, n);
-                for (i64 j = 0; j < n; j++)
-                {
-                    b[j] = -gain[j] * invstd[c + j] * b[j] / count;
-                    offset[j] = -gain[j] * offset[j] / count;
-                }
-                BN_NAME(setGradientFactors)(&k, c, n, b, offset);
-            }
-        }
-
-        if (mode == 2)
-        {
-#pragma omp for schedule(static)
-            for (i64 t = 0; t < geo.tiles; t++)
-            {
-                i64 group = t / geo.chunks, a0 = (t % geo.chunks) * geo.chunk;
-                BN_NAME(tileInputGradient)(x, g, dx, &geo, group, a0, minI64(a0 + geo.chunk, geo.extent), &k);
-            }
-        }
-        else if (fusedPath(&geo))
-        {
-#pragma omp for schedule(static)
-            for (i64 group = 0; group < geo.groups; group++)
-            {
-                i64 c0 = groupFirstMap(&geo, group), w = groupWidth(&geo, group);
-                BN_NAME(tileGradientSums)(x, g, frozenDx, &geo, group, 0, geo.extent, &k, s.sumA + c0, s.sumB + c0);
-                BN_NAME(finishGradients)(&s, &k, mode, scale, scalegrad, biasgrad, c0, w, m, doubleMask);
-                if (mode == 0 && dx != NULL)
-                    BN_NAME(tileInputGradient)(x, g, dx, &geo, group, 0, geo.extent, &k);
-            }
-        }
-        else
-        {
-            i64 first, last;
-            threadShare(&geo, &first, &last);
-            for (i64 t = first; t < last; t++)
-            {
-                i64 group = t / geo.chunks, a0 = (t % geo.chunks) * geo.chunk;
-                i64 a1 = minI64(a0 + geo.chunk, geo.extent);
-                double *part = s.partials + 3 * t * geo.width;
-                BN_NAME(tileGradientSums)(x, g, frozenDx, &geo, group, a0, a1, &k, part, part + geo.width);
-            }
-#pragma omp barrier
-#pragma omp for schedule(static)
-            for (i64 c0 = 0; c0 < maps; c0 += MAP_CHUNK)
-            {
-                i64 n = minI64(MAP_CHUNK, maps - c0);
-                for (i64 c = c0; c < c0 + n; c++)
-                {
-                    i64 group = c / geo.width, j = c - group * geo.width;
-                    double sumG = 0.0, sumGD = 0.0;
-                    for (i64 chunk = 0; chunk < geo.chunks; chunk++)
-                    {
-                        const double *part = s.partials + 3 * (group * geo.chunks + chunk) * geo.width;
-                        sumG += part[j], sumGD += part[geo.width + j];
-                    }
-                    s.sumA[c] = sumG, s.sumB[c] = sumGD;
-                }
-                BN_NAME(finishGradients)(&s, &k, mode, scale, scalegrad, biasgrad, c0, n, m, doubleMask);
-            }
-            if (mode == 0 && dx != NULL)
-            {
-                for (i64 t = last - 1; t >= first; t--)
-                {
-                    i64 group = t / geo.chunks, a0 = (t % geo.chunks) * geo.chunk;
-                    BN_NAME(tileInputGradient)(x, g, dx, &geo, group, a0, minI64(a0 + geo.chunk, geo.extent), &k);
-                }
-            }
-        }
-    }
-
+    BN_NAME(BackwardJob) job = {a, &geo, &s, &k};
+    runTeam(BN_NAME(backwardTeam), &job, geo.threads);
     freeScratch(&s);
     return BN_OK;
-}
-
-BN_EXPORT int BN_NAME(bnBackward)(const BnBackwardArgs *a)
-{
-    const BnView *v = &a->view;
-    return BN_NAME(backwardWith)((const Data *)a->x, (const Data *)a->g, (Data *)a->dx, v->outer, v->maps, v->inner,
-                                 v->threads, a->mode, a->scale, a->centre, a->second, a->scalegrad, a->biasgrad,
-                                 a->epsilon, a->count, v->doubleMask);
 }
 
 #undef Data
