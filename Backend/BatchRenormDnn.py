@@ -81,7 +81,7 @@ def batchRenormNd(
     layout.checkBatch()
 
     arrays = backend.gpuarray
-    out = arrays.empty(data.shape, data.dtype) if out is None else out
+    out = arrays.emptyLike(data) if out is None else out
     savemean, saveinvvar, r, d = (arrays.empty(renormMean.shape, statType(data.dtype)) for _ in range(4))
     planOf(data, axes, PlanOptions(epsilon)).renormForward(RenormForward(
         data, out, scale, bias, mean, var, renormMean, renormStd, skipped, savemean, saveinvvar, r, d, factor,
@@ -118,7 +118,7 @@ def batchRenormNdBackward(
     layout, backend = checkBackward(None, data, grad, scale, mode, stats, outs, ingrad=ingrad, updGrad=updGrad)
 
     arrays = backend.gpuarray
-    ingrad = (arrays.empty(grad.shape, grad.dtype) if ingrad is None else ingrad) if updGrad else None
+    ingrad = (arrays.emptyLike(grad) if ingrad is None else ingrad) if updGrad else None
     scalegrad = arrays.empty(scale.shape, float32) if scalegrad is None else scalegrad
     biasgrad = arrays.empty(scale.shape, float32) if biasgrad is None else biasgrad
     planOf(data, layout.axes, PlanOptions(1.0)).renormBackward(

@@ -105,11 +105,13 @@ def record(name, fields, doc):
 
 
 TrainForward = record(
-    "TrainForward", "data out scale bias mean var skipped savemean saveinvvar factor | residual",
+    "TrainForward", "data out scale bias mean var skipped savemean saveinvvar factor | residual backup stamp",
     "A training forward: `data` normalized with its batch statistics into `out` (`data` itself only for "
     "InPlace-ABN); `savemean`, `saveinvvar` receive mu and 1 / sqrt(sigma2 + epsilon); `mean`, `var` (both or "
     "neither) move by `factor`, guarded by the counter `skipped` where it is given; `residual` is added before "
-    "the plan's activation.",
+    "the plan's activation. `backup` (float32, ``3 * maps + 1`` elements; with float32 `mean` and `var`) receives "
+    "what the running update overwrites, `mean`, `var` and `skipped` (0 without) in rows of `maps`, then `stamp` "
+    "(an integer below 2**24, as a float): `Modules.Transaction.KernelBackup`.",
 )
 
 EvalForward = record(
@@ -209,6 +211,10 @@ class GPUArrayModule(Protocol):
 
     def zeros(self, shape, dtype):
         """An array of zeros of `shape` and `dtype` from the backend's pool."""
+
+    def emptyLike(self, ary):
+        """An uninitialized array of the shape and dtype of `ary` (an array of this backend) from the backend's pool:
+        `empty` without the checks, which an existing array's shape and dtype have passed."""
 
     def to_gpu(self, ary):
         """A new C-contiguous array holding a copy of the host array `ary` (any layout), same shape and dtype."""

@@ -128,7 +128,7 @@ def batchNormNd(
         checkCounter(layout, skipped, data=data, scale=scale, bias=bias, mean=mean, var=var, out=out)
 
     plan = planOf(data, axes, Contract.PlanOptions(epsilon, fused, residual is not None))
-    out = backend.gpuarray.empty(data.shape, data.dtype) if out is None else out
+    out = backend.gpuarray.emptyLike(data) if out is None else out
     if test:
         plan.evalForward(Contract.EvalForward(data, out, scale, bias, mean, var, residual))
         return out
@@ -215,7 +215,7 @@ def batchNormNdBackward(
     like = grad if data is None else data
     plan = planOf(like, layout.axes, Contract.PlanOptions(epsilon, case.activation))
     arrays = backend.gpuarray
-    ingrad = (arrays.empty(grad.shape, grad.dtype) if ingrad is None else ingrad) if updGrad else None
+    ingrad = (arrays.emptyLike(grad) if ingrad is None else ingrad) if updGrad else None
     scalegrad = arrays.empty(scale.shape, float32) if scalegrad is None else scalegrad
     biasgrad = arrays.empty(scale.shape, float32) if biasgrad is None else biasgrad
     if test:
@@ -296,7 +296,7 @@ def batchNormNdNormalize(data, scale, bias, savemean, saveinvvar, mode="spatial"
         checkArray("out", out, dtypes=(data.dtype,), shape=data.shape)
         if out.ptr == data.ptr and data.size:
             raise ValueError("batchNormNdNormalize cannot write its output over its input (out is data)")
-    out = backend.gpuarray.empty(data.shape, data.dtype) if out is None else out
+    out = backend.gpuarray.emptyLike(data) if out is None else out
     planOf(data, axes, Contract.PlanOptions(1.0)).normalize(
         Contract.Normalize(data, out, scale, bias, savemean, saveinvvar)
     )
@@ -341,7 +341,7 @@ def batchNormNdInputGradient(data, grad, scale, savemean, saveinvvar, scalegrad,
         layout.checkPerMap(name, ary, perMap)
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count <= 0:
         raise ValueError("count must be a positive int (the elements per map the sums span); got %r" % (count,))
-    ingrad = backend.gpuarray.empty(data.shape, data.dtype)
+    ingrad = backend.gpuarray.emptyLike(data)
     planOf(data, axes, Contract.PlanOptions(1.0)).inputGradient(
         Contract.InputGradient(data, grad, ingrad, scale, savemean, saveinvvar, scalegrad, biasgrad, int(count))
     )

@@ -334,7 +334,26 @@ typedef struct
     unsigned doubleMask;
     int bitSavedMean, bitSavedSecond, bitRunMean, bitRunVar;
     float *skipped;                // nullable: the per-map counts of running updates skipped (see finalizeStatistics)
+    float *backup;                 // nullable: where the running statistics and counts are saved first, and the stamp
+    double stamp;
+    i64 maps;
 } StatisticsOutputs;
+
+// Saves maps [c, c + n) of the running statistics (their values before the update) and of the skip counts in the
+// backup's rows 0, 1 and 2 (float32, `maps` each), and the call's stamp after them (BatchNormPlan.trainForward): what
+// a caller that raises after the call puts back.
+static void saveRunning(const StatisticsOutputs *out, i64 c, i64 n, const double *runMean, const double *runVar)
+{
+    i64 maps = out->maps;
+    for (i64 j = 0; j < n; j++)
+    {
+        out->backup[c + j] = (float)runMean[j];
+        out->backup[maps + c + j] = (float)runVar[j];
+        out->backup[2 * maps + c + j] = out->skipped != NULL ? out->skipped[c + j] : 0.0f;
+    }
+    if (c == 0)
+        out->backup[3 * maps] = (float)out->stamp;
+}
 
 // Writes the statistics of maps [c, c + n), n <= MAP_CHUNK, from their merged (mean, m2) over m elements each, and
 // their invstd into `invstd`.
@@ -356,6 +375,8 @@ static void finalizeStatistics(const StatisticsOutputs *out, i64 c, i64 n, doubl
         double f = out->factor, unbias = m / (m - 1.0);
         mapLoad(runMean, out->runMean, mask, out->bitRunMean, c, n);
         mapLoad(runVar, out->runVar, mask, out->bitRunVar, c, n);
+        if (out->backup != NULL)
+            saveRunning(out, c, n, runMean, runVar);
         // NOTE: the running variance is unbiased (m / (m - 1)), as in Theano and cuDNN
         for (i64 j = 0; j < n; j++)
         {
@@ -393,6 +414,8 @@ typedef struct
     void *runMean, *runVar, *savedMean, *savedInvstd;
     float *skipped;
     double epsilon, factor;
+    float *backup;          // nullable: 3 * maps + 1 floats (see saveRunning)
+    double stamp;
 } BnTrainForwardArgs;
 
 typedef struct
@@ -989,7 +1012,8 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
 
 // Training forward (BatchNormPlan.trainForward): y = (x - mu) * invstd * scale + bias; writes savedMean = mu and
 // savedInvstd = invstd; updates runMean and runVar (both nullable) with factor, but for the maps whose batch mean or
-// variance is not finite where skipped (float32, nullable) is given: those keep theirs and count 1 in skipped.
+// variance is not finite where skipped (float32, nullable) is given: those keep theirs and count 1 in skipped. With
+// backup given, the running statistics and counts are saved there before they change (saveRunning).
 // Per-map pointers, by bit of doubleMask: 0 scale, 1 bias, 2 runMean, 3 runVar, 4 savedMean, 5 savedInvstd.
 BN_EXPORT int BN_NAME(bnTrainForward)(const BnTrainForwardArgs *a)
 {
@@ -997,7 +1021,7 @@ BN_EXPORT int BN_NAME(bnTrainForward)(const BnTrainForwardArgs *a)
     Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
     StatisticsOutputs out = {
         a->savedMean, a->savedInvstd, 0, a->runMean, a->runVar, a->epsilon, a->factor, v->doubleMask, 4, 5, 2, 3,
-        a->skipped,
+        a->skipped, a->backup, a->stamp, v->maps,
     };
     return BN_NAME(statisticsAndNormalize)((const Data *)a->x, (Data *)a->y, &geo, a->scale, a->bias, &out);
 }
@@ -1008,7 +1032,9 @@ BN_EXPORT int BN_NAME(bnMoments)(const BnMomentsArgs *a)
 {
     const BnView *v = &a->view;
     Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
-    StatisticsOutputs out = {a->savedMean, a->savedVar, 1, NULL, NULL, 0.0, 0.0, v->doubleMask, 4, 5, 2, 3, NULL};
+    StatisticsOutputs out = {
+        a->savedMean, a->savedVar, 1, NULL, NULL, 0.0, 0.0, v->doubleMask, 4, 5, 2, 3, NULL, NULL, 0.0, v->maps,
+    };
     return BN_NAME(statisticsAndNormalize)((const Data *)a->x, NULL, &geo, NULL, NULL, &out);
 }
 

@@ -393,13 +393,16 @@ __device__ __forceinline__ bool runningUpdate(int c, float mu, float sigma2, int
 // savedVar may be null; when given it receives sigma2 (biased), the moments processes exchange to merge their batches.
 // skipped may be null; when given, a channel whose mu or sigma2 is not finite (a NaN or inf in its data, or a float32
 // overflow of its variance) keeps its running statistics and counts 1 in skipped[c] (no other thread touches it).
+// backup may be null (and is, without a running update); when given (3 * maps + 1 floats) it receives the running
+// statistics and skip counts as they were before the update (rows of maps; 0 for counts without skipped) and stamp
+// last: what the module puts back if its call raises after the launch (BatchNormPlan.trainForward).
 // shiftStride: distance between the first elements of consecutive channels (inner for spatial, 1 for rows).
 // grid = ceil(maps / FINALIZE_WARPS), block = (32, FINALIZE_WARPS).
 template <typename T>
 __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2,
 							  int splits, int maps, int64 m, float epsilon, float factor,
 							  float *savedMean, float *savedInvstd, float *runningMean, float *runningVar,
-							  float *savedVar, float *skipped)
+							  float *savedVar, float *skipped, float *backup, float stamp)
 {
 	int c = blockIdx.x * FINALIZE_WARPS + threadIdx.y;
 	if (c >= maps)
@@ -428,6 +431,14 @@ __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, co
 		if (savedVar != 0)
 			savedVar[c] = sigma2;
 
+		if (runningMean != 0 && backup != 0)
+		{
+			backup[c] = runningMean[c];
+			backup[maps + c] = runningVar[c];
+			backup[2 * maps + c] = skipped != 0 ? skipped[c] : 0.0f;
+			if (c == 0)
+				backup[3 * maps] = stamp;
+		}
 		if (runningMean != 0)
 			runningUpdate(c, mu, sigma2, m, factor, runningMean, runningVar, skipped);
 	}
@@ -1173,10 +1184,10 @@ BN_ENTRIES(__half, f16, 8)
 	extern "C" __global__ void bnStatsFinalize_##SUF( \
 		const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2, int splits, int maps, \
 		int64 m, float epsilon, float factor, float *savedMean, float *savedInvstd, float *runningMean, \
-		float *runningVar, float *savedVar, float *skipped) \
+		float *runningVar, float *savedVar, float *skipped, float *backup, float stamp) \
 	{ \
 		statsFinalize<T>(x, shiftStride, pn, pmean, pm2, splits, maps, m, epsilon, factor, \
-						 savedMean, savedInvstd, runningMean, runningVar, savedVar, skipped); \
+						 savedMean, savedInvstd, runningMean, runningVar, savedVar, skipped, backup, stamp); \
 	}
 
 BN_FINALIZE_ENTRY(float, f32)

@@ -91,7 +91,8 @@ statsFinalize = Signature(
     "bnStatsFinalize_{dtype}",
     Pointer("x"), Int64("shiftStride"), *pointers("pn", "pmean", "pm2"), Int32("splits"), Int32("maps"), Int64("m"),
     Float32("epsilon"), Float32("factor"),
-    *pointers("savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped"),
+    *pointers("savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "backup"),
+    Float32("stamp"),
 )
 gradSpatial = Signature(
     "bnGradSpatial_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(), *pointers("mean", "psum", "pdot")

@@ -7,15 +7,19 @@ import warnings
 
 import numpy as np
 
+from PuzzleLib import Config
 from PuzzleLib.Backend import BatchNormPlan, Checks, gpuarray
 from PuzzleLib.Backend.Contract import EvalForward, FrozenBackward, PlanOptions
 from PuzzleLib.Modules.Arguments import checkBool, checkNumber, checkPositiveInt
 from PuzzleLib.Modules.BatchNormParts import trainingPart
 from PuzzleLib.Modules.BatchNormParts.RenormTraining import RenormTraining, checkClipping
 from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Transaction import KernelBackup, KernelSaved, Snapshot
 from PuzzleLib.Modules.Variable import Variable
 
 float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
+# NOTE: the plans a module keeps for its calls (`BatchNormND.planOf`): a training and an evaluation shape or two
+PLANS_KEPT = 8
 
 
 class BatchNormND(Module):
@@ -126,6 +130,7 @@ class BatchNormND(Module):
     spatialText = None
     transientFields = Module.transientFields + (
         "savemean", "saveinvvar", "renormCorrection", "residualGrad", "hadResidual", "skipMirror", "statisticsBuffers",
+        "kernelBackup", "plans",
     )
     # NOTE: the name of the constructor argument that gives the map count, for messages
     mapsArgument = "maps"
@@ -188,6 +193,7 @@ class BatchNormND(Module):
         self.affine, self.inplace = affine, inplace
         self.numOfProps = 0
         self.savemean, self.saveinvvar, self.renormCorrection, self.statisticsBuffers = None, None, None, None
+        self.kernelBackup, self.plans = None, None
         self.skipNonFinite = bool(skipNonFinite)
         self.skipCounts, self.skipMirror, self.warnedSkips = None, None, False
         self.renorm, self.renormMomentum, self.renormPart = bool(renorm), float(renormMomentum), renormPart
@@ -329,8 +335,20 @@ class BatchNormND(Module):
 
     def planOf(self, data, activation=None, residual=False):
         """The `Backend.BatchNormPlan` of a call on `data` (or arrays of its shape and dtype) over the module's
-        normalized axes, with `activation` (a `Contract.FusedActivation` or None) and a `residual` or not."""
-        return BatchNormPlan.planOf(data, self.normalizedAxes, PlanOptions(self.epsilon, activation, residual))
+        normalized axes, with `activation` (a `Contract.FusedActivation` or None) and a `residual` or not.
+
+        The module keeps the plans it has used (a few) under every value `BatchNormPlan.planOf` keys its cache on,
+        so a call finds its plan with one lookup, without building the options anew."""
+        key = (data.backend, data.shape, data.dtype, self.epsilon, activation, residual, Config.cpuKernels)
+        plans = self.plans
+        plan = None if plans is None else plans.get(key)
+        if plan is None:
+            if plans is None or len(plans) >= PLANS_KEPT:
+                plans = self.plans = {}
+            plan = plans[key] = BatchNormPlan.planOf(
+                data, self.normalizedAxes, PlanOptions(self.epsilon, activation, residual)
+            )
+        return plan
 
     def savedStatistics(self, data):
         """The two per-map arrays a plain training forward saves its batch statistics in: the module's own, made on
@@ -359,7 +377,7 @@ class BatchNormND(Module):
             training.train(self, data, out, residual)
             self.warnOfSkips()
             return out
-        out = data if self.inplace else data.backend.gpuarray.empty(data.shape, data.dtype)
+        out = data if self.inplace else data.backend.gpuarray.emptyLike(data)
         self.planOf(data, self.fused, residual is not None).evalForward(
             EvalForward(data, out, self.scale, self.bias, self.mean, self.var, residual)
         )
@@ -390,8 +408,8 @@ class BatchNormND(Module):
         """The backward after an evaluation forward, the running statistics constants; after a fused one, through the
         activation's derivative, with the residual's gradient."""
         arrays, fused = grad.backend.gpuarray, self.fused
-        resgrad = arrays.empty(grad.shape, grad.dtype) if self.hadResidual and fused is not None else None
-        ingrad = arrays.empty(grad.shape, grad.dtype) if updGrad or resgrad is not None else None
+        resgrad = arrays.emptyLike(grad) if self.hadResidual and fused is not None else None
+        ingrad = arrays.emptyLike(grad) if updGrad or resgrad is not None else None
         self.planOf(grad, fused).frozenBackward(FrozenBackward(
             self.inData, grad, ingrad, self.scale, self.mean, self.var, *sums, None if fused is None else self.data,
             resgrad,
@@ -404,6 +422,26 @@ class BatchNormND(Module):
         if call == "forward" and self.train:
             return self.training.stateArrays(self)
         return super().stateArrays(call, updParamGrads)
+
+    def forwardTransaction(self):
+        """A training forward whose part's kernel saves the running statistics and skip counts as it moves them
+        (``training.kernelSaves``) copies nothing beforehand: a `Transaction.KernelBackup` of the module's, made at the
+        first such call (`runningBackup`), holds what its restore puts back (`Transaction.KernelSaved`). An evaluation
+        forward copies the attributes alone; any other forward takes a `Module.snapshot`."""
+        training = self.training
+        if not self.train:
+            # NOTE: an evaluation forward changes no array: a copy of the attributes is all
+            return Snapshot(self, [])
+        if not training.kernelSaves:
+            return self.snapshot("forward")
+        return KernelSaved(self, training.stateArrays(self), "kernelBackup")
+
+    def runningBackup(self):
+        """The module's `Transaction.KernelBackup` of its running statistics and skip counts, made by the first training
+        forward that takes one (inside its transaction: a first call that raises leaves none behind)."""
+        if self.kernelBackup is None:
+            self.kernelBackup = KernelBackup(self.mean.backend.gpuarray, self.maps, 3)
+        return self.kernelBackup
 
     # --- running updates skipped for non-finite statistics
 
@@ -426,13 +464,15 @@ class BatchNormND(Module):
             return
         self.skipMirror.refresh()
         counts = self.skipMirror.latest()
-        if counts is not None and counts.any():
+        # NOTE: count_nonzero, not any(): a quarter of the time on a few hundred maps (no ufunc reduction to set up)
+        skippedMaps = 0 if counts is None else np.count_nonzero(counts)
+        if skippedMaps:
             self.warnedSkips = True
             warnings.warn(
                 "%s: a training batch had a non-finite mean or variance in %d of %d maps (a NaN or inf in the data); "
                 "their running statistics were left as they were (bn.skippedUpdates counts such updates; this warning "
                 "is given once; skipNonFinite=False lets them in, as PyTorch does)"
-                % (self.describe(), np.count_nonzero(counts), self.maps),
+                % (self.describe(), skippedMaps, self.maps),
                 RuntimeWarning,
                 stacklevel=3,
             )

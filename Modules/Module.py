@@ -192,7 +192,8 @@ class Module(Persistent):
         pool hands their blocks back to this call wherever nothing else holds them (an evaluation loop reuses one
         output block). An error past the checks (the device out of memory, an interrupt) leaves parameters,
         statistics and counters as they were, without the previous results: the arrays a call changes in place are
-        copied first (`stateArrays`) and put back if it raises.
+        copied first (`stateArrays`), or saved by the kernel that changes them (`forwardTransaction`), and put back if
+        it raises.
 
         Raises:
             ModuleError: when `data` is not a GPUArray of the module's backend, its shape or dtype does not fit the
@@ -202,11 +203,17 @@ class Module(Persistent):
         for hook in self.forwardHooks:
             hook(self, data)
         self.releaseResults()
-        snapshot = self.snapshot("forward")
+        transaction = self.forwardTransaction()
         self.inData = data
-        return snapshot.run(self.updateData, data, keep="data", **extra)
+        return transaction.run(self.updateData, data, keep="data", **extra)
 
     forward = __call__
+
+    def forwardTransaction(self):
+        """The transaction of the module's own forward, taken after the checks: `snapshot` of ``"forward"`` here; a
+        module whose kernels save what they change themselves gives a cheaper one (`Transaction.KernelBackup`).
+        Containers take their children's `snapshot` instead, before any child runs."""
+        return self.snapshot("forward")
 
     def snapshot(self, call, updParamGrads=True):
         """The state `call` (``"forward"``, ``"backward"``, ``"update"`` or ``"load"``) may change, to put back if it

@@ -35,6 +35,8 @@ class SyncTraining(PlainTraining):
     part in anyway, and every process raises the same `ModuleError`."""
 
     feature = "the synchronized modules"
+    # NOTE: the moments, an exchange, then the update: snapshot first
+    kernelSaves = False
 
     def train(self, bn, data, out, residual):
         counts = self.agreeOnBatch(bn, data, residual)

@@ -1,7 +1,9 @@
 """All or nothing: the one way a call that changes state puts it back when it raises, Ctrl-C included.
 
 `Snapshot` copies what a call may change (an object's attributes and the arrays it writes in place) and
-`Snapshot.run` runs the call: if anything raises, the copies are put back before the exception goes on. Module calls
+`Snapshot.run` runs the call: if anything raises, the copies are put back before the exception goes on. Where the
+kernel that changes arrays saves them itself as it runs (`KernelBackup`, a training forward's running statistics),
+nothing is copied beforehand. Module calls
 (forward, backward, updateParams, load), containers (all children or none), optimizers and `recomputeStatistics` all
 go through it. `deferredInterrupts` holds Ctrl-C back while state is put back, so that the restore itself cannot be
 cut short.
@@ -10,6 +12,8 @@ cut short.
 import contextlib
 import signal
 import threading
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -90,6 +94,62 @@ class Snapshot(Transaction):
             if self.owner is not None:
                 self.owner.__dict__.clear()
                 self.owner.__dict__.update(self.fields)
+
+
+class KernelBackup:
+    """Where a kernel saves the per-map arrays it changes in place as it changes them, with the stamp of the call it ran
+    for (`Contract.TrainForward`'s ``backup`` and ``stamp``), so that a call copies nothing beforehand: the running
+    statistics of a training forward, which a copy before each call would cost more than the kernel on small batches.
+
+    ``array`` is float32, ``rows * maps + 1`` elements: row k holds the k-th array, the stamp comes last. Each call
+    takes the next stamp (`nextStamp`) for its kernel; the counter is never put back by a restore, so a stamp names one
+    call (until it wraps after 2**24 - 1 calls, float32's integers). `KernelSaved` is the transaction of such a call.
+
+    Args:
+        arrays (module): the backend's ``gpuarray``; maps (int): elements per row; rows (int): arrays saved.
+    """
+
+    STAMPS = 1 << 24
+
+    def __init__(self, arrays, maps, rows):
+        # NOTE: zeros: stamp 0 is never given, so a kernel that never ran is never taken for one that did
+        self.array = arrays.zeros((rows * maps + 1,), np.float32)
+        self.maps, self.rows, self.stamp = maps, rows, 0
+
+    def nextStamp(self):
+        self.stamp = self.stamp % (self.STAMPS - 1) + 1
+        return self.stamp
+
+    def putBack(self, arrays):
+        """Copies the rows back into `arrays` (at most `rows`, each of `maps` float32 elements, in the kernel's order)
+        when the stamp there is the last one given, that is when the kernel has run for the last call (reading the
+        device once)."""
+        maps = self.maps
+        if float(self.array[self.rows * maps :].get()[0]) != self.stamp:
+            return
+        for k, ary in enumerate(arrays):
+            ary.set(self.array[k * maps : (k + 1) * maps].reshape(ary.shape))
+
+
+class KernelSaved(Snapshot):
+    """The transaction of a call whose kernel saves `arrays` itself, into the `KernelBackup` the owner holds as its
+    attribute `attribute` (None until a call makes one, which may be this call): the owner's attributes are copied as
+    by `Snapshot`, the arrays are not. The restore puts the arrays back when this call took a stamp and its kernel ran
+    (`KernelBackup.putBack`), then the attributes."""
+
+    def __init__(self, owner, arrays, attribute):
+        super().__init__(owner, [])
+        self.arrays, self.attribute = arrays, attribute
+        backup = getattr(owner, attribute)
+        # NOTE: a backup made during the call starts at stamp 0, which no kernel is ever given
+        self.firstStamp = 0 if backup is None else backup.stamp
+
+    def restore(self):
+        with deferredInterrupts():
+            backup = getattr(self.owner, self.attribute)
+            if backup is not None and backup.stamp != self.firstStamp:
+                backup.putBack(self.arrays)
+            super().restore()
 
 
 class CombinedSnapshot(Transaction):

@@ -27,7 +27,7 @@ NAME = "c"
 # alignment, as the C compiler lays them out): the view (outer, maps, inner, threads, doubleMask), then the entry's own
 VIEW = "qqqiI"
 ARGUMENTS = {
-    "bnTrainForward": VIEW + "PP" + "PP" + "PPPP" + "P" + "dd",
+    "bnTrainForward": VIEW + "PP" + "PP" + "PPPP" + "P" + "dd" + "Pd",
     "bnMoments": VIEW + "P" + "PP",
     "bnNormalize": VIEW + "PP" + "PPPP" + "i" + "d",
     "bnBackward": VIEW + "PPP" + "i" + "PPPPP" + "dd",
@@ -116,7 +116,7 @@ class CPlan(NumpyPlan):
         check(function(pack(
             outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.out.ptr, call.scale.ptr, call.bias.ptr,
             ptr(call.mean), ptr(call.var), call.savemean.ptr, call.saveinvvar.ptr, ptr(call.skipped), self.epsilon,
-            call.factor,
+            call.factor, ptr(call.backup), call.stamp or 0.0,
         )))
 
     def batchStatistics(self, call):

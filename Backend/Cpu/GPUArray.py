@@ -145,6 +145,12 @@ def empty(shape, dtype=np.float32):
     return poolArray(*gpuarray.checkedAllocation(shape, dtype))
 
 
+def emptyLike(ary):
+    """`Contract.GPUArrayModule.emptyLike`: an uninitialized array of the shape and dtype of `ary` (a CPU GPUArray)."""
+    ndarray = ary._ndarray
+    return poolArray(ndarray.shape, ndarray.dtype, ndarray.nbytes)
+
+
 def poolArray(shape, dtype, nbytes):
     """A new array in a pool block, of a checked `shape` (tuple of ints) and `dtype` (numpy dtype) of `nbytes`."""
     block = memoryPool.allocate(nbytes)

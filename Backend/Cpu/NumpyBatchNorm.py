@@ -32,6 +32,16 @@ dataTypes = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
 float64 = np.float64
 
 
+def saveRunning(call, maps):
+    """The running statistics and skip counts of a `Contract.TrainForward` as they are, into its ``backup`` (rows of
+    `maps`, 0 for counts it does not have), and its ``stamp`` last: the C kernel's saveRunning."""
+    backup = mapVector(call.backup, 3 * maps + 1)
+    backup[:maps] = mapVector(call.mean, maps)
+    backup[maps : 2 * maps] = mapVector(call.var, maps)
+    backup[2 * maps : 3 * maps] = 0.0 if call.skipped is None else mapVector(call.skipped, maps)
+    backup[3 * maps] = call.stamp
+
+
 class NumpyPlan(BatchNormPlan):
     """The numpy kernels' plan: the ``(outer, maps, inner)`` rows cut into chunks once (`Chunks`)."""
 
@@ -61,6 +71,8 @@ class NumpyPlan(BatchNormPlan):
         self.vector(call.saveinvvar)[...] = invstd
         if call.mean is None:
             return
+        if call.backup is not None:
+            saveRunning(call, self.maps)
         finite = None if call.skipped is None else np.isfinite(mu) & np.isfinite(sigma2)
         guardedUpdate(runningUpdates(self.vector(call.mean), self.vector(call.var), mu, sigma2, m, call.factor), finite)
         if finite is not None:

@@ -48,7 +48,9 @@ kernels = KernelSource(declared)
 CHANNEL = ("p.mean", "p.invstd", "p.var", "p.scale", "p.bias", "p.scalegrad", "p.biasgrad", "p.invM")
 FUSED = ("f.residual", "f.y", "f.resgrad")
 STATS = ("x", "pn", "pmean", "pm2")
-STATS_FINALIZE = STATS + ("factor", "savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped")
+STATS_FINALIZE = STATS + (
+    "factor", "savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "backup", "stamp",
+)
 GRAD = ("x", "dy", "mean", "psum", "pdot")
 GRAD_FINALIZE = ("psum", "pdot", "invstd", "scalegrad", "biasgrad")
 GRAD_FINALIZE_FROZEN = ("psum", "pdot", "var", "scalegrad", "biasgrad")
@@ -195,10 +197,11 @@ class CudaPlan(BatchNormPlan):
 
     # --- the passes
 
-    def reduceMoments(self, x, factor, savedMean, savedInvstd, running=(None, None), savedVar=None, skipped=None):
+    def reduceMoments(self, x, savedMean, savedInvstd, train=None, savedVar=None):
         """Partial moments per block (Welford within a thread, Chan across threads), then ``bnStatsFinalize`` merges
-        them per map and writes the saved statistics, `savedVar` (the biased variance) and the running update where
-        given (with `skipped`, not for maps whose statistics are not finite: those count 1 there)."""
+        them per map and writes the saved statistics, `savedVar` (the biased variance) where given, and with `train` (a
+        `Contract.TrainForward`) its running update: by its factor, not for maps whose statistics are not finite where
+        it has a skip counter (those count 1 there), what the update overwrites saved first where it has a backup."""
         vec = self.vectorWidth(x)
         _, _, splits = self.reductionGrid(vec)
         size = splits * self.maps
@@ -206,9 +209,13 @@ class CudaPlan(BatchNormPlan):
         workspace = memoryPool.allocate(3 * 4 * size)
         pn, pmean, pm2 = (workspace.ptr + 4 * k * size for k in range(3))
         self.launch(self.prepareStats, vec)(x.ptr, pn, pmean, pm2)
-        self.launch(self.prepareStatsFinalize, splits)(
-            x.ptr, pn, pmean, pm2, factor, savedMean.ptr, savedInvstd.ptr, ptr(running[0]), ptr(running[1]),
-            ptr(savedVar), ptr(skipped),
+        finalize = self.launch(self.prepareStatsFinalize, splits)
+        if train is None:
+            finalize(x.ptr, pn, pmean, pm2, 0.0, savedMean.ptr, savedInvstd.ptr, 0, 0, ptr(savedVar), 0, 0, 0.0)
+            return
+        finalize(
+            x.ptr, pn, pmean, pm2, train.factor, savedMean.ptr, savedInvstd.ptr, ptr(train.mean), ptr(train.var),
+            ptr(savedVar), ptr(train.skipped), ptr(train.backup), train.stamp or 0.0,
         )
 
     def apply(self, mode, x, dy, out, channel, fused=None):
@@ -243,8 +250,7 @@ class CudaPlan(BatchNormPlan):
     def trainForward(self, call):
         """Kernels: partial moments -> merge per map and running update -> normalization (fused with the activation and
         residual; in place when `out` is `data`: the statistics are taken first)."""
-        self.reduceMoments(call.data, call.factor, call.savemean, call.saveinvvar, (call.mean, call.var),
-                           skipped=call.skipped)
+        self.reduceMoments(call.data, call.savemean, call.saveinvvar, call)
         self.normalizeWith(call, call.savemean, call.saveinvvar)
 
     def normalizeWith(self, call, savemean, saveinvvar):
@@ -262,7 +268,7 @@ class CudaPlan(BatchNormPlan):
         wide = call.mean.dtype == np.float64
         scratch = empty((3, self.maps), np.float32)
         mean, var = (scratch[0], scratch[1]) if wide else (call.mean, call.var)
-        self.reduceMoments(call.data, 0.0, mean, scratch[2], savedVar=var)
+        self.reduceMoments(call.data, mean, scratch[2], savedVar=var)
         if wide:
             for target, result in ((call.mean, mean), (call.var, var)):
                 target._copyFrom(result.astype(np.float64))

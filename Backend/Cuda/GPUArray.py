@@ -214,6 +214,16 @@ def empty(shape, dtype=np.float32):
     return GPUArray(shape, dtype)
 
 
+def emptyLike(ary):
+    """`Contract.GPUArrayModule.emptyLike`: an uninitialized array of the shape and dtype of `ary` (a CUDA GPUArray),
+    built without `GPUArray.__init__`'s checks and conversions."""
+    out = GPUArray.__new__(GPUArray)
+    block = memoryPool.allocate(ary.nbytes)
+    pycuda.gpuarray.GPUArray.__init__(out, ary.shape, ary.dtype, allocator=poolAllocator, gpudata=PoolPointer(block))
+    out._ptr = block.ptr
+    return out
+
+
 def hostBuffer(shape, dtype=np.float32):
     """A page-locked host ndarray (``pycuda.driver.pagelocked_empty``) for transfers with `GPUArray.get(out=...)`: the
     driver copies into it directly, without its own staging buffer."""

@@ -23,7 +23,7 @@ class FusedTraining(PlainTraining):
         return super().inputGradient(bn, grad, updGrad or bn.hadResidual)
 
     def backward(self, bn, data, grad, ingrad, sums, results):
-        resgrad = grad.backend.gpuarray.empty(grad.shape, grad.dtype) if bn.hadResidual else None
+        resgrad = grad.backend.gpuarray.emptyLike(grad) if bn.hadResidual else None
         bn.planOf(grad, self.activation).backward(
             Backward(data, grad, ingrad, bn.scale, *results, *sums, outdata=bn.data, resgrad=resgrad)
         )

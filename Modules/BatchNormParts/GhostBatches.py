@@ -18,6 +18,8 @@ class GhostBatches:
 
     feature = "virtualBatch"
     activation = None
+    # NOTE: one kernel per ghost batch: snapshot first
+    kernelSaves = False
 
     def __init__(self, inner, virtualBatch):
         self.inner, self.virtualBatch = inner, virtualBatch

@@ -34,16 +34,21 @@ class PlainTraining:
     # a residual (`checkInPlace`, `checkResidual` refuse the others, naming `feature`)
     feature = None
     activation = None
+    # NOTE: whether the forward's one kernel saves what it changes (`Contract.TrainForward`'s backup: the module's
+    # transaction copies nothing, `BatchNormND.forwardTransaction`); parts of several kernels are snapshot first
+    kernelSaves = True
 
     def output(self, bn, data):
-        return data.backend.gpuarray.empty(data.shape, data.dtype)
+        return data.backend.gpuarray.emptyLike(data)
 
     def train(self, bn, data, out, residual):
         plan = bn.planOf(data, self.activation, residual is not None)
         savemean, saveinvvar = bn.savedStatistics(data)
+        # NOTE: only where the module's transaction counts on it (a ghost batch's part is held by `GhostBatches`)
+        backup = bn.runningBackup() if bn.training.kernelSaves else None
         plan.trainForward(TrainForward(
             data, out, bn.scale, bn.bias, bn.mean, bn.var, bn.skipCounter(), savemean, saveinvvar, bn.nextFactor(),
-            residual,
+            residual, *((None, None) if backup is None else (backup.array, backup.nextStamp())),
         ))
         bn.numOfProps += 1
         bn.savemean, bn.saveinvvar = savemean, saveinvvar
@@ -56,7 +61,7 @@ class PlainTraining:
         bn.savemean, bn.saveinvvar = results
 
     def inputGradient(self, bn, grad, updGrad):
-        return grad.backend.gpuarray.empty(grad.shape, grad.dtype) if updGrad else None
+        return grad.backend.gpuarray.emptyLike(grad) if updGrad else None
 
     def backward(self, bn, data, grad, ingrad, sums, results):
         bn.planOf(data).backward(Backward(data, grad, ingrad, bn.scale, *results, *sums))

@@ -50,6 +50,8 @@ class RenormTraining(PlainTraining):
     """
 
     feature = "renorm"
+    # NOTE: three kernels (moments, the per-map step, the pass): snapshot first
+    kernelSaves = False
 
     def __init__(self, bounds, momentum):
         self.momentum = momentum

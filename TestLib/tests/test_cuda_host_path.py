@@ -82,7 +82,9 @@ out, calls = launches(lambda: bn(x))
 report["train"] = [(name, size) for name, size, _ in calls]
 report["trainPointers"] = [argument(calls[2], "x") == x.ptr, argument(calls[2], "out") == out.ptr,
                            argument(calls[1], "savedMean") == bn.savemean.ptr,
-                           argument(calls[1], "runningVar") == bn.var.ptr]
+                           argument(calls[1], "runningVar") == bn.var.ptr,
+                           argument(calls[1], "backup") == bn.kernelBackup.array.ptr,
+                           argument(calls[1], "stamp") == bn.kernelBackup.stamp == 1]
 grad, calls = launches(lambda: bn.backward(x))
 report["backward"] = [(name, size) for name, size, _ in calls]
 report["backwardPointers"] = [argument(calls[2], "out") == grad.ptr,
@@ -107,6 +109,18 @@ for ary in kept:
     ary.fill(7)
 backup.restore()
 report["restored"] = all(np.array_equal(ary.get(), old) for ary, old in zip(kept, before))
+
+# NOTE: what a kernel would have saved, put back only under the last stamp given
+from PuzzleLib.Modules.Transaction import KernelBackup
+saved = KernelBackup(type(bn.mean).backend.gpuarray, 16, 3)
+rows = np.arange(48, dtype=np.float32)
+targets = [gpuarray.zeros((1, 16, 1, 1), np.float32) for _ in range(3)]
+saved.array.set(np.append(rows, np.float32(saved.nextStamp() + 1)))
+saved.putBack(targets)
+report["keptUnderAnotherStamp"] = all(not ary.get().any() for ary in targets)
+saved.array.set(np.append(rows, np.float32(saved.stamp)))
+saved.putBack(targets)
+report["putBack"] = np.array_equal(np.concatenate([ary.get().ravel() for ary in targets]), rows)
 print(json.dumps(report))
 """
 
@@ -131,7 +145,7 @@ def test_a_module_on_a_stand_in_driver_launches_the_declared_entries():
     assert [name for name, _ in report["eval"]] == ["bnApplySpatial_evalForward_f32_v4"]
     assert report["fused"] == ["bnStatsRows_f32_v4", "bnStatsFinalize_f32", "bnApplyRowsFused_trainForward_f32_v1"]
     # NOTE: two ghost batches of 4 samples, each: moments, their merge, the renorm step, the corrected pass
-    assert report["restored"]
+    assert report["restored"] and report["keptUnderAnotherStamp"] and report["putBack"]
     assert report["ghosts"] == [
         "bnStatsSpatial_f32_v4", "bnStatsFinalize_f32", "bnRenormStatistics", "bnApplySpatial_trainForward_f32_v4",
     ] * 2

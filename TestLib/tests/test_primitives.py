@@ -288,6 +288,34 @@ def test_train_forward_guard_keeps_running_statistics_of_non_finite_maps(backend
             assert not np.isfinite(runVar.get()[:2]).any()
 
 
+@cases
+@pytest.mark.parametrize("guarded", [True, False], ids=["with_counts", "without_counts"])
+def test_train_forward_saves_what_its_running_update_overwrites(backend, name, guarded):
+    """With a backup, the running statistics and skip counts as they were before the call (0 for absent counts), then
+    the stamp, whatever the backup held; the update itself is the one without a backup."""
+    shape3 = CASES[name]
+    rng = np.random.default_rng(5)
+    arrays, maps = backend.gpuarray, shape3[1]
+    host = makeData(rng, shape3, np.float32)
+    host[0, 0, 0] = np.nan
+    scale, bias, mean, var = makeParams(rng, maps)
+    counts = rng.integers(0, 3, maps).astype(np.float32)
+    backup = arrays.to_gpu(np.full(3 * maps + 1, -7.0, np.float32))
+    runMean, runVar = arrays.to_gpu(mean), arrays.to_gpu(var)
+    skipped = arrays.to_gpu(counts) if guarded else None
+    saved = (arrays.empty((maps,)), arrays.empty((maps,)))
+    planOf(backend, shape3, np.float32).trainForward(Contract.TrainForward(
+        arrays.to_gpu(host), arrays.empty(shape3), arrays.to_gpu(scale), arrays.to_gpu(bias), runMean, runVar, skipped,
+        *saved, 0.3, None, backup, 12345,
+    ))
+    expected = np.concatenate([mean, var, counts if guarded else np.zeros(maps, np.float32), [12345.0]])
+    assert np.array_equal(backup.get(), expected.astype(np.float32))
+    ref = Reference.batchNormTrain(host[:, 1:], scale[1:], bias[1:], AXES, 1e-5)
+    newMean, _ = Reference.runningUpdate(mean[1:], var[1:], ref.mean.ravel(), ref.var.ravel(), ref.m, 0.3)
+    np.testing.assert_allclose(runMean.get()[1:], newMean, **STAT_TOL[np.float32], err_msg=name)
+    assert np.isnan(runMean.get()[0]) != guarded
+
+
 def test_training_loop_makes_no_raw_allocation(backend):
     rng = np.random.default_rng(6)
     arrays, shape3 = backend.gpuarray, (8, 32, 256)
