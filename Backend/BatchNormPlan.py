@@ -59,8 +59,9 @@ class BatchNormPlan:
         ``mean = (1 - factor) * mean + factor * mu``, ``var = (1 - factor) * var + factor * sigma2 * m / (m - 1)``,
         except, where `skipped` is given, for the maps whose mu or sigma2 is not finite: those keep theirs and count 1
         in `skipped` (decided where the statistics are finished). Where `backup` is given, the running statistics and
-        counts are written there as they were before the update, and `stamp` after them, in the same kernel. `out` may
-        be `data` (InPlace-ABN): the statistics are taken before the pass writes."""
+        counts are written there as they were before the update, and `stamp` after them, in the same kernel; where
+        `mirror` is given, a map's new count in `skipped` is written there too. `out` may be `data` (InPlace-ABN): the
+        statistics are taken before the pass writes."""
         raise NotImplementedError()
 
     def evalForward(self, call):

@@ -105,13 +105,15 @@ def record(name, fields, doc):
 
 
 TrainForward = record(
-    "TrainForward", "data out scale bias mean var skipped savemean saveinvvar factor | residual backup stamp",
+    "TrainForward", "data out scale bias mean var skipped savemean saveinvvar factor | residual backup stamp mirror",
     "A training forward: `data` normalized with its batch statistics into `out` (`data` itself only for "
     "InPlace-ABN); `savemean`, `saveinvvar` receive mu and 1 / sqrt(sigma2 + epsilon); `mean`, `var` (both or "
     "neither) move by `factor`, guarded by the counter `skipped` where it is given; `residual` is added before "
     "the plan's activation. `backup` (float32, ``3 * maps + 1`` elements; with float32 `mean` and `var`) receives "
     "what the running update overwrites, `mean`, `var` and `skipped` (0 without) in rows of `maps`, then `stamp` "
-    "(an integer below 2**24, as a float): `Modules.Transaction.KernelBackup`.",
+    "(an integer below 2**24, as a float): `Modules.Transaction.KernelBackup`. `mirror` (with `skipped`; a "
+    "`HostMirror`'s ``target``) receives the count of each map the update skips as it counts it, so the counts "
+    "reach the host without a copy.",
 )
 
 EvalForward = record(
@@ -196,9 +198,12 @@ class GPUArrayModule(Protocol):
     ``Backup(arrays)`` copies the contents of `arrays` (of this backend) so that ``restore()`` can put them back, in
     the cheapest way the backend has (`Modules.Transaction.Snapshot` takes one before a call that writes them).
 
-    ``HostMirror(ary)`` is a host copy of `ary` that follows it without waiting for the device: ``refresh()`` queues a
-    copy of its present contents (unless the previous one is still under way), ``latest()`` returns the newest copy
-    that has completed, an ndarray, or None before the first has; neither blocks.
+    ``HostMirror(ary)`` is a host copy of `ary` that follows it without waiting for the device (a copy of its contents
+    at creation): ``refresh()`` queues a copy of its present contents, after the work queued before; ``latest()``
+    returns the mirror's ndarray, which such copies and the kernels that write ``target`` update as they land (read it
+    at once, or copy it); neither blocks. ``target`` is an array of `ary`'s shape and dtype that a kernel writing `ary`
+    may write the same values to, so that they reach the mirror with no copy (CUDA: the mirror's page-locked memory,
+    mapped into the device); None where the mirror is `ary` itself (the CPU backend).
     """
 
     GPUArray: type

@@ -54,9 +54,13 @@ class Block:
         self.pool, self.raw, self.ptr, self.nbytes, self.size = pool, raw, ptr, nbytes, size
 
     def __del__(self):
+        # NOTE: the pool's release, written here (a block dies on nearly every call of the library); a held block keeps
+        # its address, so serving it again asks the allocator nothing
         pool, self.pool = self.pool, None
         if pool is not None:
-            pool._release(self.raw, self.ptr, self.size)
+            with pool.lock:
+                pool.activeBytes -= self.size
+                pool.held[self.size].append((self.raw, self.ptr))
 
     def __repr__(self):
         return "Block(ptr=0x%x, nbytes=%d, size=%d)" % (self.ptr, self.nbytes, self.size)
@@ -132,12 +136,6 @@ class MemoryPool:
                 "MemoryPool on %s: out of memory for a request of %d bytes (size class %d), even after freeing "
                 "held blocks; pool stats %s; allocator said: %s" % (self.allocator.name, nbytes, size, self.stats(), e)
             ) from None
-
-    def _release(self, raw, ptr, size):
-        # NOTE: a held block keeps its address, so serving it again asks the allocator nothing
-        with self.lock:
-            self.activeBytes -= size
-            self.held[size].append((raw, ptr))
 
     def freeHeld(self):
         """Gives every held block back to the raw allocator; returns the number of bytes freed."""

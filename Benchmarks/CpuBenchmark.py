@@ -24,9 +24,9 @@ PuzzleLib / PyTorch >= 1.5 for training and training + backward on every shape, 
 evaluation.
 
 A second table gives the Python cost of one call on a tiny input, ``BatchNorm(64)`` on (16, 64): the median over many
-calls of the module, of `Backend.Dnn` with the module's arrays, of the call's plan (`Backend.BatchNormPlan`: the
-primitive of the chosen kernels, given its record of preallocated arrays), next to PyTorch's ``F.batch_norm`` (its
-backward alone through ``torch.autograd.grad``).
+calls, taken in alternating rounds of 100 calls of each, of the module, of `Backend.Dnn` with the module's arrays, of
+the call's plan (`Backend.BatchNormPlan`: the primitive of the chosen kernels, given its record of preallocated
+arrays), next to PyTorch's ``F.batch_norm`` (its backward alone through ``torch.autograd.grad``).
 
     python -m PuzzleLib.Benchmarks.CpuBenchmark [--repeats N] [--block B] [--calls N] [--json FILE]
 """
@@ -243,11 +243,18 @@ def printSummary(summary):
         printRow("", task, entry, mark)
 
 
-def medianCall(func, calls):
-    """Median microseconds of one call of `func` over `calls` calls (after as many warm-up calls as a tenth)."""
-    for _ in range(max(calls // 10, 1)):
-        func()
-    return float(np.median([timed(func) for _ in range(calls)])) * 1e6
+def medianCalls(funcs, calls, block=100):
+    """``{name: median microseconds of one call}`` of `funcs` (``{name: callable}``) over `calls` calls each, taken in
+    rounds of `block` calls of every function in turn (after as many warm-up calls as a tenth), so that the machine's
+    slow and fast phases weigh on every function alike."""
+    times = {name: [] for name in funcs}
+    for func in funcs.values():
+        for _ in range(max(calls // 10, 1)):
+            func()
+    for _ in range(max(calls // block, 1)):
+        for name, func in funcs.items():
+            times[name].extend(timed(func) for _ in range(block))
+    return {name: float(np.median(values)) * 1e6 for name, values in times.items()}
 
 
 def overheadTable(torch, calls):
@@ -285,7 +292,9 @@ def overheadTable(torch, calls):
     }
     if torch is not None:
         levels["PyTorch"] = tinyTorch(torch, host, grad)
-    return {level: {task: medianCall(func, calls) for task, func in funcs.items()} for level, funcs in levels.items()}
+    tasks = {(level, task): func for level, funcs in levels.items() for task, func in funcs.items()}
+    medians = medianCalls(tasks, calls)
+    return {level: {task: medians[level, task] for task in funcs} for level, funcs in levels.items()}
 
 
 def tinyTorch(torch, host, grad):

@@ -334,6 +334,7 @@ typedef struct
     unsigned doubleMask;
     int bitSavedMean, bitSavedSecond, bitRunMean, bitRunVar;
     float *skipped;                // nullable: the per-map counts of running updates skipped (see finalizeStatistics)
+    float *mirror;                 // nullable: where a count the update changes is written too (a host mirror's)
     float *backup;                 // nullable: where the running statistics and counts are saved first, and the stamp
     double stamp;
     i64 maps;
@@ -385,6 +386,8 @@ static void finalizeStatistics(const StatisticsOutputs *out, i64 c, i64 n, doubl
             if (out->skipped != NULL && !(isfinite(mean[j]) && isfinite(sigma2[j])))
             {
                 out->skipped[c + j] += 1.0f;
+                if (out->mirror != NULL)
+                    out->mirror[c + j] = out->skipped[c + j];
                 continue;
             }
             runMean[j] = (1.0 - f) * runMean[j] + f * mean[j];
@@ -416,6 +419,7 @@ typedef struct
     double epsilon, factor;
     float *backup;          // nullable: 3 * maps + 1 floats (see saveRunning)
     double stamp;
+    float *mirror;          // nullable, with skipped: receives the counts the update changes
 } BnTrainForwardArgs;
 
 typedef struct
@@ -1013,7 +1017,8 @@ static int BN_NAME(statisticsAndNormalize)(const Data *x, Data *y, const Geometr
 // Training forward (BatchNormPlan.trainForward): y = (x - mu) * invstd * scale + bias; writes savedMean = mu and
 // savedInvstd = invstd; updates runMean and runVar (both nullable) with factor, but for the maps whose batch mean or
 // variance is not finite where skipped (float32, nullable) is given: those keep theirs and count 1 in skipped. With
-// backup given, the running statistics and counts are saved there before they change (saveRunning).
+// backup given, the running statistics and counts are saved there before they change (saveRunning); with mirror
+// given, a count the update changes is written there too.
 // Per-map pointers, by bit of doubleMask: 0 scale, 1 bias, 2 runMean, 3 runVar, 4 savedMean, 5 savedInvstd.
 BN_EXPORT int BN_NAME(bnTrainForward)(const BnTrainForwardArgs *a)
 {
@@ -1021,7 +1026,7 @@ BN_EXPORT int BN_NAME(bnTrainForward)(const BnTrainForwardArgs *a)
     Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
     StatisticsOutputs out = {
         a->savedMean, a->savedInvstd, 0, a->runMean, a->runVar, a->epsilon, a->factor, v->doubleMask, 4, 5, 2, 3,
-        a->skipped, a->backup, a->stamp, v->maps,
+        a->skipped, a->mirror, a->backup, a->stamp, v->maps,
     };
     return BN_NAME(statisticsAndNormalize)((const Data *)a->x, (Data *)a->y, &geo, a->scale, a->bias, &out);
 }
@@ -1033,7 +1038,7 @@ BN_EXPORT int BN_NAME(bnMoments)(const BnMomentsArgs *a)
     const BnView *v = &a->view;
     Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
     StatisticsOutputs out = {
-        a->savedMean, a->savedVar, 1, NULL, NULL, 0.0, 0.0, v->doubleMask, 4, 5, 2, 3, NULL, NULL, 0.0, v->maps,
+        a->savedMean, a->savedVar, 1, NULL, NULL, 0.0, 0.0, v->doubleMask, 4, 5, 2, 3, NULL, NULL, NULL, 0.0, v->maps,
     };
     return BN_NAME(statisticsAndNormalize)((const Data *)a->x, NULL, &geo, NULL, NULL, &out);
 }

@@ -393,6 +393,8 @@ __device__ __forceinline__ bool runningUpdate(int c, float mu, float sigma2, int
 // savedVar may be null; when given it receives sigma2 (biased), the moments processes exchange to merge their batches.
 // skipped may be null; when given, a channel whose mu or sigma2 is not finite (a NaN or inf in its data, or a float32
 // overflow of its variance) keeps its running statistics and counts 1 in skipped[c] (no other thread touches it).
+// mirror may be null; when given (with skipped), a channel's new count is written there too (a host mirror of the
+// counts, mapped into the device: the count reaches the host without a copy).
 // backup may be null (and is, without a running update); when given (3 * maps + 1 floats) it receives the running
 // statistics and skip counts as they were before the update (rows of maps; 0 for counts without skipped) and stamp
 // last: what the module puts back if its call raises after the launch (BatchNormPlan.trainForward).
@@ -402,7 +404,7 @@ template <typename T>
 __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2,
 							  int splits, int maps, int64 m, float epsilon, float factor,
 							  float *savedMean, float *savedInvstd, float *runningMean, float *runningVar,
-							  float *savedVar, float *skipped, float *backup, float stamp)
+							  float *savedVar, float *skipped, float *mirror, float *backup, float stamp)
 {
 	int c = blockIdx.x * FINALIZE_WARPS + threadIdx.y;
 	if (c >= maps)
@@ -439,8 +441,9 @@ __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, co
 			if (c == 0)
 				backup[3 * maps] = stamp;
 		}
-		if (runningMean != 0)
-			runningUpdate(c, mu, sigma2, m, factor, runningMean, runningVar, skipped);
+		if (runningMean != 0 && !runningUpdate(c, mu, sigma2, m, factor, runningMean, runningVar, skipped) &&
+			mirror != 0)
+			mirror[c] = skipped[c];
 	}
 }
 
@@ -1184,10 +1187,10 @@ BN_ENTRIES(__half, f16, 8)
 	extern "C" __global__ void bnStatsFinalize_##SUF( \
 		const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2, int splits, int maps, \
 		int64 m, float epsilon, float factor, float *savedMean, float *savedInvstd, float *runningMean, \
-		float *runningVar, float *savedVar, float *skipped, float *backup, float stamp) \
+		float *runningVar, float *savedVar, float *skipped, float *mirror, float *backup, float stamp) \
 	{ \
-		statsFinalize<T>(x, shiftStride, pn, pmean, pm2, splits, maps, m, epsilon, factor, \
-						 savedMean, savedInvstd, runningMean, runningVar, savedVar, skipped, backup, stamp); \
+		statsFinalize<T>(x, shiftStride, pn, pmean, pm2, splits, maps, m, epsilon, factor, savedMean, \
+						 savedInvstd, runningMean, runningVar, savedVar, skipped, mirror, backup, stamp); \
 	}
 
 BN_FINALIZE_ENTRY(float, f32)

@@ -91,7 +91,7 @@ statsFinalize = Signature(
     "bnStatsFinalize_{dtype}",
     Pointer("x"), Int64("shiftStride"), *pointers("pn", "pmean", "pm2"), Int32("splits"), Int32("maps"), Int64("m"),
     Float32("epsilon"), Float32("factor"),
-    *pointers("savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "backup"),
+    *pointers("savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "mirror", "backup"),
     Float32("stamp"),
 )
 gradSpatial = Signature(

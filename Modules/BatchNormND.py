@@ -14,7 +14,7 @@ from PuzzleLib.Modules.Arguments import checkBool, checkNumber, checkPositiveInt
 from PuzzleLib.Modules.BatchNormParts import trainingPart
 from PuzzleLib.Modules.BatchNormParts.RenormTraining import RenormTraining, checkClipping
 from PuzzleLib.Modules.Module import Module, ModuleError
-from PuzzleLib.Modules.Transaction import KernelBackup, KernelSaved, Snapshot
+from PuzzleLib.Modules.Transaction import KernelBackup, KernelSaved, ResultsOnly
 from PuzzleLib.Modules.Variable import Variable
 
 float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -427,11 +427,11 @@ class BatchNormND(Module):
         """A training forward whose part's kernel saves the running statistics and skip counts as it moves them
         (``training.kernelSaves``) copies nothing beforehand: a `Transaction.KernelBackup` of the module's, made at the
         first such call (`runningBackup`), holds what its restore puts back (`Transaction.KernelSaved`). An evaluation
-        forward copies the attributes alone; any other forward takes a `Module.snapshot`."""
+        forward changes nothing but its results (`Transaction.ResultsOnly`); any other forward takes a
+        `Module.snapshot`."""
         training = self.training
         if not self.train:
-            # NOTE: an evaluation forward changes no array: a copy of the attributes is all
-            return Snapshot(self, [])
+            return ResultsOnly(self)
         if not training.kernelSaves:
             return self.snapshot("forward")
         return KernelSaved(self, training.stateArrays(self), "kernelBackup")
@@ -459,11 +459,15 @@ class BatchNormND(Module):
 
     def warnOfSkips(self):
         """Warns once when the counts show a skipped update. The counts come through a `HostMirror`, which never waits
-        for the device: on CUDA the warning can come a forward or two after the batch."""
+        for the device: on CUDA the warning can come a forward or two after the batch (the forward's kernel writes the
+        counts to the mirror as it runs; the parts of several kernels queue a copy)."""
         if self.skipMirror is None or self.warnedSkips:
             return
-        self.skipMirror.refresh()
+        # NOTE: the counts as they have reached the mirror; a part whose kernel does not write the mirror itself then
+        # queues a copy of the counts this forward leaves (read by the next one)
         counts = self.skipMirror.latest()
+        if not self.training.kernelSaves:
+            self.skipMirror.refresh()
         # NOTE: count_nonzero, not any(): a quarter of the time on a few hundred maps (no ufunc reduction to set up)
         skippedMaps = 0 if counts is None else np.count_nonzero(counts)
         if skippedMaps:

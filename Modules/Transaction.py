@@ -96,6 +96,17 @@ class Snapshot(Transaction):
                 self.owner.__dict__.update(self.fields)
 
 
+class ResultsOnly(Transaction):
+    """The transaction of a call that changes nothing of its owner but its results (an evaluation forward): no copy at
+    all; the restore drops the results (the owner's ``releaseResults``), as every failed forward leaves them."""
+
+    def __init__(self, owner):
+        self.owner = owner
+
+    def restore(self):
+        self.owner.releaseResults()
+
+
 class KernelBackup:
     """Where a kernel saves the per-map arrays it changes in place as it changes them, with the stamp of the call it ran
     for (`Contract.TrainForward`'s ``backup`` and ``stamp``), so that a call copies nothing beforehand: the running

@@ -210,6 +210,19 @@ class GPUArray:
         return self
 
 
+class HostAllocation(bytearray):
+    """pycuda's page-locked host memory, the base of the arrays ``pagelocked_empty`` returns; host memory is device
+    memory here, so the memory's device pointer is its address."""
+
+    def get_device_pointer(self):
+        return ctypes.addressof(ctypes.c_char.from_buffer(self))
+
+
+def pagelockedEmpty(shape, dtype, order="C", mem_flags=0):
+    shape, dtype = (shape,) if isinstance(shape, int) else tuple(shape), np.dtype(dtype)
+    return np.ndarray(shape, dtype, HostAllocation(max(math.prod(shape) * dtype.itemsize, 1)), order=order)
+
+
 def module(name, **members):
     result = types.ModuleType(name)
     result.__dict__.update(members)
@@ -239,7 +252,8 @@ def install():
         memset_d8=lambda ptr, value, count: memset(ctypes.c_uint8, ptr, value, count),
         memset_d16=lambda ptr, value, count: memset(ctypes.c_uint16, ptr, value, count),
         memset_d32=lambda ptr, value, count: memset(ctypes.c_uint32, ptr, value, count),
-        pagelocked_empty=lambda shape, dtype: np.empty(shape, dtype),
+        pagelocked_empty=pagelockedEmpty,
+        host_alloc_flags=types.SimpleNamespace(PORTABLE=1, DEVICEMAP=2, WRITECOMBINED=4),
     )
     gpuarray = module("pycuda.gpuarray", GPUArray=GPUArray, _c_contiguous_strides=contiguousStrides)
     compiler = module("pycuda.compiler", SourceModule=SourceModule)

@@ -27,7 +27,7 @@ NAME = "c"
 # alignment, as the C compiler lays them out): the view (outer, maps, inner, threads, doubleMask), then the entry's own
 VIEW = "qqqiI"
 ARGUMENTS = {
-    "bnTrainForward": VIEW + "PP" + "PP" + "PPPP" + "P" + "dd" + "Pd",
+    "bnTrainForward": VIEW + "PP" + "PP" + "PPPP" + "P" + "dd" + "Pd" + "P",
     "bnMoments": VIEW + "P" + "PP",
     "bnNormalize": VIEW + "PP" + "PPPP" + "i" + "d",
     "bnBackward": VIEW + "PPP" + "i" + "PPPPP" + "dd",
@@ -106,17 +106,15 @@ class CPlan(NumpyPlan):
         # NOTE: per-map arrays are float32 with float32 and float16 data (the contract): only float64 data has a mask
         self.wide = dtype == np.float64
 
-    def mask(self, *arrays):
-        return doubleMask(*arrays) if self.wide else 0
-
     def trainForward(self, call):
         function, pack = self.trainCall
         outer, maps, inner = self.shape3
-        mask = self.mask(call.scale, call.bias, call.mean, call.var, call.savemean, call.saveinvvar)
+        wide = self.wide
+        mask = doubleMask(call.scale, call.bias, call.mean, call.var, call.savemean, call.saveinvvar) if wide else 0
         check(function(pack(
             outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.out.ptr, call.scale.ptr, call.bias.ptr,
             ptr(call.mean), ptr(call.var), call.savemean.ptr, call.saveinvvar.ptr, ptr(call.skipped), self.epsilon,
-            call.factor, ptr(call.backup), call.stamp or 0.0,
+            call.factor, ptr(call.backup), call.stamp or 0.0, ptr(call.mirror),
         )))
 
     def batchStatistics(self, call):
@@ -127,7 +125,7 @@ class CPlan(NumpyPlan):
 
     def normalizeArguments(self, call, centre, second, isVariance):
         outer, maps, inner = self.shape3
-        mask = self.mask(call.scale, call.bias, centre, second)
+        mask = doubleMask(call.scale, call.bias, centre, second) if self.wide else 0
         return self.normalizeCall[1](
             outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.out.ptr, call.scale.ptr, call.bias.ptr,
             centre.ptr, second.ptr, isVariance, self.epsilon,
@@ -144,7 +142,7 @@ class CPlan(NumpyPlan):
 
     def backwardArguments(self, call, mode, centre, second, count=0.0):
         outer, maps, inner = self.shape3
-        mask = self.mask(call.scale, centre, second, call.scalegrad, call.biasgrad)
+        mask = doubleMask(call.scale, centre, second, call.scalegrad, call.biasgrad) if self.wide else 0
         return self.backwardCall[1](
             outer, maps, inner, Config.cpuThreads, mask, call.data.ptr, call.grad.ptr, ptr(call.ingrad), mode,
             call.scale.ptr, centre.ptr, second.ptr, call.scalegrad.ptr, call.biasgrad.ptr, self.epsilon, count,

@@ -148,7 +148,8 @@ def empty(shape, dtype=np.float32):
 def emptyLike(ary):
     """`Contract.GPUArrayModule.emptyLike`: an uninitialized array of the shape and dtype of `ary` (a CPU GPUArray)."""
     ndarray = ary._ndarray
-    return poolArray(ndarray.shape, ndarray.dtype, ndarray.nbytes)
+    block = memoryPool.allocate(ndarray.nbytes)
+    return GPUArray(np.ndarray(ndarray.shape, ndarray.dtype, block.raw), block, block.ptr)
 
 
 def poolArray(shape, dtype, nbytes):
@@ -178,7 +179,9 @@ class Backup:
 
 class HostMirror:
     """`Contract.GPUArrayModule.HostMirror`: the array's memory is host memory, so its mirror is the array itself,
-    always up to date (a view, no copy)."""
+    always up to date (a view, no copy), and a kernel needs no `target`."""
+
+    target = None
 
     def __init__(self, ary):
         self.view = hostView(ary)

@@ -76,7 +76,10 @@ class NumpyPlan(BatchNormPlan):
         finite = None if call.skipped is None else np.isfinite(mu) & np.isfinite(sigma2)
         guardedUpdate(runningUpdates(self.vector(call.mean), self.vector(call.var), mu, sigma2, m, call.factor), finite)
         if finite is not None:
-            self.vector(call.skipped)[...] += ~finite
+            counts = self.vector(call.skipped)
+            counts[...] += ~finite
+            if call.mirror is not None:
+                self.vector(call.mirror)[~finite] = counts[~finite]
 
     def batchStatistics(self, call):
         """The corrected two passes of `moments` alone: where processes merge their moments, an error in a process's

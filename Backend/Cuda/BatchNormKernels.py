@@ -49,7 +49,8 @@ CHANNEL = ("p.mean", "p.invstd", "p.var", "p.scale", "p.bias", "p.scalegrad", "p
 FUSED = ("f.residual", "f.y", "f.resgrad")
 STATS = ("x", "pn", "pmean", "pm2")
 STATS_FINALIZE = STATS + (
-    "factor", "savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "backup", "stamp",
+    "factor", "savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "mirror", "backup",
+    "stamp",
 )
 GRAD = ("x", "dy", "mean", "psum", "pdot")
 GRAD_FINALIZE = ("psum", "pdot", "invstd", "scalegrad", "biasgrad")
@@ -71,7 +72,11 @@ def ptr(ary):
 
 def aligned(*arrays):
     """True when every given array starts on a 16-byte boundary (None values are skipped)."""
-    return all(ary.ptr % 16 == 0 for ary in arrays if ary is not None)
+    addresses = 0
+    for ary in arrays:
+        if ary is not None:
+            addresses |= ary.ptr
+    return addresses % 16 == 0
 
 
 class CudaPlan(BatchNormPlan):
@@ -88,7 +93,7 @@ class CudaPlan(BatchNormPlan):
         width = max(declared.vectorWidths[self.suffix])
         # NOTE: 16-byte vectors where the contiguous length allows them; the pointers of each call decide the rest
         self.widest = width if (inner if self.spatial else maps) % width == 0 else 1
-        self.prepared, self.grids = {}, {}
+        self.prepared, self.grids, self.moments = {}, {}, {}
 
     def launch(self, prepare, *key):
         """The `PreparedLaunch` that ``prepare(*key)`` (one of the ``prepare*`` methods) makes, made on the first call
@@ -96,6 +101,17 @@ class CudaPlan(BatchNormPlan):
         found = self.prepared.get((prepare.__name__,) + key)
         if found is None:
             found = self.prepared[(prepare.__name__,) + key] = prepare(*key)
+        return found
+
+    def momentLaunches(self, vec):
+        """(the partial moments' launch, the merge's launch, partials per workspace array) of vector width `vec`: what
+        every training forward asks for, in one lookup."""
+        found = self.moments.get(vec)
+        if found is None:
+            _, _, splits = self.reductionGrid(vec)
+            found = self.moments[vec] = (
+                self.launch(self.prepareStats, vec), self.launch(self.prepareStatsFinalize, splits), splits * self.maps,
+            )
         return found
 
     def vectorWidth(self, *arrays):
@@ -201,21 +217,20 @@ class CudaPlan(BatchNormPlan):
         """Partial moments per block (Welford within a thread, Chan across threads), then ``bnStatsFinalize`` merges
         them per map and writes the saved statistics, `savedVar` (the biased variance) where given, and with `train` (a
         `Contract.TrainForward`) its running update: by its factor, not for maps whose statistics are not finite where
-        it has a skip counter (those count 1 there), what the update overwrites saved first where it has a backup."""
-        vec = self.vectorWidth(x)
-        _, _, splits = self.reductionGrid(vec)
-        size = splits * self.maps
+        it has a skip counter (those count 1 there, written to its mirror too), what the update overwrites saved first
+        where it has a backup."""
+        stats, finalize, size = self.momentLaunches(self.vectorWidth(x))
         # NOTE: a pool block of its own per call (a plan serves every module of its shape, in any thread), no GPUArray
         workspace = memoryPool.allocate(3 * 4 * size)
-        pn, pmean, pm2 = (workspace.ptr + 4 * k * size for k in range(3))
-        self.launch(self.prepareStats, vec)(x.ptr, pn, pmean, pm2)
-        finalize = self.launch(self.prepareStatsFinalize, splits)
+        pn = workspace.ptr
+        pmean, pm2 = pn + 4 * size, pn + 8 * size
+        stats(x.ptr, pn, pmean, pm2)
         if train is None:
-            finalize(x.ptr, pn, pmean, pm2, 0.0, savedMean.ptr, savedInvstd.ptr, 0, 0, ptr(savedVar), 0, 0, 0.0)
+            finalize(x.ptr, pn, pmean, pm2, 0.0, savedMean.ptr, savedInvstd.ptr, 0, 0, ptr(savedVar), 0, 0, 0, 0.0)
             return
         finalize(
             x.ptr, pn, pmean, pm2, train.factor, savedMean.ptr, savedInvstd.ptr, ptr(train.mean), ptr(train.var),
-            ptr(savedVar), ptr(train.skipped), ptr(train.backup), train.stamp or 0.0,
+            ptr(savedVar), ptr(train.skipped), ptr(train.mirror), ptr(train.backup), train.stamp or 0.0,
         )
 
     def apply(self, mode, x, dy, out, channel, fused=None):

@@ -34,8 +34,9 @@ class PlainTraining:
     # a residual (`checkInPlace`, `checkResidual` refuse the others, naming `feature`)
     feature = None
     activation = None
-    # NOTE: whether the forward's one kernel saves what it changes (`Contract.TrainForward`'s backup: the module's
-    # transaction copies nothing, `BatchNormND.forwardTransaction`); parts of several kernels are snapshot first
+    # NOTE: whether the forward is one kernel, which saves what it changes (`Contract.TrainForward`'s backup: the
+    # module's transaction copies nothing, `BatchNormND.forwardTransaction`) and writes the skip counts it changes to
+    # their host mirror (no copy queued after it, `BatchNormND.warnOfSkips`); parts of several kernels do neither
     kernelSaves = True
 
     def output(self, bn, data):
@@ -44,11 +45,16 @@ class PlainTraining:
     def train(self, bn, data, out, residual):
         plan = bn.planOf(data, self.activation, residual is not None)
         savemean, saveinvvar = bn.savedStatistics(data)
-        # NOTE: only where the module's transaction counts on it (a ghost batch's part is held by `GhostBatches`)
-        backup = bn.runningBackup() if bn.training.kernelSaves else None
+        skipped = bn.skipCounter()
+        # NOTE: only where the module counts on them (a ghost batch's part is held by `GhostBatches`)
+        if bn.training.kernelSaves:
+            backup = bn.runningBackup()
+            saving = (backup.array, backup.nextStamp(), None if skipped is None else bn.skipMirror.target)
+        else:
+            saving = ()
         plan.trainForward(TrainForward(
-            data, out, bn.scale, bn.bias, bn.mean, bn.var, bn.skipCounter(), savemean, saveinvvar, bn.nextFactor(),
-            residual, *((None, None) if backup is None else (backup.array, backup.nextStamp())),
+            data, out, bn.scale, bn.bias, bn.mean, bn.var, skipped, savemean, saveinvvar, bn.nextFactor(), residual,
+            *saving,
         ))
         bn.numOfProps += 1
         bn.savemean, bn.saveinvvar = savemean, saveinvvar

@@ -84,7 +84,8 @@ report["trainPointers"] = [argument(calls[2], "x") == x.ptr, argument(calls[2], 
                            argument(calls[1], "savedMean") == bn.savemean.ptr,
                            argument(calls[1], "runningVar") == bn.var.ptr,
                            argument(calls[1], "backup") == bn.kernelBackup.array.ptr,
-                           argument(calls[1], "stamp") == bn.kernelBackup.stamp == 1]
+                           argument(calls[1], "stamp") == bn.kernelBackup.stamp == 1,
+                           argument(calls[1], "mirror") == bn.skipMirror.target.ptr]
 grad, calls = launches(lambda: bn.backward(x))
 report["backward"] = [(name, size) for name, size, _ in calls]
 report["backwardPointers"] = [argument(calls[2], "out") == grad.ptr,
@@ -109,6 +110,20 @@ for ary in kept:
     ary.fill(7)
 backup.restore()
 report["restored"] = all(np.array_equal(ary.get(), old) for ary, old in zip(kept, before))
+
+# NOTE: the counts reach the host without a copy where the forward's kernel writes them (the mirror's target is its
+# memory), and through one queued copy a forward where the part is several kernels
+import pycuda.driver as cuda
+copies = []
+queue = cuda.memcpy_dtoh_async
+cuda.memcpy_dtoh_async = lambda dst, src, stream=None: (copies.append(src), queue(dst, src))
+bn.trainMode()
+bn(x)
+ghosts(x)
+cuda.memcpy_dtoh_async = queue
+report["mirrorCopies"] = copies == [ghosts.skipCounts.ptr]
+bn.skipMirror.target.set(np.full((1, 16, 1, 1), 3.0, np.float32))
+report["mirrorWritten"] = bool((bn.skipMirror.latest() == 3.0).all())
 
 # NOTE: what a kernel would have saved, put back only under the last stamp given
 from PuzzleLib.Modules.Transaction import KernelBackup
@@ -146,6 +161,7 @@ def test_a_module_on_a_stand_in_driver_launches_the_declared_entries():
     assert report["fused"] == ["bnStatsRows_f32_v4", "bnStatsFinalize_f32", "bnApplyRowsFused_trainForward_f32_v1"]
     # NOTE: two ghost batches of 4 samples, each: moments, their merge, the renorm step, the corrected pass
     assert report["restored"] and report["keptUnderAnotherStamp"] and report["putBack"]
+    assert report["mirrorCopies"] and report["mirrorWritten"]
     assert report["ghosts"] == [
         "bnStatsSpatial_f32_v4", "bnStatsFinalize_f32", "bnRenormStatistics", "bnApplySpatial_trainForward_f32_v4",
     ] * 2

@@ -292,7 +292,8 @@ def test_train_forward_guard_keeps_running_statistics_of_non_finite_maps(backend
 @pytest.mark.parametrize("guarded", [True, False], ids=["with_counts", "without_counts"])
 def test_train_forward_saves_what_its_running_update_overwrites(backend, name, guarded):
     """With a backup, the running statistics and skip counts as they were before the call (0 for absent counts), then
-    the stamp, whatever the backup held; the update itself is the one without a backup."""
+    the stamp, whatever the backup held; with a mirror of the counts, the count of the map skipped (map 0, with a NaN),
+    the others left as they were; the update itself is the one without either."""
     shape3 = CASES[name]
     rng = np.random.default_rng(5)
     arrays, maps = backend.gpuarray, shape3[1]
@@ -303,13 +304,16 @@ def test_train_forward_saves_what_its_running_update_overwrites(backend, name, g
     backup = arrays.to_gpu(np.full(3 * maps + 1, -7.0, np.float32))
     runMean, runVar = arrays.to_gpu(mean), arrays.to_gpu(var)
     skipped = arrays.to_gpu(counts) if guarded else None
+    mirror = arrays.to_gpu(np.full(maps, -1.0, np.float32)) if guarded else None
     saved = (arrays.empty((maps,)), arrays.empty((maps,)))
     planOf(backend, shape3, np.float32).trainForward(Contract.TrainForward(
         arrays.to_gpu(host), arrays.empty(shape3), arrays.to_gpu(scale), arrays.to_gpu(bias), runMean, runVar, skipped,
-        *saved, 0.3, None, backup, 12345,
+        *saved, 0.3, None, backup, 12345, mirror,
     ))
     expected = np.concatenate([mean, var, counts if guarded else np.zeros(maps, np.float32), [12345.0]])
     assert np.array_equal(backup.get(), expected.astype(np.float32))
+    if guarded:
+        assert mirror.get().tolist() == [counts[0] + 1.0] + [-1.0] * (maps - 1)
     ref = Reference.batchNormTrain(host[:, 1:], scale[1:], bias[1:], AXES, 1e-5)
     newMean, _ = Reference.runningUpdate(mean[1:], var[1:], ref.mean.ravel(), ref.var.ravel(), ref.m, 0.3)
     np.testing.assert_allclose(runMean.get()[1:], newMean, **STAT_TOL[np.float32], err_msg=name)
