@@ -1043,18 +1043,35 @@ BN_EXPORT int BN_NAME(bnMoments)(const BnMomentsArgs *a)
     return BN_NAME(statisticsAndNormalize)((const Data *)a->x, NULL, &geo, NULL, NULL, &out);
 }
 
-// What the team of a normalization shares (bnNormalize).
+// What the team of a normalization or a backward shares: the entry's arguments, the geometry, the scratch block and
+// the coefficients it holds.
 typedef struct
 {
-    const BnNormalizeArgs *a;
+    const void *args;
     const Geometry *geo;
+    const Scratch *s;
     Coefficients *k;
-} BN_NAME(NormalizeJob);
+} BN_NAME(PassJob);
+
+// Runs `team` on the job of the entry's arguments `args` (whose view is `v`): the call's geometry, scratch block and
+// coefficients; BN_OUT_OF_MEMORY when the block cannot be had.
+static int BN_NAME(runPass)(void (*team)(const void *job), const void *args, const BnView *v)
+{
+    Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
+    Scratch s;
+    Coefficients k;
+    if (BN_NAME(takeScratch)(&s, &k, &geo) != BN_OK)
+        return BN_OUT_OF_MEMORY;
+    BN_NAME(PassJob) job = {args, &geo, &s, &k};
+    runTeam(team, &job, geo.threads);
+    freeScratch(&s);
+    return BN_OK;
+}
 
 static void BN_NAME(normalizeTeam)(const void *context)
 {
-    const BN_NAME(NormalizeJob) *job = context;
-    const BnNormalizeArgs *a = job->a;
+    const BN_NAME(PassJob) *job = context;
+    const BnNormalizeArgs *a = job->args;
     const Geometry *geo = job->geo;
     unsigned doubleMask = a->view.doubleMask;
     i64 maps = geo->maps;
@@ -1089,16 +1106,7 @@ static void BN_NAME(normalizeTeam)(const void *context)
 // Per-map pointers, by bit of doubleMask: 0 scale, 1 bias, 2 centre, 3 second.
 BN_EXPORT int BN_NAME(bnNormalize)(const BnNormalizeArgs *a)
 {
-    const BnView *v = &a->view;
-    Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
-    Scratch s;
-    Coefficients k;
-    if (BN_NAME(takeScratch)(&s, &k, &geo) != BN_OK)
-        return BN_OUT_OF_MEMORY;
-    BN_NAME(NormalizeJob) job = {a, &geo, &k};
-    runTeam(BN_NAME(normalizeTeam), &job, geo.threads);
-    freeScratch(&s);
-    return BN_OK;
+    return BN_NAME(runPass)(BN_NAME(normalizeTeam), a, &a->view);
 }
 
 // Maps [c0, c0 + n) of a backward, from their sums s.sumA = sum(g) and s.sumB = sum(g * (x - mean)) and invstd in
@@ -1130,19 +1138,10 @@ static void BN_NAME(finishGradients)(const Scratch *s, Coefficients *k, int mode
     }
 }
 
-// What the team of a backward shares (bnBackward).
-typedef struct
-{
-    const BnBackwardArgs *a;
-    const Geometry *geo;
-    const Scratch *s;
-    Coefficients *k;
-} BN_NAME(BackwardJob);
-
 static void BN_NAME(backwardTeam)(const void *context)
 {
-    const BN_NAME(BackwardJob) *job = context;
-    const BnBackwardArgs *a = job->a;
+    const BN_NAME(PassJob) *job = context;
+    const BnBackwardArgs *a = job->args;
     const Geometry *geo = job->geo;
     const Scratch *s = job->s;
     Coefficients *k = job->k;
@@ -1263,16 +1262,7 @@ static void BN_NAME(backwardTeam)(const void *context)
 // 3 scalegrad, 4 biasgrad.
 BN_EXPORT int BN_NAME(bnBackward)(const BnBackwardArgs *a)
 {
-    const BnView *v = &a->view;
-    Geometry geo = geometryOf(v->outer, v->maps, v->inner, v->threads);
-    Scratch s;
-    Coefficients k;
-    if (BN_NAME(takeScratch)(&s, &k, &geo) != BN_OK)
-        return BN_OUT_OF_MEMORY;
-    BN_NAME(BackwardJob) job = {a, &geo, &s, &k};
-    runTeam(BN_NAME(backwardTeam), &job, geo.threads);
-    freeScratch(&s);
-    return BN_OK;
+    return BN_NAME(runPass)(BN_NAME(backwardTeam), a, &a->view);
 }
 
 #undef Data
