@@ -1,12 +1,12 @@
 """All or nothing: the one way a call that changes state puts it back when it raises, Ctrl-C included.
 
 `Snapshot` copies what a call may change (an object's attributes and the arrays it writes in place) and
-`Snapshot.run` runs the call: if anything raises, the copies are put back before the exception goes on. Where the
-kernel that changes arrays saves them itself as it runs (`KernelBackup`, a training forward's running statistics),
-nothing is copied beforehand. Module calls
+`Snapshot.run` runs the call: if anything raises, the copies are put back before the exception goes on. Module calls
 (forward, backward, updateParams, load), containers (all children or none), optimizers and `recomputeStatistics` all
-go through it. `deferredInterrupts` holds Ctrl-C back while state is put back, so that the restore itself cannot be
-cut short.
+go through it. Where the kernel that changes arrays saves them itself as it runs (`KernelBackup`: a training forward's
+running statistics), nothing is copied beforehand (`KernelSaved`); a call that changes nothing but its results drops
+them (`ResultsOnly`). `deferredInterrupts` holds Ctrl-C back while state is put back, so that the restore itself
+cannot be cut short.
 """
 
 import contextlib
@@ -104,7 +104,8 @@ class ResultsOnly(Transaction):
         self.owner = owner
 
     def restore(self):
-        self.owner.releaseResults()
+        with deferredInterrupts():
+            self.owner.releaseResults()
 
 
 class KernelBackup:
