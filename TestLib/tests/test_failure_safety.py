@@ -156,6 +156,22 @@ def test_interrupted_training_forward_changes_no_statistic_and_no_counter():
     assert bn.numOfProps == 3 and bn.skipCounts.get().ravel().tolist() == [0.0, 1.0, 0.0]
 
 
+def test_interrupted_evaluation_forward_changes_nothing_and_keeps_no_result(monkeypatch):
+    bn = BatchNorm2D(3)
+    data = gpuarray.to_gpu(np.random.normal(5.0, 2.0, size=(4, 3, 3, 2)).astype(np.float32))
+    bn(data)
+    bn.evalMode()
+    checkEveryInterruptChangesNothing(lambda: bn(data), bn)
+
+    # NOTE: a kernel that fails: the module keeps neither the input nor an output of the call, nor the previous one's
+    bn(data)
+    plan = bn.planOf(data, bn.fused, False)
+    monkeypatch.setattr(plan, "evalForward", lambda call: (_ for _ in ()).throw(MemoryError("device full")))
+    with pytest.raises(MemoryError):
+        bn(data)
+    assert bn.inData is None and bn.data is None
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.5], ids=["written_in_place", "accumulated"])
 def test_interrupted_backward_changes_no_gradient(momentum):
     bn = BatchNorm2D(3)
