@@ -3,7 +3,6 @@ normalization with the non-finite guard and in-place evaluation, training throug
 `Modules.BatchNormParts` (renorm, ghost batches, fused activation, InPlace-ABN)."""
 
 import math
-import warnings
 
 import numpy as np
 
@@ -13,8 +12,8 @@ from PuzzleLib.Backend.Contract import EvalForward, FrozenBackward, PlanOptions
 from PuzzleLib.Modules.Arguments import checkBool, checkNumber, checkPositiveInt
 from PuzzleLib.Modules.BatchNormParts import trainingPart
 from PuzzleLib.Modules.BatchNormParts.RenormTraining import RenormTraining, checkClipping
+from PuzzleLib.Modules.BatchNormParts.RunningUpdate import RunningUpdate
 from PuzzleLib.Modules.Module import Module, ModuleError
-from PuzzleLib.Modules.Transaction import KernelBackup, KernelSaved, ResultsOnly
 from PuzzleLib.Modules.Variable import Variable
 
 float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -22,7 +21,7 @@ float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
 PLANS_KEPT = 8
 
 
-class BatchNormND(Module):
+class BatchNormND(RunningUpdate, Module):
     """Batch normalization over the batch and spatial axes, one mean and variance per map.
 
     The maps sit on axis 1 by default, (batch, maps, d1, ..., dnd); ``axis=-1`` takes channels-last data
@@ -422,70 +421,6 @@ class BatchNormND(Module):
         if call == "forward" and self.train:
             return self.training.stateArrays(self)
         return super().stateArrays(call, updParamGrads)
-
-    def forwardTransaction(self):
-        """A training forward whose part's kernel saves the running statistics and skip counts as it moves them
-        (``training.kernelSaves``) copies nothing beforehand: a `Transaction.KernelBackup` of the module's, made at the
-        first such call (`runningBackup`), holds what its restore puts back (`Transaction.KernelSaved`). An evaluation
-        forward changes nothing but its results (`Transaction.ResultsOnly`); any other forward takes a
-        `Module.snapshot`."""
-        training = self.training
-        if not self.train:
-            return ResultsOnly(self)
-        if not training.kernelSaves:
-            return self.snapshot("forward")
-        return KernelSaved(self, training.stateArrays(self), "kernelBackup")
-
-    def runningBackup(self):
-        """The module's `Transaction.KernelBackup` of its running statistics and skip counts, made by the first training
-        forward that takes one (inside its transaction: a first call that raises leaves none behind)."""
-        if self.kernelBackup is None:
-            self.kernelBackup = KernelBackup(self.mean.backend.gpuarray, self.maps, 3)
-        return self.kernelBackup
-
-    # --- running updates skipped for non-finite statistics
-
-    def skipCounter(self):
-        """``skipCounts`` (created at the first call) when the running update is guarded, else None."""
-        if not self.skipNonFinite:
-            return None
-        if self.skipMirror is None:
-            arrays = self.mean.backend.gpuarray
-            # NOTE: a copy of the module (`Module.__deepcopy__`) has counts of its own, without a mirror of them
-            if self.skipCounts is None:
-                self.skipCounts = arrays.zeros(self.mean.shape, np.float32)
-            self.skipMirror = arrays.HostMirror(self.skipCounts)
-        return self.skipCounts
-
-    def warnOfSkips(self):
-        """Warns once when the counts show a skipped update. The counts come through a `HostMirror`, which never waits
-        for the device: on CUDA the warning can come a forward or two after the batch (the forward's kernel writes the
-        counts to the mirror as it runs; the parts of several kernels queue a copy)."""
-        if self.skipMirror is None or self.warnedSkips:
-            return
-        # NOTE: the counts as they have reached the mirror; a part whose kernel does not write the mirror itself then
-        # queues a copy of the counts this forward leaves (read by the next one)
-        counts = self.skipMirror.latest()
-        if not self.training.kernelSaves:
-            self.skipMirror.refresh()
-        # NOTE: count_nonzero, not any(): a quarter of the time on a few hundred maps (no ufunc reduction to set up)
-        skippedMaps = 0 if counts is None else np.count_nonzero(counts)
-        if skippedMaps:
-            self.warnedSkips = True
-            warnings.warn(
-                "%s: a training batch had a non-finite mean or variance in %d of %d maps (a NaN or inf in the data); "
-                "their running statistics were left as they were (bn.skippedUpdates counts such updates; this warning "
-                "is given once; skipNonFinite=False lets them in, as PyTorch does)"
-                % (self.describe(), skippedMaps, self.maps),
-                RuntimeWarning,
-                stacklevel=3,
-            )
-
-    @property
-    def skippedUpdates(self):
-        """The running updates of single maps skipped so far for non-finite batch statistics (an int; reading it waits
-        for the device)."""
-        return 0 if self.skipCounts is None else int(self.skipCounts.get().sum(dtype=np.float64))
 
     # --- what backward reads, for containers
 

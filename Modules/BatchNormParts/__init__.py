@@ -13,6 +13,9 @@ features combine):
 Each part's file says first what it combines with, and its class says it once more in code: `activation` (the fused
 activation its passes compute, None for none), `checkInPlace` and `checkResidual` (which refuse, at the call, in-place
 training and a residual where it does not take them). Evaluation is the module's own, the same whatever the part.
+
+`RunningUpdate` is no training part: it holds the module's methods around the running update every part makes (the
+non-finite guard's counts, their host mirror and warning, the kernel's backup of what the update overwrites).
 """
 
 from PuzzleLib.Backend.Contract import FusedActivation
