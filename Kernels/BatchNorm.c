@@ -210,6 +210,14 @@ static void threadShare(const Geometry *geo, i64 *first, i64 *last)
     *last = geo->tiles * (me + 1) / team;
 }
 
+// Tile t of the split path (group-major): its group and its span [a0, a1) along a.
+static i64 tileSpan(const Geometry *geo, i64 t, i64 *a0, i64 *a1)
+{
+    *a0 = (t % geo->chunks) * geo->chunk;
+    *a1 = minI64(*a0 + geo->chunk, geo->extent);
+    return t / geo->chunks;
+}
+
 // Runs body(job) on a team of `threads` threads, or straight on the calling thread for one: libgomp builds and tears
 // down a team for every parallel region, even one whose if clause is false (about a microsecond, more than a small
 // call's whole work). The bodies' worksharing loops and barriers are orphaned constructs, which bind to a team of one
@@ -962,8 +970,7 @@ static void BN_NAME(statisticsTeam)(const void *context)
     threadShare(geo, &first, &last);
     for (i64 t = first; t < last; t++)
     {
-        i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
-        i64 a1 = minI64(a0 + geo->chunk, geo->extent);
+        i64 a0, a1, group = tileSpan(geo, t, &a0, &a1);
         double *part = s->partials + 3 * t * geo->width;
         BN_NAME(tileMoments)(x, geo, group, a0, a1, part + geo->width, part + 2 * geo->width);
         // NOTE: a tile holds a1 - a0 elements of each of its maps (elements of one map, or rows of its columns)
@@ -991,8 +998,8 @@ static void BN_NAME(statisticsTeam)(const void *context)
     {
         for (i64 t = last - 1; t >= first; t--)
         {
-            i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
-            BN_NAME(tileNormalize)(x, y, geo, group, a0, minI64(a0 + geo->chunk, geo->extent), factors);
+            i64 a0, a1, group = tileSpan(geo, t, &a0, &a1);
+            BN_NAME(tileNormalize)(x, y, geo, group, a0, a1, factors);
         }
     }
 }
@@ -1094,9 +1101,8 @@ static void BN_NAME(normalizeTeam)(const void *context)
 #pragma omp for schedule(static)
     for (i64 t = 0; t < geo->tiles; t++)
     {
-        i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
-        BN_NAME(tileNormalize)((const Data *)a->x, (Data *)a->y, geo, group, a0, minI64(a0 + geo->chunk, geo->extent),
-                               job->k);
+        i64 a0, a1, group = tileSpan(geo, t, &a0, &a1);
+        BN_NAME(tileNormalize)((const Data *)a->x, (Data *)a->y, geo, group, a0, a1, job->k);
     }
 }
 
@@ -1195,8 +1201,8 @@ static void BN_NAME(backwardTeam)(const void *context)
 #pragma omp for schedule(static)
         for (i64 t = 0; t < geo->tiles; t++)
         {
-            i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
-            BN_NAME(tileInputGradient)(x, g, dx, geo, group, a0, minI64(a0 + geo->chunk, geo->extent), k);
+            i64 a0, a1, group = tileSpan(geo, t, &a0, &a1);
+            BN_NAME(tileInputGradient)(x, g, dx, geo, group, a0, a1, k);
         }
     }
     else if (fusedPath(geo))
@@ -1217,8 +1223,7 @@ static void BN_NAME(backwardTeam)(const void *context)
         threadShare(geo, &first, &last);
         for (i64 t = first; t < last; t++)
         {
-            i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
-            i64 a1 = minI64(a0 + geo->chunk, geo->extent);
+            i64 a0, a1, group = tileSpan(geo, t, &a0, &a1);
             double *part = s->partials + 3 * t * geo->width;
             BN_NAME(tileGradientSums)(x, g, frozenDx, geo, group, a0, a1, k, part, part + geo->width);
         }
@@ -1244,8 +1249,8 @@ static void BN_NAME(backwardTeam)(const void *context)
         {
             for (i64 t = last - 1; t >= first; t--)
             {
-                i64 group = t / geo->chunks, a0 = (t % geo->chunks) * geo->chunk;
-                BN_NAME(tileInputGradient)(x, g, dx, geo, group, a0, minI64(a0 + geo->chunk, geo->extent), k);
+                i64 a0, a1, group = tileSpan(geo, t, &a0, &a1);
+                BN_NAME(tileInputGradient)(x, g, dx, geo, group, a0, a1, k);
             }
         }
     }
