@@ -34,10 +34,15 @@ setup(
         "mpi": mpi,
         "examples": ["scikit-learn>=1.3", "tqdm>=4.60"],
         "plot": ["matplotlib>=3.7"],
-        # NOTE: CUDA 12's NVRTC and ptxas let the compile test target sm_70, which CUDA 13's nvcc dropped
+        # NOTE: CUDA 12's NVRTC and ptxas let the compile test target sm_70, which CUDA 13's nvcc dropped; CUDA 13's
+        # cuobjdump (with the nvdisasm it runs) disassembles the kernels for the structural check
+        # (Benchmarks/KernelReport.py)
         "test": ["pytest>=7.4", "scikit-learn>=1.3", "tqdm>=4.60", "ruff>=0.6"] + mpi + [
             "%s==12.9.*; platform_system == 'Linux' and platform_machine == 'x86_64'" % name
             for name in ("nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvcc-cu12", "nvidia-cuda-runtime-cu12")
+        ] + [
+            "%s>=13.0; platform_system == 'Linux' and platform_machine == 'x86_64'" % name
+            for name in ("nvidia-cuda-cuobjdump", "nvidia-cuda-nvdisasm")
         ],
     },
 )

@@ -21,8 +21,8 @@
 //
 // Index arithmetic is 64-bit: a tensor may hold more than 2^31 elements.
 //
-// Vector width VEC: loads and stores move VEC elements at once (16 bytes for VEC = 4 floats or 8 halves). The
-// host picks VEC > 1 only when the vectorized axis length is a multiple of VEC and every pointer is 16-byte aligned.
+// Vector width VEC: loads and stores move VEC elements at once (up to 16 bytes: 4 floats or 8 halves). The host
+// picks the widest VEC that divides the vectorized axis length and to which every pointer of the call is aligned.
 
 #include <cuda_fp16.h>
 
@@ -41,6 +41,12 @@
 // Finalize kernels: one warp per channel, FINALIZE_WARPS channels per block.
 #ifndef FINALIZE_WARPS
 #define FINALIZE_WARPS 8
+#endif
+
+// Loads in flight per thread: the main loops of the reductions and of the elementwise passes issue LOADS vector loads
+// (per input) before they use the first, so that a thread waits on memory once per LOADS vectors.
+#ifndef LOADS
+#define LOADS 4
 #endif
 
 #if BLOCK_SIZE % 32 != 0 || BLOCK_SIZE > 1024
@@ -68,26 +74,40 @@ template <typename T> __device__ __forceinline__ T fromFloat(float v);
 template <> __device__ __forceinline__ float fromFloat<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half fromFloat<__half>(float v) { return __float2half_rn(v); }
 
-template <typename T, int VEC>
-__device__ __forceinline__ void loadPack(const T *ptr, float (&v)[VEC])
+// VEC values from ptr into v[at], ..., v[at + VEC - 1].
+template <typename T, int VEC, int N>
+__device__ __forceinline__ void loadPackAt(const T *ptr, float (&v)[N], int at)
 {
 	Pack<T, VEC> p = *reinterpret_cast<const Pack<T, VEC> *>(ptr);
 
 #pragma unroll
 	for (int k = 0; k < VEC; k++)
-		v[k] = toFloat(p.val[k]);
+		v[at + k] = toFloat(p.val[k]);
 }
 
 template <typename T, int VEC>
-__device__ __forceinline__ void storePack(T *ptr, const float (&v)[VEC])
+__device__ __forceinline__ void loadPack(const T *ptr, float (&v)[VEC])
+{
+	loadPackAt<T, VEC, VEC>(ptr, v, 0);
+}
+
+// v[at], ..., v[at + VEC - 1] to ptr.
+template <typename T, int VEC, int N>
+__device__ __forceinline__ void storePackAt(T *ptr, const float (&v)[N], int at)
 {
 	Pack<T, VEC> p;
 
 #pragma unroll
 	for (int k = 0; k < VEC; k++)
-		p.val[k] = fromFloat<T>(v[k]);
+		p.val[k] = fromFloat<T>(v[at + k]);
 
 	*reinterpret_cast<Pack<T, VEC> *>(ptr) = p;
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void storePack(T *ptr, const float (&v)[VEC])
+{
+	storePackAt<T, VEC, VEC>(ptr, v, 0);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -105,7 +125,8 @@ __device__ __forceinline__ Moments emptyMoments()
 	return r;
 }
 
-// Chan et al. pairwise merge; safe when either side is empty.
+// Chan et al. pairwise merge; safe when either side is empty. Between threads and blocks (a few merges per thread):
+// an IEEE division.
 __device__ __forceinline__ Moments mergeMoments(Moments a, Moments b)
 {
 	if (b.n == 0.0f)
@@ -122,29 +143,37 @@ __device__ __forceinline__ Moments mergeMoments(Moments a, Moments b)
 	return r;
 }
 
-// Moments of VEC values computed exactly in registers, then merged: one division per VEC elements.
-template <int VEC>
-__device__ __forceinline__ Moments addValues(Moments acc, const float (&v)[VEC], float shift)
+// The moments of COUNT values (x - shift) computed exactly in registers (a sum, then squares about its mean), merged
+// into acc: the main loops' step, one merge per COUNT loaded values. The weight uses __fdividef (a reciprocal and a
+// product, 2 ulp): an IEEE division's slow-path call would keep the compiler from issuing the next loads before it.
+// Counts inside a thread are exact integers (below 2^24).
+template <int COUNT>
+__device__ __forceinline__ Moments addValues(Moments acc, const float (&v)[COUNT], float shift)
 {
 	float s = 0.0f;
 
 #pragma unroll
-	for (int k = 0; k < VEC; k++)
+	for (int k = 0; k < COUNT; k++)
 		s += v[k] - shift;
 
-	Moments b;
-	b.n = (float)VEC;
-	b.mean = s * (1.0f / (float)VEC);
-	b.m2 = 0.0f;
+	float mean = s * (1.0f / (float)COUNT), m2 = 0.0f;
 
 #pragma unroll
-	for (int k = 0; k < VEC; k++)
+	for (int k = 0; k < COUNT; k++)
 	{
-		float d = v[k] - shift - b.mean;
-		b.m2 += d * d;
+		float d = v[k] - shift - mean;
+		m2 += d * d;
 	}
 
-	return mergeMoments(acc, b);
+	float n = acc.n + (float)COUNT;
+	float wb = __fdividef((float)COUNT, n);
+	float delta = mean - acc.mean;
+
+	Moments r;
+	r.n = n;
+	r.mean = acc.mean + delta * wb;
+	r.m2 = acc.m2 + m2 + delta * delta * acc.n * wb;
+	return r;
 }
 
 __device__ __forceinline__ Moments shflDownMoments(Moments a, int offset)
@@ -165,6 +194,54 @@ __device__ __forceinline__ Moments warpMergeMoments(Moments a)
 	return a;
 }
 
+// The finalize kernels' moments: double precision, so that counts stay exact past 2^24 per channel and the merge of
+// many partials adds no float32 rounding.
+struct WideMoments
+{
+	double n, mean, m2;
+};
+
+__device__ __forceinline__ WideMoments wideMoments(float n, float mean, float m2)
+{
+	WideMoments r;
+	r.n = n; r.mean = mean; r.m2 = m2;
+	return r;
+}
+
+__device__ __forceinline__ WideMoments emptyWideMoments()
+{
+	return wideMoments(0.0f, 0.0f, 0.0f);
+}
+
+__device__ __forceinline__ WideMoments mergeWideMoments(WideMoments a, WideMoments b)
+{
+	if (b.n == 0.0)
+		return a;
+
+	double n = a.n + b.n, wb = b.n / n, delta = b.mean - a.mean;
+
+	WideMoments r;
+	r.n = n;
+	r.mean = a.mean + delta * wb;
+	r.m2 = a.m2 + b.m2 + delta * delta * a.n * wb;
+	return r;
+}
+
+__device__ __forceinline__ WideMoments warpMergeWideMoments(WideMoments a)
+{
+#pragma unroll
+	for (int offset = 16; offset > 0; offset >>= 1)
+	{
+		WideMoments b;
+		b.n = __shfl_down_sync(0xffffffffu, a.n, offset);
+		b.mean = __shfl_down_sync(0xffffffffu, a.mean, offset);
+		b.m2 = __shfl_down_sync(0xffffffffu, a.m2, offset);
+		a = mergeWideMoments(a, b);
+	}
+
+	return a;
+}
+
 // Result is valid in thread 0 only.
 __device__ __forceinline__ Moments blockMergeMoments(Moments a)
 {
@@ -179,17 +256,14 @@ __device__ __forceinline__ Moments blockMergeMoments(Moments a)
 	}
 	__syncthreads();
 
-	if (warp == 0)
+	// NOTE: every warp merges the warps' partials, though only thread 0's result is used: no shuffle is reached by a
+	// part of the block only (which emulations of the warp shuffle on a CPU cannot serve)
+	a = emptyMoments();
+	if (lane < BLOCK_SIZE / 32)
 	{
-		a = emptyMoments();
-		if (lane < BLOCK_SIZE / 32)
-		{
-			a.n = sn[lane]; a.mean = smean[lane]; a.m2 = sm2[lane];
-		}
-		a = warpMergeMoments(a);
+		a.n = sn[lane]; a.mean = smean[lane]; a.m2 = sm2[lane];
 	}
-
-	return a;
+	return warpMergeMoments(a);
 }
 
 __device__ __forceinline__ float warpSum(float v)
@@ -215,44 +289,53 @@ __device__ __forceinline__ void blockSum2(float &a, float &b)
 	}
 	__syncthreads();
 
-	if (warp == 0)
-	{
-		a = (lane < BLOCK_SIZE / 32) ? sa[lane] : 0.0f;
-		b = (lane < BLOCK_SIZE / 32) ? sb[lane] : 0.0f;
-		a = warpSum(a); b = warpSum(b);
-	}
+	// NOTE: every warp, as in blockMergeMoments
+	a = (lane < BLOCK_SIZE / 32) ? sa[lane] : 0.0f;
+	b = (lane < BLOCK_SIZE / 32) ? sb[lane] : 0.0f;
+	a = warpSum(a); b = warpSum(b);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Spatial walk: the channel's mV = outer * innerV vectors form one logical range; a block takes a contiguous slice of
-// it and its threads stride through the slice. (o, i) advance incrementally, so the loop body has no division.
+// it and its threads stride through the slice. The cursor keeps its position j in the range, i = j % innerV and the
+// vector offset of its segment (`base`), advanced incrementally: the loop body has no division and no multiplication,
+// so the addresses of a loop's LOADS vectors are ready before their loads.
 
 struct SpatialCursor
 {
-	int64 j, o, i, stepO, stepI;
+	int64 j, i, base, stepI, stepBase, segmentStride;
 };
 
-__device__ __forceinline__ SpatialCursor spatialCursor(int64 j, int64 innerV, int64 step)
+__device__ __forceinline__ SpatialCursor spatialCursor(int64 j, int64 innerV, int64 step, int c, int maps)
 {
 	SpatialCursor cur;
+	int64 o = j / innerV, stepO = step / innerV;
 	cur.j = j;
-	cur.o = j / innerV;
-	cur.i = j - cur.o * innerV;
-	cur.stepO = step / innerV;
-	cur.stepI = step - cur.stepO * innerV;
+	cur.i = j - o * innerV;
+	cur.segmentStride = (int64)maps * innerV;
+	cur.base = o * cur.segmentStride + (int64)c * innerV;
+	cur.stepI = step - stepO * innerV;
+	cur.stepBase = stepO * cur.segmentStride;
 	return cur;
+}
+
+// The element offset of the cursor's vector.
+template <int VEC>
+__device__ __forceinline__ int64 elementOffset(const SpatialCursor &cur)
+{
+	return (cur.base + cur.i) * VEC;
 }
 
 __device__ __forceinline__ void advance(SpatialCursor &cur, int64 innerV, int64 step)
 {
 	cur.j += step;
 	cur.i += cur.stepI;
-	cur.o += cur.stepO;
+	cur.base += cur.stepBase;
 
 	if (cur.i >= innerV)
 	{
 		cur.i -= innerV;
-		cur.o += 1;
+		cur.base += cur.segmentStride;
 	}
 }
 
@@ -277,13 +360,33 @@ __device__ void statsSpatial(const T *x, int64 outer, int maps, int64 innerV, fl
 	blockSlice(outer * innerV, begin, end);
 
 	Moments acc = emptyMoments();
-	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE);
+	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE, c, maps);
 
-#pragma unroll 2
+	// NOTE: LOADS vectors loaded, then merged as one group of LOADS * VEC values
+	while (cur.j + (LOADS - 1) * BLOCK_SIZE < end)
+	{
+		float v[LOADS * VEC];
+
+		int64 off[LOADS];
+
+#pragma unroll
+		for (int u = 0; u < LOADS; u++)
+		{
+			off[u] = elementOffset<VEC>(cur);
+			advance(cur, innerV, BLOCK_SIZE);
+		}
+
+#pragma unroll
+		for (int u = 0; u < LOADS; u++)
+			loadPackAt<T, VEC>(x + off[u], v, u * VEC);
+
+		acc = addValues<LOADS * VEC>(acc, v, shift);
+	}
+
 	for (; cur.j < end; advance(cur, innerV, BLOCK_SIZE))
 	{
 		float v[VEC];
-		loadPack<T, VEC>(x + ((cur.o * maps + c) * innerV + cur.i) * VEC, v);
+		loadPack<T, VEC>(x + elementOffset<VEC>(cur), v);
 		acc = addValues<VEC>(acc, v, shift);
 	}
 
@@ -302,7 +405,7 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 {
 	__shared__ float sn[ROWS_BY][ROWS_BX * VEC], smean[ROWS_BY][ROWS_BX * VEC], sm2[ROWS_BY][ROWS_BX * VEC];
 
-	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	int64 c0 = ((int64)blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
 	bool active = c0 < maps;
 
 	float shift[VEC];
@@ -318,8 +421,30 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 
 		int64 begin, end;
 		blockSlice(rows, begin, end);
+		int64 r = begin + threadIdx.y;
 
-		for (int64 r = begin + threadIdx.y; r < end; r += ROWS_BY)
+		// NOTE: LOADS rows loaded, then each channel's LOADS values merged as one group
+		for (; r + (LOADS - 1) * ROWS_BY < end; r += LOADS * ROWS_BY)
+		{
+			float v[LOADS * VEC];
+
+#pragma unroll
+			for (int u = 0; u < LOADS; u++)
+				loadPackAt<T, VEC>(x + (r + u * ROWS_BY) * maps + c0, v, u * VEC);
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+			{
+				float w[LOADS];
+
+#pragma unroll
+				for (int u = 0; u < LOADS; u++)
+					w[u] = v[u * VEC + k];
+				acc[k] = addValues<LOADS>(acc[k], w, shift[k]);
+			}
+		}
+
+		for (; r < end; r += ROWS_BY)
 		{
 			float v[VEC];
 			loadPack<T, VEC>(x + r * maps + c0, v);
@@ -327,10 +452,8 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
 			{
-				// NOTE: one value per channel here, so the single-value Welford update is the exact form.
-				Moments b;
-				b.n = 1.0f; b.mean = v[k] - shift[k]; b.m2 = 0.0f;
-				acc[k] = mergeMoments(acc[k], b);
+				float w[1] = {v[k]};
+				acc[k] = addValues<1>(acc[k], w, shift[k]);
 			}
 		}
 	}
@@ -368,7 +491,7 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 
 // The running update of channel c from its batch statistics (below); with skipped, guarded: a channel whose mu or
 // sigma2 is not finite keeps its running statistics, counts 1 in skipped[c], and false is returned.
-__device__ __forceinline__ bool runningUpdate(int c, float mu, float sigma2, int64 m, float factor, float *runningMean,
+__device__ __forceinline__ bool runningUpdate(int64 c, float mu, float sigma2, int64 m, float factor, float *runningMean,
 											  float *runningVar, float *skipped)
 {
 	if (skipped != 0 && !(isfinite(mu) && isfinite(sigma2)))
@@ -391,6 +514,8 @@ __device__ __forceinline__ bool runningUpdate(int c, float mu, float sigma2, int
 //   runningVar = (1 - factor) * runningVar + factor * sigma2 * m / (m - 1)
 // (the running variance is unbiased, as in Theano and cuDNN). runningMean/runningVar may be null (no running update).
 // savedVar may be null; when given it receives sigma2 (biased), the moments processes exchange to merge their batches.
+// wideMean and wideVar may be null (both or neither); when given they receive mu and sigma2 in double precision, as
+// the merge computed them (the moments SyncBatchNorm exchanges: no float32 rounding before the merge of processes).
 // skipped may be null; when given, a channel whose mu or sigma2 is not finite (a NaN or inf in its data, or a float32
 // overflow of its variance) keeps its running statistics and counts 1 in skipped[c] (no other thread touches it).
 // mirror may be null; when given (with skipped), a channel's new count is written there too (a host mirror of the
@@ -404,34 +529,40 @@ template <typename T>
 __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2,
 							  int splits, int maps, int64 m, float epsilon, float factor,
 							  float *savedMean, float *savedInvstd, float *runningMean, float *runningVar,
-							  float *savedVar, float *skipped, float *mirror, float *backup, float stamp)
+							  float *savedVar, float *skipped, float *mirror, float *backup, float stamp,
+							  double *wideMean, double *wideVar)
 {
-	int c = blockIdx.x * FINALIZE_WARPS + threadIdx.y;
-	if (c >= maps)
-		return;
+	int64 c = (int64)blockIdx.x * FINALIZE_WARPS + threadIdx.y;
+	// NOTE: a warp is one channel: inactive warps still reach the shuffles (see blockMergeMoments)
+	bool active = c < maps;
 
-	Moments acc = emptyMoments();
+	WideMoments acc = emptyWideMoments();
 
-	for (int s = threadIdx.x; s < splits; s += 32)
+	for (int s = threadIdx.x; active && s < splits; s += 32)
 	{
 		int64 k = (int64)s * maps + c;
-
-		Moments b;
-		b.n = pn[k]; b.mean = pmean[k]; b.m2 = pm2[k];
-		acc = mergeMoments(acc, b);
+		acc = mergeWideMoments(acc, wideMoments(pn[k], pmean[k], pm2[k]));
 	}
 
-	acc = warpMergeMoments(acc);
+	acc = warpMergeWideMoments(acc);
 
-	if (threadIdx.x == 0)
+	if (active && threadIdx.x == 0)
 	{
-		float mu = toFloat(x[c * shiftStride]) + acc.mean;
-		float sigma2 = fmaxf(acc.m2 / (float)m, 0.0f);
+		float mu = (float)((double)toFloat(x[c * shiftStride]) + acc.mean);
+		// NOTE: a comparison, not fmaxf: a NaN variance (a NaN in the map's data) stays a NaN, as in PyTorch
+		float sigma2 = (float)(acc.m2 / (double)m);
+		sigma2 = sigma2 < 0.0f ? 0.0f : sigma2;
 
 		savedMean[c] = mu;
 		savedInvstd[c] = 1.0f / sqrtf(sigma2 + epsilon);
 		if (savedVar != 0)
 			savedVar[c] = sigma2;
+		if (wideMean != 0)
+		{
+			double wide = acc.m2 / (double)m;
+			wideMean[c] = (double)toFloat(x[c * shiftStride]) + acc.mean;
+			wideVar[c] = wide < 0.0 ? 0.0 : wide;
+		}
 
 		if (runningMean != 0 && backup != 0)
 		{
@@ -462,12 +593,46 @@ __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int6
 	blockSlice(outer * innerV, begin, end);
 
 	float sum = 0.0f, dot = 0.0f;
-	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE);
+	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE, c, maps);
 
-#pragma unroll 2
+	// NOTE: LOADS vectors of each input loaded before the first is used
+	while (cur.j + (LOADS - 1) * BLOCK_SIZE < end)
+	{
+		float xv[LOADS * VEC], gv[LOADS * VEC];
+
+		int64 off[LOADS];
+
+#pragma unroll
+		for (int u = 0; u < LOADS; u++)
+		{
+			off[u] = elementOffset<VEC>(cur);
+			advance(cur, innerV, BLOCK_SIZE);
+		}
+
+#pragma unroll
+		for (int u = 0; u < LOADS; u++)
+		{
+			loadPackAt<T, VEC>(x + off[u], xv, u * VEC);
+			loadPackAt<T, VEC>(dy + off[u], gv, u * VEC);
+		}
+
+		// NOTE: the group's sums first, then added: the compiler then issues more of the group's loads before the first
+		// addition than with one running sum
+		float groupSum = 0.0f, groupDot = 0.0f;
+
+#pragma unroll
+		for (int k = 0; k < LOADS * VEC; k++)
+		{
+			groupSum += gv[k];
+			groupDot += gv[k] * (xv[k] - mu);
+		}
+		sum += groupSum;
+		dot += groupDot;
+	}
+
 	for (; cur.j < end; advance(cur, innerV, BLOCK_SIZE))
 	{
-		int64 off = ((cur.o * maps + c) * innerV + cur.i) * VEC;
+		int64 off = elementOffset<VEC>(cur);
 
 		float xv[VEC], gv[VEC];
 		loadPack<T, VEC>(x + off, xv);
@@ -493,7 +658,7 @@ __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int6
 // The rows kernels' partial sums of a block: the ROWS_BY threads of a channel vector add theirs through shared memory,
 // and thread row 0 writes the block's partials of each channel (laid out [split][channel], split = blockIdx.y).
 template <int VEC>
-__device__ __forceinline__ void rowsPartials(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int c0,
+__device__ __forceinline__ void rowsPartials(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int64 c0,
 											 int maps, float *psum, float *pdot)
 {
 	__shared__ float ssum[ROWS_BY][ROWS_BX * VEC], sdot[ROWS_BY][ROWS_BX * VEC];
@@ -528,7 +693,7 @@ __device__ __forceinline__ void rowsPartials(const float (&sum)[VEC], const floa
 template <typename T, int VEC>
 __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot)
 {
-	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	int64 c0 = ((int64)blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
 	bool active = c0 < maps;
 
 	float sum[VEC], dot[VEC], mu[VEC];
@@ -544,8 +709,34 @@ __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const fl
 	{
 		int64 begin, end;
 		blockSlice(rows, begin, end);
+		int64 r = begin + threadIdx.y;
 
-		for (int64 r = begin + threadIdx.y; r < end; r += ROWS_BY)
+		// NOTE: LOADS rows of each input loaded before the first is used
+		for (; r + (LOADS - 1) * ROWS_BY < end; r += LOADS * ROWS_BY)
+		{
+			float xv[LOADS * VEC], gv[LOADS * VEC];
+
+#pragma unroll
+			for (int u = 0; u < LOADS; u++)
+			{
+				int64 off = (r + u * ROWS_BY) * maps + c0;
+				loadPackAt<T, VEC>(x + off, xv, u * VEC);
+				loadPackAt<T, VEC>(dy + off, gv, u * VEC);
+			}
+
+#pragma unroll
+			for (int u = 0; u < LOADS; u++)
+			{
+#pragma unroll
+				for (int k = 0; k < VEC; k++)
+				{
+					sum[k] += gv[u * VEC + k];
+					dot[k] += gv[u * VEC + k] * (xv[u * VEC + k] - mu[k]);
+				}
+			}
+		}
+
+		for (; r < end; r += ROWS_BY)
 		{
 			float xv[VEC], gv[VEC];
 			loadPack<T, VEC>(x + r * maps + c0, xv);
@@ -571,13 +762,13 @@ template <bool FROZEN>
 __device__ void gradFinalize(const float *psum, const float *pdot, int splits, int maps, const float *invstd,
 							 const float *var, float epsilon, float *scalegrad, float *biasgrad)
 {
-	int c = blockIdx.x * FINALIZE_WARPS + threadIdx.y;
-	if (c >= maps)
-		return;
+	int64 c = (int64)blockIdx.x * FINALIZE_WARPS + threadIdx.y;
+	// NOTE: a warp is one channel: inactive warps still reach the shuffles (see blockMergeMoments)
+	bool active = c < maps;
 
 	float sum = 0.0f, dot = 0.0f;
 
-	for (int s = threadIdx.x; s < splits; s += 32)
+	for (int s = threadIdx.x; active && s < splits; s += 32)
 	{
 		sum += psum[(int64)s * maps + c];
 		dot += pdot[(int64)s * maps + c];
@@ -586,7 +777,7 @@ __device__ void gradFinalize(const float *psum, const float *pdot, int splits, i
 	sum = warpSum(sum);
 	dot = warpSum(dot);
 
-	if (threadIdx.x == 0)
+	if (active && threadIdx.x == 0)
 	{
 		biasgrad[c] = sum;
 		scalegrad[c] = dot * (FROZEN ? 1.0f / sqrtf(var[c] + epsilon) : invstd[c]);
@@ -633,7 +824,7 @@ struct Coef
 };
 
 template <int MODE>
-__device__ __forceinline__ Coef channelCoef(const ChannelParams &p, int c)
+__device__ __forceinline__ Coef channelCoef(const ChannelParams &p, int64 c)
 {
 	Coef r;
 	r.mu = 0.0f; r.a = 0.0f; r.b = 0.0f; r.k = 0.0f;
@@ -705,7 +896,8 @@ __device__ __forceinline__ float actForward(float z, int act, float slope)
 {
 	switch (act)
 	{
-	case ACT_RELU: return fmaxf(z, 0.0f);
+	// NOTE: a comparison, not fmaxf (which maps NaN to 0): a NaN stays a NaN, as in PyTorch and numpy
+	case ACT_RELU: return z < 0.0f ? 0.0f : z;
 	case ACT_LEAKY_RELU: return z > 0.0f ? z : slope * z;
 	case ACT_ELU: return z > 0.0f ? z : slope * expm1f(z);
 	case ACT_SIGMOID: return 1.0f / (1.0f + expf(-z));
@@ -740,7 +932,7 @@ __device__ __forceinline__ float actInverse(float y, int act, float slope)
 
 // The per-channel constants of the reconstruction: x - mean = (act^-1(y) - bias) * recon, recon = 1 / (scale * invstd)
 // with scale kept at least `floor` in magnitude (its sign kept, + for 0).
-__device__ __forceinline__ float reconFactor(const ChannelParams &p, const FusedParams &f, int c)
+__device__ __forceinline__ float reconFactor(const ChannelParams &p, const FusedParams &f, int64 c)
 {
 	float s = p.scale[c];
 	if (fabsf(s) < f.floor)
@@ -780,74 +972,149 @@ __device__ __forceinline__ void fusedLoad(const T *x, const T *dy, const FusedPa
 #define MODE_READS_X(MODE) ((MODE) != MODE_FROZEN_BACKWARD)
 #define MODE_READS_DY(MODE) ((MODE) == MODE_BACKWARD || (MODE) == MODE_FROZEN_BACKWARD)
 
-// Flat grid-stride walk over all outer * maps * innerV vectors; (i, c) advance incrementally with no division in the
-// loop. Coefficients are reloaded only when the channel changes. grid = any, block = BLOCK_SIZE.
+// The inputs of one vector at `off` into xv[at] and gv[at] (x for the modes that read it, dy likewise; 0 otherwise).
+template <typename T, int VEC, int MODE, int N>
+__device__ __forceinline__ void loadModeInputs(const T *x, const T *dy, int64 off, float (&xv)[N], float (&gv)[N],
+											   int at)
+{
+	if (MODE_READS_X(MODE))
+		loadPackAt<T, VEC>(x + off, xv, at);
+	else
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++) xv[at + k] = 0.0f;
+	}
+
+	if (MODE_READS_DY(MODE))
+		loadPackAt<T, VEC>(dy + off, gv, at);
+	else
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++) gv[at + k] = 0.0f;
+	}
+}
+
+// Position of a flat vector index j in the (outer, maps, innerV) view: i = j % innerV and its channel c, advanced by a
+// fixed step (`FlatStep`) with no division.
+struct FlatCursor
+{
+	int64 i;
+	int c;
+};
+
+struct FlatStep
+{
+	int64 i;
+	int c;
+};
+
+__device__ __forceinline__ FlatCursor flatCursor(int64 j, int64 innerV, int maps)
+{
+	FlatCursor cur;
+	int64 row = j / innerV;
+	cur.i = j - row * innerV;
+	cur.c = (int)(row % maps);
+	return cur;
+}
+
+__device__ __forceinline__ FlatStep flatStep(int64 step, int64 innerV, int maps)
+{
+	FlatStep r;
+	int64 rows = step / innerV;
+	r.i = step - rows * innerV;
+	r.c = (int)(rows % maps);
+	return r;
+}
+
+__device__ __forceinline__ void flatAdvance(FlatCursor &cur, const FlatStep &step, int64 innerV, int maps)
+{
+	cur.i += step.i;
+	int carry = (cur.i >= innerV) ? 1 : 0;
+	cur.i -= carry ? innerV : 0;
+
+	// NOTE: c + step.c + carry may exceed INT_MAX when maps > 2^30, so the wrap is decided before adding
+	int room = maps - step.c - carry;
+	cur.c = (cur.c >= room) ? cur.c - room : cur.c + step.c + carry;
+}
+
+// Flat grid-stride walk over all outer * maps * innerV vectors in tiles of LOADS * BLOCK_SIZE vectors: a thread loads
+// its LOADS vectors of a tile (BLOCK_SIZE apart, coalesced), then computes, then stores them. Each of the LOADS
+// positions keeps its channel's coefficients and reloads them only when its channel changes. The last, partial tile
+// goes vector by vector. grid = any (the host sizes it to the work), block = BLOCK_SIZE.
 template <typename T, int VEC, int MODE>
 __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV, ChannelParams p)
 {
 	int64 total = outer * maps * innerV;
-	int64 step = (int64)gridDim.x * BLOCK_SIZE;
-	int64 j = (int64)blockIdx.x * BLOCK_SIZE + threadIdx.x;
+	int64 tileStep = (int64)gridDim.x * BLOCK_SIZE * LOADS;
+	int64 j = (int64)blockIdx.x * BLOCK_SIZE * LOADS + threadIdx.x;
 
 	if (j >= total)
 		return;
 
-	int64 row = j / innerV, i = j - row * innerV;
-	int c = (int)(row % maps);
+	FlatCursor cur = flatCursor(j, innerV, maps);
+	FlatStep lane = flatStep(BLOCK_SIZE, innerV, maps), tile = flatStep(tileStep, innerV, maps);
 
-	int64 stepRow = step / innerV, stepI = step - stepRow * innerV;
-	int stepC = (int)(stepRow % maps);
+	int cached[LOADS];
+	Coef q[LOADS];
 
-	int cached = c;
-	Coef q = channelCoef<MODE>(p, c);
+#pragma unroll
+	for (int u = 0; u < LOADS; u++)
+		cached[u] = -1;
 
-	for (; j < total; j += step)
+	for (; j + (LOADS - 1) * BLOCK_SIZE < total; j += tileStep, flatAdvance(cur, tile, innerV, maps))
 	{
-		if (c != cached)
+		float xv[LOADS * VEC], gv[LOADS * VEC], ov[LOADS * VEC];
+		int channel[LOADS];
+		FlatCursor at = cur;
+
+#pragma unroll
+		for (int u = 0; u < LOADS; u++)
 		{
-			q = channelCoef<MODE>(p, c);
-			cached = c;
+			channel[u] = at.c;
+			loadModeInputs<T, VEC, MODE>(x, dy, (j + u * BLOCK_SIZE) * VEC, xv, gv, u * VEC);
+			flatAdvance(at, lane, innerV, maps);
 		}
 
+#pragma unroll
+		for (int u = 0; u < LOADS; u++)
+		{
+			if (channel[u] != cached[u])
+			{
+				q[u] = channelCoef<MODE>(p, channel[u]);
+				cached[u] = channel[u];
+			}
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+				ov[u * VEC + k] = applyCoef<MODE>(q[u], xv[u * VEC + k], gv[u * VEC + k]);
+		}
+
+#pragma unroll
+		for (int u = 0; u < LOADS; u++)
+			storePackAt<T, VEC>(out + (j + u * BLOCK_SIZE) * VEC, ov, u * VEC);
+	}
+
+	for (; j < total; j += BLOCK_SIZE, flatAdvance(cur, lane, innerV, maps))
+	{
 		float xv[VEC], gv[VEC], ov[VEC];
+		loadModeInputs<T, VEC, MODE>(x, dy, j * VEC, xv, gv, 0);
 
-		if (MODE_READS_X(MODE))
-			loadPack<T, VEC>(x + j * VEC, xv);
-		else
-		{
-#pragma unroll
-			for (int k = 0; k < VEC; k++) xv[k] = 0.0f;
-		}
-
-		if (MODE_READS_DY(MODE))
-			loadPack<T, VEC>(dy + j * VEC, gv);
-		else
-		{
-#pragma unroll
-			for (int k = 0; k < VEC; k++) gv[k] = 0.0f;
-		}
+		Coef r = channelCoef<MODE>(p, cur.c);
 
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
-			ov[k] = applyCoef<MODE>(q, xv[k], gv[k]);
+			ov[k] = applyCoef<MODE>(r, xv[k], gv[k]);
 
 		storePack<T, VEC>(out + j * VEC, ov);
-
-		i += stepI;
-		int carry = (i >= innerV) ? 1 : 0;
-		i -= carry ? innerV : 0;
-
-		// NOTE: c + stepC + carry may exceed INT_MAX when maps > 2^30, so the wrap is decided before adding
-		int room = maps - stepC - carry;
-		c = (c >= room) ? c - room : c + stepC + carry;
 	}
 }
 
+// Rows r, r + step, ..., LOADS at a time (loaded, computed, then stored), then the rest one by one.
 // grid = (ceil(maps / (ROWS_BX * VEC)), any), block = (ROWS_BX, ROWS_BY).
 template <typename T, int VEC, int MODE>
 __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p)
 {
-	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	int64 c0 = ((int64)blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
 	if (c0 >= maps)
 		return;
 
@@ -857,35 +1124,42 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 	for (int k = 0; k < VEC; k++)
 		q[k] = channelCoef<MODE>(p, c0 + k);
 
-	for (int64 r = (int64)blockIdx.y * ROWS_BY + threadIdx.y; r < rows; r += (int64)gridDim.y * ROWS_BY)
+	int64 step = (int64)gridDim.y * ROWS_BY;
+	int64 r = (int64)blockIdx.y * ROWS_BY + threadIdx.y;
+
+	for (; r + (LOADS - 1) * step < rows; r += LOADS * step)
 	{
-		int64 off = r * maps + c0;
+		float xv[LOADS * VEC], gv[LOADS * VEC], ov[LOADS * VEC];
+
+#pragma unroll
+		for (int u = 0; u < LOADS; u++)
+			loadModeInputs<T, VEC, MODE>(x, dy, (r + u * step) * maps + c0, xv, gv, u * VEC);
+
+#pragma unroll
+		for (int u = 0; u < LOADS; u++)
+		{
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+				ov[u * VEC + k] = applyCoef<MODE>(q[k], xv[u * VEC + k], gv[u * VEC + k]);
+		}
+
+#pragma unroll
+		for (int u = 0; u < LOADS; u++)
+			storePackAt<T, VEC>(out + (r + u * step) * maps + c0, ov, u * VEC);
+	}
+
+	for (; r < rows; r += step)
+	{
 		float xv[VEC], gv[VEC], ov[VEC];
-
-		if (MODE_READS_X(MODE))
-			loadPack<T, VEC>(x + off, xv);
-		else
-		{
-#pragma unroll
-			for (int k = 0; k < VEC; k++) xv[k] = 0.0f;
-		}
-
-		if (MODE_READS_DY(MODE))
-			loadPack<T, VEC>(dy + off, gv);
-		else
-		{
-#pragma unroll
-			for (int k = 0; k < VEC; k++) gv[k] = 0.0f;
-		}
+		loadModeInputs<T, VEC, MODE>(x, dy, r * maps + c0, xv, gv, 0);
 
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
 			ov[k] = applyCoef<MODE>(q[k], xv[k], gv[k]);
 
-		storePack<T, VEC>(out + off, ov);
+		storePack<T, VEC>(out + r * maps + c0, ov);
 	}
 }
-
 
 // Backward reduction, stage 1, after a fused forward: the partial sums of dz and dz * (x - mean) of gradSpatial and
 // gradRows, with dz and x - mean from fusedLoad. p gives scale, bias and invstd (for the reconstruction).
@@ -901,11 +1175,11 @@ __device__ void gradSpatialFused(const T *x, const T *dy, int64 outer, int maps,
 	blockSlice(outer * innerV, begin, end);
 
 	float sum = 0.0f, dot = 0.0f;
-	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE);
+	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE, c, maps);
 
 	for (; cur.j < end; advance(cur, innerV, BLOCK_SIZE))
 	{
-		int64 off = ((cur.o * maps + c) * innerV + cur.i) * VEC;
+		int64 off = elementOffset<VEC>(cur);
 
 		float gv[VEC], xc[VEC];
 		fusedLoad<T, VEC>(x, dy, f, off, mu, bias, recon, gv, xc);
@@ -931,7 +1205,7 @@ template <typename T, int VEC>
 __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum,
 							  float *pdot, ChannelParams p, FusedParams f)
 {
-	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	int64 c0 = ((int64)blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
 	bool active = c0 < maps;
 
 	float sum[VEC], dot[VEC];
@@ -1082,7 +1356,7 @@ __device__ void applySpatialFused(const T *x, const T *dy, T *out, int64 outer, 
 template <typename T, int VEC, int MODE>
 __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p, FusedParams f)
 {
-	int c0 = (blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	int64 c0 = ((int64)blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
 	if (c0 >= maps)
 		return;
 
@@ -1109,7 +1383,7 @@ __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int 
 
 // ---------------------------------------------------------------------------------------------------------------
 // C entry points, one per (data type, vector width[, mode]): pycuda looks kernels up by these unmangled names, and
-// Kernels/BatchNorm.py declares each one's parameters. Suffixes: f32 / f16 data; v1 scalar, v4 / v8 16-byte vectors;
+// Kernels/BatchNorm.py declares each one's parameters. Suffixes: f32 / f16 data; v1 scalar, v2 / v4 / v8 vectors of up to 16 bytes;
 // the elementwise modes trainForward, evalForward, backward, frozenBackward.
 
 #define BN_APPLY_ENTRIES(T, SUF, VEC, MSUF, MODE) \
@@ -1179,18 +1453,23 @@ __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int 
 	BN_FUSED_ENTRIES(T, SUF, VEC, frozenBackward, MODE_FROZEN_BACKWARD)
 
 BN_ENTRIES(float, f32, 1)
+BN_ENTRIES(float, f32, 2)
 BN_ENTRIES(float, f32, 4)
 BN_ENTRIES(__half, f16, 1)
+BN_ENTRIES(__half, f16, 2)
+BN_ENTRIES(__half, f16, 4)
 BN_ENTRIES(__half, f16, 8)
 
 #define BN_FINALIZE_ENTRY(T, SUF) \
 	extern "C" __global__ void bnStatsFinalize_##SUF( \
 		const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2, int splits, int maps, \
 		int64 m, float epsilon, float factor, float *savedMean, float *savedInvstd, float *runningMean, \
-		float *runningVar, float *savedVar, float *skipped, float *mirror, float *backup, float stamp) \
+		float *runningVar, float *savedVar, float *skipped, float *mirror, float *backup, float stamp, \
+		double *wideMean, double *wideVar) \
 	{ \
 		statsFinalize<T>(x, shiftStride, pn, pmean, pm2, splits, maps, m, epsilon, factor, savedMean, \
-						 savedInvstd, runningMean, runningVar, savedVar, skipped, mirror, backup, stamp); \
+						 savedInvstd, runningMean, runningVar, savedVar, skipped, mirror, backup, stamp, wideMean, \
+						 wideVar); \
 	}
 
 BN_FINALIZE_ENTRY(float, f32)
@@ -1220,7 +1499,7 @@ extern "C" __global__ void bnRenormStatistics(const float *batchMean, const floa
 											  float *correctedBias, float *runningMean, float *runningVar,
 											  float *renormMean, float *renormStd, float *skipped)
 {
-	for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < maps; c += gridDim.x * blockDim.x)
+	for (int64 c = (int64)blockIdx.x * blockDim.x + threadIdx.x; c < maps; c += (int64)gridDim.x * blockDim.x)
 	{
 		float mu = batchMean[c], sigma2 = batchVar[c];
 		float sigma = sqrtf(sigma2 + epsilon);
@@ -1250,6 +1529,6 @@ extern "C" __global__ void bnRenormStatistics(const float *batchMean, const floa
 extern "C" __global__ void bnRenormCombine(const float *r, const float *x, const float *d, const float *y, int maps,
 										   float *out)
 {
-	for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < maps; c += gridDim.x * blockDim.x)
+	for (int64 c = (int64)blockIdx.x * blockDim.x + threadIdx.x; c < maps; c += (int64)gridDim.x * blockDim.x)
 		out[c] = r[c] * x[c] + (y != 0 ? d[c] * y[c] : 0.0f);
 }

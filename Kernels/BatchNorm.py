@@ -1,8 +1,8 @@
 """Declaration of ``BatchNorm.cu``: the constants it is built with and the parameters of every entry point.
 
 Entry points come in families that differ by suffix: data type (``f32``, ``f16``), vector width (``v1`` scalar,
-``v4``/``v8`` 16-byte vectors) and, for the elementwise passes, the mode (`modes`). See the source's header for what
-each kernel computes; `Backend.Cuda.BatchNormKernels` launches them.
+``v2``/``v4``/``v8``: 4 to 16-byte vectors) and, for the elementwise passes, the mode (`modes`). See the source's
+header for what each kernel computes; `Backend.Cuda.BatchNormKernels` launches them.
 """
 
 from typing import NamedTuple
@@ -14,10 +14,15 @@ SOURCE = "BatchNorm.cu"
 BLOCK_SIZE = 256
 ROWS_BX, ROWS_BY = 32, 8
 FINALIZE_WARPS = 8
-defines = {"BLOCK_SIZE": BLOCK_SIZE, "ROWS_BX": ROWS_BX, "ROWS_BY": ROWS_BY, "FINALIZE_WARPS": FINALIZE_WARPS}
+# vector loads each thread issues before it uses the first (the reductions' and the elementwise passes' main loops)
+LOADS = 4
+defines = {
+    "BLOCK_SIZE": BLOCK_SIZE, "ROWS_BX": ROWS_BX, "ROWS_BY": ROWS_BY, "FINALIZE_WARPS": FINALIZE_WARPS, "LOADS": LOADS,
+}
 
-# data-type suffix -> the vector widths compiled for it (16 bytes: 4 floats or 8 halves)
-vectorWidths = {"f32": (1, 4), "f16": (1, 8)}
+# data-type suffix -> the vector widths compiled for it: up to 16 bytes (4 floats or 8 halves), and the narrower ones
+# for contiguous lengths that 16 bytes do not divide
+vectorWidths = {"f32": (1, 2, 4), "f16": (1, 2, 4, 8)}
 modes = ("trainForward", "evalForward", "backward", "frozenBackward")
 
 
@@ -92,7 +97,7 @@ statsFinalize = Signature(
     Pointer("x"), Int64("shiftStride"), *pointers("pn", "pmean", "pm2"), Int32("splits"), Int32("maps"), Int64("m"),
     Float32("epsilon"), Float32("factor"),
     *pointers("savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "mirror", "backup"),
-    Float32("stamp"),
+    Float32("stamp"), *pointers("wideMean", "wideVar"),
 )
 gradSpatial = Signature(
     "bnGradSpatial_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(), *pointers("mean", "psum", "pdot")

@@ -18,3 +18,23 @@ NVCC_OPTIONS = ("-O3", "-Xptxas", "-warn-spills")
 def sourcePath(fileName):
     """The path of the source ``fileName`` (e.g. ``"BatchNorm.cu"``)."""
     return os.path.join(KERNELS_DIR, fileName)
+
+
+# NOTE: the occupancy rules of sm_70 to sm_90 (NVIDIA's occupancy calculator): registers are given to each warp in
+# units of 256, the driver keeps 1 KB of shared memory per block, and a multiprocessor holds at most 32 blocks
+REGISTER_UNIT = 256
+SHARED_RESERVED_PER_BLOCK = 1024
+MAX_BLOCKS_PER_MULTIPROCESSOR = 32
+
+
+def blocksPerMultiprocessor(registers, sharedBytes, blockSize, limits):
+    """Blocks of `blockSize` threads that one multiprocessor runs at once, for a kernel of `registers` registers per
+    thread and `sharedBytes` of static shared memory per block, on a multiprocessor of `limits` (threads, registers,
+    bytes of shared memory; `Backend.Cuda.Driver.multiprocessorLimits`). At least 1: a kernel that launches at all
+    runs one block."""
+    threads, registerFile, sharedMemory = limits
+    warps = -(-blockSize // 32)
+    perWarp = -(-max(registers, 1) * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    byRegisters = (registerFile // perWarp) // warps
+    byShared = sharedMemory // (sharedBytes + SHARED_RESERVED_PER_BLOCK)
+    return max(1, min(threads // (warps * 32), byRegisters, byShared, MAX_BLOCKS_PER_MULTIPROCESSOR))

@@ -25,6 +25,9 @@ import types
 import numpy as np
 
 MULTIPROCESSORS, THREADS_PER_MULTIPROCESSOR, CAPABILITY = 132, 2048, (9, 0)
+REGISTERS_PER_MULTIPROCESSOR, SHARED_MEMORY_PER_MULTIPROCESSOR = 65536, 233472
+# NOTE: nothing is compiled, so every kernel reports the same resources: 32 registers, no shared memory
+KERNEL_REGISTERS, KERNEL_SHARED_BYTES = 32, 0
 
 # NOTE: every launch, as (`Function`, grid, block, arguments); a test or benchmark clears it
 launches = []
@@ -131,9 +134,11 @@ class Device:
         return CAPABILITY
 
     def get_attribute(self, attribute):
-        return {"MULTIPROCESSOR_COUNT": MULTIPROCESSORS, "MAX_THREADS_PER_MULTIPROCESSOR": THREADS_PER_MULTIPROCESSOR}[
-            attribute
-        ]
+        return {
+            "MULTIPROCESSOR_COUNT": MULTIPROCESSORS, "MAX_THREADS_PER_MULTIPROCESSOR": THREADS_PER_MULTIPROCESSOR,
+            "MAX_REGISTERS_PER_MULTIPROCESSOR": REGISTERS_PER_MULTIPROCESSOR,
+            "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR": SHARED_MEMORY_PER_MULTIPROCESSOR,
+        }[attribute]
 
     def name(self):
         return "stand-in device (no GPU)"
@@ -161,6 +166,9 @@ class Function:
 
     def packed(self, args):
         return struct.pack(self.format, *args)
+
+    def get_attribute(self, attribute):
+        return {"NUM_REGS": KERNEL_REGISTERS, "SHARED_SIZE_BYTES": KERNEL_SHARED_BYTES}[attribute]
 
 
 class SourceModule:
@@ -241,12 +249,17 @@ def install():
     if current is not None or "PuzzleLib.Backend.Cuda" in sys.modules:
         raise RuntimeError("the pycuda stand-in must be installed before pycuda or the CUDA backend is imported")
 
-    attributes = types.SimpleNamespace(
-        MULTIPROCESSOR_COUNT="MULTIPROCESSOR_COUNT", MAX_THREADS_PER_MULTIPROCESSOR="MAX_THREADS_PER_MULTIPROCESSOR"
-    )
+    attributes = types.SimpleNamespace(**{
+        name: name for name in (
+            "MULTIPROCESSOR_COUNT", "MAX_THREADS_PER_MULTIPROCESSOR", "MAX_REGISTERS_PER_MULTIPROCESSOR",
+            "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR",
+        )
+    })
+    functionAttributes = types.SimpleNamespace(NUM_REGS="NUM_REGS", SHARED_SIZE_BYTES="SHARED_SIZE_BYTES")
     driver = module(
         "pycuda.driver", Error=Error, MemoryError=DeviceMemoryError, LogicError=Error, CompileError=CompileError,
         PointerHolderBase=PointerHolderBase, Device=Device, Context=Context, Event=Event, device_attribute=attributes,
+        function_attribute=functionAttributes,
         init=lambda flags=0: None, mem_alloc=mem_alloc, memcpy_htod=memcpy_htod, memcpy_dtoh=memcpy_dtoh,
         memcpy_dtoh_async=memcpy_dtoh_async, memcpy_dtod=memcpy_dtod,
         memset_d8=lambda ptr, value, count: memset(ctypes.c_uint8, ptr, value, count),

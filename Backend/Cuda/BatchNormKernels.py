@@ -10,8 +10,9 @@ arrays of ``maps`` elements. How the work is laid out on the device:
 - Reductions (batch statistics, parameter gradients) split each map over enough blocks to fill every multiprocessor,
   write per-block partials to a small pool workspace and merge them in a second kernel (Chan et al. 1979 for the
   moments), which also writes the per-map results and the running statistics.
-- Loads and stores are 16 bytes wide when the contiguous axis is a multiple of 4 floats / 8 halves and every pointer
-  of the call is 16-byte aligned (pool blocks are 256-byte aligned); else one element at a time.
+- Loads and stores are as wide as the contiguous axis and the pointers of the call allow: 16 bytes (4 floats / 8
+  halves) when the axis is a multiple of that and every pointer is 16-byte aligned (pool blocks are 256-byte
+  aligned), else 8 or 4 bytes, else one element at a time.
 - Passes over the data: training forward reads x twice (statistics, then normalization) and writes y once; evaluation
   forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no pool block);
   backward reads x and dy twice (reduction, then dx) and writes dx once; the frozen backward's dx pass reads dy only.
@@ -29,14 +30,17 @@ import numpy as np
 from PuzzleLib.Backend.BatchNormPlan import BatchNormPlan
 from PuzzleLib.Backend.Contract import reconstructionFloor
 from PuzzleLib.Backend.Cuda.GPUArray import empty, memoryPool
-from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, grid1d, residentBlocks
+from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, grid1d
 from PuzzleLib.Kernels import BatchNorm as declared
-from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, ROWS_BX, ROWS_BY
+from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, LOADS, ROWS_BX, ROWS_BY
 
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16))
 suffixes = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 
 MAX_SPLITS = 1024
+# NOTE: the reductions' and the elementwise passes' grids: two waves of the blocks the device holds at once (at the
+# kernel's own occupancy), so that a block that finishes late leaves no multiprocessor idle for long
+WAVES = 2
 MIN_VECTORS_PER_BLOCK = 4 * BLOCK_SIZE
 MIN_ROWS_PER_BLOCK = 16 * ROWS_BY
 # NOTE: the per-map kernels of Batch Renormalization: one thread per map
@@ -50,7 +54,7 @@ FUSED = ("f.residual", "f.y", "f.resgrad")
 STATS = ("x", "pn", "pmean", "pm2")
 STATS_FINALIZE = STATS + (
     "factor", "savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "mirror", "backup",
-    "stamp",
+    "stamp", "wideMean", "wideVar",
 )
 GRAD = ("x", "dy", "mean", "psum", "pdot")
 GRAD_FINALIZE = ("psum", "pdot", "invstd", "scalegrad", "biasgrad")
@@ -70,13 +74,14 @@ def ptr(ary):
     return 0 if ary is None else ary.ptr
 
 
-def aligned(*arrays):
-    """True when every given array starts on a 16-byte boundary (None values are skipped)."""
-    addresses = 0
+def addresses(*arrays):
+    """The OR of the addresses of the given arrays (None values are skipped): its low bits give their common
+    alignment."""
+    result = 0
     for ary in arrays:
         if ary is not None:
-            addresses |= ary.ptr
-    return addresses % 16 == 0
+            result |= ary.ptr
+    return result
 
 
 class CudaPlan(BatchNormPlan):
@@ -90,10 +95,13 @@ class CudaPlan(BatchNormPlan):
         assert 0 < maps < 2**31 and inner > 0 and dtype in suffixes, (self.shape3, dtype)
         self.suffix = suffixes[dtype]
         self.spatial = inner > 1
-        width = max(declared.vectorWidths[self.suffix])
-        # NOTE: 16-byte vectors where the contiguous length allows them; the pointers of each call decide the rest
-        self.widest = width if (inner if self.spatial else maps) % width == 0 else 1
-        self.prepared, self.grids, self.moments = {}, {}, {}
+        # NOTE: the vector widths that divide the contiguous length, widest first (16 bytes where the length allows
+        # them, else 8 or 4 bytes: 14x14 float16 maps take 4 halves, 50 float32 maps 2 floats); the pointers of each
+        # call pick among them
+        extent = inner if self.spatial else maps
+        self.widths = tuple(w for w in sorted(declared.vectorWidths[self.suffix], reverse=True) if extent % w == 0)
+        self.itemsize = dtype.itemsize
+        self.prepared, self.moments = {}, {}
 
     def launch(self, prepare, *key):
         """The `PreparedLaunch` that ``prepare(*key)`` (one of the ``prepare*`` methods) makes, made on the first call
@@ -108,36 +116,47 @@ class CudaPlan(BatchNormPlan):
         every training forward asks for, in one lookup."""
         found = self.moments.get(vec)
         if found is None:
-            _, _, splits = self.reductionGrid(vec)
-            found = self.moments[vec] = (
-                self.launch(self.prepareStats, vec), self.launch(self.prepareStatsFinalize, splits), splits * self.maps,
-            )
+            stats = self.launch(self.prepareStats, vec)
+            splits = stats.grid[1]
+            found = self.moments[vec] = (stats, self.launch(self.prepareStatsFinalize, splits), splits * self.maps)
         return found
 
     def vectorWidth(self, *arrays):
-        return self.widest if self.widest > 1 and aligned(*arrays) else 1
+        """The widest of the plan's vector widths to which every given array's address is aligned."""
+        bits = addresses(*arrays)
+        for width in self.widths:
+            if bits % (width * self.itemsize) == 0:
+                return width
+        return 1
 
     # --- launch geometry
 
-    def reductionGrid(self, vec):
-        """(grid, block, splits) of the stats/grad reduction kernels, worked out once per vector width."""
-        grid = self.grids.get(vec)
-        if grid is None:
-            grid = self.grids[vec] = self.fillingGrid(vec)
-        return grid
-
-    def fillingGrid(self, vec):
-        """The reduction grid: enough blocks to fill the device twice over, while each block keeps enough work to
-        amortize its final merge."""
+    def reductionGrid(self, vec, resident):
+        """The grid of a reduction kernel (statistics, gradient sums) whose device holds `resident` of its blocks at
+        once: `WAVES` waves of blocks, while each block keeps enough work to amortize its final merge. Its second
+        dimension is the number of partials per map."""
         outer, maps, inner = self.shape3
-        target = 2 * residentBlocks(BLOCK_SIZE)[1]
+        target = WAVES * resident
         if self.spatial:
             vectors = outer * (inner // vec)
             splits = min(ceilDiv(target, maps), max(1, vectors // MIN_VECTORS_PER_BLOCK), MAX_SPLITS)
-            return (maps, splits, 1), (BLOCK_SIZE, 1, 1), splits
+            return maps, splits, 1
         channelBlocks = ceilDiv(maps, ROWS_BX * vec)
         splits = min(ceilDiv(target, channelBlocks), max(1, outer // MIN_ROWS_PER_BLOCK), MAX_SPLITS)
-        return (channelBlocks, splits, 1), (ROWS_BX, ROWS_BY, 1), splits
+        return channelBlocks, splits, 1
+
+    def applyGrid(self, vec, resident):
+        """The grid of an elementwise pass: each thread gets at least `LOADS` vectors (a tile), at most `WAVES` waves
+        of blocks (a grid-stride loop does the rest)."""
+        outer, maps, inner = self.shape3
+        if self.spatial:
+            return max(1, min(ceilDiv(outer * maps * (inner // vec), BLOCK_SIZE * LOADS), WAVES * resident)), 1, 1
+        channelBlocks = ceilDiv(maps, ROWS_BX * vec)
+        rowBlocks = min(ceilDiv(outer, ROWS_BY * LOADS), ceilDiv(WAVES * resident, channelBlocks), MAX_GRID_Y)
+        return channelBlocks, max(1, rowBlocks), 1
+
+    def block(self):
+        return (BLOCK_SIZE, 1, 1) if self.spatial else (ROWS_BX, ROWS_BY, 1)
 
     def view(self, vec):
         """The static view arguments of the spatial or the rows kernels."""
@@ -153,9 +172,9 @@ class CudaPlan(BatchNormPlan):
         return (ceilDiv(self.maps, FINALIZE_WARPS), 1, 1), (32, FINALIZE_WARPS, 1)
 
     def prepareStats(self, vec):
-        grid, block, _ = self.reductionGrid(vec)
         signature = declared.statsSpatial if self.spatial else declared.statsRows
-        return kernels.prepared(signature, grid, block, {"dtype": self.suffix, "vec": vec}, STATS, **self.view(vec))
+        return kernels.prepared(signature, lambda resident: self.reductionGrid(vec, resident), self.block(),
+                                {"dtype": self.suffix, "vec": vec}, STATS, **self.view(vec))
 
     def prepareStatsFinalize(self, splits):
         outer, maps, inner = self.shape3
@@ -166,23 +185,16 @@ class CudaPlan(BatchNormPlan):
         )
 
     def prepareApply(self, mode, vec, fused, reconstruct):
-        outer, maps, inner = self.shape3
-        _, resident = residentBlocks(BLOCK_SIZE)
         statics = dict(self.view(vec), p_epsilon=self.epsilon, **(self.fusedStatics(reconstruct) if fused else {}))
         dynamic = ("x", "dy", "out") + CHANNEL + (FUSED if fused else ())
-        instance = {"mode": mode, "dtype": self.suffix, "vec": vec}
         if self.spatial:
-            grid = (max(1, min(ceilDiv(outer * maps * (inner // vec), BLOCK_SIZE), 4 * resident)), 1, 1)
             signature = declared.applySpatialFused if fused else declared.applySpatial
-            return kernels.prepared(signature, grid, (BLOCK_SIZE, 1, 1), instance, dynamic, **statics)
-        channelBlocks = ceilDiv(maps, ROWS_BX * vec)
-        rowBlocks = max(1, min(ceilDiv(outer, ROWS_BY), ceilDiv(4 * resident, channelBlocks), MAX_GRID_Y))
-        signature = declared.applyRowsFused if fused else declared.applyRows
-        return kernels.prepared(signature, (channelBlocks, rowBlocks, 1), (ROWS_BX, ROWS_BY, 1), instance, dynamic,
-                                **statics)
+        else:
+            signature = declared.applyRowsFused if fused else declared.applyRows
+        return kernels.prepared(signature, lambda resident: self.applyGrid(vec, resident), self.block(),
+                                {"mode": mode, "dtype": self.suffix, "vec": vec}, dynamic, **statics)
 
     def prepareGrad(self, vec, fused, reconstruct):
-        grid, block, _ = self.reductionGrid(vec)
         if self.spatial:
             signature = declared.gradSpatialFused if fused else declared.gradSpatial
         else:
@@ -191,7 +203,8 @@ class CudaPlan(BatchNormPlan):
         if fused:
             statics.update(self.fusedStatics(reconstruct), p_epsilon=self.epsilon)
         dynamic = GRAD + (CHANNEL + FUSED if fused else ())
-        return kernels.prepared(signature, grid, block, {"dtype": self.suffix, "vec": vec}, dynamic, **statics)
+        return kernels.prepared(signature, lambda resident: self.reductionGrid(vec, resident), self.block(),
+                                {"dtype": self.suffix, "vec": vec}, dynamic, **statics)
 
     def prepareGradFinalize(self, splits):
         grid, block = self.finalizeGrid()
@@ -213,12 +226,12 @@ class CudaPlan(BatchNormPlan):
 
     # --- the passes
 
-    def reduceMoments(self, x, savedMean, savedInvstd, train=None, savedVar=None):
+    def reduceMoments(self, x, savedMean, savedInvstd, train=None, savedVar=None, wide=None):
         """Partial moments per block (Welford within a thread, Chan across threads), then ``bnStatsFinalize`` merges
-        them per map and writes the saved statistics, `savedVar` (the biased variance) where given, and with `train` (a
-        `Contract.TrainForward`) its running update: by its factor, not for maps whose statistics are not finite where
-        it has a skip counter (those count 1 there, written to its mirror too), what the update overwrites saved first
-        where it has a backup."""
+        them per map (in double precision) and writes the saved statistics, `savedVar` (the biased variance) where
+        given, `wide` (float64 (mean, biased variance)) where given, and with `train` (a `Contract.TrainForward`) its
+        running update: by its factor, not for maps whose statistics are not finite where it has a skip counter (those
+        count 1 there, written to its mirror too), what the update overwrites saved first where it has a backup."""
         stats, finalize, size = self.momentLaunches(self.vectorWidth(x))
         # NOTE: a pool block of its own per call (a plan serves every module of its shape, in any thread), no GPUArray
         workspace = memoryPool.allocate(3 * 4 * size)
@@ -226,11 +239,13 @@ class CudaPlan(BatchNormPlan):
         pmean, pm2 = pn + 4 * size, pn + 8 * size
         stats(x.ptr, pn, pmean, pm2)
         if train is None:
-            finalize(x.ptr, pn, pmean, pm2, 0.0, savedMean.ptr, savedInvstd.ptr, 0, 0, ptr(savedVar), 0, 0, 0, 0.0)
+            wideMean, wideVar = (0, 0) if wide is None else (wide[0].ptr, wide[1].ptr)
+            finalize(x.ptr, pn, pmean, pm2, 0.0, savedMean.ptr, savedInvstd.ptr, 0, 0, ptr(savedVar), 0, 0, 0, 0.0,
+                     wideMean, wideVar)
             return
         finalize(
             x.ptr, pn, pmean, pm2, train.factor, savedMean.ptr, savedInvstd.ptr, ptr(train.mean), ptr(train.var),
-            ptr(savedVar), ptr(train.skipped), ptr(train.mirror), ptr(train.backup), train.stamp or 0.0,
+            ptr(savedVar), ptr(train.skipped), ptr(train.mirror), ptr(train.backup), train.stamp or 0.0, 0, 0,
         )
 
     def apply(self, mode, x, dy, out, channel, fused=None):
@@ -250,12 +265,12 @@ class CudaPlan(BatchNormPlan):
             vec = self.vectorWidth(x, dy)
         else:
             vec = self.vectorWidth(x, dy, fused[1]) if self.spatial else 1
-        _, _, splits = self.reductionGrid(vec)
+        grad = self.launch(self.prepareGrad, vec, fused is not None, x is None)
+        splits = grad.grid[1]
         size = splits * self.maps
         workspace = memoryPool.allocate(2 * 4 * size)
         psum, pdot = workspace.ptr, workspace.ptr + 4 * size
-        values = (ptr(x), dy.ptr, ptr(mean), psum, pdot) + ((*channel, *map(ptr, fused)) if fused else ())
-        self.launch(self.prepareGrad, vec, fused is not None, x is None)(*values)
+        grad(ptr(x), dy.ptr, ptr(mean), psum, pdot, *((*channel, *map(ptr, fused)) if fused else ()))
         # NOTE: the workspace stays alive until the finalize kernel is queued (the pool reuses a block only for work
         # queued after it)
         return workspace, psum, pdot, splits
@@ -278,15 +293,15 @@ class CudaPlan(BatchNormPlan):
         self.normalizeWith(call, call.savemean, call.saveinvvar)
 
     def batchStatistics(self, call):
-        """The kernels of `reduceMoments` alone (float32 statistics); the inverse standard deviation they also write
-        goes to a scratch array; float64 outputs receive the float32 results converted by pycuda."""
-        wide = call.mean.dtype == np.float64
-        scratch = empty((3, self.maps), np.float32)
-        mean, var = (scratch[0], scratch[1]) if wide else (call.mean, call.var)
-        self.reduceMoments(call.data, mean, scratch[2], savedVar=var)
-        if wide:
-            for target, result in ((call.mean, mean), (call.var, var)):
-                target._copyFrom(result.astype(np.float64))
+        """The kernels of `reduceMoments` alone; float32 outputs receive the float32 statistics, float64 ones the
+        double-precision results of the merge (what processes exchange: no float32 rounding first). The float32 values
+        the kernel must also write go to a scratch array."""
+        if call.mean.dtype == np.float64:
+            scratch = empty((2, self.maps), np.float32)
+            self.reduceMoments(call.data, scratch[0], scratch[1], wide=(call.mean, call.var))
+            return
+        scratch = empty((self.maps,), np.float32)
+        self.reduceMoments(call.data, call.mean, scratch, savedVar=call.var)
 
     def evalForward(self, call):
         """One kernel, one read and one write per element; in place when `out` is `data` (no workspace, no pool

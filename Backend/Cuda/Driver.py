@@ -92,6 +92,23 @@ def maxThreadsPerMultiprocessor():
     return currentDevice().get_attribute(cuda.device_attribute.MAX_THREADS_PER_MULTIPROCESSOR)
 
 
+def multiprocessorLimits():
+    """(threads, 32-bit registers, bytes of shared memory) one multiprocessor of the device holds at once."""
+    device, attribute = currentDevice(), cuda.device_attribute
+    return (
+        device.get_attribute(attribute.MAX_THREADS_PER_MULTIPROCESSOR),
+        device.get_attribute(attribute.MAX_REGISTERS_PER_MULTIPROCESSOR),
+        device.get_attribute(attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR),
+    )
+
+
+def functionResources(function):
+    """(registers per thread, bytes of static shared memory per block) of a compiled `pycuda.driver.Function`, as
+    ptxas allotted them."""
+    attribute = cuda.function_attribute
+    return function.get_attribute(attribute.NUM_REGS), function.get_attribute(attribute.SHARED_SIZE_BYTES)
+
+
 def deviceName():
     return currentDevice().name()
 

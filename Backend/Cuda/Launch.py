@@ -7,10 +7,9 @@ checked against the compiled PTX by ``TestLib/tests/test_kernel_signatures.py``)
 stream of the primary context: a pool block freed after a launch is only reused by work queued after it.
 """
 
-import functools
-
 from PuzzleLib.Backend.Cuda import Driver
 from PuzzleLib.Backend.Cuda.SourceModule import getModule
+from PuzzleLib.Kernels import blocksPerMultiprocessor
 
 MAX_GRID_X_1D = 65535
 MAX_GRID_Y = 65535
@@ -25,11 +24,13 @@ def grid1d(n, blockSize):
     return (max(1, min(ceilDiv(n, blockSize), MAX_GRID_X_1D)), 1, 1), (blockSize, 1, 1)
 
 
-@functools.cache
-def residentBlocks(blockSize):
-    """(multiprocessors, blocks of `blockSize` threads resident at once on the whole device)."""
-    sms = Driver.multiprocessorCount()
-    return sms, sms * max(1, Driver.maxThreadsPerMultiprocessor() // blockSize)
+def residentBlocks(function, blockSize):
+    """Blocks of `blockSize` threads of the compiled `function` resident at once on the whole device: what one wave of
+    a grid holds, at the occupancy its registers and shared memory allow (not a guess per block size)."""
+    registers, shared = Driver.functionResources(function)
+    return Driver.multiprocessorCount() * blocksPerMultiprocessor(
+        registers, shared, blockSize, Driver.multiprocessorLimits()
+    )
 
 
 class KernelSource:
@@ -55,9 +56,13 @@ class KernelSource:
 
     def prepared(self, signature, grid, block, instance, dynamic, **static):
         """A `PreparedLaunch` of ``signature.name(**instance)`` on (grid, block): its static arguments packed once
-        (`Signature.bind`), `dynamic` (names in order) left to each launch."""
+        (`Signature.bind`), `dynamic` (names in order) left to each launch. `grid` may be a function of the resident
+        blocks of the entry point (`residentBlocks`), which then gives the grid."""
         name = signature.name(**(instance or {}))
-        return PreparedLaunch(self.function(name, signature), grid, block, signature.bind(dynamic, **static))
+        function = self.function(name, signature)
+        if callable(grid):
+            grid = grid(residentBlocks(function, block[0] * block[1] * block[2]))
+        return PreparedLaunch(function, grid, block, signature.bind(dynamic, **static))
 
     def launch(self, signature, grid, block, instance=None, **arguments):
         """Queues the entry point ``signature.name(**instance)`` on (grid, block) with the arguments given by name.

@@ -103,7 +103,9 @@ def test_large_mean_channel_keeps_its_variance():
     ref = Reference.batchNormTrain(host, bn.scale.get(), bn.bias.get(), (0, 2, 3), EPS)
     relative = np.abs(bn.var.get().ravel() - ref.unbiasedVar.ravel()) / ref.unbiasedVar.ravel()
     assert relative.max() < 1e-3
-    np.testing.assert_allclose(bn.mean.get().ravel(), ref.mean.ravel(), rtol=1e-6)
+    # NOTE: relative to the mean, plus 1e-7 of the maps' unit spread: float32 sums of 16384 values of unit spread are
+    # off by about 1e-8, so the two maps whose means are near 0 may miss a pure relative 1e-6
+    np.testing.assert_allclose(bn.mean.get().ravel(), ref.mean.ravel(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(out, ref.out, atol=2e-3)
 
 

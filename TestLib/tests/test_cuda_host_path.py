@@ -165,3 +165,15 @@ def test_a_module_on_a_stand_in_driver_launches_the_declared_entries():
     assert report["ghosts"] == [
         "bnStatsSpatial_f32_v4", "bnStatsFinalize_f32", "bnRenormStatistics", "bnApplySpatial_trainForward_f32_v4",
     ] * 2
+
+
+@pytest.mark.parametrize("registers, shared, blocks", [
+    (32, 0, 8), (40, 0, 6), (48, 0, 5), (64, 0, 4), (80, 0, 3), (128, 0, 2), (255, 0, 1), (32, 48 * 1024, 4),
+    (16, 0, 8),
+])
+def test_blocks_per_multiprocessor_follow_the_occupancy_rules(registers, shared, blocks):
+    """256-thread blocks on an H100 multiprocessor (2048 threads, 64 K registers, 228 KB of shared memory), as NVIDIA's
+    occupancy calculator gives them: registers in units of 256 per warp, 1 KB of shared memory reserved per block."""
+    from PuzzleLib.Kernels import blocksPerMultiprocessor
+
+    assert blocksPerMultiprocessor(registers, shared, 256, (2048, 65536, 233472)) == blocks
