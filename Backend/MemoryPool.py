@@ -50,13 +50,17 @@ class Block:
 
     __slots__ = ("pool", "raw", "ptr", "nbytes", "size", "__weakref__")
 
-    def __init__(self, pool, raw, ptr, nbytes, size):
-        self.pool, self.raw, self.ptr, self.nbytes, self.size = pool, raw, ptr, nbytes, size
+    def __init__(self, pool, source, nbytes, size):
+        # NOTE: one line takes (raw, ptr) off `source` (a list), counts the block active and makes it the owner, so that
+        # an interrupt lands before all of it or after (then the block's release undoes it); a block interrupted before
+        # it has no pool and releases nothing
+        self.nbytes, self.size = nbytes, size
+        (self.raw, self.ptr), pool.activeBytes, self.pool = source.pop(), pool.activeBytes + size, pool
 
     def __del__(self):
         # NOTE: the pool's release, written here (a block dies on nearly every call of the library); a held block keeps
         # its address, so serving it again asks the allocator nothing
-        pool, self.pool = self.pool, None
+        pool, self.pool = getattr(self, "pool", None), None
         if pool is not None:
             with pool.lock:
                 pool.activeBytes -= self.size
@@ -107,21 +111,20 @@ class MemoryPool:
         with self.lock:
             stack = self.held.get(size)
             if stack:
-                raw, ptr = stack.pop()
+                block = Block(self, stack, nbytes, size)
                 self.hits += 1
             else:
                 raw = self._rawAllocate(nbytes, size)
-                ptr = self.allocator.address(raw)
+                block = Block(self, [(raw, self.allocator.address(raw))], nbytes, size)
                 self.rawBytes += size
                 self.misses += 1
 
-            active = self.activeBytes = self.activeBytes + size
-            if active > self.peakActiveBytes:
-                self.peakActiveBytes = active
+            if self.activeBytes > self.peakActiveBytes:
+                self.peakActiveBytes = self.activeBytes
 
         if self.poison:
-            self.allocator.fill(raw, POISON_BYTE, size)
-        return Block(self, raw, ptr, nbytes, size)
+            self.allocator.fill(block.raw, POISON_BYTE, size)
+        return block
 
     def _rawAllocate(self, nbytes, size):
         try:

@@ -28,6 +28,9 @@ loaded, onesCache = {}, {}
 
 def cublas():
     """``(skcuda.cublas, handle)`` on the first call that finds cuBLAS, else None (logged once, with the reason)."""
+    # NOTE: the calls after the first read the outcome without the lock, so no interrupt can leave it held there
+    if "cublas" in loaded:
+        return loaded["cublas"]
     with lock:
         if "cublas" not in loaded:
             Driver.context()

@@ -26,6 +26,10 @@ def context():
         PuzzleLib.Config.ConfigError: no device answers (the message says what is missing).
     """
     global device, primary
+    # NOTE: no lock once the context exists: the lock is taken only by the first calls (an interrupt can cut a `with`
+    # statement short between its block and its exit, and a lock left held there would hang every later call)
+    if primary is not None:
+        return primary
     with lock:
         if primary is None:
             problem = Config.cudaProblem()

@@ -53,6 +53,11 @@ def getModule(fileName, defines=None):
     """
     options = nvccOptions(defines)
     key = (fileName, tuple(options), id(Driver.context()))
+    # NOTE: a compiled module is found without the lock, so no interrupt can leave the lock held there (an interrupt
+    # can cut a `with` statement short between its block and its exit)
+    module = modules.get(key)
+    if module is not None:
+        return module
 
     with lock:
         module = modules.get(key)

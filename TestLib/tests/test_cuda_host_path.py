@@ -136,6 +136,33 @@ report["keptUnderAnotherStamp"] = all(not ary.get().any() for ary in targets)
 saved.array.set(np.append(rows, np.float32(saved.stamp)))
 saved.putBack(targets)
 report["putBack"] = np.array_equal(np.concatenate([ary.get().ravel() for ary in targets]), rows)
+
+# NOTE: an interrupt at any line of a call of Driver.context once the context exists (the end of a `with` block
+# included, where an interrupt skips the lock's release) leaves its lock free, so later calls cannot hang
+from PuzzleLib.Backend.Cuda import Driver
+
+class Interrupt(BaseException):
+    pass
+
+def interruptedAt(line):
+    count = [0]
+    def local(frame, event, arg):
+        if event == "line":
+            count[0] += 1
+            if count[0] == line:
+                raise Interrupt()
+        return local
+    sys.settrace(lambda frame, event, arg: local if frame.f_code is Driver.context.__code__ else None)
+    try:
+        Driver.context()
+    except Interrupt:
+        pass
+    finally:
+        sys.settrace(None)
+    return Driver.lock.locked()
+
+# NOTE: the first line that leaves it held ends the search (a next call would wait on it forever)
+report["contextLockLeftHeld"] = next(([line] for line in range(1, 12) if interruptedAt(line)), [])
 print(json.dumps(report))
 """
 
@@ -162,6 +189,7 @@ def test_a_module_on_a_stand_in_driver_launches_the_declared_entries():
     # NOTE: two ghost batches of 4 samples, each: moments, their merge, the renorm step, the corrected pass
     assert report["restored"] and report["keptUnderAnotherStamp"] and report["putBack"]
     assert report["mirrorCopies"] and report["mirrorWritten"]
+    assert report["contextLockLeftHeld"] == []
     assert report["ghosts"] == [
         "bnStatsSpatial_f32_v4", "bnStatsFinalize_f32", "bnRenormStatistics", "bnApplySpatial_trainForward_f32_v4",
     ] * 2

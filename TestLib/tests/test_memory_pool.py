@@ -174,3 +174,54 @@ def test_a_request_past_what_numpy_can_hold_is_a_memory_error_naming_the_bytes()
     with pytest.raises(MemoryError, match=str(2**64)):
         pool.allocate(2**64)
     assert pool.stats()["activeBytes"] == 0 and pool.stats()["rawBytes"] == 0
+
+
+@poolClass
+@pytest.mark.parametrize("reuse", [True, False], ids=["held_block", "new_block"])
+def test_an_interrupt_at_any_line_of_allocate_leaves_no_block_counted_and_none_lost(reuse):
+    """A KeyboardInterrupt where any line of `allocate` (and of the block it makes) starts: afterwards the pool counts
+    no block active and still holds the block it held (a served block released, or none taken). The release
+    (`Block.__del__`, run by the garbage collector, where Python reports and drops any exception) is not interrupted."""
+    import sys
+
+    from PuzzleLib.Backend.MemoryPool import Block
+
+    traced = {MemoryPool.allocate.__code__, MemoryPool._rawAllocate.__code__, Block.__init__.__code__}
+
+    pool = MemoryPool(NumpyAllocator(), poison=True)
+    if reuse:
+        # NOTE: a block served and released: the next allocate of its class is a hit
+        pool.allocate(1000)
+    gc.collect()
+    held = sum(len(stack) for stack in pool.held.values())
+
+    def interruptingAt(line):
+        count = [0]
+
+        def local(frame, event, arg):
+            if event == "line":
+                count[0] += 1
+                if count[0] == line:
+                    raise KeyboardInterrupt
+            return local
+
+        return lambda frame, event, arg: local if frame.f_code in traced else None
+
+    line = 1
+    while True:
+        sys.settrace(interruptingAt(line))
+        try:
+            pool.allocate(1000)
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        finally:
+            sys.settrace(None)
+        gc.collect()
+        assert pool.stats()["activeBytes"] == 0, "an interrupt at line %d left a block counted" % line
+        if reuse:
+            assert sum(map(len, pool.held.values())) == held, "an interrupt at line %d lost a block" % line
+        if finished:
+            break
+        line += 1
+    assert line > 5
