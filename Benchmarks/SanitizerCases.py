@@ -1,0 +1,68 @@
+"""Every batch-norm kernel family once on small, odd shapes: the workload ``compute-sanitizer`` checks in
+``Benchmarks/runOnDevice.sh`` (memcheck: out-of-bounds and misaligned accesses; racecheck: shared-memory races).
+
+Shapes are odd on purpose: lengths that are not multiples of the vector width or of the block, a map count that is
+not a multiple of the rows kernels' 32 lanes, a single row, one element per map. Each case runs the training forward,
+the evaluation forward in place, the backward (and the frozen one), with and without a fused activation and
+residual, in float32 and float16, and checks the training output against a float64 reference, so that a kernel that
+reads the wrong memory fails here too. Exit status 1 on any mismatch.
+
+    PUZZLELIB_BACKEND=cuda compute-sanitizer --tool memcheck python3 Benchmarks/SanitizerCases.py
+"""
+
+import sys
+
+import numpy as np
+
+SHAPES = [(3, 5, 7, 9), (2, 37, 3, 3), (1, 3, 1, 5), (13, 45), (2, 70), (5, 1), (2, 8, 2, 2), (3, 33, 1)]
+
+
+def reference(x, epsilon=1e-5):
+    axes = (0,) + tuple(range(2, x.ndim))
+    x = x.astype(np.float64)
+    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + epsilon)
+
+
+def runCase(shape, dtype, activation, residual):
+    from PuzzleLib.Backend import gpuarray
+    from PuzzleLib.Modules.BatchNorm import BatchNorm
+    from PuzzleLib.Modules.BatchNorm1D import BatchNorm1D
+    from PuzzleLib.Modules.BatchNorm2D import BatchNorm2D
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(dtype) * 2 + 1
+    kind = {2: BatchNorm, 3: BatchNorm1D, 4: BatchNorm2D}[len(shape)]
+    bn = kind(shape[1], activation=activation, initFactor=1.0) if activation else kind(shape[1], initFactor=1.0)
+    bn.scale.set(np.ones(bn.scale.shape, np.float32))
+    bn.calcMode(dtype)
+    z = gpuarray.to_gpu(rng.standard_normal(shape).astype(dtype)) if residual else None
+    data = gpuarray.to_gpu(x)
+    y = (bn(data, residual=z) if residual else bn(data)).get().astype(np.float64)
+    expected = reference(x) + (z.get().astype(np.float64) if residual else 0.0)
+    if activation == "relu":
+        expected = np.maximum(expected, 0.0)
+    tolerance = 2e-2 if dtype == np.float16 else 1e-4
+    ok = np.allclose(y, expected, atol=tolerance, rtol=tolerance)
+    bn.backward(gpuarray.to_gpu(rng.standard_normal(shape).astype(dtype)))
+    bn.evalMode()
+    bn(data)
+    bn.backward(gpuarray.to_gpu(rng.standard_normal(shape).astype(dtype)))
+    return ok
+
+
+def main():
+    failures = 0
+    for dtype in (np.float32, np.float16):
+        for shape in SHAPES:
+            for activation, residual in ((None, False), ("relu", True)):
+                if not runCase(shape, dtype, activation, residual):
+                    failures += 1
+                    print("mismatch: %s %s activation=%s residual=%s" % (shape, np.dtype(dtype).name, activation,
+                                                                         residual))
+    print("%d cases, %d mismatches" % (2 * 2 * len(SHAPES), failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
