@@ -1316,7 +1316,8 @@ __device__ __forceinline__ void fusedApply(const T *x, const T *dy, T *out, int6
 	storePack<T, VEC>(out + off, ov);
 }
 
-// The fused passes over the spatial and rows layouts, walked as applySpatial and applyRows walk them.
+// The fused passes over the spatial and rows layouts: one vector at a time, grid-stride (with the channel cursor of
+// applySpatial on the spatial layout).
 template <typename T, int VEC, int MODE>
 __device__ void applySpatialFused(const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV,
 								  ChannelParams p, FusedParams f)
@@ -1328,16 +1329,16 @@ __device__ void applySpatialFused(const T *x, const T *dy, T *out, int64 outer, 
 	if (j >= total)
 		return;
 
-	int64 row = j / innerV;
-	int c = (int)(row % maps);
+	// NOTE: the channel advances with the index (no division in the loop), as in applySpatial
+	FlatCursor cur = flatCursor(j, innerV, maps);
+	FlatStep stride = flatStep(step, innerV, maps);
 	int cached = -1;
 	Coef q;
 	float fb = 0.0f, fr = 0.0f;
 
-	for (; j < total; j += step)
+	for (; j < total; j += step, flatAdvance(cur, stride, innerV, maps))
 	{
-		row = j / innerV;
-		c = (int)(row % maps);
+		int c = cur.c;
 
 		if (c != cached)
 		{
