@@ -339,6 +339,18 @@ __device__ __forceinline__ void advance(SpatialCursor &cur, int64 innerV, int64 
 	}
 }
 
+// The element offsets of the cursor's next LOADS vectors (BLOCK_SIZE apart), the cursor advanced past them.
+template <int VEC>
+__device__ __forceinline__ void nextOffsets(SpatialCursor &cur, int64 innerV, int64 (&off)[LOADS])
+{
+#pragma unroll
+	for (int u = 0; u < LOADS; u++)
+	{
+		off[u] = elementOffset<VEC>(cur);
+		advance(cur, innerV, BLOCK_SIZE);
+	}
+}
+
 __device__ __forceinline__ void blockSlice(int64 total, int64 &begin, int64 &end)
 {
 	int64 per = (total + gridDim.y - 1) / gridDim.y;
@@ -366,15 +378,8 @@ __device__ void statsSpatial(const T *x, int64 outer, int maps, int64 innerV, fl
 	while (cur.j + (LOADS - 1) * BLOCK_SIZE < end)
 	{
 		float v[LOADS * VEC];
-
 		int64 off[LOADS];
-
-#pragma unroll
-		for (int u = 0; u < LOADS; u++)
-		{
-			off[u] = elementOffset<VEC>(cur);
-			advance(cur, innerV, BLOCK_SIZE);
-		}
+		nextOffsets<VEC>(cur, innerV, off);
 
 #pragma unroll
 		for (int u = 0; u < LOADS; u++)
@@ -599,15 +604,8 @@ __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int6
 	while (cur.j + (LOADS - 1) * BLOCK_SIZE < end)
 	{
 		float xv[LOADS * VEC], gv[LOADS * VEC];
-
 		int64 off[LOADS];
-
-#pragma unroll
-		for (int u = 0; u < LOADS; u++)
-		{
-			off[u] = elementOffset<VEC>(cur);
-			advance(cur, innerV, BLOCK_SIZE);
-		}
+		nextOffsets<VEC>(cur, innerV, off);
 
 #pragma unroll
 		for (int u = 0; u < LOADS; u++)
