@@ -496,8 +496,8 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 
 // The running update of channel c from its batch statistics (below); with skipped, guarded: a channel whose mu or
 // sigma2 is not finite keeps its running statistics, counts 1 in skipped[c], and false is returned.
-__device__ __forceinline__ bool runningUpdate(int64 c, float mu, float sigma2, int64 m, float factor, float *runningMean,
-											  float *runningVar, float *skipped)
+__device__ __forceinline__ bool runningUpdate(int64 c, float mu, float sigma2, int64 m, float factor,
+											  float *runningMean, float *runningVar, float *skipped)
 {
 	if (skipped != 0 && !(isfinite(mu) && isfinite(sigma2)))
 	{
@@ -992,39 +992,24 @@ __device__ __forceinline__ void loadModeInputs(const T *x, const T *dy, int64 of
 	}
 }
 
-// Position of a flat vector index j in the (outer, maps, innerV) view: i = j % innerV and its channel c, advanced by a
-// fixed step (`FlatStep`) with no division.
-struct FlatCursor
+// Position of a flat vector index j in the (outer, maps, innerV) view: i = j % innerV and its channel c. A step is a
+// position too (that of the step's length), so a cursor advances by one with no division (`flatAdvance`).
+struct FlatPosition
 {
 	int64 i;
 	int c;
 };
 
-struct FlatStep
+__device__ __forceinline__ FlatPosition flatPosition(int64 j, int64 innerV, int maps)
 {
-	int64 i;
-	int c;
-};
-
-__device__ __forceinline__ FlatCursor flatCursor(int64 j, int64 innerV, int maps)
-{
-	FlatCursor cur;
+	FlatPosition r;
 	int64 row = j / innerV;
-	cur.i = j - row * innerV;
-	cur.c = (int)(row % maps);
-	return cur;
-}
-
-__device__ __forceinline__ FlatStep flatStep(int64 step, int64 innerV, int maps)
-{
-	FlatStep r;
-	int64 rows = step / innerV;
-	r.i = step - rows * innerV;
-	r.c = (int)(rows % maps);
+	r.i = j - row * innerV;
+	r.c = (int)(row % maps);
 	return r;
 }
 
-__device__ __forceinline__ void flatAdvance(FlatCursor &cur, const FlatStep &step, int64 innerV, int maps)
+__device__ __forceinline__ void flatAdvance(FlatPosition &cur, const FlatPosition &step, int64 innerV, int maps)
 {
 	cur.i += step.i;
 	int carry = (cur.i >= innerV) ? 1 : 0;
@@ -1049,8 +1034,8 @@ __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int m
 	if (j >= total)
 		return;
 
-	FlatCursor cur = flatCursor(j, innerV, maps);
-	FlatStep lane = flatStep(BLOCK_SIZE, innerV, maps), tile = flatStep(tileStep, innerV, maps);
+	FlatPosition cur = flatPosition(j, innerV, maps);
+	FlatPosition lane = flatPosition(BLOCK_SIZE, innerV, maps), tile = flatPosition(tileStep, innerV, maps);
 
 	int cached[LOADS];
 	Coef q[LOADS];
@@ -1063,7 +1048,7 @@ __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int m
 	{
 		float xv[LOADS * VEC], gv[LOADS * VEC], ov[LOADS * VEC];
 		int channel[LOADS];
-		FlatCursor at = cur;
+		FlatPosition at = cur;
 
 #pragma unroll
 		for (int u = 0; u < LOADS; u++)
@@ -1328,8 +1313,8 @@ __device__ void applySpatialFused(const T *x, const T *dy, T *out, int64 outer, 
 		return;
 
 	// NOTE: the channel advances with the index (no division in the loop), as in applySpatial
-	FlatCursor cur = flatCursor(j, innerV, maps);
-	FlatStep stride = flatStep(step, innerV, maps);
+	FlatPosition cur = flatPosition(j, innerV, maps);
+	FlatPosition stride = flatPosition(step, innerV, maps);
 	int cached = -1;
 	Coef q;
 	float fb = 0.0f, fr = 0.0f;
@@ -1382,8 +1367,8 @@ __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int 
 
 // ---------------------------------------------------------------------------------------------------------------
 // C entry points, one per (data type, vector width[, mode]): pycuda looks kernels up by these unmangled names, and
-// Kernels/BatchNorm.py declares each one's parameters. Suffixes: f32 / f16 data; v1 scalar, v2 / v4 / v8 vectors of up to 16 bytes;
-// the elementwise modes trainForward, evalForward, backward, frozenBackward.
+// Kernels/BatchNorm.py declares each one's parameters. Suffixes: f32 / f16 data; v1 scalar, v2 / v4 / v8 vectors of
+// up to 16 bytes; the elementwise modes trainForward, evalForward, backward, frozenBackward.
 
 #define BN_APPLY_ENTRIES(T, SUF, VEC, MSUF, MODE) \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplySpatial_##MSUF##_##SUF##_v##VEC( \
