@@ -22,7 +22,9 @@ from PuzzleLib.Kernels import Blas as declared
 dataTypes = (np.dtype(np.float32),)
 
 kernels = KernelSource(declared)
-lock = threading.Lock()
+# NOTE: reentrant, so that a thread whose interrupt left it held (a `with` block cut short at its exit) can still
+# take it
+lock = threading.RLock()
 loaded, onesCache = {}, {}
 
 

@@ -14,7 +14,9 @@ import pycuda.driver as cuda
 
 from PuzzleLib import Config
 
-lock = threading.Lock()
+# NOTE: reentrant, so that a thread whose interrupt left it held (a `with` block cut short at its exit) can still
+# take it
+lock = threading.RLock()
 device, primary = None, None
 exitHooks = []
 

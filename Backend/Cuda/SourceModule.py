@@ -20,7 +20,9 @@ from PuzzleLib.Kernels import KERNELS_DIR, NVCC_OPTIONS, sourcePath
 DEBUG_OPTIONS = ("-G", "-lineinfo")
 
 modules = {}
-lock = threading.Lock()
+# NOTE: reentrant, so that a thread whose interrupt left it held (a `with` block cut short at its exit) can still
+# take it
+lock = threading.RLock()
 
 
 def debugEnabled():
