@@ -76,8 +76,8 @@ def missingTools():
         ", ".join(missing))
 
 
-def run(command):
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+def run(command, env=None):
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise RuntimeError("%s failed:\n%s%s" % (os.path.basename(command[0]), result.stdout, result.stderr))
     return result
@@ -96,11 +96,7 @@ def compileOutputs(arch):
                      sourcePath(BatchNorm.SOURCE), "-o", cubin])
         # NOTE: cuobjdump runs the nvdisasm beside it or the one NVDISASM_PATH names
         environment = dict(os.environ, NVDISASM_PATH=os.path.dirname(tool("nvdisasm")))
-        sass = subprocess.run([tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=False,
-                              env=environment)
-        if sass.returncode != 0:
-            raise RuntimeError("cuobjdump failed:\n%s%s" % (sass.stdout, sass.stderr))
-        sass = sass.stdout
+        sass = run([tool("cuobjdump"), "-sass", cubin], env=environment).stdout
     return built.stdout + built.stderr, sass
 
 

@@ -94,10 +94,6 @@ def multiprocessorCount():
     return currentDevice().get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
 
 
-def maxThreadsPerMultiprocessor():
-    return currentDevice().get_attribute(cuda.device_attribute.MAX_THREADS_PER_MULTIPROCESSOR)
-
-
 def multiprocessorLimits():
     """(threads, 32-bit registers, bytes of shared memory) one multiprocessor of the device holds at once."""
     device, attribute = currentDevice(), cuda.device_attribute
