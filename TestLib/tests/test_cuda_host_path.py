@@ -142,25 +142,13 @@ report["putBack"] = np.array_equal(np.concatenate([ary.get().ravel() for ary in 
 import threading
 
 from PuzzleLib.Backend.Cuda import Driver
-
-class Interrupt(BaseException):
-    pass
+from PuzzleLib.TestLib.Interrupts import InjectedInterrupt, runInterruptedAt
 
 def interruptedAt(line):
-    count = [0]
-    def local(frame, event, arg):
-        if event == "line":
-            count[0] += 1
-            if count[0] == line:
-                raise Interrupt()
-        return local
-    sys.settrace(lambda frame, event, arg: local if frame.f_code is Driver.context.__code__ else None)
     try:
-        Driver.context()
-    except Interrupt:
+        runInterruptedAt(Driver.context, line, lambda code: code is Driver.context.__code__)
+    except InjectedInterrupt:
         pass
-    finally:
-        sys.settrace(None)
 
 def answersFromAnotherThread():
     answered = threading.Event()

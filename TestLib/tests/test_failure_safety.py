@@ -9,7 +9,6 @@ the memory pool holds no block more than before.
 import gc
 import os
 import signal
-import sys
 import threading
 import time
 
@@ -25,6 +24,7 @@ from PuzzleLib.Modules.Activation import Activation, sigmoid
 from PuzzleLib.Modules.Module import ModuleError
 from PuzzleLib.Modules.Transaction import deferredInterrupts
 from PuzzleLib.Optimizers import SGD, MomentumSGD
+from PuzzleLib.TestLib.Interrupts import InjectedInterrupt, runInterruptedAt
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # NOTE: the pool's own bookkeeping is a few Python lines that an interrupt is not expected inside; every other line of
@@ -35,36 +35,8 @@ UNTRACED = ("MemoryPool.py", os.sep + "tests" + os.sep)
 MODULE_DIRS = tuple(os.path.join(PACKAGE_DIR, name) for name in ("Modules", "Containers"))
 
 
-class InjectedInterrupt(KeyboardInterrupt):
-    pass
-
-
 def traced(filename, within):
     return filename.startswith(within) and not any(part in filename for part in UNTRACED)
-
-
-def runInterruptedAt(call, line, within=PACKAGE_DIR):
-    """Runs `call` with a KeyboardInterrupt raised where the `line`-th traced line starts; returns the number of traced
-    lines the call executed (the interrupt lands only when `line` is below it)."""
-    count = 0
-
-    def local(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-            if count == line:
-                raise InjectedInterrupt()
-        return local
-
-    def start(frame, event, arg):
-        return local if traced(frame.f_code.co_filename, within) else None
-
-    sys.settrace(start)
-    try:
-        call()
-    finally:
-        sys.settrace(None)
-    return count
 
 
 def leaves(module):
@@ -106,7 +78,7 @@ def checkEveryInterruptChangesNothing(call, *owners, within=PACKAGE_DIR):
     line = 1
     while True:
         try:
-            executed = runInterruptedAt(call, line, within)
+            executed = runInterruptedAt(call, line, lambda code: traced(code.co_filename, within))
         except InjectedInterrupt:
             pass
         else:

@@ -8,6 +8,7 @@ import pytest
 
 from PuzzleLib.Backend import gpuarray
 from PuzzleLib.Backend.MemoryPool import MemoryPool, NumpyAllocator, sizeClass
+from PuzzleLib.TestLib.Interrupts import InjectedInterrupt, runInterruptedAt
 
 poolClass = pytest.mark.backendIndependent
 
@@ -182,8 +183,6 @@ def test_an_interrupt_at_any_line_of_allocate_leaves_no_block_counted_and_none_l
     """A KeyboardInterrupt where any line of `allocate` (and of the block it makes) starts: afterwards the pool counts
     no block active and still holds the block it held (a served block released, or none taken). The release
     (`Block.__del__`, run by the garbage collector, where Python reports and drops any exception) is not interrupted."""
-    import sys
-
     from PuzzleLib.Backend.MemoryPool import Block
 
     traced = {MemoryPool.allocate.__code__, MemoryPool._rawAllocate.__code__, Block.__init__.__code__}
@@ -195,28 +194,13 @@ def test_an_interrupt_at_any_line_of_allocate_leaves_no_block_counted_and_none_l
     gc.collect()
     held = sum(len(stack) for stack in pool.held.values())
 
-    def interruptingAt(line):
-        count = [0]
-
-        def local(frame, event, arg):
-            if event == "line":
-                count[0] += 1
-                if count[0] == line:
-                    raise KeyboardInterrupt
-            return local
-
-        return lambda frame, event, arg: local if frame.f_code in traced else None
-
     line = 1
     while True:
-        sys.settrace(interruptingAt(line))
         try:
-            pool.allocate(1000)
+            runInterruptedAt(lambda: pool.allocate(1000), line, traced.__contains__)
             finished = True
-        except KeyboardInterrupt:
+        except InjectedInterrupt:
             finished = False
-        finally:
-            sys.settrace(None)
         gc.collect()
         assert pool.stats()["activeBytes"] == 0, "an interrupt at line %d left a block counted" % line
         if reuse:
