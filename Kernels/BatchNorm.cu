@@ -30,14 +30,6 @@
 #define BLOCK_SIZE 256
 #endif
 
-// Rows kernels use a 2D block: ROWS_BX threads across channel vectors, ROWS_BY threads across rows.
-#ifndef ROWS_BX
-#define ROWS_BX 32
-#endif
-#ifndef ROWS_BY
-#define ROWS_BY 8
-#endif
-
 // Finalize kernels: one warp per channel, FINALIZE_WARPS channels per block.
 #ifndef FINALIZE_WARPS
 #define FINALIZE_WARPS 8
@@ -51,9 +43,6 @@
 
 #if BLOCK_SIZE % 32 != 0 || BLOCK_SIZE > 1024
 #error "BLOCK_SIZE must be a multiple of 32 and at most 1024"
-#endif
-#if ROWS_BX * ROWS_BY > 1024
-#error "ROWS_BX * ROWS_BY must be at most 1024"
 #endif
 
 typedef long long int64;
@@ -167,6 +156,41 @@ __device__ __forceinline__ Moments addValues(Moments acc, const float (&v)[COUNT
 
 	float n = acc.n + (float)COUNT;
 	float wb = __fdividef((float)COUNT, n);
+	float delta = mean - acc.mean;
+
+	Moments r;
+	r.n = n;
+	r.mean = acc.mean + delta * wb;
+	r.m2 = acc.m2 + m2 + delta * delta * acc.n * wb;
+	return r;
+}
+
+// addValues of the values v[k] with in[k] (an unaligned segment's walk: the others belong to other maps and hold
+// `shift`); a group with none leaves acc as it is.
+template <int COUNT>
+__device__ __forceinline__ Moments addSegmentValues(Moments acc, const float (&v)[COUNT], const bool (&in)[COUNT],
+													float shift)
+{
+	float s = 0.0f, count = 0.0f;
+
+#pragma unroll
+	for (int k = 0; k < COUNT; k++)
+	{
+		s += v[k] - shift;
+		count += in[k] ? 1.0f : 0.0f;
+	}
+
+	float mean = __fdividef(s, fmaxf(count, 1.0f)), m2 = 0.0f;
+
+#pragma unroll
+	for (int k = 0; k < COUNT; k++)
+	{
+		float d = v[k] - shift - mean;
+		m2 += in[k] ? d * d : 0.0f;
+	}
+
+	float n = acc.n + count;
+	float wb = __fdividef(count, fmaxf(n, 1.0f));
 	float delta = mean - acc.mean;
 
 	Moments r;
@@ -296,34 +320,63 @@ __device__ __forceinline__ void blockSum2(float &a, float &b)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Spatial walk: the channel's mV = outer * innerV vectors form one logical range; a block takes a contiguous slice of
-// it and its threads stride through the slice. The cursor keeps its position j in the range, i = j % innerV and the
-// vector offset of its segment (`base`), advanced incrementally: the loop body has no division and no multiplication,
-// so the addresses of a loop's LOADS vectors are ready before their loads.
+// Spatial walk: a channel's data is `outer` segments of `inner` elements, (o * maps + c) * inner apart. Its walk
+// covers innerV vectors per segment: inner / VEC when VEC divides inner (ALIGNED), else the ceil((inner + VEC - 1) /
+// VEC) aligned vectors that may overlap a segment (UNALIGNED: 7x7 maps in 16-byte vectors), whose elements outside
+// the segment belong to other maps and are masked out. The outer * innerV vectors form one logical range; a block
+// takes a contiguous slice of it and its threads stride through the slice. The cursor keeps its position j in the
+// range, i = j % innerV and the element offset of its segment (`base`), advanced incrementally: the loop body has no
+// division and no multiplication, so the addresses of a loop's LOADS vectors are ready before their loads.
 
 struct SpatialCursor
 {
 	int64 j, i, base, stepI, stepBase, segmentStride;
 };
 
-__device__ __forceinline__ SpatialCursor spatialCursor(int64 j, int64 innerV, int64 step, int c, int maps)
+__device__ __forceinline__ SpatialCursor spatialCursor(int64 j, int64 inner, int64 innerV, int64 step, int c, int maps)
 {
 	SpatialCursor cur;
 	int64 o = j / innerV, stepO = step / innerV;
 	cur.j = j;
 	cur.i = j - o * innerV;
-	cur.segmentStride = (int64)maps * innerV;
-	cur.base = o * cur.segmentStride + (int64)c * innerV;
+	cur.segmentStride = (int64)maps * inner;
+	cur.base = o * cur.segmentStride + (int64)c * inner;
 	cur.stepI = step - stepO * innerV;
 	cur.stepBase = stepO * cur.segmentStride;
 	return cur;
 }
 
-// The element offset of the cursor's vector.
-template <int VEC>
-__device__ __forceinline__ int64 elementOffset(const SpatialCursor &cur)
+// Where the cursor's vector is: its element offset, and the position in the segment of its first element (negative
+// for an unaligned segment's elements before the segment; the vector's element k is in the segment when first + k is
+// in [0, inner)).
+struct VectorAt
 {
-	return (cur.base + cur.i) * VEC;
+	int64 offset, first;
+};
+
+template <int VEC, bool ALIGNED>
+__device__ __forceinline__ VectorAt vectorAt(const SpatialCursor &cur)
+{
+	VectorAt r;
+	int64 start = ALIGNED ? cur.base : cur.base & ~(int64)(VEC - 1);
+	r.offset = start + cur.i * VEC;
+	r.first = r.offset - cur.base;
+	return r;
+}
+
+// Whether element k of a vector is in its segment (always, for aligned segments).
+template <bool ALIGNED>
+__device__ __forceinline__ bool inSegment(const VectorAt &at, int k, int64 inner)
+{
+	return ALIGNED || (unsigned long long)(at.first + k) < (unsigned long long)inner;
+}
+
+// Whether a vector holds any element of its segment: an unaligned segment's last covering vectors may not, and are not
+// loaded (past the tensor's end for the last map's last segment).
+template <bool ALIGNED>
+__device__ __forceinline__ bool touchesSegment(const VectorAt &at, int64 inner)
+{
+	return ALIGNED || at.first < inner;
 }
 
 __device__ __forceinline__ void advance(SpatialCursor &cur, int64 innerV, int64 step)
@@ -339,16 +392,52 @@ __device__ __forceinline__ void advance(SpatialCursor &cur, int64 innerV, int64 
 	}
 }
 
-// The element offsets of the cursor's next LOADS vectors (BLOCK_SIZE apart), the cursor advanced past them.
-template <int VEC>
-__device__ __forceinline__ void nextOffsets(SpatialCursor &cur, int64 innerV, int64 (&off)[LOADS])
+// The cursor's next LOADS vectors (`step` apart), the cursor advanced past them.
+template <int VEC, bool ALIGNED>
+__device__ __forceinline__ void nextVectors(SpatialCursor &cur, int64 innerV, int step, VectorAt (&at)[LOADS])
 {
 #pragma unroll
 	for (int u = 0; u < LOADS; u++)
 	{
-		off[u] = elementOffset<VEC>(cur);
-		advance(cur, innerV, BLOCK_SIZE);
+		at[u] = vectorAt<VEC, ALIGNED>(cur);
+		advance(cur, innerV, step);
 	}
+}
+
+// Who walks a map in the spatial reductions: its block (BLOCK_SIZE threads striding through the map's slice; grid.x =
+// maps), or with PER_THREAD (maps of at most BLOCK_SIZE vectors, which would leave a block's threads idle and pay its
+// merge for a few values) one thread, through its map's slice vector after vector (grid.x = ceil(maps /
+// BLOCK_SIZE): neighbouring threads read neighbouring maps). The thread's map, its first vector in the slice and its
+// step; threads past the last map (PER_THREAD) have none.
+struct MapWalk
+{
+	int c, first, step;
+	bool active;
+};
+
+template <bool PER_THREAD>
+__device__ __forceinline__ MapWalk mapWalk(int maps)
+{
+	MapWalk r;
+	int64 c = PER_THREAD ? (int64)blockIdx.x * BLOCK_SIZE + threadIdx.x : blockIdx.x;
+	r.active = c < maps;
+	r.c = r.active ? (int)c : 0;
+	r.first = PER_THREAD ? 0 : threadIdx.x;
+	r.step = PER_THREAD ? 1 : BLOCK_SIZE;
+	return r;
+}
+
+// VEC values of the vector at `at` into v[pos], ... (those of elements outside the segment: `fill`).
+template <typename T, int VEC, bool ALIGNED, int N>
+__device__ __forceinline__ void loadSegmentAt(const T *ptr, const VectorAt &at, int64 inner, float fill,
+											  float (&v)[N], int pos)
+{
+	if (touchesSegment<ALIGNED>(at, inner))
+		loadPackAt<T, VEC>(ptr + at.offset, v, pos);
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+		v[pos + k] = inSegment<ALIGNED>(at, k, inner) ? v[pos + k] : fill;
 }
 
 __device__ __forceinline__ void blockSlice(int64 total, int64 &begin, int64 &end)
@@ -361,56 +450,136 @@ __device__ __forceinline__ void blockSlice(int64 total, int64 &begin, int64 &end
 // ---------------------------------------------------------------------------------------------------------------
 // Training statistics, stage 1: partial moments. Partials are laid out [split][channel] with split = blockIdx.y.
 
-// grid = (maps, splits), block = BLOCK_SIZE.
-template <typename T, int VEC>
-__device__ void statsSpatial(const T *x, int64 outer, int maps, int64 innerV, float *pn, float *pmean, float *pm2)
+// grid = (maps, splits), or (ceil(maps / BLOCK_SIZE), splits) with PER_THREAD (mapWalk); block = BLOCK_SIZE.
+template <typename T, int VEC, bool ALIGNED, bool PER_THREAD>
+__device__ void statsSpatial(const T *x, int64 outer, int maps, int64 inner, int64 innerV, float *pn, float *pmean,
+							 float *pm2)
 {
-	int c = blockIdx.x;
-	float shift = toFloat(x[(int64)c * innerV * VEC]);
+	MapWalk walk = mapWalk<PER_THREAD>(maps);
+	// NOTE: no barrier or shuffle follows on the per-thread walk, so its idle threads may leave
+	if (PER_THREAD && !walk.active)
+		return;
+
+	int c = walk.c, step = walk.step;
+	float shift = toFloat(x[(int64)c * inner]);
 
 	int64 begin, end;
 	blockSlice(outer * innerV, begin, end);
 
 	Moments acc = emptyMoments();
-	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE, c, maps);
+	SpatialCursor cur = spatialCursor(begin + walk.first, inner, innerV, step, c, maps);
 
 	// NOTE: LOADS vectors loaded, then merged as one group of LOADS * VEC values
-	while (cur.j + (LOADS - 1) * BLOCK_SIZE < end)
+	while (cur.j + (LOADS - 1) * step < end)
 	{
 		float v[LOADS * VEC];
-		int64 off[LOADS];
-		nextOffsets<VEC>(cur, innerV, off);
+		VectorAt at[LOADS];
+		nextVectors<VEC, ALIGNED>(cur, innerV, step, at);
 
 #pragma unroll
 		for (int u = 0; u < LOADS; u++)
-			loadPackAt<T, VEC>(x + off[u], v, u * VEC);
+			loadSegmentAt<T, VEC, ALIGNED>(x, at[u], inner, shift, v, u * VEC);
 
-		acc = addValues<LOADS * VEC>(acc, v, shift);
+		if (ALIGNED)
+			acc = addValues<LOADS * VEC>(acc, v, shift);
+		else
+		{
+			bool in[LOADS * VEC];
+
+#pragma unroll
+			for (int u = 0; u < LOADS; u++)
+			{
+#pragma unroll
+				for (int k = 0; k < VEC; k++)
+					in[u * VEC + k] = inSegment<ALIGNED>(at[u], k, inner);
+			}
+			acc = addSegmentValues<LOADS * VEC>(acc, v, in, shift);
+		}
 	}
 
-	for (; cur.j < end; advance(cur, innerV, BLOCK_SIZE))
+	for (; cur.j < end; advance(cur, innerV, step))
 	{
 		float v[VEC];
-		loadPack<T, VEC>(x + elementOffset<VEC>(cur), v);
-		acc = addValues<VEC>(acc, v, shift);
+		VectorAt at = vectorAt<VEC, ALIGNED>(cur);
+		loadSegmentAt<T, VEC, ALIGNED>(x, at, inner, shift, v, 0);
+
+		if (ALIGNED)
+			acc = addValues<VEC>(acc, v, shift);
+		else
+		{
+			bool in[VEC];
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+				in[k] = inSegment<ALIGNED>(at, k, inner);
+			acc = addSegmentValues<VEC>(acc, v, in, shift);
+		}
 	}
 
-	acc = blockMergeMoments(acc);
+	if (!PER_THREAD)
+		acc = blockMergeMoments(acc);
 
-	if (threadIdx.x == 0)
+	if (PER_THREAD || threadIdx.x == 0)
 	{
 		int64 k = (int64)blockIdx.y * maps + c;
 		pn[k] = acc.n; pmean[k] = acc.mean; pm2[k] = acc.m2;
 	}
 }
 
-// grid = (ceil(maps / (ROWS_BX * VEC)), splits), block = (ROWS_BX, ROWS_BY).
+// The rows kernels' block: blockDim.x lanes across channel vectors (as many as the maps need, at most 32: few maps
+// leave no lane idle) and blockDim.y lanes across rows, blockDim.x * blockDim.y <= BLOCK_SIZE; the host picks them
+// (BatchNormKernels.rowsBlock). The lane's vector starts at channel rowsChannel<VEC>(maps) (maps for the lanes past
+// the last map, which are idle; a 32-bit index, so that no 64-bit one stays live across the loops); its thread index
+// in the block is rowsThread().
+template <int VEC>
+__device__ __forceinline__ int rowsChannel(int maps)
+{
+	return (int)min(((int64)blockIdx.x * blockDim.x + threadIdx.x) * VEC, (int64)maps);
+}
+
+__device__ __forceinline__ int rowsThread()
+{
+	return threadIdx.y * blockDim.x + threadIdx.x;
+}
+
+// The first power of two >= n.
+__device__ __forceinline__ int ceilPow2(int n)
+{
+	int p = 1;
+	while (p < n)
+		p <<= 1;
+	return p;
+}
+
+// The tree over the block's rows of lanes: for each channel of the lane's vector, merge(own slot, the slot of row
+// y + s) for s = ..., 2, 1 while rows y + s remain, over shared values that every thread has stored at
+// rowsThread() * VEC + k; afterwards thread row 0's slots hold the block's results. log2(blockDim.y) steps; every
+// thread reaches every barrier.
+template <int VEC, typename Merge>
+__device__ __forceinline__ void rowsTree(Merge merge)
+{
+	for (int s = ceilPow2(blockDim.y) / 2; s > 0; s /= 2)
+	{
+		__syncthreads();
+
+		if (threadIdx.y < s && threadIdx.y + s < blockDim.y)
+		{
+			int self = rowsThread() * VEC, other = (rowsThread() + s * blockDim.x) * VEC;
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+				merge(self + k, other + k);
+		}
+	}
+}
+
+// grid = (ceil(maps / (blockDim.x * VEC)), splits), block = rows (above).
 template <typename T, int VEC>
 __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pmean, float *pm2)
 {
-	__shared__ float sn[ROWS_BY][ROWS_BX * VEC], smean[ROWS_BY][ROWS_BX * VEC], sm2[ROWS_BY][ROWS_BX * VEC];
+	__shared__ float sn[BLOCK_SIZE * VEC], smean[BLOCK_SIZE * VEC], sm2[BLOCK_SIZE * VEC];
 
-	int64 c0 = ((int64)blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	int c0 = rowsChannel<VEC>(maps);
 	bool active = c0 < maps;
 
 	float shift[VEC];
@@ -424,18 +593,18 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 	{
 		loadPack<T, VEC>(x + c0, shift);
 
-		int64 begin, end;
+		int64 begin, end, step = blockDim.y;
 		blockSlice(rows, begin, end);
 		int64 r = begin + threadIdx.y;
 
 		// NOTE: LOADS rows loaded, then each channel's LOADS values merged as one group
-		for (; r + (LOADS - 1) * ROWS_BY < end; r += LOADS * ROWS_BY)
+		for (; r + (LOADS - 1) * step < end; r += LOADS * step)
 		{
 			float v[LOADS * VEC];
 
 #pragma unroll
 			for (int u = 0; u < LOADS; u++)
-				loadPackAt<T, VEC>(x + (r + u * ROWS_BY) * maps + c0, v, u * VEC);
+				loadPackAt<T, VEC>(x + (r + u * step) * maps + c0, v, u * VEC);
 
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
@@ -449,7 +618,7 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 			}
 		}
 
-		for (; r < end; r += ROWS_BY)
+		for (; r < end; r += step)
 		{
 			float v[VEC];
 			loadPack<T, VEC>(x + r * maps + c0, v);
@@ -466,30 +635,27 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 #pragma unroll
 	for (int k = 0; k < VEC; k++)
 	{
-		sn[threadIdx.y][threadIdx.x * VEC + k] = acc[k].n;
-		smean[threadIdx.y][threadIdx.x * VEC + k] = acc[k].mean;
-		sm2[threadIdx.y][threadIdx.x * VEC + k] = acc[k].m2;
+		int at = rowsThread() * VEC + k;
+		sn[at] = acc[k].n; smean[at] = acc[k].mean; sm2[at] = acc[k].m2;
 	}
-	__syncthreads();
+
+	rowsTree<VEC>([&](int self, int other)
+	{
+		Moments a, b;
+		a.n = sn[self]; a.mean = smean[self]; a.m2 = sm2[self];
+		b.n = sn[other]; b.mean = smean[other]; b.m2 = sm2[other];
+		a = mergeMoments(a, b);
+		sn[self] = a.n; smean[self] = a.mean; sm2[self] = a.m2;
+	});
 
 	if (threadIdx.y == 0 && active)
 	{
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
 		{
-			Moments m = acc[k];
-
-			for (int y = 1; y < ROWS_BY; y++)
-			{
-				Moments b;
-				b.n = sn[y][threadIdx.x * VEC + k];
-				b.mean = smean[y][threadIdx.x * VEC + k];
-				b.m2 = sm2[y][threadIdx.x * VEC + k];
-				m = mergeMoments(m, b);
-			}
-
+			int at = threadIdx.x * VEC + k;
 			int64 idx = (int64)blockIdx.y * maps + c0 + k;
-			pn[idx] = m.n; pmean[idx] = m.mean; pm2[idx] = m.m2;
+			pn[idx] = sn[at]; pmean[idx] = smean[at]; pm2[idx] = sm2[at];
 		}
 	}
 }
@@ -587,31 +753,38 @@ __device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, co
 // Backward reduction, stage 1: partial sums of dy and dy * (x - mean) per channel; mean is the batch mean (training)
 // or the running mean (frozen); multiplying by invstd happens once per channel in stage 2.
 
-template <typename T, int VEC>
-__device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int64 innerV, const float *mean,
-							float *psum, float *pdot)
+// grid and block as statsSpatial's.
+template <typename T, int VEC, bool ALIGNED, bool PER_THREAD>
+__device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int64 inner, int64 innerV,
+							const float *mean, float *psum, float *pdot)
 {
-	int c = blockIdx.x;
+	MapWalk walk = mapWalk<PER_THREAD>(maps);
+	// NOTE: as in statsSpatial
+	if (PER_THREAD && !walk.active)
+		return;
+
+	int c = walk.c, step = walk.step;
 	float mu = mean[c];
 
 	int64 begin, end;
 	blockSlice(outer * innerV, begin, end);
 
 	float sum = 0.0f, dot = 0.0f;
-	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE, c, maps);
+	SpatialCursor cur = spatialCursor(begin + walk.first, inner, innerV, step, c, maps);
 
-	// NOTE: LOADS vectors of each input loaded before the first is used
-	while (cur.j + (LOADS - 1) * BLOCK_SIZE < end)
+	// NOTE: LOADS vectors of each input loaded before the first is used; elements outside the segment count as
+	// x = mean, dy = 0
+	while (cur.j + (LOADS - 1) * step < end)
 	{
 		float xv[LOADS * VEC], gv[LOADS * VEC];
-		int64 off[LOADS];
-		nextOffsets<VEC>(cur, innerV, off);
+		VectorAt at[LOADS];
+		nextVectors<VEC, ALIGNED>(cur, innerV, step, at);
 
 #pragma unroll
 		for (int u = 0; u < LOADS; u++)
 		{
-			loadPackAt<T, VEC>(x + off[u], xv, u * VEC);
-			loadPackAt<T, VEC>(dy + off[u], gv, u * VEC);
+			loadSegmentAt<T, VEC, ALIGNED>(x, at[u], inner, mu, xv, u * VEC);
+			loadSegmentAt<T, VEC, ALIGNED>(dy, at[u], inner, 0.0f, gv, u * VEC);
 		}
 
 		// NOTE: the group's sums first, then added: the compiler then issues more of the group's loads before the first
@@ -628,13 +801,13 @@ __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int6
 		dot += groupDot;
 	}
 
-	for (; cur.j < end; advance(cur, innerV, BLOCK_SIZE))
+	for (; cur.j < end; advance(cur, innerV, step))
 	{
-		int64 off = elementOffset<VEC>(cur);
+		VectorAt at = vectorAt<VEC, ALIGNED>(cur);
 
 		float xv[VEC], gv[VEC];
-		loadPack<T, VEC>(x + off, xv);
-		loadPack<T, VEC>(dy + off, gv);
+		loadSegmentAt<T, VEC, ALIGNED>(x, at, inner, mu, xv, 0);
+		loadSegmentAt<T, VEC, ALIGNED>(dy, at, inner, 0.0f, gv, 0);
 
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
@@ -644,46 +817,45 @@ __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int6
 		}
 	}
 
-	blockSum2(sum, dot);
+	if (!PER_THREAD)
+		blockSum2(sum, dot);
 
-	if (threadIdx.x == 0)
+	if (PER_THREAD || threadIdx.x == 0)
 	{
 		int64 k = (int64)blockIdx.y * maps + c;
 		psum[k] = sum; pdot[k] = dot;
 	}
 }
 
-// The rows kernels' partial sums of a block: the ROWS_BY threads of a channel vector add theirs through shared memory,
-// and thread row 0 writes the block's partials of each channel (laid out [split][channel], split = blockIdx.y).
+// The rows kernels' partial sums of a block: the rows of lanes of a channel vector add theirs through shared memory
+// (rowsTree), and thread row 0 writes the block's partials of each channel (laid out [split][channel], split =
+// blockIdx.y).
 template <int VEC>
-__device__ __forceinline__ void rowsPartials(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int64 c0,
+__device__ __forceinline__ void rowsPartials(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int c0,
 											 int maps, float *psum, float *pdot)
 {
-	__shared__ float ssum[ROWS_BY][ROWS_BX * VEC], sdot[ROWS_BY][ROWS_BX * VEC];
+	__shared__ float ssum[BLOCK_SIZE * VEC], sdot[BLOCK_SIZE * VEC];
 
 #pragma unroll
 	for (int k = 0; k < VEC; k++)
 	{
-		ssum[threadIdx.y][threadIdx.x * VEC + k] = sum[k];
-		sdot[threadIdx.y][threadIdx.x * VEC + k] = dot[k];
+		ssum[rowsThread() * VEC + k] = sum[k];
+		sdot[rowsThread() * VEC + k] = dot[k];
 	}
-	__syncthreads();
+
+	rowsTree<VEC>([&](int self, int other)
+	{
+		ssum[self] += ssum[other];
+		sdot[self] += sdot[other];
+	});
 
 	if (threadIdx.y == 0 && active)
 	{
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
 		{
-			float s = sum[k], d = dot[k];
-
-			for (int y = 1; y < ROWS_BY; y++)
-			{
-				s += ssum[y][threadIdx.x * VEC + k];
-				d += sdot[y][threadIdx.x * VEC + k];
-			}
-
 			int64 idx = (int64)blockIdx.y * maps + c0 + k;
-			psum[idx] = s; pdot[idx] = d;
+			psum[idx] = ssum[threadIdx.x * VEC + k]; pdot[idx] = sdot[threadIdx.x * VEC + k];
 		}
 	}
 }
@@ -691,7 +863,7 @@ __device__ __forceinline__ void rowsPartials(const float (&sum)[VEC], const floa
 template <typename T, int VEC>
 __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot)
 {
-	int64 c0 = ((int64)blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	int c0 = rowsChannel<VEC>(maps);
 	bool active = c0 < maps;
 
 	float sum[VEC], dot[VEC], mu[VEC];
@@ -705,19 +877,19 @@ __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const fl
 
 	if (active)
 	{
-		int64 begin, end;
+		int64 begin, end, step = blockDim.y;
 		blockSlice(rows, begin, end);
 		int64 r = begin + threadIdx.y;
 
 		// NOTE: LOADS rows of each input loaded before the first is used
-		for (; r + (LOADS - 1) * ROWS_BY < end; r += LOADS * ROWS_BY)
+		for (; r + (LOADS - 1) * step < end; r += LOADS * step)
 		{
 			float xv[LOADS * VEC], gv[LOADS * VEC];
 
 #pragma unroll
 			for (int u = 0; u < LOADS; u++)
 			{
-				int64 off = (r + u * ROWS_BY) * maps + c0;
+				int64 off = (r + u * step) * maps + c0;
 				loadPackAt<T, VEC>(x + off, xv, u * VEC);
 				loadPackAt<T, VEC>(dy + off, gv, u * VEC);
 			}
@@ -734,7 +906,7 @@ __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const fl
 			}
 		}
 
-		for (; r < end; r += ROWS_BY)
+		for (; r < end; r += step)
 		{
 			float xv[VEC], gv[VEC];
 			loadPack<T, VEC>(x + r * maps + c0, xv);
@@ -938,10 +1110,37 @@ __device__ __forceinline__ float reconFactor(const ChannelParams &p, const Fused
 	return 1.0f / (s * p.invstd[c]);
 }
 
+// The constants of one channel in a fused pass: the mean the data is centred on, and for the reconstruction the bias
+// and recon (reconFactor); the elementwise passes' coefficients besides.
+struct FusedCoef
+{
+	Coef q;
+	float mu, bias, recon;
+};
+
+__device__ __forceinline__ FusedCoef fusedCoef(float mu, const ChannelParams &p, const FusedParams &f, int64 c,
+											   bool rebuild)
+{
+	FusedCoef r;
+	r.q.mu = 0.0f; r.q.a = 0.0f; r.q.b = 0.0f; r.q.k = 0.0f;
+	r.mu = rebuild ? 0.0f : mu;
+	r.bias = rebuild ? p.bias[c] : 0.0f;
+	r.recon = rebuild ? reconFactor(p, f, c) : 0.0f;
+	return r;
+}
+
+// The constants of element k of a vector whose LANES (1: one channel; VEC: one channel per element, the rows layout)
+// channels' constants are c.
+template <int LANES>
+__device__ __forceinline__ const FusedCoef &laneCoef(const FusedCoef (&c)[LANES], int k)
+{
+	return c[LANES == 1 ? 0 : k];
+}
+
 // Loads VEC values of dy and y (and x unless reconstruct) at `off` and turns them into dz and x - mean.
-template <typename T, int VEC>
-__device__ __forceinline__ void fusedLoad(const T *x, const T *dy, const FusedParams &f, int64 off, float mu,
-										  float bias, float recon, float (&gv)[VEC], float (&xc)[VEC])
+template <typename T, int VEC, int LANES>
+__device__ __forceinline__ void fusedLoad(const T *x, const T *dy, const FusedParams &f, int64 off,
+										  const FusedCoef (&c)[LANES], float (&gv)[VEC], float (&xc)[VEC])
 {
 	float yv[VEC];
 	loadPack<T, VEC>(dy + off, gv);
@@ -951,14 +1150,14 @@ __device__ __forceinline__ void fusedLoad(const T *x, const T *dy, const FusedPa
 	{
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
-			xc[k] = (actInverse(yv[k], f.act, f.slope) - bias) * recon;
+			xc[k] = (actInverse(yv[k], f.act, f.slope) - laneCoef(c, k).bias) * laneCoef(c, k).recon;
 	}
 	else
 	{
 		loadPack<T, VEC>(x + off, xc);
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
-			xc[k] -= mu;
+			xc[k] -= laneCoef(c, k).mu;
 	}
 
 #pragma unroll
@@ -992,7 +1191,7 @@ __device__ __forceinline__ void loadModeInputs(const T *x, const T *dy, int64 of
 	}
 }
 
-// Position of a flat vector index j in the (outer, maps, innerV) view: i = j % innerV and its channel c. A step is a
+// Position of a flat element index e in the (outer, maps, inner) view: i = e % inner and its channel c. A step is a
 // position too (that of the step's length), so a cursor advances by one with no division (`flatAdvance`).
 struct FlatPosition
 {
@@ -1000,76 +1199,122 @@ struct FlatPosition
 	int c;
 };
 
-__device__ __forceinline__ FlatPosition flatPosition(int64 j, int64 innerV, int maps)
+__device__ __forceinline__ FlatPosition flatPosition(int64 e, int64 inner, int maps)
 {
 	FlatPosition r;
-	int64 row = j / innerV;
-	r.i = j - row * innerV;
+	int64 row = e / inner;
+	r.i = e - row * inner;
 	r.c = (int)(row % maps);
 	return r;
 }
 
-__device__ __forceinline__ void flatAdvance(FlatPosition &cur, const FlatPosition &step, int64 innerV, int maps)
+__device__ __forceinline__ void flatAdvance(FlatPosition &cur, const FlatPosition &step, int64 inner, int maps)
 {
 	cur.i += step.i;
-	int carry = (cur.i >= innerV) ? 1 : 0;
-	cur.i -= carry ? innerV : 0;
+	int carry = (cur.i >= inner) ? 1 : 0;
+	cur.i -= carry ? inner : 0;
 
 	// NOTE: c + step.c + carry may exceed INT_MAX when maps > 2^30, so the wrap is decided before adding
 	int room = maps - step.c - carry;
 	cur.c = (cur.c >= room) ? cur.c - room : cur.c + step.c + carry;
 }
 
-// Flat grid-stride walk over all outer * maps * innerV vectors in tiles of LOADS * BLOCK_SIZE vectors: a thread loads
-// its LOADS vectors of a tile (BLOCK_SIZE apart, coalesced), then computes, then stores them. Each of the LOADS
-// positions keeps its channel's coefficients and reloads them only when its channel changes. The last, partial tile
-// goes vector by vector. grid = any (the host sizes it to the work), block = BLOCK_SIZE.
-template <typename T, int VEC, int MODE>
-__device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV, ChannelParams p)
+// The coefficients of a flat vector's elements, kept by a slot of the walk and reloaded only when its channel
+// changes: those of its first element's channel (`here`) and, with unaligned segments (VEC does not divide inner,
+// inner >= VEC), those of the next channel, which the elements k with i + k >= inner belong to (`straddle`). The
+// frozen backward's coefficient is one float, so a slot keeps the next channel's too; the other modes' are four, and
+// a second set per slot would take more registers than two blocks per multiprocessor leave, so they load the next
+// channel's for the vectors that straddle only (L1 hits).
+template <int MODE, int VEC, bool ALIGNED>
+struct CachedCoef
 {
-	int64 total = outer * maps * innerV;
+	static const bool KEEPS_NEXT = !ALIGNED && MODE == MODE_FROZEN_BACKWARD;
+
+	int cached;
+	Coef here, next;
+
+	__device__ __forceinline__ void init()
+	{
+		cached = -1;
+	}
+
+	__device__ __forceinline__ void update(const ChannelParams &p, int c, int maps)
+	{
+		if (c != cached)
+		{
+			here = channelCoef<MODE>(p, c);
+			if (KEEPS_NEXT)
+				next = channelCoef<MODE>(p, c + 1 == maps ? 0 : c + 1);
+			cached = c;
+		}
+	}
+
+	__device__ __forceinline__ Coef straddle(const ChannelParams &p, const FlatPosition &at, int64 inner,
+											 int maps) const
+	{
+		if (ALIGNED)
+			return here;
+		if (KEEPS_NEXT)
+			return next;
+		if (at.i + VEC <= inner)
+			return here;
+		return channelCoef<MODE>(p, at.c + 1 == maps ? 0 : at.c + 1);
+	}
+};
+
+// Flat grid-stride walk over all outer * maps * inner elements, VEC at a time, in tiles of LOADS * BLOCK_SIZE vectors:
+// a thread loads its LOADS vectors of a tile (BLOCK_SIZE apart, coalesced), then computes, then stores them. Each of
+// the LOADS slots keeps its channel's coefficients (`CachedCoef`). The last, partial tile goes vector by vector.
+// Unaligned segments need outer * maps * inner to be a multiple of VEC. grid = any (the host sizes it to the work),
+// block = BLOCK_SIZE.
+template <typename T, int VEC, int MODE, bool ALIGNED>
+__device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner, ChannelParams p)
+{
+	int64 total = outer * maps * inner / VEC;
 	int64 tileStep = (int64)gridDim.x * BLOCK_SIZE * LOADS;
 	int64 j = (int64)blockIdx.x * BLOCK_SIZE * LOADS + threadIdx.x;
 
 	if (j >= total)
 		return;
 
-	FlatPosition cur = flatPosition(j, innerV, maps);
-	FlatPosition lane = flatPosition(BLOCK_SIZE, innerV, maps), tile = flatPosition(tileStep, innerV, maps);
+	FlatPosition cur = flatPosition(j * VEC, inner, maps);
+	FlatPosition lane = flatPosition(BLOCK_SIZE * VEC, inner, maps), tile = flatPosition(tileStep * VEC, inner, maps);
 
-	int cached[LOADS];
-	Coef q[LOADS];
+	CachedCoef<MODE, VEC, ALIGNED> q[LOADS];
 
 #pragma unroll
 	for (int u = 0; u < LOADS; u++)
-		cached[u] = -1;
+		q[u].init();
 
-	for (; j + (LOADS - 1) * BLOCK_SIZE < total; j += tileStep, flatAdvance(cur, tile, innerV, maps))
+	for (; j + (LOADS - 1) * BLOCK_SIZE < total; j += tileStep, flatAdvance(cur, tile, inner, maps))
 	{
 		float xv[LOADS * VEC], gv[LOADS * VEC], ov[LOADS * VEC];
-		int channel[LOADS];
-		FlatPosition at = cur;
+		FlatPosition at[LOADS];
+		at[0] = cur;
 
 #pragma unroll
 		for (int u = 0; u < LOADS; u++)
 		{
-			channel[u] = at.c;
 			loadModeInputs<T, VEC, MODE>(x, dy, (j + u * BLOCK_SIZE) * VEC, xv, gv, u * VEC);
-			flatAdvance(at, lane, innerV, maps);
+			if (u + 1 < LOADS)
+			{
+				at[u + 1] = at[u];
+				flatAdvance(at[u + 1], lane, inner, maps);
+			}
 		}
 
 #pragma unroll
 		for (int u = 0; u < LOADS; u++)
 		{
-			if (channel[u] != cached[u])
-			{
-				q[u] = channelCoef<MODE>(p, channel[u]);
-				cached[u] = channel[u];
-			}
+			q[u].update(p, at[u].c, maps);
+			Coef next = q[u].straddle(p, at[u], inner, maps);
 
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
-				ov[u * VEC + k] = applyCoef<MODE>(q[u], xv[u * VEC + k], gv[u * VEC + k]);
+			{
+				const Coef &r = (ALIGNED || at[u].i + k < inner) ? q[u].here : next;
+				ov[u * VEC + k] = applyCoef<MODE>(r, xv[u * VEC + k], gv[u * VEC + k]);
+			}
 		}
 
 #pragma unroll
@@ -1077,27 +1322,27 @@ __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int m
 			storePackAt<T, VEC>(out + (j + u * BLOCK_SIZE) * VEC, ov, u * VEC);
 	}
 
-	for (; j < total; j += BLOCK_SIZE, flatAdvance(cur, lane, innerV, maps))
+	for (; j < total; j += BLOCK_SIZE, flatAdvance(cur, lane, inner, maps))
 	{
 		float xv[VEC], gv[VEC], ov[VEC];
 		loadModeInputs<T, VEC, MODE>(x, dy, j * VEC, xv, gv, 0);
-
-		Coef r = channelCoef<MODE>(p, cur.c);
+		q[0].update(p, cur.c, maps);
+		Coef next = q[0].straddle(p, cur, inner, maps);
 
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
-			ov[k] = applyCoef<MODE>(r, xv[k], gv[k]);
+			ov[k] = applyCoef<MODE>((ALIGNED || cur.i + k < inner) ? q[0].here : next, xv[k], gv[k]);
 
 		storePack<T, VEC>(out + j * VEC, ov);
 	}
 }
 
 // Rows r, r + step, ..., LOADS at a time (loaded, computed, then stored), then the rest one by one.
-// grid = (ceil(maps / (ROWS_BX * VEC)), any), block = (ROWS_BX, ROWS_BY).
+// grid = (ceil(maps / (blockDim.x * VEC)), any), block = rows (rowsChannel).
 template <typename T, int VEC, int MODE>
 __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p)
 {
-	int64 c0 = ((int64)blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	int c0 = rowsChannel<VEC>(maps);
 	if (c0 >= maps)
 		return;
 
@@ -1107,8 +1352,8 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 	for (int k = 0; k < VEC; k++)
 		q[k] = channelCoef<MODE>(p, c0 + k);
 
-	int64 step = (int64)gridDim.y * ROWS_BY;
-	int64 r = (int64)blockIdx.y * ROWS_BY + threadIdx.y;
+	int64 step = (int64)gridDim.y * blockDim.y;
+	int64 r = (int64)blockIdx.y * blockDim.y + threadIdx.y;
 
 	for (; r + (LOADS - 1) * step < rows; r += LOADS * step)
 	{
@@ -1147,25 +1392,22 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 // Backward reduction, stage 1, after a fused forward: the partial sums of dz and dz * (x - mean) of gradSpatial and
 // gradRows, with dz and x - mean from fusedLoad. p gives scale, bias and invstd (for the reconstruction).
 template <typename T, int VEC>
-__device__ void gradSpatialFused(const T *x, const T *dy, int64 outer, int maps, int64 innerV, const float *mean,
-								 float *psum, float *pdot, ChannelParams p, FusedParams f)
+__device__ void gradSpatialFused(const T *x, const T *dy, int64 outer, int maps, int64 inner, int64 innerV,
+								 const float *mean, float *psum, float *pdot, ChannelParams p, FusedParams f)
 {
 	int c = blockIdx.x;
-	float mu = f.reconstruct ? 0.0f : mean[c];
-	float bias = f.reconstruct ? p.bias[c] : 0.0f, recon = f.reconstruct ? reconFactor(p, f, c) : 0.0f;
+	FusedCoef fc[1] = {fusedCoef(f.reconstruct ? 0.0f : mean[c], p, f, c, f.reconstruct)};
 
 	int64 begin, end;
 	blockSlice(outer * innerV, begin, end);
 
 	float sum = 0.0f, dot = 0.0f;
-	SpatialCursor cur = spatialCursor(begin + threadIdx.x, innerV, BLOCK_SIZE, c, maps);
+	SpatialCursor cur = spatialCursor(begin + threadIdx.x, inner, innerV, BLOCK_SIZE, c, maps);
 
 	for (; cur.j < end; advance(cur, innerV, BLOCK_SIZE))
 	{
-		int64 off = elementOffset<VEC>(cur);
-
 		float gv[VEC], xc[VEC];
-		fusedLoad<T, VEC>(x, dy, f, off, mu, bias, recon, gv, xc);
+		fusedLoad<T, VEC, 1>(x, dy, f, vectorAt<VEC, true>(cur).offset, fc, gv, xc);
 
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
@@ -1188,7 +1430,7 @@ template <typename T, int VEC>
 __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum,
 							  float *pdot, ChannelParams p, FusedParams f)
 {
-	int64 c0 = ((int64)blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	int c0 = rowsChannel<VEC>(maps);
 	bool active = c0 < maps;
 
 	float sum[VEC], dot[VEC];
@@ -1201,32 +1443,20 @@ __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, con
 
 	if (active)
 	{
-		float mu[VEC], bias[VEC], recon[VEC];
+		// NOTE: one channel per element of the vector, so the constants are taken element by element
+		FusedCoef fc[VEC];
 
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
-		{
-			mu[k] = f.reconstruct ? 0.0f : mean[c0 + k];
-			bias[k] = f.reconstruct ? p.bias[c0 + k] : 0.0f;
-			recon[k] = f.reconstruct ? reconFactor(p, f, c0 + k) : 0.0f;
-		}
+			fc[k] = fusedCoef(f.reconstruct ? 0.0f : mean[c0 + k], p, f, c0 + k, f.reconstruct);
 
 		int64 begin, end;
 		blockSlice(rows, begin, end);
 
-		for (int64 r = begin + threadIdx.y; r < end; r += ROWS_BY)
+		for (int64 r = begin + threadIdx.y; r < end; r += blockDim.y)
 		{
 			float gv[VEC], xc[VEC];
-			int64 off = r * maps + c0;
-
-			// NOTE: one channel per lane of the vector, so the constants are taken lane by lane
-#pragma unroll
-			for (int k = 0; k < VEC; k++)
-			{
-				float g1[1], x1[1];
-				fusedLoad<T, 1>(x, dy, f, off + k, mu[k], bias[k], recon[k], g1, x1);
-				gv[k] = g1[0]; xc[k] = x1[0];
-			}
+			fusedLoad<T, VEC, VEC>(x, dy, f, r * maps + c0, fc, gv, xc);
 
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
@@ -1240,12 +1470,23 @@ __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, con
 	rowsPartials<VEC>(sum, dot, active, c0, maps, psum, pdot);
 }
 
-// The fused elementwise pass of one VEC group at `off` of channel constants q (fb, fr: bias and recon of the
-// reconstruction), for every mode: forward out = act(bn(x) + residual); backward dx from dz and x - mean (frozen: dz
-// only), and resgrad = dz where given.
-template <typename T, int VEC, int MODE>
-__device__ __forceinline__ void fusedApply(const T *x, const T *dy, T *out, int64 off, const Coef &q, float fb,
-										   float fr, const FusedParams &f)
+// The constants of channel c in the fused elementwise pass of MODE.
+template <int MODE>
+__device__ __forceinline__ FusedCoef fusedPassCoef(const ChannelParams &p, const FusedParams &f, int64 c)
+{
+	bool rebuild = MODE == MODE_BACKWARD && f.reconstruct;
+	FusedCoef r = fusedCoef(0.0f, p, f, c, rebuild);
+	r.q = channelCoef<MODE>(p, c);
+	r.mu = r.q.mu;
+	return r;
+}
+
+// The fused elementwise pass of one VEC group at `off` with the constants c of its LANES channels (laneCoef), for
+// every mode: forward out = act(bn(x) + residual); backward dx from dz and x - mean (frozen: dz only), and resgrad =
+// dz where given.
+template <typename T, int VEC, int LANES, int MODE>
+__device__ __forceinline__ void fusedApply(const T *x, const T *dy, T *out, int64 off, const FusedCoef (&c)[LANES],
+										   const FusedParams &f)
 {
 	float ov[VEC];
 
@@ -1256,7 +1497,7 @@ __device__ __forceinline__ void fusedApply(const T *x, const T *dy, T *out, int6
 
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
-			ov[k] = applyCoef<MODE>(q, xv[k], 0.0f);
+			ov[k] = applyCoef<MODE>(laneCoef(c, k).q, xv[k], 0.0f);
 
 		if (f.residual != 0)
 		{
@@ -1276,7 +1517,7 @@ __device__ __forceinline__ void fusedApply(const T *x, const T *dy, T *out, int6
 	{
 		float gv[VEC], xc[VEC];
 		if (MODE == MODE_BACKWARD)
-			fusedLoad<T, VEC>(x, dy, f, off, q.mu, fb, fr, gv, xc);
+			fusedLoad<T, VEC, LANES>(x, dy, f, off, c, gv, xc);
 		else
 		{
 			float yv[VEC];
@@ -1293,7 +1534,10 @@ __device__ __forceinline__ void fusedApply(const T *x, const T *dy, T *out, int6
 
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
+		{
+			const Coef &q = laneCoef(c, k).q;
 			ov[k] = MODE == MODE_BACKWARD ? q.a * (gv[k] - q.b - xc[k] * q.k) : gv[k] * q.a;
+		}
 	}
 
 	storePack<T, VEC>(out + off, ov);
@@ -1302,10 +1546,10 @@ __device__ __forceinline__ void fusedApply(const T *x, const T *dy, T *out, int6
 // The fused passes over the spatial and rows layouts: one vector at a time, grid-stride (with the channel cursor of
 // applySpatial on the spatial layout).
 template <typename T, int VEC, int MODE>
-__device__ void applySpatialFused(const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV,
+__device__ void applySpatialFused(const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner,
 								  ChannelParams p, FusedParams f)
 {
-	int64 total = outer * maps * innerV;
+	int64 total = outer * maps * inner / VEC;
 	int64 step = (int64)gridDim.x * BLOCK_SIZE;
 	int64 j = (int64)blockIdx.x * BLOCK_SIZE + threadIdx.x;
 
@@ -1313,70 +1557,78 @@ __device__ void applySpatialFused(const T *x, const T *dy, T *out, int64 outer, 
 		return;
 
 	// NOTE: the channel advances with the index (no division in the loop), as in applySpatial
-	FlatPosition cur = flatPosition(j, innerV, maps);
-	FlatPosition stride = flatPosition(step, innerV, maps);
+	FlatPosition cur = flatPosition(j * VEC, inner, maps);
+	FlatPosition stride = flatPosition(step * VEC, inner, maps);
 	int cached = -1;
-	Coef q;
-	float fb = 0.0f, fr = 0.0f;
+	FusedCoef fc[1];
 
-	for (; j < total; j += step, flatAdvance(cur, stride, innerV, maps))
+	for (; j < total; j += step, flatAdvance(cur, stride, inner, maps))
 	{
-		int c = cur.c;
-
-		if (c != cached)
+		if (cur.c != cached)
 		{
-			q = channelCoef<MODE>(p, c);
-			if (MODE == MODE_BACKWARD && f.reconstruct)
-			{
-				fb = p.bias[c]; fr = reconFactor(p, f, c);
-			}
-			cached = c;
+			fc[0] = fusedPassCoef<MODE>(p, f, cur.c);
+			cached = cur.c;
 		}
 
-		fusedApply<T, VEC, MODE>(x, dy, out, j * VEC, q, fb, fr, f);
+		fusedApply<T, VEC, 1, MODE>(x, dy, out, j * VEC, fc, f);
 	}
 }
 
 template <typename T, int VEC, int MODE>
 __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p, FusedParams f)
 {
-	int64 c0 = ((int64)blockIdx.x * ROWS_BX + threadIdx.x) * VEC;
+	int c0 = rowsChannel<VEC>(maps);
 	if (c0 >= maps)
 		return;
 
-	Coef q[VEC];
-	float fb[VEC], fr[VEC];
+	// NOTE: one channel per element of the vector
+	FusedCoef fc[VEC];
 
 #pragma unroll
 	for (int k = 0; k < VEC; k++)
-	{
-		q[k] = channelCoef<MODE>(p, c0 + k);
-		bool rebuild = MODE == MODE_BACKWARD && f.reconstruct;
-		fb[k] = rebuild ? p.bias[c0 + k] : 0.0f;
-		fr[k] = rebuild ? reconFactor(p, f, c0 + k) : 0.0f;
-	}
+		fc[k] = fusedPassCoef<MODE>(p, f, c0 + k);
 
-	for (int64 r = (int64)blockIdx.y * ROWS_BY + threadIdx.y; r < rows; r += (int64)gridDim.y * ROWS_BY)
-	{
-		// NOTE: one channel per lane of the vector: element by element
-#pragma unroll
-		for (int k = 0; k < VEC; k++)
-			fusedApply<T, 1, MODE>(x, dy, out, r * maps + c0 + k, q[k], fb[k], fr[k], f);
-	}
+	for (int64 r = (int64)blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += (int64)gridDim.y * blockDim.y)
+		fusedApply<T, VEC, VEC, MODE>(x, dy, out, r * maps + c0, fc, f);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // C entry points, one per (data type, vector width[, mode]): pycuda looks kernels up by these unmangled names, and
 // Kernels/BatchNorm.py declares each one's parameters. Suffixes: f32 / f16 data; v1 scalar, v2 / v4 / v8 vectors of
-// up to 16 bytes; the elementwise modes trainForward, evalForward, backward, frozenBackward.
+// up to 16 bytes; the elementwise modes trainForward, evalForward, backward, frozenBackward. The spatial kernels of
+// unaligned segments (`Unaligned`: 16-byte vectors where VEC does not divide inner) come at the widest width only; the
+// spatial reductions come with a block per map and with a thread per map (`PerThread`, mapWalk).
+
+#define BN_SPATIAL_REDUCTIONS(T, SUF, VEC, WALK, KIND, ALIGNED, PER_THREAD) \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnStatsSpatial##WALK##KIND##_##SUF##_v##VEC( \
+		const T *x, int64 outer, int maps, int64 inner, int64 innerV, float *pn, float *pmean, float *pm2) \
+	{ \
+		statsSpatial<T, VEC, ALIGNED, PER_THREAD>(x, outer, maps, inner, innerV, pn, pmean, pm2); \
+	} \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradSpatial##WALK##KIND##_##SUF##_v##VEC( \
+		const T *x, const T *dy, int64 outer, int maps, int64 inner, int64 innerV, const float *mean, float *psum, \
+		float *pdot) \
+	{ \
+		gradSpatial<T, VEC, ALIGNED, PER_THREAD>(x, dy, outer, maps, inner, innerV, mean, psum, pdot); \
+	}
+
+#define BN_SPATIAL_ENTRIES(T, SUF, VEC, KIND, ALIGNED) \
+	BN_SPATIAL_REDUCTIONS(T, SUF, VEC, , KIND, ALIGNED, false) \
+	BN_SPATIAL_REDUCTIONS(T, SUF, VEC, PerThread, KIND, ALIGNED, true) \
+	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, trainForward, MODE_TRAIN_FORWARD) \
+	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, evalForward, MODE_EVAL_FORWARD) \
+	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, backward, MODE_BACKWARD) \
+	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, frozenBackward, MODE_FROZEN_BACKWARD)
+
+#define BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, MSUF, MODE) \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplySpatial##KIND##_##MSUF##_##SUF##_v##VEC( \
+		const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner, ChannelParams p) \
+	{ \
+		applySpatial<T, VEC, MODE, ALIGNED>(x, dy, out, outer, maps, inner, p); \
+	}
 
 #define BN_APPLY_ENTRIES(T, SUF, VEC, MSUF, MODE) \
-	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplySpatial_##MSUF##_##SUF##_v##VEC( \
-		const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV, ChannelParams p) \
-	{ \
-		applySpatial<T, VEC, MODE>(x, dy, out, outer, maps, innerV, p); \
-	} \
-	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnApplyRows_##MSUF##_##SUF##_v##VEC( \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplyRows_##MSUF##_##SUF##_v##VEC( \
 		const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p) \
 	{ \
 		applyRows<T, VEC, MODE>(x, dy, out, rows, maps, p); \
@@ -1384,33 +1636,24 @@ __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int 
 
 #define BN_FUSED_ENTRIES(T, SUF, VEC, MSUF, MODE) \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplySpatialFused_##MSUF##_##SUF##_v##VEC( \
-		const T *x, const T *dy, T *out, int64 outer, int maps, int64 innerV, ChannelParams p, FusedParams f) \
+		const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner, ChannelParams p, FusedParams f) \
 	{ \
-		applySpatialFused<T, VEC, MODE>(x, dy, out, outer, maps, innerV, p, f); \
+		applySpatialFused<T, VEC, MODE>(x, dy, out, outer, maps, inner, p, f); \
 	} \
-	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnApplyRowsFused_##MSUF##_##SUF##_v##VEC( \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplyRowsFused_##MSUF##_##SUF##_v##VEC( \
 		const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p, FusedParams f) \
 	{ \
 		applyRowsFused<T, VEC, MODE>(x, dy, out, rows, maps, p, f); \
 	}
 
 #define BN_ENTRIES(T, SUF, VEC) \
-	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnStatsSpatial_##SUF##_v##VEC( \
-		const T *x, int64 outer, int maps, int64 innerV, float *pn, float *pmean, float *pm2) \
-	{ \
-		statsSpatial<T, VEC>(x, outer, maps, innerV, pn, pmean, pm2); \
-	} \
-	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnStatsRows_##SUF##_v##VEC( \
+	BN_SPATIAL_ENTRIES(T, SUF, VEC, , true) \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnStatsRows_##SUF##_v##VEC( \
 		const T *x, int64 rows, int maps, float *pn, float *pmean, float *pm2) \
 	{ \
 		statsRows<T, VEC>(x, rows, maps, pn, pmean, pm2); \
 	} \
-	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradSpatial_##SUF##_v##VEC( \
-		const T *x, const T *dy, int64 outer, int maps, int64 innerV, const float *mean, float *psum, float *pdot) \
-	{ \
-		gradSpatial<T, VEC>(x, dy, outer, maps, innerV, mean, psum, pdot); \
-	} \
-	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnGradRows_##SUF##_v##VEC( \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradRows_##SUF##_v##VEC( \
 		const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot) \
 	{ \
 		gradRows<T, VEC>(x, dy, rows, maps, mean, psum, pdot); \
@@ -1420,12 +1663,12 @@ __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int 
 	BN_APPLY_ENTRIES(T, SUF, VEC, backward, MODE_BACKWARD) \
 	BN_APPLY_ENTRIES(T, SUF, VEC, frozenBackward, MODE_FROZEN_BACKWARD) \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradSpatialFused_##SUF##_v##VEC( \
-		const T *x, const T *dy, int64 outer, int maps, int64 innerV, const float *mean, float *psum, float *pdot, \
-		ChannelParams p, FusedParams f) \
+		const T *x, const T *dy, int64 outer, int maps, int64 inner, int64 innerV, const float *mean, float *psum, \
+		float *pdot, ChannelParams p, FusedParams f) \
 	{ \
-		gradSpatialFused<T, VEC>(x, dy, outer, maps, innerV, mean, psum, pdot, p, f); \
+		gradSpatialFused<T, VEC>(x, dy, outer, maps, inner, innerV, mean, psum, pdot, p, f); \
 	} \
-	extern "C" __global__ void __launch_bounds__(ROWS_BX * ROWS_BY) bnGradRowsFused_##SUF##_v##VEC( \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradRowsFused_##SUF##_v##VEC( \
 		const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot, ChannelParams p, \
 		FusedParams f) \
 	{ \
@@ -1443,6 +1686,8 @@ BN_ENTRIES(__half, f16, 1)
 BN_ENTRIES(__half, f16, 2)
 BN_ENTRIES(__half, f16, 4)
 BN_ENTRIES(__half, f16, 8)
+BN_SPATIAL_ENTRIES(float, f32, 4, Unaligned, false)
+BN_SPATIAL_ENTRIES(__half, f16, 8, Unaligned, false)
 
 #define BN_FINALIZE_ENTRY(T, SUF) \
 	extern "C" __global__ void bnStatsFinalize_##SUF( \

@@ -1,8 +1,10 @@
 """Declaration of ``BatchNorm.cu``: the constants it is built with and the parameters of every entry point.
 
 Entry points come in families that differ by suffix: data type (``f32``, ``f16``), vector width (``v1`` scalar,
-``v2``/``v4``/``v8``: 4 to 16-byte vectors) and, for the elementwise passes, the mode (`modes`). See the source's
-header for what each kernel computes; `Backend.Cuda.BatchNormKernels` launches them.
+``v2``/``v4``/``v8``: 4 to 16-byte vectors), for the elementwise passes the mode (`modes`), and for the spatial
+kernels whether the maps' extent is a multiple of the vector (`ALIGNED_SEGMENTS`) and, for the spatial reductions,
+whether a block or a thread walks a map (`BLOCK_PER_MAP`). See the source's header for what each kernel computes;
+`Backend.Cuda.BatchNormKernels` launches them.
 """
 
 from typing import NamedTuple
@@ -11,18 +13,25 @@ from PuzzleLib.Kernels.Signature import Float32, Int32, Int64, Pointer, Signatur
 
 SOURCE = "BatchNorm.cu"
 
+# threads of every block (the rows kernels' blocks have at most as many)
 BLOCK_SIZE = 256
-ROWS_BX, ROWS_BY = 32, 8
 FINALIZE_WARPS = 8
 # vector loads each thread issues before it uses the first (the reductions' and the elementwise passes' main loops)
 LOADS = 4
 defines = {
-    "BLOCK_SIZE": BLOCK_SIZE, "ROWS_BX": ROWS_BX, "ROWS_BY": ROWS_BY, "FINALIZE_WARPS": FINALIZE_WARPS, "LOADS": LOADS,
+    "BLOCK_SIZE": BLOCK_SIZE, "FINALIZE_WARPS": FINALIZE_WARPS, "LOADS": LOADS,
 }
 
 # data-type suffix -> the vector widths compiled for it: up to 16 bytes (4 floats or 8 halves), and the narrower ones
 # for contiguous lengths that 16 bytes do not divide
 vectorWidths = {"f32": (1, 2, 4), "f16": (1, 2, 4, 8)}
+# the `segments` suffix of the spatial statistics, gradient sums and elementwise passes: "" for segments (maps' inner
+# extents) that the vector width divides, "Unaligned" for the others, compiled at the widest width only (masked
+# vectors: 7x7 maps in 16-byte loads)
+ALIGNED_SEGMENTS, UNALIGNED_SEGMENTS = "", "Unaligned"
+# the `walk` suffix of the spatial statistics and gradient sums: a block per map, or a thread per map (maps of few
+# vectors)
+BLOCK_PER_MAP, THREAD_PER_MAP = "", "PerThread"
 modes = ("trainForward", "evalForward", "backward", "frozenBackward")
 
 
@@ -77,8 +86,14 @@ def fusedParams(name):
 
 
 def spatialView():
-    """The (outer, maps, inner / VEC) view of the spatial kernels."""
-    return Int64("outer"), Int32("maps"), Int64("innerV")
+    """The view of the spatial reductions: (outer, maps, inner) and the vectors a segment's walk covers (inner / VEC,
+    or ceil((inner + VEC - 1) / VEC) for unaligned segments)."""
+    return Int64("outer"), Int32("maps"), Int64("inner"), Int64("innerV")
+
+
+def flatView():
+    """The (outer, maps, inner) view of the spatial elementwise passes."""
+    return Int64("outer"), Int32("maps"), Int64("inner")
 
 
 def rowsView():
@@ -90,7 +105,9 @@ def pointers(*names):
     return tuple(Pointer(name) for name in names)
 
 
-statsSpatial = Signature("bnStatsSpatial_{dtype}_v{vec}", Pointer("x"), *spatialView(), *pointers("pn", "pmean", "pm2"))
+statsSpatial = Signature(
+    "bnStatsSpatial{walk}{segments}_{dtype}_v{vec}", Pointer("x"), *spatialView(), *pointers("pn", "pmean", "pm2")
+)
 statsRows = Signature("bnStatsRows_{dtype}_v{vec}", Pointer("x"), *rowsView(), *pointers("pn", "pmean", "pm2"))
 statsFinalize = Signature(
     "bnStatsFinalize_{dtype}",
@@ -100,7 +117,8 @@ statsFinalize = Signature(
     Float32("stamp"), *pointers("wideMean", "wideVar"),
 )
 gradSpatial = Signature(
-    "bnGradSpatial_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(), *pointers("mean", "psum", "pdot")
+    "bnGradSpatial{walk}{segments}_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(),
+    *pointers("mean", "psum", "pdot"),
 )
 gradRows = Signature("bnGradRows_{dtype}_v{vec}", *pointers("x", "dy"), *rowsView(), *pointers("mean", "psum", "pdot"))
 gradFinalize = Signature(
@@ -112,7 +130,7 @@ gradFinalizeFrozen = Signature(
     Float32("epsilon"), *pointers("scalegrad", "biasgrad"),
 )
 applySpatial = Signature(
-    "bnApplySpatial_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *spatialView(), channelParams("p")
+    "bnApplySpatial{segments}_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *flatView(), channelParams("p")
 )
 applyRows = Signature("bnApplyRows_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"))
 gradSpatialFused = Signature(
@@ -124,7 +142,7 @@ gradRowsFused = Signature(
     channelParams("p"), fusedParams("f"),
 )
 applySpatialFused = Signature(
-    "bnApplySpatialFused_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *spatialView(), channelParams("p"),
+    "bnApplySpatialFused_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *flatView(), channelParams("p"),
     fusedParams("f"),
 )
 applyRowsFused = Signature(
@@ -151,9 +169,16 @@ def entries():
     for dtype, widths in vectorWidths.items():
         result[statsFinalize.name(dtype=dtype)] = statsFinalize
         for vec in widths:
-            for signature in (statsSpatial, statsRows, gradSpatial, gradRows, gradSpatialFused, gradRowsFused):
+            segmentKinds = (ALIGNED_SEGMENTS, UNALIGNED_SEGMENTS) if vec == max(widths) else (ALIGNED_SEGMENTS,)
+            for segments in segmentKinds:
+                for signature in (statsSpatial, gradSpatial):
+                    for walk in (BLOCK_PER_MAP, THREAD_PER_MAP):
+                        result[signature.name(walk=walk, segments=segments, dtype=dtype, vec=vec)] = signature
+                for mode in modes:
+                    result[applySpatial.name(segments=segments, mode=mode, dtype=dtype, vec=vec)] = applySpatial
+            for signature in (statsRows, gradRows, gradSpatialFused, gradRowsFused):
                 result[signature.name(dtype=dtype, vec=vec)] = signature
             for mode in modes:
-                for signature in (applySpatial, applyRows, applySpatialFused, applyRowsFused):
+                for signature in (applyRows, applySpatialFused, applyRowsFused):
                     result[signature.name(mode=mode, dtype=dtype, vec=vec)] = signature
     return result

@@ -9,10 +9,16 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   *rows* kernels: threads run across maps, rows are split over blocks. No transpose is ever made.
 - Reductions (batch statistics, parameter gradients) split each map over enough blocks to fill every multiprocessor,
   write per-block partials to a small pool workspace and merge them in a second kernel (Chan et al. 1979 for the
-  moments), which also writes the per-map results and the running statistics.
+  moments), which also writes the per-map results and the running statistics. The rows kernels' blocks put as many
+  lanes across maps as the maps need (at most 32: 3 maps take 3) and the rest of their threads across rows; on
+  spatial maps of at most `BLOCK_SIZE` vectors a thread walks a map (neighbouring threads read neighbouring maps)
+  instead of a block. A single map is read as one contiguous segment by the spatial kernels.
 - Loads and stores are as wide as the contiguous axis and the pointers of the call allow: 16 bytes (4 floats / 8
   halves) when the axis is a multiple of that and every pointer is 16-byte aligned (pool blocks are 256-byte
-  aligned), else 8 or 4 bytes, else one element at a time.
+  aligned); on spatial maps at least 16 bytes long whose extent 16 bytes do not divide (7x7), 16-byte vectors over
+  unaligned segments where the tensor's length allows them (elements of other maps masked out of the reductions, a
+  vector's two maps' coefficients in the elementwise passes; not in the fused kernels); else 8 or 4 bytes, else one
+  element at a time.
 - Passes over the data: training forward reads x twice (statistics, then normalization) and writes y once; evaluation
   forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no pool block);
   backward reads x and dy twice (reduction, then dx) and writes dx once; the frozen backward's dx pass reads dy only.
@@ -32,7 +38,7 @@ from PuzzleLib.Backend.Contract import reconstructionFloor
 from PuzzleLib.Backend.Cuda.GPUArray import empty, memoryPool
 from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, grid1d
 from PuzzleLib.Kernels import BatchNorm as declared
-from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, LOADS, ROWS_BX, ROWS_BY
+from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, LOADS
 
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16))
 suffixes = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -42,7 +48,10 @@ MAX_SPLITS = 1024
 # kernel's own occupancy), so that a block that finishes late leaves no multiprocessor idle for long
 WAVES = 2
 MIN_VECTORS_PER_BLOCK = 4 * BLOCK_SIZE
-MIN_ROWS_PER_BLOCK = 16 * ROWS_BY
+MIN_VECTORS_PER_THREAD = 16
+MIN_ROWS_PER_THREAD = 16
+# NOTE: the rows kernels' lanes across channel vectors: a warp's width at most, fewer where the maps are fewer
+MAX_CHANNEL_LANES = 32
 # NOTE: the per-map kernels of Batch Renormalization: one thread per map
 PER_MAP_BLOCK = 256
 
@@ -70,6 +79,20 @@ def plan(backend, layout, dtype, options):
     return CudaPlan(backend, layout, dtype, options)
 
 
+# NOTE: one element at a time (what a call whose pointers allow no vector falls back to)
+SCALAR = (1, declared.ALIGNED_SEGMENTS)
+
+
+def rowsBlock(maps, vec):
+    """(block, channel blocks) of the rows kernels at vector width `vec`: the ceil(maps / vec) channel vectors split
+    evenly over the fewest blocks of at most `MAX_CHANNEL_LANES` lanes (3 maps take 3 lanes, 50 maps of 2-float vectors
+    25, 1000 maps of 4-float vectors 8 blocks of 32), and as many rows of such lanes as `BLOCK_SIZE` threads hold."""
+    vectors = ceilDiv(maps, vec)
+    channelBlocks = ceilDiv(vectors, MAX_CHANNEL_LANES)
+    lanes = ceilDiv(vectors, channelBlocks)
+    return (lanes, BLOCK_SIZE // lanes, 1), channelBlocks
+
+
 def ptr(ary):
     return 0 if ary is None else ary.ptr
 
@@ -93,13 +116,12 @@ class CudaPlan(BatchNormPlan):
         super().__init__(backend, layout, dtype, options)
         outer, maps, inner = self.shape3
         assert 0 < maps < 2**31 and inner > 0 and dtype in suffixes, (self.shape3, dtype)
+        # NOTE: the (outer, maps, inner) view the kernels walk: the layout's, except that one map is one contiguous
+        # segment ((10^8, 1) is read by the spatial kernels in 16-byte vectors, not by one lane of the rows kernels)
+        self.view3 = (1, 1, outer * inner) if maps == 1 else self.shape3
         self.suffix = suffixes[dtype]
-        self.spatial = inner > 1
-        # NOTE: the vector widths that divide the contiguous length, widest first (16 bytes where the length allows
-        # them, else 8 or 4 bytes: 14x14 float16 maps take 4 halves, 50 float32 maps 2 floats); the pointers of each
-        # call pick among them
-        extent = inner if self.spatial else maps
-        self.widths = tuple(w for w in sorted(declared.vectorWidths[self.suffix], reverse=True) if extent % w == 0)
+        self.spatial = self.view3[2] > 1
+        self.choices = self.vectorChoices()
         self.itemsize = dtype.itemsize
         self.prepared, self.moments = {}, {}
 
@@ -111,57 +133,102 @@ class CudaPlan(BatchNormPlan):
             found = self.prepared[(prepare.__name__,) + key] = prepare(*key)
         return found
 
-    def momentLaunches(self, vec):
-        """(the partial moments' launch, the merge's launch, partials per workspace array) of vector width `vec`: what
-        every training forward asks for, in one lookup."""
-        found = self.moments.get(vec)
+    def momentLaunches(self, vectors):
+        """(the partial moments' launch, the merge's launch, partials per workspace array) of `vectors` (a (vector
+        width, segments) of `vectorWidth`): what every training forward asks for, in one lookup."""
+        found = self.moments.get(vectors)
         if found is None:
-            stats = self.launch(self.prepareStats, vec)
+            stats = self.launch(self.prepareStats, vectors)
             splits = stats.grid[1]
-            found = self.moments[vec] = (stats, self.launch(self.prepareStatsFinalize, splits), splits * self.maps)
+            found = self.moments[vectors] = (stats, self.launch(self.prepareStatsFinalize, splits), splits * self.maps)
         return found
 
-    def vectorWidth(self, *arrays):
-        """The widest of the plan's vector widths to which every given array's address is aligned."""
+    def vectorChoices(self):
+        """The (vector width, segments) the kernels may take for this shape, in order of preference: the widths that
+        divide the contiguous length (16 bytes where the length allows them, else 8 or 4 bytes: 14x14 float16 maps
+        take 4 halves, 50 float32 maps 2 floats), and before the narrower ones, for spatial maps whose length the
+        widest width does not divide (7x7), that width over unaligned segments (masked vectors; the tensor's length a
+        multiple of it, maps at least as long as it)."""
+        outer, maps, inner = self.view3
+        widest = max(declared.vectorWidths[self.suffix])
+        extent = inner if self.spatial else maps
+        choices = [(w, declared.ALIGNED_SEGMENTS) for w in sorted(declared.vectorWidths[self.suffix], reverse=True)
+                   if extent % w == 0]
+        if self.spatial and inner % widest != 0 and inner >= widest and (outer * maps * inner) % widest == 0:
+            choices.insert(0, (widest, declared.UNALIGNED_SEGMENTS))
+        return tuple(choices)
+
+    def vectorWidth(self, *arrays, aligned=False):
+        """The first of the plan's (vector width, segments) to whose width every given array's address is aligned
+        (with `aligned`, of the aligned-segment ones only: the fused kernels have no other), else `SCALAR`."""
         bits = addresses(*arrays)
-        for width in self.widths:
-            if bits % (width * self.itemsize) == 0:
-                return width
-        return 1
+        for width, segments in self.choices:
+            if bits % (width * self.itemsize) == 0 and not (aligned and segments != declared.ALIGNED_SEGMENTS):
+                return width, segments
+        return SCALAR
 
     # --- launch geometry
 
-    def reductionGrid(self, vec, resident):
+    def segmentVectors(self, vectors):
+        """The vectors a spatial reduction's walk covers per segment: inner / width, or for unaligned segments the
+        aligned vectors any segment may overlap."""
+        width, segments = vectors
+        inner = self.view3[2]
+        return inner // width if segments == declared.ALIGNED_SEGMENTS else ceilDiv(inner + width - 1, width)
+
+    def reductionWalk(self, vectors, fused=False):
+        """Who walks a map in a spatial reduction at `vectors` (`declared.BLOCK_PER_MAP` or `THREAD_PER_MAP`): a thread
+        on maps of at most `BLOCK_SIZE` vectors ((1, 10^5, 2) has 1, (64, 4096, 3) 192), on which a block per map would
+        leave threads idle and pay its merge for a few values; a block otherwise, in the fused gradient sums and on
+        rows (whose kernels have no such choice)."""
+        small = self.spatial and self.view3[0] * self.segmentVectors(vectors) <= BLOCK_SIZE
+        return declared.THREAD_PER_MAP if small and not fused else declared.BLOCK_PER_MAP
+
+    def reductionGrid(self, vectors, walk, resident):
         """The grid of a reduction kernel (statistics, gradient sums) whose device holds `resident` of its blocks at
-        once: `WAVES` waves of blocks, while each block keeps enough work to amortize its final merge. Its second
-        dimension is the number of partials per map."""
-        outer, maps, inner = self.shape3
+        once: `WAVES` waves of blocks, while each block (each thread, where a thread walks a map) keeps enough work to
+        amortize its final merge. Its second dimension is the number of partials per map."""
+        outer, maps, inner = self.view3
         target = WAVES * resident
         if self.spatial:
-            vectors = outer * (inner // vec)
-            splits = min(ceilDiv(target, maps), max(1, vectors // MIN_VECTORS_PER_BLOCK), MAX_SPLITS)
+            perMap = outer * self.segmentVectors(vectors)
+            if walk == declared.THREAD_PER_MAP:
+                mapBlocks = ceilDiv(maps, BLOCK_SIZE)
+                splits = min(ceilDiv(target, mapBlocks), max(1, perMap // MIN_VECTORS_PER_THREAD), MAX_SPLITS)
+                return mapBlocks, splits, 1
+            splits = min(ceilDiv(target, maps), max(1, perMap // MIN_VECTORS_PER_BLOCK), MAX_SPLITS)
             return maps, splits, 1
-        channelBlocks = ceilDiv(maps, ROWS_BX * vec)
-        splits = min(ceilDiv(target, channelBlocks), max(1, outer // MIN_ROWS_PER_BLOCK), MAX_SPLITS)
+        (_, rowLanes, _), channelBlocks = rowsBlock(maps, vectors[0])
+        rowsPerBlock = MIN_ROWS_PER_THREAD * rowLanes
+        splits = min(ceilDiv(target, channelBlocks), max(1, outer // rowsPerBlock), MAX_SPLITS)
         return channelBlocks, splits, 1
 
-    def applyGrid(self, vec, resident):
+    def applyGrid(self, vectors, resident):
         """The grid of an elementwise pass: each thread gets at least `LOADS` vectors (a tile), at most `WAVES` waves
         of blocks (a grid-stride loop does the rest)."""
-        outer, maps, inner = self.shape3
+        outer, maps, inner = self.view3
         if self.spatial:
-            return max(1, min(ceilDiv(outer * maps * (inner // vec), BLOCK_SIZE * LOADS), WAVES * resident)), 1, 1
-        channelBlocks = ceilDiv(maps, ROWS_BX * vec)
-        rowBlocks = min(ceilDiv(outer, ROWS_BY * LOADS), ceilDiv(WAVES * resident, channelBlocks), MAX_GRID_Y)
+            total = outer * maps * inner // vectors[0]
+            return max(1, min(ceilDiv(total, BLOCK_SIZE * LOADS), WAVES * resident)), 1, 1
+        (_, rowLanes, _), channelBlocks = rowsBlock(maps, vectors[0])
+        rowBlocks = min(ceilDiv(outer, rowLanes * LOADS), ceilDiv(WAVES * resident, channelBlocks), MAX_GRID_Y)
         return channelBlocks, max(1, rowBlocks), 1
 
-    def block(self):
-        return (BLOCK_SIZE, 1, 1) if self.spatial else (ROWS_BX, ROWS_BY, 1)
+    def block(self, vectors):
+        return (BLOCK_SIZE, 1, 1) if self.spatial else rowsBlock(self.maps, vectors[0])[0]
 
-    def view(self, vec):
-        """The static view arguments of the spatial or the rows kernels."""
-        outer, maps, inner = self.shape3
-        return dict(outer=outer, maps=maps, innerV=inner // vec) if self.spatial else dict(rows=outer, maps=maps)
+    def view(self, vectors, flat=False):
+        """The static view arguments of the rows kernels, the spatial reductions or (`flat`) the spatial elementwise
+        passes."""
+        outer, maps, inner = self.view3
+        if not self.spatial:
+            return dict(rows=outer, maps=maps)
+        return dict(outer=outer, maps=maps, inner=inner, **({} if flat else {"innerV": self.segmentVectors(vectors)}))
+
+    def instance(self, vectors, **fields):
+        """The fields of an entry's name (`Signature.name`) at `vectors`, and `fields`."""
+        width, segments = vectors
+        return dict(fields, dtype=self.suffix, vec=width, segments=segments)
 
     def fusedStatics(self, reconstruct):
         kind, slope = ("identity", 0.0) if self.activation is None else self.activation
@@ -171,40 +238,43 @@ class CudaPlan(BatchNormPlan):
     def finalizeGrid(self):
         return (ceilDiv(self.maps, FINALIZE_WARPS), 1, 1), (32, FINALIZE_WARPS, 1)
 
-    def prepareStats(self, vec):
+    def prepareStats(self, vectors):
         signature = declared.statsSpatial if self.spatial else declared.statsRows
-        return kernels.prepared(signature, lambda resident: self.reductionGrid(vec, resident), self.block(),
-                                {"dtype": self.suffix, "vec": vec}, STATS, **self.view(vec))
+        walk = self.reductionWalk(vectors)
+        return kernels.prepared(signature, lambda resident: self.reductionGrid(vectors, walk, resident),
+                                self.block(vectors), self.instance(vectors, walk=walk), STATS, **self.view(vectors))
 
     def prepareStatsFinalize(self, splits):
-        outer, maps, inner = self.shape3
+        outer, maps, inner = self.view3
         grid, block = self.finalizeGrid()
         return kernels.prepared(
             declared.statsFinalize, grid, block, {"dtype": self.suffix}, STATS_FINALIZE, shiftStride=inner,
             splits=splits, maps=maps, m=outer * inner, epsilon=self.epsilon,
         )
 
-    def prepareApply(self, mode, vec, fused, reconstruct):
-        statics = dict(self.view(vec), p_epsilon=self.epsilon, **(self.fusedStatics(reconstruct) if fused else {}))
+    def prepareApply(self, mode, vectors, fused, reconstruct):
+        statics = dict(self.view(vectors, flat=True), p_epsilon=self.epsilon,
+                       **(self.fusedStatics(reconstruct) if fused else {}))
         dynamic = ("x", "dy", "out") + CHANNEL + (FUSED if fused else ())
         if self.spatial:
             signature = declared.applySpatialFused if fused else declared.applySpatial
         else:
             signature = declared.applyRowsFused if fused else declared.applyRows
-        return kernels.prepared(signature, lambda resident: self.applyGrid(vec, resident), self.block(),
-                                {"mode": mode, "dtype": self.suffix, "vec": vec}, dynamic, **statics)
+        return kernels.prepared(signature, lambda resident: self.applyGrid(vectors, resident), self.block(vectors),
+                                self.instance(vectors, mode=mode), dynamic, **statics)
 
-    def prepareGrad(self, vec, fused, reconstruct):
+    def prepareGrad(self, vectors, fused, reconstruct):
         if self.spatial:
             signature = declared.gradSpatialFused if fused else declared.gradSpatial
         else:
             signature = declared.gradRowsFused if fused else declared.gradRows
-        statics = self.view(vec)
+        statics = self.view(vectors)
         if fused:
             statics.update(self.fusedStatics(reconstruct), p_epsilon=self.epsilon)
         dynamic = GRAD + (CHANNEL + FUSED if fused else ())
-        return kernels.prepared(signature, lambda resident: self.reductionGrid(vec, resident), self.block(),
-                                {"dtype": self.suffix, "vec": vec}, dynamic, **statics)
+        walk = self.reductionWalk(vectors, fused)
+        return kernels.prepared(signature, lambda resident: self.reductionGrid(vectors, walk, resident),
+                                self.block(vectors), self.instance(vectors, walk=walk), dynamic, **statics)
 
     def prepareGradFinalize(self, splits):
         grid, block = self.finalizeGrid()
@@ -251,21 +321,23 @@ class CudaPlan(BatchNormPlan):
     def apply(self, mode, x, dy, out, channel, fused=None):
         """One elementwise pass of `mode` (``declared.modes``) writing `out`, with the per-channel values `channel`
         (the addresses and 1 / m of `CHANNEL`); with `fused` (the residual, the output y, the residual's gradient),
-        the fused kernels (element by element on rows)."""
+        the fused kernels."""
         if fused is None:
-            vec = self.vectorWidth(x, dy, out)
-            self.launch(self.prepareApply, mode, vec, False, False)(ptr(x), ptr(dy), out.ptr, *channel)
+            vectors = self.vectorWidth(x, dy, out)
+            self.launch(self.prepareApply, mode, vectors, False, False)(ptr(x), ptr(dy), out.ptr, *channel)
             return
-        vec = self.vectorWidth(x, dy, out, *fused) if self.spatial else 1
-        self.launch(self.prepareApply, mode, vec, True, x is None)(ptr(x), ptr(dy), out.ptr, *channel, *map(ptr, fused))
+        vectors = self.vectorWidth(x, dy, out, *fused, aligned=True)
+        self.launch(self.prepareApply, mode, vectors, True, x is None)(
+            ptr(x), ptr(dy), out.ptr, *channel, *map(ptr, fused)
+        )
 
     def reduceGradient(self, x, dy, mean, fused, channel):
         """Partial sums of dz and dz * (x - mean) per block; returns (psum, pdot, splits) for the finalize kernel."""
         if fused is None:
-            vec = self.vectorWidth(x, dy)
+            vectors = self.vectorWidth(x, dy)
         else:
-            vec = self.vectorWidth(x, dy, fused[1]) if self.spatial else 1
-        grad = self.launch(self.prepareGrad, vec, fused is not None, x is None)
+            vectors = self.vectorWidth(x, dy, fused[1], aligned=True)
+        grad = self.launch(self.prepareGrad, vectors, fused is not None, x is None)
         splits = grad.grid[1]
         size = splits * self.maps
         workspace = memoryPool.allocate(2 * 4 * size)

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from PuzzleLib.Kernels import BatchNorm, Signature
@@ -176,22 +177,93 @@ def test_a_module_on_a_stand_in_driver_launches_the_declared_entries():
     def size(name):
         return struct.calcsize(entries[name].format)
 
-    expected = ["bnStatsSpatial_f32_v4", "bnStatsFinalize_f32", "bnApplySpatial_trainForward_f32_v4"]
+    # NOTE: maps of 8 x 4 vectors: a thread walks each in the reductions
+    expected = ["bnStatsSpatialPerThread_f32_v4", "bnStatsFinalize_f32", "bnApplySpatial_trainForward_f32_v4"]
     assert [name for name, _ in report["train"]] == expected
     assert all(packed == size(name) for name, packed in report["train"] + report["backward"] + report["eval"])
     assert all(report["trainPointers"]) and all(report["backwardPointers"])
     assert [name for name, _ in report["backward"]] == [
-        "bnGradSpatial_f32_v4", "bnGradFinalize", "bnApplySpatial_backward_f32_v4"
+        "bnGradSpatialPerThread_f32_v4", "bnGradFinalize", "bnApplySpatial_backward_f32_v4"
     ]
     assert [name for name, _ in report["eval"]] == ["bnApplySpatial_evalForward_f32_v4"]
-    assert report["fused"] == ["bnStatsRows_f32_v4", "bnStatsFinalize_f32", "bnApplyRowsFused_trainForward_f32_v1"]
+    assert report["fused"] == ["bnStatsRows_f32_v4", "bnStatsFinalize_f32", "bnApplyRowsFused_trainForward_f32_v4"]
     # NOTE: two ghost batches of 4 samples, each: moments, their merge, the renorm step, the corrected pass
     assert report["restored"] and report["keptUnderAnotherStamp"] and report["putBack"]
     assert report["mirrorCopies"] and report["mirrorWritten"]
     assert report["contextLockLeftHeld"] == []
     assert report["ghosts"] == [
-        "bnStatsSpatial_f32_v4", "bnStatsFinalize_f32", "bnRenormStatistics", "bnApplySpatial_trainForward_f32_v4",
+        "bnStatsSpatialPerThread_f32_v4", "bnStatsFinalize_f32", "bnRenormStatistics",
+        "bnApplySpatial_trainForward_f32_v4",
     ] * 2
+
+
+GEOMETRY_SCRIPT = r"""
+import json, sys
+from PuzzleLib.TestLib import StandInCuda
+StandInCuda.install()
+import numpy as np
+from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Modules import BatchNorm, BatchNorm1D, BatchNorm2D
+
+report = {}
+for case, (shape, dtype, activation) in json.loads(sys.argv[1]).items():
+    bn = {2: BatchNorm, 3: BatchNorm1D, 4: BatchNorm2D}[len(shape)](shape[1], activation=activation)
+    bn.calcMode(np.dtype(dtype).type)
+    x = gpuarray.to_gpu(np.ones(shape, dtype))
+    del StandInCuda.launches[:]
+    bn(x)
+    bn.backward(x)
+    bn.evalMode()
+    bn(x)
+    report[case] = [(f.name, list(grid), list(block)) for f, grid, block, args in StandInCuda.launches]
+print(json.dumps(report))
+"""
+
+# NOTE: (shape, dtype, fused activation) -> (bytes each thread moves per access, whether its maps are unaligned
+# segments, the rows kernels' (lanes across maps, rows of lanes), whether a thread walks a map in the spatial
+# reductions); shapes with the geometry of the benchmark's: 7x7 and 14x14 maps, one map, few maps, small maps,
+# channels-last ResNet maps
+GEOMETRY = {
+    "7x7_f32": (((32, 8, 7, 7), "float32", None), (16, True, None, False)),
+    "7x7_f16": (((32, 8, 7, 7), "float16", None), (16, True, None, True)),
+    "14x14_f16": (((2, 4, 14, 14), "float16", None), (16, True, None, True)),
+    "14x14_f32": (((8, 4, 14, 14), "float32", None), (16, False, None, False)),
+    "one_map": (((4096, 1), "float32", None), (16, False, None, False)),
+    "small_maps": (((1, 1000, 2), "float32", None), (8, False, None, True)),
+    "short_maps": (((8, 512, 3), "float32", None), (4, False, None, True)),
+    "three_maps": (((3000, 3), "float32", None), (4, False, (3, 85), False)),
+    "fifty_maps": (((1000, 50), "float32", None), (8, False, (25, 10), False)),
+    "channels_last_64_f16": (((4096, 64), "float16", None), (16, False, (8, 32), False)),
+    "fused_rows": (((512, 64), "float32", "relu"), (16, False, (16, 16), False)),
+}
+
+
+def test_every_pass_takes_the_widest_vectors_and_busy_lanes_the_data_allows():
+    """The launches of a training forward, a backward and an evaluation forward on a stand-in driver: 16-byte vectors
+    wherever the map count (rows) or the tensor's length (spatial maps of any extent at least 16 bytes, 7x7 included)
+    allows them, rows blocks whose lanes across maps all have a map (3 maps: 3 lanes, not 3 of 32), and a thread per
+    map where a map has at most a block's worth of vectors."""
+    env = dict(os.environ, PUZZLELIB_BACKEND="cuda")
+    cases = json.dumps({case: spec for case, (spec, _) in GEOMETRY.items()})
+    result = subprocess.run([sys.executable, "-c", GEOMETRY_SCRIPT, cases], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for case, ((shape, dtype, _), (accessBytes, unaligned, rowsBlock, perThread)) in GEOMETRY.items():
+        launches = [(name, grid, block) for name, grid, block in report[case] if "Finalize" not in name]
+        assert len(launches) == 5, (case, report[case])
+        for name, grid, block in launches:
+            vec = int(name.rsplit("_v", 1)[1])
+            assert vec * np.dtype(dtype).itemsize == accessBytes, (case, name)
+            assert ("Unaligned" in name) == unaligned, (case, name)
+            if rowsBlock is None:
+                assert "Rows" not in name, (case, name)
+                if name.startswith(("bnStats", "bnGrad")):
+                    assert ("PerThread" in name) == perThread, (case, name)
+                continue
+            assert "Rows" in name and tuple(block[:2]) == rowsBlock, (case, name, block)
+            maps = shape[1]
+            assert grid[0] * block[0] * vec == maps, (case, name, grid, block)
 
 
 @pytest.mark.parametrize("registers, shared, blocks", [

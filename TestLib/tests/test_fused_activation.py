@@ -274,3 +274,41 @@ def test_inplace_abn_stack_saves_one_array_per_layer_and_trains_the_same():
     array = rows * features * 4
     assert peaks[False] - peaks[True] >= (layers - 1) * array, peaks
     np.testing.assert_allclose(grads[True], grads[False], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["keepsInput", "inplaceAbn"])
+def test_fused_vectors_across_maps_match_the_float64_reference(inplace):
+    """Per-activation data of 16 maps (vectors of several maps per access on the CUDA rows kernels, one map per
+    element), a leaky ReLU and (without `inplace`) a residual: the training forward, and the backward that takes dz =
+    dy * act'(y) (from the output alone with `inplace`), against the float64 reference."""
+    shape, axes, slope = (96, 16), (0,), 0.1
+    rng = np.random.default_rng(11)
+    x = rng.normal(1.0, 2.0, shape).astype(np.float32)
+    residual = rng.standard_normal(shape).astype(np.float32) if not inplace else None
+    scale = rng.uniform(0.5, 1.5, (1, 16)).astype(np.float32)
+    bias = rng.normal(0.0, 0.3, (1, 16)).astype(np.float32)
+    grad = rng.standard_normal(shape).astype(np.float32)
+    data = gpuarray.to_gpu(x)
+
+    out, savemean, saveinvvar = Dnn.batchNormNd(
+        data, gpuarray.to_gpu(scale), gpuarray.to_gpu(bias), None, None, EPS, mode="perActivation",
+        activation="leakyRelu", slope=slope, residual=None if inplace else gpuarray.to_gpu(residual),
+        out=data if inplace else None,
+    )
+    z = Reference.batchNormTrain(x, scale, bias, axes, EPS).out + (0.0 if inplace else residual)
+    y = act(z, "leakyRelu", slope)
+    np.testing.assert_allclose(out.get(), y, atol=3e-5, rtol=1e-5)
+
+    resgrad = None if inplace else gpuarray.empty(shape, np.float32)
+    ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+        None if inplace else gpuarray.to_gpu(x), gpuarray.to_gpu(grad), gpuarray.to_gpu(scale), savemean, saveinvvar,
+        EPS, "perActivation", activation="leakyRelu", slope=slope, outdata=out, resgrad=resgrad,
+        bias=gpuarray.to_gpu(bias) if inplace else None,
+    )
+    dz = grad.astype(np.float64) * np.where(y > 0, 1.0, slope)
+    refIngrad, refScalegrad, refBiasgrad = Reference.batchNormBackward(x, dz, scale, axes, EPS)
+    if not inplace:
+        np.testing.assert_allclose(resgrad.get(), dz, atol=1e-5)
+    np.testing.assert_allclose(ingrad.get(), refIngrad, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(biasgrad.get().ravel(), np.ravel(refBiasgrad), atol=2e-4)
+    np.testing.assert_allclose(scalegrad.get().ravel(), np.ravel(refScalegrad), atol=2e-4, rtol=1e-4)

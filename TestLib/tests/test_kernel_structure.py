@@ -28,7 +28,7 @@ MIN_BLOCKS = 2
 MIN_LOADS = 4
 MIN_SOME_LOADS = 2
 
-DATA_KERNELS = re.compile(r"^bn(Stats|Grad|Apply)(Spatial|Rows)_(\w+_)?f(16|32)_v(\d+)$")
+DATA_KERNELS = re.compile(r"^bn(Stats|Grad|Apply)(Spatial(?:PerThread)?(?:Unaligned)?|Rows)_(\w+_)?f(16|32)_v(\d+)$")
 
 
 def facts(arch):
@@ -62,8 +62,10 @@ def test_data_kernels_use_16_byte_loads_and_keep_loads_in_flight(arch):
         wide = match.group(1) == "Stats" or (match.group(1) == "Apply" and sixteenBytes)
         least = MIN_LOADS if wide else MIN_SOME_LOADS
         assert fact.loadsInFlight >= least, (name, fact)
-    # NOTE: per data type and vector width: statistics and gradient sums on both layouts, four elementwise modes
-    assert checked == (2 + 2 + 4 * 2) * sum(map(len, BatchNorm.vectorWidths.values())), checked
+    # NOTE: per data type and vector width: statistics and gradient sums on both layouts and with a thread per map,
+    # four elementwise modes; and per data type the spatial ones of unaligned segments at the widest width
+    widths = BatchNorm.vectorWidths
+    assert checked == (3 * 2 + 4 * 2) * sum(map(len, widths.values())) + (2 * 2 + 4) * len(widths), checked
 
 
 def test_the_report_reads_loads_in_flight_off_a_loop():

@@ -2,7 +2,9 @@
 ``(outer, maps, inner)`` view, against the float64 reference of `TestLib.Reference`, on every backend.
 
 The cases cover both layouts the CUDA kernels distinguish: spatial (inner > 1; scalar and 16-byte vector paths, one and
-many blocks per map) and rows (inner == 1: per-activation and channels-last data), in float32 and float16.
+many blocks per map, a thread per map on small maps, maps whose extent the vector does not divide: 7x7 and, in
+float16, 14x14) and rows (inner == 1:
+per-activation and channels-last data, few maps, one map), in float32 and float16.
 """
 
 import gc
@@ -20,6 +22,13 @@ CASES = {
     "spatial_vector": (8, 16, 64),
     "spatial_many_splits": (64, 4, 1024),
     "spatial_small_outer": (2, 5, 4096),
+    "spatial_unaligned": (8, 6, 49),
+    "spatial_unaligned_splits": (512, 2, 49),
+    "spatial_unaligned_half_vectors": (4, 6, 196),
+    "spatial_small_maps": (2, 1000, 2),
+    "spatial_short_maps": (8, 512, 3),
+    "one_map": (3000, 1, 1),
+    "rows_few_maps": (5000, 3, 1),
     "rows_vector": (64, 24, 1),
     "rows_odd_maps": (33, 10, 1),
     "rows_many_splits": (20000, 50, 1),
@@ -259,6 +268,8 @@ def test_train_forward_guard_keeps_running_statistics_of_non_finite_maps(backend
     take the reference update; without one, NaN enters the two maps' running statistics (cuDNN's and PyTorch's
     update). The outputs of the finite maps are the reference's either way."""
     shape3 = CASES[name]
+    if shape3[1] < 3:
+        pytest.skip("the case needs two non-finite maps and a finite one")
     rng = np.random.default_rng(4)
     arrays, maps = backend.gpuarray, shape3[1]
     host = makeData(rng, shape3, dtype)
