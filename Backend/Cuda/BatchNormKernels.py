@@ -47,9 +47,12 @@ MAX_SPLITS = 1024
 # NOTE: the reductions' and the elementwise passes' grids: two waves of the blocks the device holds at once (at the
 # kernel's own occupancy), so that a block that finishes late leaves no multiprocessor idle for long
 WAVES = 2
-MIN_VECTORS_PER_BLOCK = 4 * BLOCK_SIZE
-MIN_VECTORS_PER_THREAD = 16
-MIN_ROWS_PER_THREAD = 16
+# NOTE: the least work a reduction's block, thread (a thread per map) or rows thread keeps: one group of LOADS loads
+# per thread (two for a thread per map), so that small tensors ((256, 4096), 7x7 maps) still fill every
+# multiprocessor, while the partials stay a small fraction of the data
+MIN_VECTORS_PER_BLOCK = LOADS * BLOCK_SIZE
+MIN_VECTORS_PER_THREAD = 2 * LOADS
+MIN_ROWS_PER_THREAD = LOADS
 # NOTE: the rows kernels' lanes across channel vectors: a warp's width at most, fewer where the maps are fewer
 MAX_CHANNEL_LANES = 32
 # NOTE: the per-map kernels of Batch Renormalization: one thread per map

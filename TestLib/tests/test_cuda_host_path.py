@@ -235,14 +235,18 @@ GEOMETRY = {
     "fifty_maps": (((1000, 50), "float32", None), (8, False, (25, 10), False)),
     "channels_last_64_f16": (((4096, 64), "float16", None), (16, False, (8, 32), False)),
     "fused_rows": (((512, 64), "float32", "relu"), (16, False, (16, 16), False)),
+    "per_activation": (((256, 4096), "float32", None), (16, False, (32, 8), False)),
 }
+# NOTE: the stand-in's multiprocessors: every launch on a tensor of at least 1 MB must give each of them a block
+MULTIPROCESSORS = 132
 
 
 def test_every_pass_takes_the_widest_vectors_and_busy_lanes_the_data_allows():
     """The launches of a training forward, a backward and an evaluation forward on a stand-in driver: 16-byte vectors
     wherever the map count (rows) or the tensor's length (spatial maps of any extent at least 16 bytes, 7x7 included)
-    allows them, rows blocks whose lanes across maps all have a map (3 maps: 3 lanes, not 3 of 32), and a thread per
-    map where a map has at most a block's worth of vectors."""
+    allows them, rows blocks whose lanes across maps all have a map (3 maps: 3 lanes, not 3 of 32), a thread per
+    map where a map has at most a block's worth of vectors, and on tensors of 1 MB or more a block for every
+    multiprocessor ((256, 4096) float32 took 64 blocks for its statistics)."""
     env = dict(os.environ, PUZZLELIB_BACKEND="cuda")
     cases = json.dumps({case: spec for case, (spec, _) in GEOMETRY.items()})
     result = subprocess.run([sys.executable, "-c", GEOMETRY_SCRIPT, cases], capture_output=True, text=True, env=env,
@@ -252,7 +256,9 @@ def test_every_pass_takes_the_widest_vectors_and_busy_lanes_the_data_allows():
     for case, ((shape, dtype, _), (accessBytes, unaligned, rowsBlock, perThread)) in GEOMETRY.items():
         launches = [(name, grid, block) for name, grid, block in report[case] if "Finalize" not in name]
         assert len(launches) == 5, (case, report[case])
+        large = np.prod(shape) * np.dtype(dtype).itemsize >= 1 << 20
         for name, grid, block in launches:
+            assert not large or grid[0] * grid[1] >= MULTIPROCESSORS, (case, name, grid)
             vec = int(name.rsplit("_v", 1)[1])
             assert vec * np.dtype(dtype).itemsize == accessBytes, (case, name)
             assert ("Unaligned" in name) == unaligned, (case, name)

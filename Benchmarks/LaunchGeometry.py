@@ -1,0 +1,82 @@
+"""The launches the CUDA plan makes on every shape of the GPU benchmark, worked out without a GPU: per case and pass,
+each kernel's name (its vector width, segments and walk), grid, block, the bytes one access moves and, on the rows
+kernels, the share of lanes across maps that have a map. It runs the host path on the stand-in driver
+(`TestLib.StandInCuda`: no kernel runs, every kernel reports 32 registers, so the grids are those of that occupancy,
+not of the compiled kernels'; `Benchmarks.KernelReport` gives those).
+
+    python -m PuzzleLib.Benchmarks.LaunchGeometry [--out FILE]
+"""
+
+import argparse
+import sys
+
+
+def launchesOf(plan, shape3, dtype):
+    """{pass: [(kernel, grid, block)]} of a training forward, an evaluation forward and a backward of `plan`."""
+    from PuzzleLib.Backend.Contract import Backward, EvalForward, TrainForward
+    from PuzzleLib.Backend.Cuda import GPUArray as gpu
+    from PuzzleLib.TestLib import StandInCuda
+
+    maps = shape3[1]
+    x, y, dx = (gpu.empty(shape3, dtype) for _ in range(3))
+    scale, bias, mean, var, savemean, saveinvvar, scalegrad, biasgrad, skipped = (
+        gpu.zeros((maps,)) for _ in range(9)
+    )
+    calls = {
+        "train forward": lambda: plan.trainForward(TrainForward(
+            x, y, scale, bias, mean, var, skipped, savemean, saveinvvar, 0.1)),
+        "eval forward": lambda: plan.evalForward(EvalForward(x, y, scale, bias, mean, var)),
+        "backward": lambda: plan.backward(Backward(x, y, dx, scale, savemean, saveinvvar, scalegrad, biasgrad)),
+    }
+    result = {}
+    for name, call in calls.items():
+        del StandInCuda.launches[:]
+        call()
+        result[name] = [(f.name, tuple(grid), tuple(block)) for f, grid, block, _ in StandInCuda.launches]
+    return result
+
+
+def describe(kernel, grid, block, maps, itemsize):
+    """(access bytes, share of lanes across maps with a map) of one launch ("-" where it does not apply)."""
+    if "Finalize" in kernel or "_v" not in kernel:
+        return "-", "-"
+    vec = int(kernel.rsplit("_v", 1)[1])
+    busy = "%.2f" % (maps / (grid[0] * block[0] * vec)) if "Rows" in kernel else "-"
+    return str(vec * itemsize), busy
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="also write the table to this Markdown file")
+    args = parser.parse_args()
+
+    from PuzzleLib.TestLib import StandInCuda
+    StandInCuda.install()
+
+    import numpy as np
+
+    from PuzzleLib.Backend.BatchNormLayout import layoutOf
+    from PuzzleLib.Backend.Contract import PlanOptions
+    from PuzzleLib.Backend.Cuda import BatchNormKernels, backend
+    from PuzzleLib.Benchmarks.GpuBenchmark import cases, shape3Of
+
+    lines = ["| shape | layout | dtype | pass | kernel | grid | block | bytes per access | lanes with a map |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for shape, layout, dtype in cases(huge=False):
+        shape3 = shape3Of(shape, layout)
+        plan = BatchNormKernels.plan(backend, layoutOf(shape3, (0, 2)), np.dtype(dtype), PlanOptions(1e-5))
+        for name, launches in launchesOf(plan, shape3, dtype).items():
+            for kernel, grid, block in launches:
+                access, busy = describe(kernel, grid, block, shape3[1], np.dtype(dtype).itemsize)
+                lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    "x".join(map(str, shape)), layout, np.dtype(dtype).name, name, kernel, grid, block, access, busy
+                ))
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        with open(args.out, "w") as file:
+            file.write(text)
+
+
+if __name__ == "__main__":
+    main()
