@@ -132,6 +132,21 @@ __device__ __forceinline__ Moments mergeMoments(Moments a, Moments b)
 	return r;
 }
 
+// acc merged with a group of `count` values of the given mean and M2 (Chan's formula; the weight by __fdividef, below).
+// An empty group (count 0) leaves acc as it is.
+__device__ __forceinline__ Moments mergeGroup(Moments acc, float count, float mean, float m2)
+{
+	float n = acc.n + count;
+	float wb = __fdividef(count, fmaxf(n, 1.0f));
+	float delta = mean - acc.mean;
+
+	Moments r;
+	r.n = n;
+	r.mean = acc.mean + delta * wb;
+	r.m2 = acc.m2 + m2 + delta * delta * acc.n * wb;
+	return r;
+}
+
 // The moments of COUNT values (x - shift) computed exactly in registers (a sum, then squares about its mean), merged
 // into acc: the main loops' step, one merge per COUNT loaded values. The weight uses __fdividef (a reciprocal and a
 // product, 2 ulp): an IEEE division's slow-path call would keep the compiler from issuing the next loads before it.
@@ -154,15 +169,7 @@ __device__ __forceinline__ Moments addValues(Moments acc, const float (&v)[COUNT
 		m2 += d * d;
 	}
 
-	float n = acc.n + (float)COUNT;
-	float wb = __fdividef((float)COUNT, n);
-	float delta = mean - acc.mean;
-
-	Moments r;
-	r.n = n;
-	r.mean = acc.mean + delta * wb;
-	r.m2 = acc.m2 + m2 + delta * delta * acc.n * wb;
-	return r;
+	return mergeGroup(acc, (float)COUNT, mean, m2);
 }
 
 // addValues of the values v[k] with in[k] (an unaligned segment's walk: the others belong to other maps and hold
@@ -189,15 +196,7 @@ __device__ __forceinline__ Moments addSegmentValues(Moments acc, const float (&v
 		m2 += in[k] ? d * d : 0.0f;
 	}
 
-	float n = acc.n + count;
-	float wb = __fdividef(count, fmaxf(n, 1.0f));
-	float delta = mean - acc.mean;
-
-	Moments r;
-	r.n = n;
-	r.mean = acc.mean + delta * wb;
-	r.m2 = acc.m2 + m2 + delta * delta * acc.n * wb;
-	return r;
+	return mergeGroup(acc, count, mean, m2);
 }
 
 __device__ __forceinline__ Moments shflDownMoments(Moments a, int offset)
