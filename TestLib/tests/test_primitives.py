@@ -3,8 +3,8 @@
 
 The cases cover both layouts the CUDA kernels distinguish: spatial (inner > 1; scalar and 16-byte vector paths, one and
 many blocks per map, a thread per map on small maps, maps whose extent the vector does not divide: 7x7 and, in
-float16, 14x14) and rows (inner == 1:
-per-activation and channels-last data, few maps, one map), in float32 and float16.
+float16, 14x14) and rows (inner == 1: per-activation and channels-last data, few maps, one map), in float32 and
+float16.
 """
 
 import gc
