@@ -1,7 +1,7 @@
 """The running statistics' update on host vectors, written once for the numpy kernels (`Backend.Cpu.NumpyBatchNorm`)
 and the synchronized modules' merge (`Modules.SyncBatchNormND`), which both move per-map float vectors in place; the
-C and CUDA kernels do the same in their finalize steps (Ioffe & Szegedy 2015, arXiv 1502.03167; the running variance
-unbiased, m / (m - 1), as in Theano and cuDNN)."""
+C and CUDA kernels do the same where they finish their statistics (Ioffe & Szegedy 2015, arXiv 1502.03167; the
+running variance unbiased, m / (m - 1), as in Theano and cuDNN)."""
 
 import numpy as np
 

@@ -7,9 +7,10 @@ declaration's defines) with ``ptxas -v``, disassembles it with ``cuobjdump -sass
 - registers per thread, spilled bytes (stores + loads), static shared memory (from ptxas);
 - blocks of its launch's block size resident per multiprocessor (`Kernels.blocksPerMultiprocessor`, the rule the
   launch code applies to the driver's numbers) on the architecture's multiprocessor;
-- the width of its widest global load (bits), and the global loads its main loop (the loop with the most of them)
-  issues before the first instruction that reads one of their results: the loads in flight per thread, which is what
-  keeps a memory-bound loop at the memory's pace (one load in flight makes it latency-bound).
+- the width of its widest global load (bits), and the global loads its main loop (the innermost loop with the most
+  loads of the data, not counting the partials a reduction's last block reads) issues before the first instruction
+  that reads one of their results: the loads in flight per thread, which is what keeps a memory-bound loop at the
+  memory's pace (one load in flight makes it latency-bound).
 
 Usage::
 
@@ -37,9 +38,8 @@ from PuzzleLib.Kernels import NVCC_OPTIONS, BatchNorm, blocksPerMultiprocessor, 
 # (threads, 32-bit registers, bytes of shared memory) of one multiprocessor, per architecture (CUDA programming guide,
 # compute capabilities table)
 MULTIPROCESSORS = {"sm_80": (2048, 65536, 167936), "sm_90": (2048, 65536, 233472)}
-LAUNCH_THREADS = BatchNorm.BLOCK_SIZE
 # NOTE: the most threads a batch-norm launch has (rows blocks of few maps have a few less: 3 lanes x 85 rows)
-assert 32 * BatchNorm.FINALIZE_WARPS == LAUNCH_THREADS
+LAUNCH_THREADS = BatchNorm.BLOCK_SIZE
 
 LOAD_BITS = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}
 
@@ -163,9 +163,16 @@ def isGlobalLoad(opcode):
     return opcode.startswith("LDG")
 
 
+def isDataLoad(opcode):
+    """A global load of the data (not a ``.STRONG.GPU`` one: the partials that a reduction's last block reads from
+    L2, ``__ldcg``)."""
+    return isGlobalLoad(opcode) and ".STRONG.GPU" not in opcode
+
+
 def mainLoop(instructions):
-    """The instructions of the loop (a backward branch's span) that holds the most global loads, or [] for none."""
-    best = []
+    """The instructions of the innermost loop (a backward branch's span holding no other) with the most data loads
+    (`isDataLoad`), or [] for none: the reductions' loop over the columns their last block finishes holds loops."""
+    spans = []
     for index, (address, opcode, operands) in enumerate(instructions):
         if not opcode.startswith("BRA") or not operands:
             continue
@@ -173,10 +180,14 @@ def mainLoop(instructions):
         if target is None or target.group(1) is None:
             continue
         start = int(target.group(1), 16)
-        if start >= address:
+        if start < address:
+            spans.append((start, address, index))
+    best = []
+    for start, end, index in spans:
+        if any(start <= other < otherEnd <= end and (other, otherEnd) != (start, end) for other, otherEnd, _ in spans):
             continue
         body = [ins for ins in instructions[:index + 1] if ins[0] >= start]
-        if sum(isGlobalLoad(op) for _, op, _ in body) > sum(isGlobalLoad(op) for _, op, _ in best):
+        if sum(isDataLoad(op) for _, op, _ in body) > sum(isDataLoad(op) for _, op, _ in best):
             best = body
     return best
 

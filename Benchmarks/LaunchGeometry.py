@@ -38,7 +38,7 @@ def launchesOf(plan, shape3, dtype):
 
 def describe(kernel, grid, block, maps, itemsize):
     """(access bytes, share of lanes across maps with a map) of one launch ("-" where it does not apply)."""
-    if "Finalize" in kernel or "_v" not in kernel:
+    if "_v" not in kernel:
         return "-", "-"
     vec = int(kernel.rsplit("_v", 1)[1])
     busy = "%.2f" % (maps / (grid[0] * block[0] * vec)) if "Rows" in kernel else "-"

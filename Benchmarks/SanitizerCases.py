@@ -4,7 +4,8 @@
 Shapes are odd on purpose: lengths that are not multiples of the vector width or of the block, a map count that is
 not a multiple of the rows kernels' 32 lanes, a single row, one element per map, 7x7 maps (16-byte vectors over
 unaligned segments, with a thread and with a block per map), small maps (a thread per map), 3 maps (3 lanes across
-maps), one map (one segment). Each case runs the training forward,
+maps), one map (one segment), more columns of blocks in a reduction than the kernels have counters (131075 maps in
+rows of one element: 4097 columns of 32 lanes). Each case runs the training forward,
 the evaluation forward in place, the backward (and the frozen one), with and without a fused activation and
 residual, in float32 and float16, and checks the training output against a float64 reference, so that a kernel that
 reads the wrong memory fails here too. Exit status 1 on any mismatch.
@@ -17,7 +18,7 @@ import sys
 import numpy as np
 
 SHAPES = [(3, 5, 7, 9), (2, 37, 3, 3), (1, 3, 1, 5), (13, 45), (2, 70), (5, 1), (2, 8, 2, 2), (3, 33, 1),
-          (4, 6, 7, 7), (40, 3, 7, 7), (2, 500, 2), (300, 3), (77, 1)]
+          (4, 6, 7, 7), (40, 3, 7, 7), (2, 500, 2), (300, 3), (77, 1), (4, 131075)]
 
 
 def reference(x, epsilon=1e-5):

@@ -6,18 +6,21 @@
 //     (outer, maps) matrix, so threads run across channels and rows are split over blocks.
 // Data is float (fp32) or __half (fp16); statistics, reductions and parameters are always fp32.
 //
-// Training forward = stats pass (partial Welford statistics per block) + finalize (Chan merge, running update)
-// + normalize pass: the input is read twice, the output written once.
+// Training forward = stats pass (partial moments per block; the last block of each column of blocks merges them and
+// writes the statistics and the running update) + normalize pass: two kernels, the input read twice, the output
+// written once.
 // Names: `mean` is the per-channel mean the data is centred on (the batch's in training, the running one in
 // evaluation and frozen backward), `invstd` = 1 / sqrt(sigma2 + epsilon) of the batch, `var` the running variance.
 // The Python side declares every entry point's parameters once, in Kernels/BatchNorm.py.
 // Evaluation forward = one pass (read once, write once), in place when out == data, no workspace.
-// Backward = reduction pass (partial sums of dy and dy * (x - mean)) + finalize + dx pass.
-// Frozen backward (statistics are constants) = reduction pass + finalize + dx pass that reads dy only.
+// Backward = reduction pass (partial sums of dy and dy * (x - mean), merged by each column's last block into the
+// parameter gradients) + dx pass.
+// Frozen backward (statistics are constants) = the same reduction pass + dx pass that reads dy only.
 //
-// Numerics: each thread keeps (count, mean, M2) of x - K, where K is the first element of its channel, using
-// Welford's update (Welford 1962) on small batches of loaded values; threads, then blocks, are merged with the
-// pairwise formula of Chan, Golub & LeVeque (1979). The shift K keeps fp32 exact enough when |mean| >> std.
+// Numerics: each thread keeps (count, mean, M2) of x - K, where K is the first element of its channel, merging into
+// it the exact moments of small groups of loaded values by the pairwise formula of Chan, Golub & LeVeque (1979);
+// threads are merged by the same formula, blocks by its sums in double precision. The shift K keeps fp32 exact
+// enough when |mean| >> std.
 //
 // Index arithmetic is 64-bit: a tensor may hold more than 2^31 elements.
 //
@@ -30,15 +33,15 @@
 #define BLOCK_SIZE 256
 #endif
 
-// Finalize kernels: one warp per channel, FINALIZE_WARPS channels per block.
-#ifndef FINALIZE_WARPS
-#define FINALIZE_WARPS 8
-#endif
-
 // Loads in flight per thread: the main loops of the reductions and of the elementwise passes issue LOADS vector loads
 // (per input) before they use the first, so that a thread waits on memory once per LOADS vectors.
 #ifndef LOADS
 #define LOADS 4
+#endif
+
+// The reductions' counters of columns of blocks (finishColumns).
+#ifndef COLUMN_COUNTERS
+#define COLUMN_COUNTERS 4096
 #endif
 
 #if BLOCK_SIZE % 32 != 0 || BLOCK_SIZE > 1024
@@ -114,26 +117,8 @@ __device__ __forceinline__ Moments emptyMoments()
 	return r;
 }
 
-// Chan et al. pairwise merge; safe when either side is empty. Between threads and blocks (a few merges per thread):
-// an IEEE division.
-__device__ __forceinline__ Moments mergeMoments(Moments a, Moments b)
-{
-	if (b.n == 0.0f)
-		return a;
-
-	float n = a.n + b.n;
-	float wb = b.n / n;
-	float delta = b.mean - a.mean;
-
-	Moments r;
-	r.n = n;
-	r.mean = a.mean + delta * wb;
-	r.m2 = a.m2 + b.m2 + delta * delta * a.n * wb;
-	return r;
-}
-
-// acc merged with a group of `count` values of the given mean and M2 (Chan's formula; the weight by __fdividef, below).
-// An empty group (count 0) leaves acc as it is.
+// acc merged with a group of `count` values of the given mean and M2 (Chan's formula; the weight by __fdividef, below):
+// the main loops' step and the merge of threads. An empty group (count 0, mean 0) leaves acc as it is.
 __device__ __forceinline__ Moments mergeGroup(Moments acc, float count, float mean, float m2)
 {
 	float n = acc.n + count;
@@ -212,58 +197,20 @@ __device__ __forceinline__ Moments warpMergeMoments(Moments a)
 {
 #pragma unroll
 	for (int offset = 16; offset > 0; offset >>= 1)
-		a = mergeMoments(a, shflDownMoments(a, offset));
-
-	return a;
-}
-
-// The finalize kernels' moments: double precision, so that counts stay exact past 2^24 per channel and the merge of
-// many partials adds no float32 rounding.
-struct WideMoments
-{
-	double n, mean, m2;
-};
-
-__device__ __forceinline__ WideMoments wideMoments(float n, float mean, float m2)
-{
-	WideMoments r;
-	r.n = n; r.mean = mean; r.m2 = m2;
-	return r;
-}
-
-__device__ __forceinline__ WideMoments emptyWideMoments()
-{
-	return wideMoments(0.0f, 0.0f, 0.0f);
-}
-
-__device__ __forceinline__ WideMoments mergeWideMoments(WideMoments a, WideMoments b)
-{
-	if (b.n == 0.0)
-		return a;
-
-	double n = a.n + b.n, wb = b.n / n, delta = b.mean - a.mean;
-
-	WideMoments r;
-	r.n = n;
-	r.mean = a.mean + delta * wb;
-	r.m2 = a.m2 + b.m2 + delta * delta * a.n * wb;
-	return r;
-}
-
-__device__ __forceinline__ WideMoments warpMergeWideMoments(WideMoments a)
-{
-#pragma unroll
-	for (int offset = 16; offset > 0; offset >>= 1)
 	{
-		WideMoments b;
-		b.n = __shfl_down_sync(0xffffffffu, a.n, offset);
-		b.mean = __shfl_down_sync(0xffffffffu, a.mean, offset);
-		b.m2 = __shfl_down_sync(0xffffffffu, a.m2, offset);
-		a = mergeWideMoments(a, b);
+		Moments b = shflDownMoments(a, offset);
+		a = mergeGroup(a, b.n, b.mean, b.m2);
 	}
 
 	return a;
 }
+
+// The mean and M2 of a map's merged partials (mergePartials): double precision, so that the merge of many partials
+// adds no float32 rounding.
+struct WideMoments
+{
+	double mean, m2;
+};
 
 // Result is valid in thread 0 only.
 __device__ __forceinline__ Moments blockMergeMoments(Moments a)
@@ -327,6 +274,24 @@ __device__ __forceinline__ void blockSum2(float &a, float &b)
 // range, i = j % innerV and the element offset of its segment (`base`), advanced incrementally: the loop body has no
 // division and no multiplication, so the addresses of a loop's LOADS vectors are ready before their loads.
 
+// a / b for 0 <= a < 2^53 and 0 < b (element and vector indices), not by a 64-bit division, whose call makes ptxas
+// keep the registers live across it in memory (spills in the reductions' main loops): a double reciprocal (a float
+// one refined by a Newton step, relative error below 2^-41) gives a quotient within 2^12 of a / b, one refinement by
+// the exact remainder one within 1 + 2^-28, and the remainder's sign or size the last step.
+__device__ __forceinline__ int64 indexDivide(int64 a, int64 b)
+{
+	double rcp = (double)__fdividef(1.0f, (float)b);
+	rcp = rcp * (2.0 - (double)b * rcp);
+
+	int64 q = (int64)((double)a * rcp);
+	q += (int64)((double)(a - q * b) * rcp);
+
+	int64 r = a - q * b;
+	q -= r < 0 ? 1 : 0;
+	r += r < 0 ? b : 0;
+	return q + (r >= b ? 1 : 0);
+}
+
 struct SpatialCursor
 {
 	int64 j, i, base, stepI, stepBase, segmentStride;
@@ -335,7 +300,7 @@ struct SpatialCursor
 __device__ __forceinline__ SpatialCursor spatialCursor(int64 j, int64 inner, int64 innerV, int64 step, int c, int maps)
 {
 	SpatialCursor cur;
-	int64 o = j / innerV, stepO = step / innerV;
+	int64 o = indexDivide(j, innerV), stepO = indexDivide(step, innerV);
 	cur.j = j;
 	cur.i = j - o * innerV;
 	cur.segmentStride = (int64)maps * inner;
@@ -441,29 +406,321 @@ __device__ __forceinline__ void loadSegmentAt(const T *ptr, const VectorAt &at, 
 
 __device__ __forceinline__ void blockSlice(int64 total, int64 &begin, int64 &end)
 {
-	int64 per = (total + gridDim.y - 1) / gridDim.y;
+	int64 per = indexDivide(total + gridDim.y - 1, gridDim.y);
 	begin = per * blockIdx.y;
 	end = min(total, begin + per);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Training statistics, stage 1: partial moments. Partials are laid out [split][channel] with split = blockIdx.y.
+// The reductions' last step. A reduction's grid is columns (blockIdx.x) of gridDim.y blocks ("splits"): each block
+// writes its partials of the column's maps, laid out [split][map]. Where the host folds the step into the reduction
+// (`fold`: where a column's partials are few enough for one block to merge at once), the last block of a column to
+// have written them merges the column's partials and writes the per-map results (finishColumns); else a second kernel
+// does, a block per map (bnStatsMerge, bnSumsMerge). A column is one map (a block per map), BLOCK_SIZE maps (a thread
+// per map) or the maps of a rows block's lanes (rowsColumn).
+//
+// The counters: columnArrivals, zero when the module loads, and left zero by every launch for the next (the kernels
+// of a context run one after another on its stream). Column x counts on slot x % COLUMN_COUNTERS: where a grid has
+// more columns than slots, the columns that share a slot are finished together by the last block of all of them.
+
+struct Column
+{
+	int first, count;
+};
+
+// The calling thread's index in its block (blocks of any shape).
+__device__ __forceinline__ int blockThread()
+{
+	return threadIdx.y * blockDim.x + threadIdx.x;
+}
+
+__device__ int columnArrivals[COLUMN_COUNTERS];
+
+// Whether this build folds the last step at all: not for Volta (sm_70), whose ptxas keeps registers of the reductions'
+// main loops in memory once the step is compiled in (the host never folds there: bnStatsMerge and bnSumsMerge do it).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
+#define FOLDING 0
+#else
+#define FOLDING 1
+#endif
+
+// With fold, finish(column) for each column of the calling block's counter slot, when the block is the last of those
+// columns' blocks to have written its partials: every thread's writes are made visible to the device first, then one
+// thread takes a ticket on the slot; the last block resets it (every other block of those columns has taken its
+// ticket by then). Every thread of the block calls it, after its writes; finish is called by every thread.
+template <typename Finish>
+__device__ __forceinline__ void finishColumns(int fold, Finish finish)
+{
+	__shared__ int last;
+	int slot = blockIdx.x % COLUMN_COUNTERS;
+
+	if (!FOLDING || !fold)
+		return;
+
+	__threadfence();
+	__syncthreads();
+
+	if (blockThread() == 0)
+	{
+		int columns = (int)((gridDim.x - 1 - slot) / COLUMN_COUNTERS) + 1;
+		int ticket = atomicAdd(columnArrivals + slot, 1);
+		last = ticket == columns * (int)gridDim.y - 1;
+		if (last)
+			columnArrivals[slot] = 0;
+	}
+	__syncthreads();
+
+	if (!last)
+		return;
+
+	__threadfence();
+	for (int column = slot; column < gridDim.x; column += COLUMN_COUNTERS)
+		finish(column);
+}
+
+// The last block's threads over its column's maps: `lanes` consecutive threads per map (the largest power of two
+// with lanes * count <= the block's threads: 256 for one map, 1 for BLOCK_SIZE maps), lane l taking splits l,
+// l + lanes, ...; threads past the last map's lanes have none (inactive).
+struct MergeLane
+{
+	int c, lane, lanes;
+	bool active;
+};
+
+__device__ __forceinline__ MergeLane mergeLane(Column column)
+{
+	int threads = blockDim.x * blockDim.y, t = blockThread();
+
+	MergeLane r;
+	int shift = 0;
+	while ((2 << shift) * column.count <= threads)
+		shift++;
+
+	r.lanes = 1 << shift;
+	r.active = t < r.lanes * column.count;
+	r.c = column.first + (r.active ? t >> shift : 0);
+	// NOTE: an inactive thread's lane is never below a tree step's distance (laneSums)
+	r.lane = r.active ? t & (r.lanes - 1) : r.lanes;
+	return r;
+}
+
+// a and b summed over the lanes of each map, through shared memory (a tree of log2(lanes) steps); every thread of the
+// block calls it and gets its map's sums (inactive threads: their own values).
+__device__ __forceinline__ void laneSums(double &a, double &b, MergeLane ml)
+{
+	__shared__ double sa[BLOCK_SIZE], sb[BLOCK_SIZE];
+
+	int t = blockThread();
+	sa[t] = a; sb[t] = b;
+
+	for (int d = ml.lanes / 2; d > 0; d /= 2)
+	{
+		__syncthreads();
+
+		if (ml.lane < d)
+		{
+			sa[t] += sa[t + d];
+			sb[t] += sb[t + d];
+		}
+	}
+	__syncthreads();
+
+	if (ml.active)
+	{
+		a = sa[t - ml.lane]; b = sb[t - ml.lane];
+	}
+	// NOTE: the next call's stores wait until every thread has read
+	__syncthreads();
+}
+
+// The moments (mean and M2 of x - shift) of map ml.c merged from its partials over the `splits` splits, in double
+// precision. Two passes over the partials: the mean (the counts' weighted sum of the partial means over the map's m
+// values, times invM = 1 / m), then M2 about it (Chan et al. 1979's merge, without a division per partial). The
+// partials are read from L2 (written by other blocks of this launch).
+__device__ __forceinline__ WideMoments mergePartials(const float *pn, const float *pmean, const float *pm2, int splits,
+													 int maps, double invM, MergeLane ml)
+{
+	double sum = 0.0, unused = 0.0;
+
+	for (int s = ml.lane; ml.active && s < splits; s += ml.lanes)
+	{
+		int64 k = (int64)s * maps + ml.c;
+		sum += (double)__ldcg(pn + k) * (double)__ldcg(pmean + k);
+	}
+	laneSums(sum, unused, ml);
+
+	WideMoments r;
+	// NOTE: a product, not a division: no division's slow-path call in the kernel (ptxas then spills in the main loop)
+	r.mean = sum * invM;
+
+	double m2 = 0.0;
+
+	for (int s = ml.lane; ml.active && s < splits; s += ml.lanes)
+	{
+		int64 k = (int64)s * maps + ml.c;
+		double delta = (double)__ldcg(pmean + k) - r.mean;
+		m2 += (double)__ldcg(pm2 + k) + (double)__ldcg(pn + k) * delta * delta;
+	}
+	unused = 0.0;
+	laneSums(m2, unused, ml);
+
+	r.m2 = m2;
+	return r;
+}
+
+// What the statistics kernels' last blocks write per map (passed by value; Kernels/BatchNorm.py mirrors it field by
+// field):
+//   savedMean = mu, savedInvstd = 1 / sqrt(sigma2 + eps),
+//   runningMean = (1 - factor) * runningMean + factor * mu,
+//   runningVar = (1 - factor) * runningVar + factor * sigma2 * m / (m - 1)
+// (the running variance is unbiased, as in Theano and cuDNN). runningMean/runningVar may be null (no running update).
+// savedVar may be null; when given it receives sigma2 (biased), the moments processes exchange to merge their batches.
+// wideMean and wideVar may be null (both or neither); when given they receive mu and sigma2 in double precision, as
+// the merge computed them (the moments SyncBatchNorm exchanges: no float32 rounding before the merge of processes).
+// skipped may be null; when given, a map whose mu or sigma2 is not finite (a NaN or inf in its data, or a float32
+// overflow of its variance) keeps its running statistics and counts 1 in skipped[c] (no other thread touches it).
+// mirror may be null; when given (with skipped), a map's new count is written there too (a host mirror of the counts,
+// mapped into the device: the count reaches the host without a copy).
+// backup may be null (and is, without a running update); when given (3 * maps + 1 floats) it receives the running
+// statistics and skip counts as they were before the update (rows of maps; 0 for counts without skipped) and stamp
+// last: what the module puts back if its call raises after the launch (BatchNormPlan.trainForward).
+// invM = 1 / m and unbias = m / (m - 1) for the m values of each map (computed by the host: no division here).
+// fold: whether the statistics kernel's last blocks finish (else bnStatsMerge does).
+struct MomentsOutputs
+{
+	float *savedMean, *savedInvstd, *runningMean, *runningVar, *savedVar, *skipped, *mirror, *backup;
+	double *wideMean, *wideVar;
+	double invM;
+	float unbias, epsilon, factor, stamp;
+	int fold;
+};
+
+// The running update of map c from its batch statistics (below); with skipped, guarded: a map whose mu or sigma2 is
+// not finite keeps its running statistics, counts 1 in skipped[c], and false is returned.
+__device__ __forceinline__ bool runningUpdate(int64 c, float mu, float sigma2, float unbias, float factor,
+											  float *runningMean, float *runningVar, float *skipped)
+{
+	if (skipped != 0 && !(isfinite(mu) && isfinite(sigma2)))
+	{
+		skipped[c] += 1.0f;
+		return false;
+	}
+	if (runningMean != 0)
+	{
+		runningMean[c] = (1.0f - factor) * runningMean[c] + factor * mu;
+		runningVar[c] = (1.0f - factor) * runningVar[c] + factor * sigma2 * unbias;
+	}
+	return true;
+}
+
+// The last block of a statistics column: every map's partials merged (mergePartials), then MomentsOutputs written by
+// the map's first lane. shiftStride: the distance between the first elements of consecutive maps (inner for the
+// spatial kernels, 1 for the rows kernels): the shift K of the partials is the map's first element.
+template <typename T>
+__device__ __forceinline__ void finishMoments(const T *x, int64 shiftStride, Column column, int splits, int maps,
+											  const float *pn, const float *pmean, const float *pm2,
+											  const MomentsOutputs &o)
+{
+	MergeLane ml = mergeLane(column);
+	WideMoments acc = mergePartials(pn, pmean, pm2, splits, maps, o.invM, ml);
+
+	if (!ml.active || ml.lane != 0)
+		return;
+
+	int64 c = ml.c;
+	double wideMu = (double)toFloat(x[c * shiftStride]) + acc.mean, wideSigma2 = acc.m2 * o.invM;
+	// NOTE: a comparison, not fmax: a NaN variance (a NaN in the map's data) stays a NaN, as in PyTorch
+	wideSigma2 = wideSigma2 < 0.0 ? 0.0 : wideSigma2;
+	float mu = (float)wideMu, sigma2 = (float)wideSigma2;
+
+	o.savedMean[c] = mu;
+	// NOTE: 1 / sqrt rounded once (and no division's slow-path call)
+	o.savedInvstd[c] = __frsqrt_rn(sigma2 + o.epsilon);
+	if (o.savedVar != 0)
+		o.savedVar[c] = sigma2;
+	if (o.wideMean != 0)
+	{
+		o.wideMean[c] = wideMu;
+		o.wideVar[c] = wideSigma2;
+	}
+
+	if (o.runningMean != 0 && o.backup != 0)
+	{
+		o.backup[c] = o.runningMean[c];
+		o.backup[maps + c] = o.runningVar[c];
+		o.backup[2 * maps + c] = o.skipped != 0 ? o.skipped[c] : 0.0f;
+		if (c == 0)
+			o.backup[3 * maps] = o.stamp;
+	}
+	if (o.runningMean != 0 && !runningUpdate(c, mu, sigma2, o.unbias, o.factor, o.runningMean, o.runningVar, o.skipped) &&
+		o.mirror != 0)
+		o.mirror[c] = o.skipped[c];
+}
+
+// What the gradient sums' last blocks write per map: biasgrad = sum(dz), scalegrad = invstd * sum(dz * (x - mean))
+// (both overwritten), with invstd[c] of the batch after a training forward, or where invstd is null (the frozen
+// backward, after an evaluation forward) 1 / sqrt(var[c] + epsilon) of the running variance. fold: as in
+// MomentsOutputs (bnSumsMerge).
+struct SumsOutputs
+{
+	const float *invstd, *var;
+	float *scalegrad, *biasgrad;
+	float epsilon;
+	int fold;
+};
+
+// The last block of a gradient-sums column: every map's partials added (in double precision), then SumsOutputs
+// written by the map's first lane.
+__device__ __forceinline__ void finishSums(Column column, int splits, int maps, const float *psum,
+										   const float *pdot, const SumsOutputs &o)
+{
+	MergeLane ml = mergeLane(column);
+	double sum = 0.0, dot = 0.0;
+
+	for (int s = ml.lane; ml.active && s < splits; s += ml.lanes)
+	{
+		int64 k = (int64)s * maps + ml.c;
+		sum += __ldcg(psum + k);
+		dot += __ldcg(pdot + k);
+	}
+	laneSums(sum, dot, ml);
+
+	if (ml.active && ml.lane == 0)
+	{
+		int c = ml.c;
+		o.biasgrad[c] = (float)sum;
+		float invstd = o.invstd != 0 ? o.invstd[c] : __frsqrt_rn(o.var[c] + o.epsilon);
+		o.scalegrad[c] = (float)(dot * (double)invstd);
+	}
+}
+
+// Column x of a spatial reduction: map x, or with PER_THREAD BLOCK_SIZE maps (mapWalk).
+template <bool PER_THREAD>
+__device__ __forceinline__ Column spatialColumn(int x, int maps)
+{
+	Column r;
+	r.first = PER_THREAD ? x * BLOCK_SIZE : x;
+	r.count = PER_THREAD ? min(BLOCK_SIZE, maps - r.first) : 1;
+	return r;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Training statistics: partial moments per block, laid out [split][channel] with split = blockIdx.y, merged by each
+// column's last block (finishMoments).
 
 // grid = (maps, splits), or (ceil(maps / BLOCK_SIZE), splits) with PER_THREAD (mapWalk); block = BLOCK_SIZE.
 template <typename T, int VEC, bool ALIGNED, bool PER_THREAD>
 __device__ void statsSpatial(const T *x, int64 outer, int maps, int64 inner, int64 innerV, float *pn, float *pmean,
-							 float *pm2)
+							 float *pm2, MomentsOutputs o)
 {
 	MapWalk walk = mapWalk<PER_THREAD>(maps);
-	// NOTE: no barrier or shuffle follows on the per-thread walk, so its idle threads may leave
-	if (PER_THREAD && !walk.active)
-		return;
-
 	int c = walk.c, step = walk.step;
 	float shift = toFloat(x[(int64)c * inner]);
 
 	int64 begin, end;
 	blockSlice(outer * innerV, begin, end);
+	// NOTE: the per-thread walk's threads past the last map walk nothing (but reach the column's barriers)
+	end = walk.active ? end : begin;
 
 	Moments acc = emptyMoments();
 	SpatialCursor cur = spatialCursor(begin + walk.first, inner, innerV, step, c, maps);
@@ -518,27 +775,38 @@ __device__ void statsSpatial(const T *x, int64 outer, int maps, int64 inner, int
 	if (!PER_THREAD)
 		acc = blockMergeMoments(acc);
 
-	if (PER_THREAD || threadIdx.x == 0)
+	if (PER_THREAD ? walk.active : threadIdx.x == 0)
 	{
 		int64 k = (int64)blockIdx.y * maps + c;
 		pn[k] = acc.n; pmean[k] = acc.mean; pm2[k] = acc.m2;
 	}
+
+	finishColumns(o.fold, [&](int column)
+	{
+		finishMoments<T>(x, inner, spatialColumn<PER_THREAD>(column, maps), gridDim.y, maps, pn, pmean, pm2, o);
+	});
 }
 
 // The rows kernels' block: blockDim.x lanes across channel vectors (as many as the maps need, at most 32: few maps
 // leave no lane idle) and blockDim.y lanes across rows, blockDim.x * blockDim.y <= BLOCK_SIZE; the host picks them
 // (BatchNormKernels.rowsBlock). The lane's vector starts at channel rowsChannel<VEC>(maps) (maps for the lanes past
-// the last map, which are idle; a 32-bit index, so that no 64-bit one stays live across the loops); its thread index
-// in the block is rowsThread().
+// the last map, which are idle; a 32-bit index, so that no 64-bit one stays live across the loops: unsigned, as the
+// grid's lanes times VEC exceed the maps by less than a block's lanes' vectors, below 2^32); its thread index in the
+// block is blockThread().
 template <int VEC>
 __device__ __forceinline__ int rowsChannel(int maps)
 {
-	return (int)min(((int64)blockIdx.x * blockDim.x + threadIdx.x) * VEC, (int64)maps);
+	return (int)min((blockIdx.x * blockDim.x + threadIdx.x) * VEC, (unsigned)maps);
 }
 
-__device__ __forceinline__ int rowsThread()
+// Column x of a rows reduction: the maps of its blocks' lanes' vectors.
+template <int VEC>
+__device__ __forceinline__ Column rowsColumn(int x, int maps)
 {
-	return threadIdx.y * blockDim.x + threadIdx.x;
+	Column r;
+	r.first = x * blockDim.x * VEC;
+	r.count = min((int)blockDim.x * VEC, maps - r.first);
+	return r;
 }
 
 // The first power of two >= n.
@@ -552,7 +820,7 @@ __device__ __forceinline__ int ceilPow2(int n)
 
 // The tree over the block's rows of lanes: for each channel of the lane's vector, merge(own slot, the slot of row
 // y + s) for s = ..., 2, 1 while rows y + s remain, over shared values that every thread has stored at
-// rowsThread() * VEC + k; afterwards thread row 0's slots hold the block's results. log2(blockDim.y) steps; every
+// blockThread() * VEC + k; afterwards thread row 0's slots hold the block's results. log2(blockDim.y) steps; every
 // thread reaches every barrier.
 template <int VEC, typename Merge>
 __device__ __forceinline__ void rowsTree(Merge merge)
@@ -563,7 +831,7 @@ __device__ __forceinline__ void rowsTree(Merge merge)
 
 		if (threadIdx.y < s && threadIdx.y + s < blockDim.y)
 		{
-			int self = rowsThread() * VEC, other = (rowsThread() + s * blockDim.x) * VEC;
+			int self = blockThread() * VEC, other = (blockThread() + s * blockDim.x) * VEC;
 
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
@@ -574,7 +842,7 @@ __device__ __forceinline__ void rowsTree(Merge merge)
 
 // grid = (ceil(maps / (blockDim.x * VEC)), splits), block = rows (above).
 template <typename T, int VEC>
-__device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pmean, float *pm2)
+__device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pmean, float *pm2, MomentsOutputs o)
 {
 	__shared__ float sn[BLOCK_SIZE * VEC], smean[BLOCK_SIZE * VEC], sm2[BLOCK_SIZE * VEC];
 
@@ -634,7 +902,7 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 #pragma unroll
 	for (int k = 0; k < VEC; k++)
 	{
-		int at = rowsThread() * VEC + k;
+		int at = blockThread() * VEC + k;
 		sn[at] = acc[k].n; smean[at] = acc[k].mean; sm2[at] = acc[k].m2;
 	}
 
@@ -643,7 +911,7 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 		Moments a, b;
 		a.n = sn[self]; a.mean = smean[self]; a.m2 = sm2[self];
 		b.n = sn[other]; b.mean = smean[other]; b.m2 = sm2[other];
-		a = mergeMoments(a, b);
+		a = mergeGroup(a, b.n, b.mean, b.m2);
 		sn[self] = a.n; smean[self] = a.mean; sm2[self] = a.m2;
 	});
 
@@ -657,116 +925,31 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 			pn[idx] = sn[at]; pmean[idx] = smean[at]; pm2[idx] = sm2[at];
 		}
 	}
-}
 
-// The running update of channel c from its batch statistics (below); with skipped, guarded: a channel whose mu or
-// sigma2 is not finite keeps its running statistics, counts 1 in skipped[c], and false is returned.
-__device__ __forceinline__ bool runningUpdate(int64 c, float mu, float sigma2, int64 m, float factor,
-											  float *runningMean, float *runningVar, float *skipped)
-{
-	if (skipped != 0 && !(isfinite(mu) && isfinite(sigma2)))
+	finishColumns(o.fold, [&](int column)
 	{
-		skipped[c] += 1.0f;
-		return false;
-	}
-	if (runningMean != 0)
-	{
-		float unbias = (float)((double)m / (double)(m - 1));
-		runningMean[c] = (1.0f - factor) * runningMean[c] + factor * mu;
-		runningVar[c] = (1.0f - factor) * runningVar[c] + factor * sigma2 * unbias;
-	}
-	return true;
-}
-
-// Training statistics, stage 2: merge the partials of each channel, then
-//   savedMean = mu, savedInvstd = 1 / sqrt(sigma2 + eps),
-//   runningMean = (1 - factor) * runningMean + factor * mu,
-//   runningVar = (1 - factor) * runningVar + factor * sigma2 * m / (m - 1)
-// (the running variance is unbiased, as in Theano and cuDNN). runningMean/runningVar may be null (no running update).
-// savedVar may be null; when given it receives sigma2 (biased), the moments processes exchange to merge their batches.
-// wideMean and wideVar may be null (both or neither); when given they receive mu and sigma2 in double precision, as
-// the merge computed them (the moments SyncBatchNorm exchanges: no float32 rounding before the merge of processes).
-// skipped may be null; when given, a channel whose mu or sigma2 is not finite (a NaN or inf in its data, or a float32
-// overflow of its variance) keeps its running statistics and counts 1 in skipped[c] (no other thread touches it).
-// mirror may be null; when given (with skipped), a channel's new count is written there too (a host mirror of the
-// counts, mapped into the device: the count reaches the host without a copy).
-// backup may be null (and is, without a running update); when given (3 * maps + 1 floats) it receives the running
-// statistics and skip counts as they were before the update (rows of maps; 0 for counts without skipped) and stamp
-// last: what the module puts back if its call raises after the launch (BatchNormPlan.trainForward).
-// shiftStride: distance between the first elements of consecutive channels (inner for spatial, 1 for rows).
-// grid = ceil(maps / FINALIZE_WARPS), block = (32, FINALIZE_WARPS).
-template <typename T>
-__device__ void statsFinalize(const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2,
-							  int splits, int maps, int64 m, float epsilon, float factor,
-							  float *savedMean, float *savedInvstd, float *runningMean, float *runningVar,
-							  float *savedVar, float *skipped, float *mirror, float *backup, float stamp,
-							  double *wideMean, double *wideVar)
-{
-	int64 c = (int64)blockIdx.x * FINALIZE_WARPS + threadIdx.y;
-	// NOTE: a warp is one channel: inactive warps still reach the shuffles (see blockMergeMoments)
-	bool active = c < maps;
-
-	WideMoments acc = emptyWideMoments();
-
-	for (int s = threadIdx.x; active && s < splits; s += 32)
-	{
-		int64 k = (int64)s * maps + c;
-		acc = mergeWideMoments(acc, wideMoments(pn[k], pmean[k], pm2[k]));
-	}
-
-	acc = warpMergeWideMoments(acc);
-
-	if (active && threadIdx.x == 0)
-	{
-		float mu = (float)((double)toFloat(x[c * shiftStride]) + acc.mean);
-		// NOTE: a comparison, not fmaxf: a NaN variance (a NaN in the map's data) stays a NaN, as in PyTorch
-		float sigma2 = (float)(acc.m2 / (double)m);
-		sigma2 = sigma2 < 0.0f ? 0.0f : sigma2;
-
-		savedMean[c] = mu;
-		savedInvstd[c] = 1.0f / sqrtf(sigma2 + epsilon);
-		if (savedVar != 0)
-			savedVar[c] = sigma2;
-		if (wideMean != 0)
-		{
-			double wide = acc.m2 / (double)m;
-			wideMean[c] = (double)toFloat(x[c * shiftStride]) + acc.mean;
-			wideVar[c] = wide < 0.0 ? 0.0 : wide;
-		}
-
-		if (runningMean != 0 && backup != 0)
-		{
-			backup[c] = runningMean[c];
-			backup[maps + c] = runningVar[c];
-			backup[2 * maps + c] = skipped != 0 ? skipped[c] : 0.0f;
-			if (c == 0)
-				backup[3 * maps] = stamp;
-		}
-		if (runningMean != 0 && !runningUpdate(c, mu, sigma2, m, factor, runningMean, runningVar, skipped) &&
-			mirror != 0)
-			mirror[c] = skipped[c];
-	}
+		finishMoments<T>(x, 1, rowsColumn<VEC>(column, maps), gridDim.y, maps, pn, pmean, pm2, o);
+	});
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Backward reduction, stage 1: partial sums of dy and dy * (x - mean) per channel; mean is the batch mean (training)
-// or the running mean (frozen); multiplying by invstd happens once per channel in stage 2.
+// Backward reduction: partial sums of dy and dy * (x - mean) per channel and block; mean is the batch mean (training)
+// or the running mean (frozen); each column's last block adds them up and multiplies by invstd once per channel
+// (finishSums).
 
 // grid and block as statsSpatial's.
 template <typename T, int VEC, bool ALIGNED, bool PER_THREAD>
 __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int64 inner, int64 innerV,
-							const float *mean, float *psum, float *pdot)
+							const float *mean, float *psum, float *pdot, SumsOutputs o)
 {
 	MapWalk walk = mapWalk<PER_THREAD>(maps);
-	// NOTE: as in statsSpatial
-	if (PER_THREAD && !walk.active)
-		return;
-
 	int c = walk.c, step = walk.step;
 	float mu = mean[c];
 
 	int64 begin, end;
 	blockSlice(outer * innerV, begin, end);
+	// NOTE: as in statsSpatial
+	end = walk.active ? end : begin;
 
 	float sum = 0.0f, dot = 0.0f;
 	SpatialCursor cur = spatialCursor(begin + walk.first, inner, innerV, step, c, maps);
@@ -819,27 +1002,32 @@ __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int6
 	if (!PER_THREAD)
 		blockSum2(sum, dot);
 
-	if (PER_THREAD || threadIdx.x == 0)
+	if (PER_THREAD ? walk.active : threadIdx.x == 0)
 	{
 		int64 k = (int64)blockIdx.y * maps + c;
 		psum[k] = sum; pdot[k] = dot;
 	}
+
+	finishColumns(o.fold, [&](int column)
+	{
+		finishSums(spatialColumn<PER_THREAD>(column, maps), gridDim.y, maps, psum, pdot, o);
+	});
 }
 
 // The rows kernels' partial sums of a block: the rows of lanes of a channel vector add theirs through shared memory
-// (rowsTree), and thread row 0 writes the block's partials of each channel (laid out [split][channel], split =
-// blockIdx.y).
+// (rowsTree), thread row 0 writes the block's partials of each channel (laid out [split][channel], split =
+// blockIdx.y), and the column's last block adds them up (finishSums).
 template <int VEC>
-__device__ __forceinline__ void rowsPartials(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int c0,
-											 int maps, float *psum, float *pdot)
+__device__ __forceinline__ void rowsSums(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int c0,
+										 int maps, float *psum, float *pdot, const SumsOutputs &o)
 {
 	__shared__ float ssum[BLOCK_SIZE * VEC], sdot[BLOCK_SIZE * VEC];
 
 #pragma unroll
 	for (int k = 0; k < VEC; k++)
 	{
-		ssum[rowsThread() * VEC + k] = sum[k];
-		sdot[rowsThread() * VEC + k] = dot[k];
+		ssum[blockThread() * VEC + k] = sum[k];
+		sdot[blockThread() * VEC + k] = dot[k];
 	}
 
 	rowsTree<VEC>([&](int self, int other)
@@ -857,10 +1045,13 @@ __device__ __forceinline__ void rowsPartials(const float (&sum)[VEC], const floa
 			psum[idx] = ssum[threadIdx.x * VEC + k]; pdot[idx] = sdot[threadIdx.x * VEC + k];
 		}
 	}
+
+	finishColumns(o.fold, [&](int column) { finishSums(rowsColumn<VEC>(column, maps), gridDim.y, maps, psum, pdot, o); });
 }
 
 template <typename T, int VEC>
-__device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot)
+__device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot,
+						 SumsOutputs o)
 {
 	int c0 = rowsChannel<VEC>(maps);
 	bool active = c0 < maps;
@@ -920,49 +1111,7 @@ __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const fl
 		}
 	}
 
-	rowsPartials<VEC>(sum, dot, active, c0, maps, psum, pdot);
-}
-
-// Backward reduction, stage 2: biasgrad = sum(dy), scalegrad = invstd * sum(dy * (x - mu)) (both overwritten), with
-// invstd = invstd[c] of the batch after a training forward (FROZEN = false), or 1 / sqrt(var[c] + epsilon) of the
-// running variance after an evaluation forward (FROZEN = true).
-// grid = ceil(maps / FINALIZE_WARPS), block = (32, FINALIZE_WARPS).
-template <bool FROZEN>
-__device__ void gradFinalize(const float *psum, const float *pdot, int splits, int maps, const float *invstd,
-							 const float *var, float epsilon, float *scalegrad, float *biasgrad)
-{
-	int64 c = (int64)blockIdx.x * FINALIZE_WARPS + threadIdx.y;
-	// NOTE: a warp is one channel: inactive warps still reach the shuffles (see blockMergeMoments)
-	bool active = c < maps;
-
-	float sum = 0.0f, dot = 0.0f;
-
-	for (int s = threadIdx.x; active && s < splits; s += 32)
-	{
-		sum += psum[(int64)s * maps + c];
-		dot += pdot[(int64)s * maps + c];
-	}
-
-	sum = warpSum(sum);
-	dot = warpSum(dot);
-
-	if (active && threadIdx.x == 0)
-	{
-		biasgrad[c] = sum;
-		scalegrad[c] = dot * (FROZEN ? 1.0f / sqrtf(var[c] + epsilon) : invstd[c]);
-	}
-}
-
-extern "C" __global__ void bnGradFinalize(const float *psum, const float *pdot, int splits, int maps,
-										  const float *invstd, float *scalegrad, float *biasgrad)
-{
-	gradFinalize<false>(psum, pdot, splits, maps, invstd, 0, 0.0f, scalegrad, biasgrad);
-}
-
-extern "C" __global__ void bnGradFinalizeFrozen(const float *psum, const float *pdot, int splits, int maps,
-												const float *var, float epsilon, float *scalegrad, float *biasgrad)
-{
-	gradFinalize<true>(psum, pdot, splits, maps, 0, var, epsilon, scalegrad, biasgrad);
+	rowsSums<VEC>(sum, dot, active, c0, maps, psum, pdot, o);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1388,11 +1537,12 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 	}
 }
 
-// Backward reduction, stage 1, after a fused forward: the partial sums of dz and dz * (x - mean) of gradSpatial and
+// Backward reduction after a fused forward: the partial sums of dz and dz * (x - mean) of gradSpatial and
 // gradRows, with dz and x - mean from fusedLoad. p gives scale, bias and invstd (for the reconstruction).
 template <typename T, int VEC>
 __device__ void gradSpatialFused(const T *x, const T *dy, int64 outer, int maps, int64 inner, int64 innerV,
-								 const float *mean, float *psum, float *pdot, ChannelParams p, FusedParams f)
+								 const float *mean, float *psum, float *pdot, SumsOutputs o, ChannelParams p,
+								 FusedParams f)
 {
 	int c = blockIdx.x;
 	FusedCoef fc[1] = {fusedCoef(f.reconstruct ? 0.0f : mean[c], p, f, c, f.reconstruct)};
@@ -1423,11 +1573,16 @@ __device__ void gradSpatialFused(const T *x, const T *dy, int64 outer, int maps,
 		int64 k = (int64)blockIdx.y * maps + c;
 		psum[k] = sum; pdot[k] = dot;
 	}
+
+	finishColumns(o.fold, [&](int column)
+	{
+		finishSums(spatialColumn<false>(column, maps), gridDim.y, maps, psum, pdot, o);
+	});
 }
 
 template <typename T, int VEC>
 __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum,
-							  float *pdot, ChannelParams p, FusedParams f)
+							  float *pdot, SumsOutputs o, ChannelParams p, FusedParams f)
 {
 	int c0 = rowsChannel<VEC>(maps);
 	bool active = c0 < maps;
@@ -1466,7 +1621,7 @@ __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, con
 		}
 	}
 
-	rowsPartials<VEC>(sum, dot, active, c0, maps, psum, pdot);
+	rowsSums<VEC>(sum, dot, active, c0, maps, psum, pdot, o);
 }
 
 // The constants of channel c in the fused elementwise pass of MODE.
@@ -1600,15 +1755,16 @@ __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int 
 
 #define BN_SPATIAL_REDUCTIONS(T, SUF, VEC, WALK, KIND, ALIGNED, PER_THREAD) \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnStatsSpatial##WALK##KIND##_##SUF##_v##VEC( \
-		const T *x, int64 outer, int maps, int64 inner, int64 innerV, float *pn, float *pmean, float *pm2) \
+		const T *x, int64 outer, int maps, int64 inner, int64 innerV, float *pn, float *pmean, float *pm2, \
+		MomentsOutputs o) \
 	{ \
-		statsSpatial<T, VEC, ALIGNED, PER_THREAD>(x, outer, maps, inner, innerV, pn, pmean, pm2); \
+		statsSpatial<T, VEC, ALIGNED, PER_THREAD>(x, outer, maps, inner, innerV, pn, pmean, pm2, o); \
 	} \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradSpatial##WALK##KIND##_##SUF##_v##VEC( \
 		const T *x, const T *dy, int64 outer, int maps, int64 inner, int64 innerV, const float *mean, float *psum, \
-		float *pdot) \
+		float *pdot, SumsOutputs o) \
 	{ \
-		gradSpatial<T, VEC, ALIGNED, PER_THREAD>(x, dy, outer, maps, inner, innerV, mean, psum, pdot); \
+		gradSpatial<T, VEC, ALIGNED, PER_THREAD>(x, dy, outer, maps, inner, innerV, mean, psum, pdot, o); \
 	}
 
 #define BN_SPATIAL_ENTRIES(T, SUF, VEC, KIND, ALIGNED) \
@@ -1648,14 +1804,14 @@ __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int 
 #define BN_ENTRIES(T, SUF, VEC) \
 	BN_SPATIAL_ENTRIES(T, SUF, VEC, , true) \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnStatsRows_##SUF##_v##VEC( \
-		const T *x, int64 rows, int maps, float *pn, float *pmean, float *pm2) \
+		const T *x, int64 rows, int maps, float *pn, float *pmean, float *pm2, MomentsOutputs o) \
 	{ \
-		statsRows<T, VEC>(x, rows, maps, pn, pmean, pm2); \
+		statsRows<T, VEC>(x, rows, maps, pn, pmean, pm2, o); \
 	} \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradRows_##SUF##_v##VEC( \
-		const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot) \
+		const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot, SumsOutputs o) \
 	{ \
-		gradRows<T, VEC>(x, dy, rows, maps, mean, psum, pdot); \
+		gradRows<T, VEC>(x, dy, rows, maps, mean, psum, pdot, o); \
 	} \
 	BN_APPLY_ENTRIES(T, SUF, VEC, trainForward, MODE_TRAIN_FORWARD) \
 	BN_APPLY_ENTRIES(T, SUF, VEC, evalForward, MODE_EVAL_FORWARD) \
@@ -1663,15 +1819,15 @@ __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int 
 	BN_APPLY_ENTRIES(T, SUF, VEC, frozenBackward, MODE_FROZEN_BACKWARD) \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradSpatialFused_##SUF##_v##VEC( \
 		const T *x, const T *dy, int64 outer, int maps, int64 inner, int64 innerV, const float *mean, float *psum, \
-		float *pdot, ChannelParams p, FusedParams f) \
+		float *pdot, SumsOutputs o, ChannelParams p, FusedParams f) \
 	{ \
-		gradSpatialFused<T, VEC>(x, dy, outer, maps, inner, innerV, mean, psum, pdot, p, f); \
+		gradSpatialFused<T, VEC>(x, dy, outer, maps, inner, innerV, mean, psum, pdot, o, p, f); \
 	} \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradRowsFused_##SUF##_v##VEC( \
-		const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot, ChannelParams p, \
-		FusedParams f) \
+		const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot, SumsOutputs o, \
+		ChannelParams p, FusedParams f) \
 	{ \
-		gradRowsFused<T, VEC>(x, dy, rows, maps, mean, psum, pdot, p, f); \
+		gradRowsFused<T, VEC>(x, dy, rows, maps, mean, psum, pdot, o, p, f); \
 	} \
 	BN_FUSED_ENTRIES(T, SUF, VEC, trainForward, MODE_TRAIN_FORWARD) \
 	BN_FUSED_ENTRIES(T, SUF, VEC, evalForward, MODE_EVAL_FORWARD) \
@@ -1688,20 +1844,27 @@ BN_ENTRIES(__half, f16, 8)
 BN_SPATIAL_ENTRIES(float, f32, 4, Unaligned, false)
 BN_SPATIAL_ENTRIES(__half, f16, 8, Unaligned, false)
 
-#define BN_FINALIZE_ENTRY(T, SUF) \
-	extern "C" __global__ void bnStatsFinalize_##SUF( \
+// The reductions' last step where it is not folded (fold = 0): a block per map merges its `splits` partials (the
+// statistics kernel's o and x, whose first element of each map is the partials' shift; shiftStride as in
+// finishMoments). grid = maps, block = BLOCK_SIZE.
+#define BN_MERGE_ENTRY(T, SUF) \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnStatsMerge_##SUF( \
 		const T *x, int64 shiftStride, const float *pn, const float *pmean, const float *pm2, int splits, int maps, \
-		int64 m, float epsilon, float factor, float *savedMean, float *savedInvstd, float *runningMean, \
-		float *runningVar, float *savedVar, float *skipped, float *mirror, float *backup, float stamp, \
-		double *wideMean, double *wideVar) \
+		MomentsOutputs o) \
 	{ \
-		statsFinalize<T>(x, shiftStride, pn, pmean, pm2, splits, maps, m, epsilon, factor, savedMean, \
-						 savedInvstd, runningMean, runningVar, savedVar, skipped, mirror, backup, stamp, wideMean, \
-						 wideVar); \
+		Column column = {(int)blockIdx.x, 1}; \
+		finishMoments<T>(x, shiftStride, column, splits, maps, pn, pmean, pm2, o); \
 	}
 
-BN_FINALIZE_ENTRY(float, f32)
-BN_FINALIZE_ENTRY(__half, f16)
+BN_MERGE_ENTRY(float, f32)
+BN_MERGE_ENTRY(__half, f16)
+
+extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnSumsMerge(const float *psum, const float *pdot, int splits,
+																	  int maps, SumsOutputs o)
+{
+	Column column = {(int)blockIdx.x, 1};
+	finishSums(column, splits, maps, psum, pdot, o);
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Batch Renormalization (Ioffe 2017, arXiv 1702.03275): the per-channel step between the batch moments and the
@@ -1710,7 +1873,7 @@ BN_FINALIZE_ENTRY(__half, f16)
 //   savedMean = mu, savedInvstd = 1 / sigma,
 //   r = clip(sigma / moving, rmin, rmax), d = clip((mu - renormMean) / moving, -dmax, dmax) (a NaN stays a NaN),
 //   correctedScale = r * scale, correctedBias = d * scale + bias (what bnApply*_trainForward then takes),
-//   the running update of statsFinalize (runningMean may be null) and
+//   the running update of the statistics kernels (runningUpdate; runningMean may be null) and
 //   renormMean = momentum * renormMean + (1 - momentum) * mu, renormStd = momentum * renormStd + (1 - momentum) * sigma,
 // both skipped, counting 1 in skipped[c], for a channel whose mu or sigma2 is not finite (when skipped is given).
 // One thread per channel, grid-stride.
@@ -1744,7 +1907,7 @@ extern "C" __global__ void bnRenormStatistics(const float *batchMean, const floa
 		correctedScale[c] = rc * scale[c];
 		correctedBias[c] = dc * scale[c] + bias[c];
 
-		if (runningUpdate(c, mu, sigma2, m, factor, runningMean, runningVar, skipped))
+		if (runningUpdate(c, mu, sigma2, (float)((double)m / (double)(m - 1)), factor, runningMean, runningVar, skipped))
 		{
 			renormMean[c] = momentum * renormMean[c] + (1.0f - momentum) * mu;
 			renormStd[c] = momentum * renormStd[c] + (1.0f - momentum) * sigma;

@@ -9,17 +9,19 @@ whether a block or a thread walks a map (`BLOCK_PER_MAP`). See the source's head
 
 from typing import NamedTuple
 
-from PuzzleLib.Kernels.Signature import Float32, Int32, Int64, Pointer, Signature, Struct
+from PuzzleLib.Kernels.Signature import Float32, Float64, Int32, Int64, Pointer, Signature, Struct
 
 SOURCE = "BatchNorm.cu"
 
 # threads of every block (the rows kernels' blocks have at most as many)
 BLOCK_SIZE = 256
-FINALIZE_WARPS = 8
 # vector loads each thread issues before it uses the first (the reductions' and the elementwise passes' main loops)
 LOADS = 4
+# counters of the reductions' columns of blocks (maps, or groups of maps, whose partials one block merges): a grid with
+# more columns than counters finishes the columns that share one together
+COLUMN_COUNTERS = 4096
 defines = {
-    "BLOCK_SIZE": BLOCK_SIZE, "FINALIZE_WARPS": FINALIZE_WARPS, "LOADS": LOADS,
+    "BLOCK_SIZE": BLOCK_SIZE, "LOADS": LOADS, "COLUMN_COUNTERS": COLUMN_COUNTERS,
 }
 
 # data-type suffix -> the vector widths compiled for it: up to 16 bytes (4 floats or 8 halves), and the narrower ones
@@ -85,6 +87,31 @@ def fusedParams(name):
     )
 
 
+def momentsOutputs(name):
+    """``struct MomentsOutputs`` passed by value: what the statistics kernels' last blocks write per map (the saved
+    statistics, the running update and its backup, the double-precision moments), 1 / m and m / (m - 1) for the m
+    values of a map, and whether the statistics kernel's last blocks write them (else `statsMerge`)."""
+    return Struct(
+        name, "MomentsOutputs",
+        [Pointer(field) for field in (
+            "savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "mirror", "backup",
+            "wideMean", "wideVar",
+        )] + [
+            Float64("invM"), Float32("unbias"), Float32("epsilon"), Float32("factor"), Float32("stamp"), Int32("fold"),
+        ],
+    )
+
+
+def sumsOutputs(name):
+    """``struct SumsOutputs`` passed by value: what the gradient sums' last blocks write per map (the parameter
+    gradients, from the batch invstd or the running variance), and whether the gradient kernel's last blocks write
+    them (else `sumsMerge`)."""
+    return Struct(
+        name, "SumsOutputs",
+        [Pointer(field) for field in ("invstd", "var", "scalegrad", "biasgrad")] + [Float32("epsilon"), Int32("fold")],
+    )
+
+
 def spatialView():
     """The view of the spatial reductions: (outer, maps, inner) and the vectors a segment's walk covers (inner / VEC,
     or ceil((inner + VEC - 1) / VEC) for unaligned segments)."""
@@ -106,40 +133,35 @@ def pointers(*names):
 
 
 statsSpatial = Signature(
-    "bnStatsSpatial{walk}{segments}_{dtype}_v{vec}", Pointer("x"), *spatialView(), *pointers("pn", "pmean", "pm2")
+    "bnStatsSpatial{walk}{segments}_{dtype}_v{vec}", Pointer("x"), *spatialView(), *pointers("pn", "pmean", "pm2"),
+    momentsOutputs("o"),
 )
-statsRows = Signature("bnStatsRows_{dtype}_v{vec}", Pointer("x"), *rowsView(), *pointers("pn", "pmean", "pm2"))
-statsFinalize = Signature(
-    "bnStatsFinalize_{dtype}",
-    Pointer("x"), Int64("shiftStride"), *pointers("pn", "pmean", "pm2"), Int32("splits"), Int32("maps"), Int64("m"),
-    Float32("epsilon"), Float32("factor"),
-    *pointers("savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "mirror", "backup"),
-    Float32("stamp"), *pointers("wideMean", "wideVar"),
+statsRows = Signature(
+    "bnStatsRows_{dtype}_v{vec}", Pointer("x"), *rowsView(), *pointers("pn", "pmean", "pm2"), momentsOutputs("o")
 )
 gradSpatial = Signature(
     "bnGradSpatial{walk}{segments}_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(),
-    *pointers("mean", "psum", "pdot"),
+    *pointers("mean", "psum", "pdot"), sumsOutputs("o"),
 )
-gradRows = Signature("bnGradRows_{dtype}_v{vec}", *pointers("x", "dy"), *rowsView(), *pointers("mean", "psum", "pdot"))
-gradFinalize = Signature(
-    "bnGradFinalize", *pointers("psum", "pdot"), Int32("splits"), Int32("maps"),
-    *pointers("invstd", "scalegrad", "biasgrad"),
+gradRows = Signature(
+    "bnGradRows_{dtype}_v{vec}", *pointers("x", "dy"), *rowsView(), *pointers("mean", "psum", "pdot"), sumsOutputs("o")
 )
-gradFinalizeFrozen = Signature(
-    "bnGradFinalizeFrozen", *pointers("psum", "pdot"), Int32("splits"), Int32("maps"), Pointer("var"),
-    Float32("epsilon"), *pointers("scalegrad", "biasgrad"),
+statsMerge = Signature(
+    "bnStatsMerge_{dtype}", Pointer("x"), Int64("shiftStride"), *pointers("pn", "pmean", "pm2"), Int32("splits"),
+    Int32("maps"), momentsOutputs("o"),
 )
+sumsMerge = Signature("bnSumsMerge", *pointers("psum", "pdot"), Int32("splits"), Int32("maps"), sumsOutputs("o"))
 applySpatial = Signature(
     "bnApplySpatial{segments}_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *flatView(), channelParams("p")
 )
 applyRows = Signature("bnApplyRows_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"))
 gradSpatialFused = Signature(
     "bnGradSpatialFused_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(), *pointers("mean", "psum", "pdot"),
-    channelParams("p"), fusedParams("f"),
+    sumsOutputs("o"), channelParams("p"), fusedParams("f"),
 )
 gradRowsFused = Signature(
     "bnGradRowsFused_{dtype}_v{vec}", *pointers("x", "dy"), *rowsView(), *pointers("mean", "psum", "pdot"),
-    channelParams("p"), fusedParams("f"),
+    sumsOutputs("o"), channelParams("p"), fusedParams("f"),
 )
 applySpatialFused = Signature(
     "bnApplySpatialFused_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *flatView(), channelParams("p"),
@@ -163,11 +185,9 @@ renormCombine = Signature("bnRenormCombine", *pointers("r", "x", "d", "y"), Int3
 
 def entries():
     """{entry name: `Signature`} of every entry point the source compiles to."""
-    result = {
-        signature.name(): signature for signature in (gradFinalize, gradFinalizeFrozen, renormStatistics, renormCombine)
-    }
+    result = {signature.name(): signature for signature in (sumsMerge, renormStatistics, renormCombine)}
     for dtype, widths in vectorWidths.items():
-        result[statsFinalize.name(dtype=dtype)] = statsFinalize
+        result[statsMerge.name(dtype=dtype)] = statsMerge
         for vec in widths:
             segmentKinds = (ALIGNED_SEGMENTS, UNALIGNED_SEGMENTS) if vec == max(widths) else (ALIGNED_SEGMENTS,)
             for segments in segmentKinds:

@@ -6,8 +6,9 @@ both the format pycuda prepares the function with and the argument tuple of ever
 each source to PTX and checks every declared entry's parameter sizes and alignments against the compiled one.
 
 Types: `Pointer` (any device pointer; takes a GPUArray, None for a null pointer, or an int address), `Int32` (C
-``int``), `Int64` (``long long``), `Float32` (``float``), `Struct` (a C struct passed by value, given as a dict of
-its fields) and `Array` (a fixed-size array field of a struct). This module needs neither pycuda nor a device.
+``int``), `Int64` (``long long``), `Float32` (``float``), `Float64` (``double``), `Struct` (a C struct passed by
+value, given as a dict of its fields) and `Array` (a fixed-size array field of a struct). This module needs neither
+pycuda nor a device.
 
 A launch repeated with the same geometry takes a `Binding` (`Signature.bind`): the argument tuple with every value
 that does not change from call to call converted and in place once, so that a call only fills in its addresses and
@@ -52,6 +53,10 @@ def Int64(name):
 
 def Float32(name):
     return Parameter(name, ctypes.c_float, "f", float)
+
+
+def Float64(name):
+    return Parameter(name, ctypes.c_double, "d", float)
 
 
 class Array(Parameter):

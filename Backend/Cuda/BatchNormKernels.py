@@ -7,9 +7,13 @@ arrays of ``maps`` elements. How the work is laid out on the device:
 
 - ``inner > 1`` uses the *spatial* kernels: a block walks contiguous segments of one map; ``inner == 1`` uses the
   *rows* kernels: threads run across maps, rows are split over blocks. No transpose is ever made.
-- Reductions (batch statistics, parameter gradients) split each map over enough blocks to fill every multiprocessor,
-  write per-block partials to a small pool workspace and merge them in a second kernel (Chan et al. 1979 for the
-  moments), which also writes the per-map results and the running statistics. The rows kernels' blocks put as many
+- Reductions (batch statistics, parameter gradients) split each map over enough blocks to fill every multiprocessor
+  and write per-block partials to a small pool workspace; in the same kernel, the last block of each column of blocks
+  (counted on the source's own counters, which each launch leaves zero) merges them (Chan et al. 1979 for the
+  moments, in double precision) and writes the per-map results and the running statistics: one launch per
+  reduction, where a column's partials are few (`FOLD_PARTIALS`; else a merge kernel, a block per map, does that
+  step). The rows kernels'
+  blocks put as many
   lanes across maps as the maps need (at most 32: 3 maps take 3) and the rest of their threads across rows; on
   spatial maps of at most `BLOCK_SIZE` vectors a thread walks a map (neighbouring threads read neighbouring maps)
   instead of a block. A single map is read as one contiguous segment by the spatial kernels.
@@ -19,9 +23,10 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   unaligned segments where the tensor's length allows them (elements of other maps masked out of the reductions, a
   vector's two maps' coefficients in the elementwise passes; not in the fused kernels); else 8 or 4 bytes, else one
   element at a time.
-- Passes over the data: training forward reads x twice (statistics, then normalization) and writes y once; evaluation
-  forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no pool block);
-  backward reads x and dy twice (reduction, then dx) and writes dx once; the frozen backward's dx pass reads dy only.
+- Passes over the data: training forward reads x twice (statistics, then normalization: two kernels) and writes y
+  once; evaluation forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no
+  pool block); backward reads x and dy twice (reduction, then dx: two kernels) and writes dx once; the frozen
+  backward's dx pass reads dy only.
 - A fused activation and residual (`Contract.FusedActivation`) run in the same passes through the ``*Fused`` kernels:
   the forward's pass adds the residual and applies the activation before its one write; backward reads the output y
   besides (dz = dy * act'(y) in both passes, written to the residual's gradient in the dx pass), and x not at all in
@@ -31,14 +36,17 @@ A plan works out every launch of its shape once, on first use: grid, block, vect
 its geometry packed (`Launch.PreparedLaunch`); a call fills in its addresses and scalars and queues the kernels.
 """
 
+import math
+
 import numpy as np
 
 from PuzzleLib.Backend.BatchNormPlan import BatchNormPlan
 from PuzzleLib.Backend.Contract import reconstructionFloor
+from PuzzleLib.Backend.Cuda import Driver
 from PuzzleLib.Backend.Cuda.GPUArray import empty, memoryPool
 from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, grid1d
 from PuzzleLib.Kernels import BatchNorm as declared
-from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, FINALIZE_WARPS, LOADS
+from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, LOADS
 
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16))
 suffixes = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -57,20 +65,23 @@ MIN_ROWS_PER_THREAD = LOADS
 MAX_CHANNEL_LANES = 32
 # NOTE: the per-map kernels of Batch Renormalization: one thread per map
 PER_MAP_BLOCK = 256
+# NOTE: the most partials a reduction's last block merges (16 per thread of a 256-thread block); a reduction with more
+# per column ((125000, 50): 50 maps x 1024 splits) leaves the merge to a second kernel, a block per map, rather than
+# keep one multiprocessor reading them while the others idle
+FOLD_PARTIALS = 16 * BLOCK_SIZE
+# NOTE: the first compute capability the kernels fold the step for (Turing; not Volta)
+FOLDING_CAPABILITY = (7, 5)
 
 kernels = KernelSource(declared)
 
 # NOTE: the dynamic values of each family, in the order its launches take them
 CHANNEL = ("p.mean", "p.invstd", "p.var", "p.scale", "p.bias", "p.scalegrad", "p.biasgrad", "p.invM")
 FUSED = ("f.residual", "f.y", "f.resgrad")
-STATS = ("x", "pn", "pmean", "pm2")
-STATS_FINALIZE = STATS + (
-    "factor", "savedMean", "savedInvstd", "runningMean", "runningVar", "savedVar", "skipped", "mirror", "backup",
-    "stamp", "wideMean", "wideVar",
-)
-GRAD = ("x", "dy", "mean", "psum", "pdot")
-GRAD_FINALIZE = ("psum", "pdot", "invstd", "scalegrad", "biasgrad")
-GRAD_FINALIZE_FROZEN = ("psum", "pdot", "var", "scalegrad", "biasgrad")
+MOMENTS = ("x", "pn", "pmean", "pm2", "o.factor", "o.savedMean", "o.savedInvstd", "o.runningMean", "o.runningVar",
+           "o.savedVar", "o.skipped", "o.mirror", "o.backup", "o.stamp", "o.wideMean", "o.wideVar")
+SUMS = ("psum", "pdot", "o.invstd", "o.var", "o.scalegrad", "o.biasgrad")
+STATS = MOMENTS + ("o.fold",)
+GRAD = ("x", "dy", "mean") + SUMS + ("o.fold",)
 RENORM_STATISTICS = (
     "batchMean", "batchVar", "m", "factor", "momentum", "rmin", "rmax", "dmax", "scale", "bias", "savedMean",
     "savedInvstd", "r", "d", "correctedScale", "correctedBias", "runningMean", "runningVar", "renormMean", "renormStd",
@@ -126,7 +137,7 @@ class CudaPlan(BatchNormPlan):
         self.spatial = self.view3[2] > 1
         self.choices = self.vectorChoices()
         self.itemsize = dtype.itemsize
-        self.prepared, self.moments = {}, {}
+        self.prepared = {}
 
     def launch(self, prepare, *key):
         """The `PreparedLaunch` that ``prepare(*key)`` (one of the ``prepare*`` methods) makes, made on the first call
@@ -134,16 +145,6 @@ class CudaPlan(BatchNormPlan):
         found = self.prepared.get((prepare.__name__,) + key)
         if found is None:
             found = self.prepared[(prepare.__name__,) + key] = prepare(*key)
-        return found
-
-    def momentLaunches(self, vectors):
-        """(the partial moments' launch, the merge's launch, partials per workspace array) of `vectors` (a (vector
-        width, segments) of `vectorWidth`): what every training forward asks for, in one lookup."""
-        found = self.moments.get(vectors)
-        if found is None:
-            stats = self.launch(self.prepareStats, vectors)
-            splits = stats.grid[1]
-            found = self.moments[vectors] = (stats, self.launch(self.prepareStatsFinalize, splits), splits * self.maps)
         return found
 
     def vectorChoices(self):
@@ -238,21 +239,40 @@ class CudaPlan(BatchNormPlan):
         return dict(f_act=declared.activationNumbers[kind], f_reconstruct=int(reconstruct), f_slope=slope,
                     f_floor=reconstructionFloor)
 
-    def finalizeGrid(self):
-        return (ceilDiv(self.maps, FINALIZE_WARPS), 1, 1), (32, FINALIZE_WARPS, 1)
+    def columnMaps(self, vectors, walk):
+        """The maps of a reduction column (the maps whose partials its last block merges): one for a block per map,
+        `BLOCK_SIZE` for a thread per map, a rows block's lanes' vectors."""
+        if not self.spatial:
+            (lanes, _, _), _ = rowsBlock(self.maps, vectors[0])
+            return lanes * vectors[0]
+        return min(BLOCK_SIZE, self.view3[1]) if walk == declared.THREAD_PER_MAP else 1
+
+    def folds(self, vectors, walk, splits):
+        """Whether a reduction's last blocks merge its partials (few enough per column: `FOLD_PARTIALS`; never on Volta,
+        for which the kernels are built without that step: ``FOLDING`` in the source), or the merge kernel does."""
+        few = self.columnMaps(vectors, walk) * splits <= FOLD_PARTIALS
+        return few and Driver.computeCapability() >= FOLDING_CAPABILITY
+
+    def momentsStatics(self):
+        outer, maps, inner = self.view3
+        m = outer * inner
+        return dict(o_invM=1.0 / m, o_unbias=m / (m - 1) if m > 1 else math.inf, o_epsilon=self.epsilon)
 
     def prepareStats(self, vectors):
+        """(the statistics' launch, the merge's launch or None where the statistics kernel merges)."""
+        outer, maps, inner = self.view3
         signature = declared.statsSpatial if self.spatial else declared.statsRows
         walk = self.reductionWalk(vectors)
-        return kernels.prepared(signature, lambda resident: self.reductionGrid(vectors, walk, resident),
-                                self.block(vectors), self.instance(vectors, walk=walk), STATS, **self.view(vectors))
-
-    def prepareStatsFinalize(self, splits):
-        outer, maps, inner = self.view3
-        grid, block = self.finalizeGrid()
-        return kernels.prepared(
-            declared.statsFinalize, grid, block, {"dtype": self.suffix}, STATS_FINALIZE, shiftStride=inner,
-            splits=splits, maps=maps, m=outer * inner, epsilon=self.epsilon,
+        stats = kernels.prepared(
+            signature, lambda resident: self.reductionGrid(vectors, walk, resident), self.block(vectors),
+            self.instance(vectors, walk=walk), STATS, **self.momentsStatics(), **self.view(vectors),
+        )
+        splits = stats.grid[1]
+        if self.folds(vectors, walk, splits):
+            return stats, None
+        return stats, kernels.prepared(
+            declared.statsMerge, (maps, 1, 1), (BLOCK_SIZE, 1, 1), {"dtype": self.suffix}, MOMENTS,
+            shiftStride=inner if self.spatial else 1, splits=splits, maps=maps, o_fold=0, **self.momentsStatics(),
         )
 
     def prepareApply(self, mode, vectors, fused, reconstruct):
@@ -267,26 +287,23 @@ class CudaPlan(BatchNormPlan):
                                 self.instance(vectors, mode=mode), dynamic, **statics)
 
     def prepareGrad(self, vectors, fused, reconstruct):
+        """(the gradient sums' launch, the merge's launch or None where the sums kernel merges)."""
         if self.spatial:
             signature = declared.gradSpatialFused if fused else declared.gradSpatial
         else:
             signature = declared.gradRowsFused if fused else declared.gradRows
-        statics = self.view(vectors)
+        statics = dict(self.view(vectors), o_epsilon=self.epsilon)
         if fused:
             statics.update(self.fusedStatics(reconstruct), p_epsilon=self.epsilon)
         dynamic = GRAD + (CHANNEL + FUSED if fused else ())
         walk = self.reductionWalk(vectors, fused)
-        return kernels.prepared(signature, lambda resident: self.reductionGrid(vectors, walk, resident),
+        grad = kernels.prepared(signature, lambda resident: self.reductionGrid(vectors, walk, resident),
                                 self.block(vectors), self.instance(vectors, walk=walk), dynamic, **statics)
-
-    def prepareGradFinalize(self, splits):
-        grid, block = self.finalizeGrid()
-        return kernels.prepared(declared.gradFinalize, grid, block, None, GRAD_FINALIZE, splits=splits, maps=self.maps)
-
-    def prepareGradFinalizeFrozen(self, splits):
-        grid, block = self.finalizeGrid()
-        return kernels.prepared(declared.gradFinalizeFrozen, grid, block, None, GRAD_FINALIZE_FROZEN, splits=splits,
-                                maps=self.maps, epsilon=self.epsilon)
+        splits = grad.grid[1]
+        if self.folds(vectors, walk, splits):
+            return grad, None
+        return grad, kernels.prepared(declared.sumsMerge, (self.view3[1], 1, 1), (BLOCK_SIZE, 1, 1), None, SUMS,
+                                      splits=splits, maps=self.view3[1], o_epsilon=self.epsilon, o_fold=0)
 
     def prepareRenormStatistics(self):
         grid, block = grid1d(self.maps, PER_MAP_BLOCK)
@@ -300,26 +317,30 @@ class CudaPlan(BatchNormPlan):
     # --- the passes
 
     def reduceMoments(self, x, savedMean, savedInvstd, train=None, savedVar=None, wide=None):
-        """Partial moments per block (Welford within a thread, Chan across threads), then ``bnStatsFinalize`` merges
-        them per map (in double precision) and writes the saved statistics, `savedVar` (the biased variance) where
-        given, `wide` (float64 (mean, biased variance)) where given, and with `train` (a `Contract.TrainForward`) its
-        running update: by its factor, not for maps whose statistics are not finite where it has a skip counter (those
-        count 1 there, written to its mirror too), what the update overwrites saved first where it has a backup."""
-        stats, finalize, size = self.momentLaunches(self.vectorWidth(x))
-        # NOTE: a pool block of its own per call (a plan serves every module of its shape, in any thread), no GPUArray
+        """Partial moments per block (exact group moments within a thread, Chan across threads), merged per map in
+        double precision by each column's last block (or the merge kernel), which writes the saved statistics,
+        `savedVar` (the biased variance) where given, `wide` (float64 (mean, biased variance)) where given, and with
+        `train` (a `Contract.TrainForward`) its running update: by its factor, not for maps whose statistics are not
+        finite where it has a skip counter (those count 1 there, written to its mirror too), what the update overwrites
+        saved first where it has a backup. One launch where the partials per column are few (`FOLD_PARTIALS`)."""
+        stats, merge = self.launch(self.prepareStats, self.vectorWidth(x))
+        size = stats.grid[1] * self.maps
+        # NOTE: a pool block of its own per call (a plan serves every module of its shape, in any thread), no GPUArray;
+        # it stays alive until the kernels are queued (the pool reuses a block only for work queued after them)
         workspace = memoryPool.allocate(3 * 4 * size)
         pn = workspace.ptr
         pmean, pm2 = pn + 4 * size, pn + 8 * size
-        stats(x.ptr, pn, pmean, pm2)
         if train is None:
             wideMean, wideVar = (0, 0) if wide is None else (wide[0].ptr, wide[1].ptr)
-            finalize(x.ptr, pn, pmean, pm2, 0.0, savedMean.ptr, savedInvstd.ptr, 0, 0, ptr(savedVar), 0, 0, 0, 0.0,
-                     wideMean, wideVar)
-            return
-        finalize(
-            x.ptr, pn, pmean, pm2, train.factor, savedMean.ptr, savedInvstd.ptr, ptr(train.mean), ptr(train.var),
-            ptr(savedVar), ptr(train.skipped), ptr(train.mirror), ptr(train.backup), train.stamp or 0.0, 0, 0,
-        )
+            values = (x.ptr, pn, pmean, pm2, 0.0, savedMean.ptr, savedInvstd.ptr, 0, 0, ptr(savedVar), 0, 0, 0, 0.0,
+                      wideMean, wideVar)
+        else:
+            values = (x.ptr, pn, pmean, pm2, train.factor, savedMean.ptr, savedInvstd.ptr, ptr(train.mean),
+                      ptr(train.var), ptr(savedVar), ptr(train.skipped), ptr(train.mirror), ptr(train.backup),
+                      train.stamp or 0.0, 0, 0)
+        stats(*values, int(merge is None))
+        if merge is not None:
+            merge(*values)
 
     def apply(self, mode, x, dy, out, channel, fused=None):
         """One elementwise pass of `mode` (``declared.modes``) writing `out`, with the per-channel values `channel`
@@ -334,27 +355,30 @@ class CudaPlan(BatchNormPlan):
             ptr(x), ptr(dy), out.ptr, *channel, *map(ptr, fused)
         )
 
-    def reduceGradient(self, x, dy, mean, fused, channel):
-        """Partial sums of dz and dz * (x - mean) per block; returns (psum, pdot, splits) for the finalize kernel."""
+    def reduceGradient(self, x, dy, mean, sums, fused, channel):
+        """Partial sums of dz and dz * (x - mean) per block, added up per map by each column's last block (or the merge
+        kernel), which writes the parameter gradients: `sums` gives (invstd, var, scalegrad, biasgrad), the scale
+        gradient's factor from invstd of the batch, or where it is 0 from the running variance `var`. One launch where
+        the partials per column are few (`FOLD_PARTIALS`)."""
         if fused is None:
             vectors = self.vectorWidth(x, dy)
         else:
             vectors = self.vectorWidth(x, dy, fused[1], aligned=True)
-        grad = self.launch(self.prepareGrad, vectors, fused is not None, x is None)
-        splits = grad.grid[1]
-        size = splits * self.maps
+        grad, merge = self.launch(self.prepareGrad, vectors, fused is not None, x is None)
+        size = grad.grid[1] * self.maps
+        # NOTE: as in reduceMoments
         workspace = memoryPool.allocate(2 * 4 * size)
         psum, pdot = workspace.ptr, workspace.ptr + 4 * size
-        grad(ptr(x), dy.ptr, ptr(mean), psum, pdot, *((*channel, *map(ptr, fused)) if fused else ()))
-        # NOTE: the workspace stays alive until the finalize kernel is queued (the pool reuses a block only for work
-        # queued after it)
-        return workspace, psum, pdot, splits
+        grad(ptr(x), dy.ptr, ptr(mean), psum, pdot, *sums, int(merge is None),
+             *((*channel, *map(ptr, fused)) if fused else ()))
+        if merge is not None:
+            merge(psum, pdot, *sums)
 
     # --- the primitives
 
     def trainForward(self, call):
-        """Kernels: partial moments -> merge per map and running update -> normalization (fused with the activation and
-        residual; in place when `out` is `data`: the statistics are taken first)."""
+        """Kernels: partial moments merged per map with the running update -> normalization (fused with the activation
+        and residual; in place when `out` is `data`: the statistics are taken first)."""
         self.reduceMoments(call.data, call.savemean, call.saveinvvar, call)
         self.normalizeWith(call, call.savemean, call.saveinvvar)
 
@@ -386,14 +410,12 @@ class CudaPlan(BatchNormPlan):
         self.apply("evalForward", call.data, None, call.out, channel, fused)
 
     def backward(self, call):
-        """Kernels: partial sums -> merge per map (times the batch invstd) -> dx pass; after a fused forward the fused
+        """Kernels: partial sums added up per map (times the batch invstd) -> dx pass; after a fused forward the fused
         reduction and dx kernels (`data` None: rebuilt from `outdata`)."""
         fused = None if self.activation is None else (None, call.outdata, call.resgrad)
         channel = [call.savemean.ptr, call.saveinvvar.ptr, 0, call.scale.ptr, ptr(call.bias), 0, 0, 0.0]
-        workspace, psum, pdot, splits = self.reduceGradient(call.data, call.grad, call.savemean, fused, channel)
-        finalize = self.launch(self.prepareGradFinalize, splits)
-        finalize(psum, pdot, call.saveinvvar.ptr, call.scalegrad.ptr, call.biasgrad.ptr)
-        del workspace
+        sums = (call.saveinvvar.ptr, 0, call.scalegrad.ptr, call.biasgrad.ptr)
+        self.reduceGradient(call.data, call.grad, call.savemean, sums, fused, channel)
         if call.ingrad is not None:
             channel[5:] = call.scalegrad.ptr, call.biasgrad.ptr, 1.0 / self.m
             self.apply("backward", call.data, call.grad, call.ingrad, channel, fused)
@@ -405,14 +427,12 @@ class CudaPlan(BatchNormPlan):
         self.apply("backward", call.data, call.grad, call.ingrad, channel)
 
     def frozenBackward(self, call):
-        """Kernels: partial sums -> merge per map (times the running invstd) -> dx pass that reads grad only (and the
+        """Kernels: partial sums added up per map (times the running invstd) -> dx pass that reads grad only (and the
         output, after a fused forward)."""
         fused = None if self.activation is None else (None, call.outdata, call.resgrad)
         channel = (0,) * 7 + (0.0,)
-        workspace, psum, pdot, splits = self.reduceGradient(call.data, call.grad, call.mean, fused, channel)
-        finalize = self.launch(self.prepareGradFinalizeFrozen, splits)
-        finalize(psum, pdot, call.var.ptr, call.scalegrad.ptr, call.biasgrad.ptr)
-        del workspace
+        sums = (0, call.var.ptr, call.scalegrad.ptr, call.biasgrad.ptr)
+        self.reduceGradient(call.data, call.grad, call.mean, sums, fused, channel)
         if call.ingrad is not None:
             channel = (0, 0, call.var.ptr, call.scale.ptr, 0, 0, 0, 0.0)
             self.apply("frozenBackward", None, call.grad, call.ingrad, channel, fused)

@@ -4,7 +4,8 @@
 The cases cover both layouts the CUDA kernels distinguish: spatial (inner > 1; scalar and 16-byte vector paths, one and
 many blocks per map, a thread per map on small maps, maps whose extent the vector does not divide: 7x7 and, in
 float16, 14x14) and rows (inner == 1: per-activation and channels-last data, few maps, one map), in float32 and
-float16.
+float16; on CUDA, reductions of more columns of blocks than the kernels have counters (`Kernels.BatchNorm.
+COLUMN_COUNTERS`: the columns that share one are finished together).
 """
 
 import gc
@@ -27,12 +28,14 @@ CASES = {
     "spatial_unaligned_half_vectors": (4, 6, 196),
     "spatial_small_maps": (2, 1000, 2),
     "spatial_short_maps": (8, 512, 3),
+    "spatial_more_maps_than_counters": (1, 4099, 257),
     "one_map": (3000, 1, 1),
     "rows_few_maps": (5000, 3, 1),
     "rows_vector": (64, 24, 1),
     "rows_odd_maps": (33, 10, 1),
     "rows_many_splits": (20000, 50, 1),
     "rows_wide": (256, 4096, 1),
+    "rows_more_columns_than_counters": (8, 131075, 1),
 }
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float16: dict(rtol=1e-2, atol=2e-2)}
 STAT_TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float16: dict(rtol=1e-3, atol=1e-4)}
