@@ -12,11 +12,10 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   (counted on the source's own counters, which each launch leaves zero) merges them (Chan et al. 1979 for the
   moments, in double precision) and writes the per-map results and the running statistics: one launch per
   reduction, where a column's partials are few (`FOLD_PARTIALS`; else a merge kernel, a block per map, does that
-  step). The rows kernels'
-  blocks put as many
-  lanes across maps as the maps need (at most 32: 3 maps take 3) and the rest of their threads across rows; on
-  spatial maps of at most `BLOCK_SIZE` vectors a thread walks a map (neighbouring threads read neighbouring maps)
-  instead of a block. A single map is read as one contiguous segment by the spatial kernels.
+  step). The rows kernels' blocks put as many lanes across maps as the maps need (at most 32: 3 maps take 3) and the
+  rest of their threads across rows; on spatial maps of at most `BLOCK_SIZE` vectors a thread walks a map
+  (neighbouring threads read neighbouring maps) instead of a block. A single map is read as one contiguous segment by
+  the spatial kernels.
 - Loads and stores are as wide as the contiguous axis and the pointers of the call allow: 16 bytes (4 floats / 8
   halves) when the axis is a multiple of that and every pointer is 16-byte aligned (pool blocks are 256-byte
   aligned); on spatial maps at least 16 bytes long whose extent 16 bytes do not divide (7x7), 16-byte vectors over
@@ -140,8 +139,8 @@ class CudaPlan(BatchNormPlan):
         self.prepared = {}
 
     def launch(self, prepare, *key):
-        """The `PreparedLaunch` that ``prepare(*key)`` (one of the ``prepare*`` methods) makes, made on the first call
-        that needs it and kept."""
+        """What ``prepare(*key)`` (one of the ``prepare*`` methods) makes (a `PreparedLaunch`; for the reductions the
+        pair of their launch and their merge's launch or None), made on the first call that needs it and kept."""
         found = self.prepared.get((prepare.__name__,) + key)
         if found is None:
             found = self.prepared[(prepare.__name__,) + key] = prepare(*key)
