@@ -5,12 +5,15 @@ For one architecture it compiles ``Kernels/BatchNorm.cu`` to a cubin as the runt
 declaration's defines) with ``ptxas -v``, disassembles it with ``cuobjdump -sass`` and reports for every kernel:
 
 - registers per thread, spilled bytes (stores + loads), static shared memory (from ptxas);
-- blocks of its launch's block size resident per multiprocessor (`Kernels.blocksPerMultiprocessor`, the rule the
-  launch code applies to the driver's numbers) on the architecture's multiprocessor;
+- the threads of its largest launch (`launchThreads`) and the blocks of them resident per multiprocessor
+  (`Kernels.blocksPerMultiprocessor`, the rule the launch code applies to the driver's numbers) on the
+  architecture's multiprocessor;
 - the width of its widest global load (bits), and the global loads its main loop (the innermost loop with the most
-  loads of the data, not counting the partials a reduction's last block reads) issues before the first instruction
-  that reads one of their results: the loads in flight per thread, which is what keeps a memory-bound loop at the
-  memory's pace (one load in flight makes it latency-bound).
+  loads of the data, not counting the partials a reduction's last block reads; for the resident passes, which have
+  no loop, the kernel from its first vector load on) issues before the first instruction that reads one of their
+  results: the loads in
+  flight per thread, which is what keeps a memory-bound loop at the memory's pace (one load in flight makes it
+  latency-bound).
 
 Usage::
 
@@ -38,14 +41,17 @@ from PuzzleLib.Kernels import NVCC_OPTIONS, BatchNorm, blocksPerMultiprocessor, 
 # (threads, 32-bit registers, bytes of shared memory) of one multiprocessor, per architecture (CUDA programming guide,
 # compute capabilities table)
 MULTIPROCESSORS = {"sm_80": (2048, 65536, 167936), "sm_90": (2048, 65536, 233472)}
-# NOTE: the most threads a batch-norm launch has (rows blocks of few maps have a few less: 3 lanes x 85 rows)
+# NOTE: the most threads a batch-norm launch has (rows blocks of few maps have a few less: 3 lanes x 85 rows), but for
+# the resident passes (up to RESIDENT_THREADS, whole warps as a map's slice needs)
 LAUNCH_THREADS = BatchNorm.BLOCK_SIZE
+RESIDENT_PASS = re.compile(r"^bn\w+Resident")
 
 LOAD_BITS = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}
 
 
 class KernelFacts(NamedTuple):
     name: str
+    threads: int
     registers: int
     spilledBytes: int
     sharedBytes: int
@@ -192,6 +198,15 @@ def mainLoop(instructions):
     return best
 
 
+def fromFirstVectorLoad(instructions):
+    """The instructions from the first global load wider than 32 bits on (a resident pass's loads of its held vectors:
+    the per-map values it reads before them are not the data)."""
+    for index, (_, opcode, _) in enumerate(instructions):
+        if isDataLoad(opcode) and loadBits(opcode) > 32:
+            return instructions[index:]
+    return []
+
+
 def loadsBeforeFirstUse(body):
     """Global loads a loop body issues before an instruction reads a register one of them writes."""
     pending, count = set(), 0
@@ -209,6 +224,11 @@ def loadsBeforeFirstUse(body):
     return count
 
 
+def launchThreads(name):
+    """The threads of the largest block the launch code gives entry `name`."""
+    return BatchNorm.RESIDENT_THREADS if RESIDENT_PASS.match(name) else LAUNCH_THREADS
+
+
 @functools.lru_cache(maxsize=None)
 def report(arch):
     """[`KernelFacts`] of every entry point of BatchNorm.cu built for `arch` (``"sm_80"`` or ``"sm_90"``)."""
@@ -219,21 +239,24 @@ def report(arch):
         registers, spilled, shared = resources[name]
         instructions = functions.get(name, [])
         loads = [opcode for _, opcode, _ in instructions if isGlobalLoad(opcode)]
+        threads = launchThreads(name)
+        body = fromFirstVectorLoad(instructions) if RESIDENT_PASS.match(name) else mainLoop(instructions)
         facts.append(KernelFacts(
-            name, registers, spilled, shared,
-            blocksPerMultiprocessor(registers, shared, LAUNCH_THREADS, MULTIPROCESSORS[arch]),
-            max((loadBits(opcode) for opcode in loads), default=0), loadsBeforeFirstUse(mainLoop(instructions)),
+            name, threads, registers, spilled, shared,
+            blocksPerMultiprocessor(registers, shared, threads, MULTIPROCESSORS[arch]),
+            max((loadBits(opcode) for opcode in loads), default=0), loadsBeforeFirstUse(body),
         ))
     return facts
 
 
 def markdown(arch, facts):
     lines = [
-        "Kernels of BatchNorm.cu for %s (block of %d threads)" % (arch, LAUNCH_THREADS), "",
-        "| kernel | registers | spilled bytes | shared bytes | blocks/SM | widest load (bits) | loads in flight |",
-        "|---|---|---|---|---|---|---|",
+        "Kernels of BatchNorm.cu for %s" % arch, "",
+        "| kernel | threads | registers | spilled bytes | shared bytes | blocks/SM | widest load (bits) "
+        "| loads in flight |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += ["| %s | %d | %d | %d | %d | %d | %d |" % fact for fact in facts]
+    lines += ["| %s | %d | %d | %d | %d | %d | %d | %d |" % fact for fact in facts]
     return "\n".join(lines) + "\n"
 
 

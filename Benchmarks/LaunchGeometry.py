@@ -8,6 +8,7 @@ not of the compiled kernels'; `Benchmarks.KernelReport` gives those).
 """
 
 import argparse
+import re
 import sys
 
 
@@ -38,9 +39,10 @@ def launchesOf(plan, shape3, dtype):
 
 def describe(kernel, grid, block, maps, itemsize):
     """(access bytes, share of lanes across maps with a map) of one launch ("-" where it does not apply)."""
-    if "_v" not in kernel:
+    width = re.search(r"_v(\d+)", kernel)
+    if width is None:
         return "-", "-"
-    vec = int(kernel.rsplit("_v", 1)[1])
+    vec = int(width.group(1))
     busy = "%.2f" % (maps / (grid[0] * block[0] * vec)) if "Rows" in kernel else "-"
     return str(vec * itemsize), busy
 

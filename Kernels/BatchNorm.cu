@@ -8,7 +8,8 @@
 //
 // Training forward = stats pass (partial moments per block; the last block of each column of blocks merges them and
 // writes the statistics and the running update) + normalize pass: two kernels, the input read twice, the output
-// written once.
+// written once; or, where a map's slice fits in one block's registers, the resident pass: one kernel, a block per map,
+// the input read once (and likewise for the training backward: trainResident, gradResident).
 // Names: `mean` is the per-channel mean the data is centred on (the batch's in training, the running one in
 // evaluation and frozen backward), `invstd` = 1 / sqrt(sigma2 + epsilon) of the batch, `var` the running variance.
 // The Python side declares every entry point's parameters once, in Kernels/BatchNorm.py.
@@ -42,6 +43,11 @@
 // The reductions' counters of columns of blocks (finishColumns).
 #ifndef COLUMN_COUNTERS
 #define COLUMN_COUNTERS 4096
+#endif
+
+// Threads of the resident passes' blocks at most (trainResident).
+#ifndef RESIDENT_THREADS
+#define RESIDENT_THREADS 512
 #endif
 
 #if BLOCK_SIZE % 32 != 0 || BLOCK_SIZE > 1024
@@ -436,12 +442,22 @@ __device__ __forceinline__ int blockThread()
 
 __device__ int columnArrivals[COLUMN_COUNTERS];
 
-// Whether this build folds the last step at all: not for Volta (sm_70), whose ptxas keeps registers of the reductions'
-// main loops in memory once the step is compiled in (the host never folds there: bnStatsMerge and bnSumsMerge do it).
+// Whether this build has the folded last step and the resident passes: not for Volta (sm_70), whose ptxas keeps
+// registers of the reductions' main loops in memory once the step is compiled in, and of the resident passes (the host
+// takes neither there: bnStatsMerge and bnSumsMerge merge, the reductions and elementwise passes normalize).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
-#define FOLDING 0
+#define TURING_BUILD 0
 #else
-#define FOLDING 1
+#define TURING_BUILD 1
+#endif
+
+// Whether this build has the resident passes whose threads hold 64 values: from Hopper (sm_90) on, whose ptxas holds
+// them without a spill (Turing's and Ampere's keep the addresses of 16 loads in flight in too many registers; the host
+// takes those maps through the reductions there: Kernels/BatchNorm.py, RESIDENT_VALUES_BEFORE_HOPPER).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define HOPPER_BUILD 0
+#else
+#define HOPPER_BUILD 1
 #endif
 
 // With fold, finish(column) for each column of the calling block's counter slot, when the block is the last of those
@@ -454,7 +470,7 @@ __device__ __forceinline__ void finishColumns(int fold, Finish finish)
 	__shared__ int last;
 	int slot = blockIdx.x % COLUMN_COUNTERS;
 
-	if (!FOLDING || !fold)
+	if (!TURING_BUILD || !fold)
 		return;
 
 	__threadfence();
@@ -613,6 +629,54 @@ __device__ __forceinline__ bool runningUpdate(int64 c, float mu, float sigma2, f
 	return true;
 }
 
+// A map's batch statistics from its mean and M2 about it (double precision; invM = 1 / m for its m values): the biased
+// variance, clamped at 0 by a comparison, not fmax (a NaN variance, from a NaN in the map's data, stays a NaN, as in
+// PyTorch), and what the passes take in float32: mu, sigma2 and invstd = 1 / sqrt(sigma2 + eps) rounded once
+// (__frsqrt_rn, and no division's slow-path call).
+struct BatchStats
+{
+	double wideMu, wideSigma2;
+	float mu, sigma2, invstd;
+};
+
+__device__ __forceinline__ BatchStats batchStats(double mean, double m2, const MomentsOutputs &o)
+{
+	BatchStats r;
+	r.wideMu = mean;
+	r.wideSigma2 = m2 * o.invM;
+	r.wideSigma2 = r.wideSigma2 < 0.0 ? 0.0 : r.wideSigma2;
+	r.mu = (float)r.wideMu;
+	r.sigma2 = (float)r.wideSigma2;
+	r.invstd = __frsqrt_rn(r.sigma2 + o.epsilon);
+	return r;
+}
+
+// MomentsOutputs of map c (by one thread per map).
+__device__ __forceinline__ void writeMoments(int64 c, const BatchStats &s, int maps, const MomentsOutputs &o)
+{
+	o.savedMean[c] = s.mu;
+	o.savedInvstd[c] = s.invstd;
+	if (o.savedVar != 0)
+		o.savedVar[c] = s.sigma2;
+	if (o.wideMean != 0)
+	{
+		o.wideMean[c] = s.wideMu;
+		o.wideVar[c] = s.wideSigma2;
+	}
+
+	if (o.runningMean != 0 && o.backup != 0)
+	{
+		o.backup[c] = o.runningMean[c];
+		o.backup[maps + c] = o.runningVar[c];
+		o.backup[2 * maps + c] = o.skipped != 0 ? o.skipped[c] : 0.0f;
+		if (c == 0)
+			o.backup[3 * maps] = o.stamp;
+	}
+	if (o.runningMean != 0 && !runningUpdate(c, s.mu, s.sigma2, o.unbias, o.factor, o.runningMean, o.runningVar,
+											 o.skipped) && o.mirror != 0)
+		o.mirror[c] = o.skipped[c];
+}
+
 // The last block of a statistics column: every map's partials merged (mergePartials), then MomentsOutputs written by
 // the map's first lane. shiftStride: the distance between the first elements of consecutive maps (inner for the
 // spatial kernels, 1 for the rows kernels): the shift K of the partials is the map's first element.
@@ -628,33 +692,7 @@ __device__ __forceinline__ void finishMoments(const T *x, int64 shiftStride, Col
 		return;
 
 	int64 c = ml.c;
-	double wideMu = (double)toFloat(x[c * shiftStride]) + acc.mean, wideSigma2 = acc.m2 * o.invM;
-	// NOTE: a comparison, not fmax: a NaN variance (a NaN in the map's data) stays a NaN, as in PyTorch
-	wideSigma2 = wideSigma2 < 0.0 ? 0.0 : wideSigma2;
-	float mu = (float)wideMu, sigma2 = (float)wideSigma2;
-
-	o.savedMean[c] = mu;
-	// NOTE: 1 / sqrt rounded once (and no division's slow-path call)
-	o.savedInvstd[c] = __frsqrt_rn(sigma2 + o.epsilon);
-	if (o.savedVar != 0)
-		o.savedVar[c] = sigma2;
-	if (o.wideMean != 0)
-	{
-		o.wideMean[c] = wideMu;
-		o.wideVar[c] = wideSigma2;
-	}
-
-	if (o.runningMean != 0 && o.backup != 0)
-	{
-		o.backup[c] = o.runningMean[c];
-		o.backup[maps + c] = o.runningVar[c];
-		o.backup[2 * maps + c] = o.skipped != 0 ? o.skipped[c] : 0.0f;
-		if (c == 0)
-			o.backup[3 * maps] = o.stamp;
-	}
-	if (o.runningMean != 0 && !runningUpdate(c, mu, sigma2, o.unbias, o.factor, o.runningMean, o.runningVar, o.skipped) &&
-		o.mirror != 0)
-		o.mirror[c] = o.skipped[c];
+	writeMoments(c, batchStats((double)toFloat(x[c * shiftStride]) + acc.mean, acc.m2, o), maps, o);
 }
 
 // What the gradient sums' last blocks write per map: biasgrad = sum(dz), scalegrad = invstd * sum(dz * (x - mean))
@@ -668,6 +706,19 @@ struct SumsOutputs
 	float epsilon;
 	int fold;
 };
+
+// The parameter gradients (biasgrad, scalegrad) of map c from its sums, in float32 (SumsOutputs).
+__device__ __forceinline__ float2 parameterGradients(int c, double sum, double dot, const SumsOutputs &o)
+{
+	float invstd = o.invstd != 0 ? o.invstd[c] : __frsqrt_rn(o.var[c] + o.epsilon);
+	return make_float2((float)sum, (float)(dot * (double)invstd));
+}
+
+__device__ __forceinline__ void writeSums(int c, float2 gradients, const SumsOutputs &o)
+{
+	o.biasgrad[c] = gradients.x;
+	o.scalegrad[c] = gradients.y;
+}
 
 // The last block of a gradient-sums column: every map's partials added (in double precision), then SumsOutputs
 // written by the map's first lane.
@@ -686,12 +737,7 @@ __device__ __forceinline__ void finishSums(Column column, int splits, int maps, 
 	laneSums(sum, dot, ml);
 
 	if (ml.active && ml.lane == 0)
-	{
-		int c = ml.c;
-		o.biasgrad[c] = (float)sum;
-		float invstd = o.invstd != 0 ? o.invstd[c] : __frsqrt_rn(o.var[c] + o.epsilon);
-		o.scalegrad[c] = (float)(dot * (double)invstd);
-	}
+		writeSums(ml.c, parameterGradients(ml.c, sum, dot, o), o);
 }
 
 // Column x of a spatial reduction: map x, or with PER_THREAD BLOCK_SIZE maps (mapWalk).
@@ -1277,6 +1323,12 @@ __device__ __forceinline__ FusedCoef fusedCoef(float mu, const ChannelParams &p,
 	return r;
 }
 
+// x - mean rebuilt from the output y (InPlace-ABN): (act^-1(y) - bias) * recon.
+__device__ __forceinline__ float rebuiltDeviation(float y, const FusedCoef &c, const FusedParams &f)
+{
+	return (actInverse(y, f.act, f.slope) - c.bias) * c.recon;
+}
+
 // The constants of element k of a vector whose LANES (1: one channel; VEC: one channel per element, the rows layout)
 // channels' constants are c.
 template <int LANES>
@@ -1298,7 +1350,7 @@ __device__ __forceinline__ void fusedLoad(const T *x, const T *dy, const FusedPa
 	{
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
-			xc[k] = (actInverse(yv[k], f.act, f.slope) - laneCoef(c, k).bias) * laneCoef(c, k).recon;
+			xc[k] = rebuiltDeviation(yv[k], laneCoef(c, k), f);
 	}
 	else
 	{
@@ -1747,6 +1799,331 @@ __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Resident passes (spatial layout, training): a block per map holds the map's whole slice in registers, HELD vectors
+// per thread (the vectors j = threadIdx.x + h * blockDim.x, h < HELD, of the map's walk: coalesced), so that it reads
+// its inputs once and the task is one launch. The forward takes the statistics in two passes over the registers (the
+// sum of x - K, then the squares about the mean: exact moments, no merge), writes them as the reductions' last blocks
+// do (writeMoments), then normalizes (with the fused residual and activation) and stores. The backward takes dz and
+// x - mean (from the output after a fused forward, rebuilt from it with reconstruct), their sums, writes the parameter
+// gradients (writeSums), then dx (and dz to resgrad). Elements outside the map's segments (unaligned segments) are
+// masked out of the sums and not stored. grid = maps, block = a multiple of 32 up to RESIDENT_THREADS with
+// HELD * blockDim.x >= the map's outer * innerV vectors (BatchNormKernels.residentShape).
+
+// v summed over the block in double precision (blockDim.x a multiple of 32, at most RESIDENT_THREADS), the same value
+// in every thread: every warp adds the warps' sums in the same order.
+__device__ __forceinline__ double blockTotal(double v)
+{
+	__shared__ double warps[RESIDENT_THREADS / 32];
+	int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+
+#pragma unroll
+	for (int offset = 16; offset > 0; offset >>= 1)
+		v += __shfl_down_sync(0xffffffffu, v, offset);
+
+	if (lane == 0)
+		warps[warp] = v;
+	__syncthreads();
+
+	v = lane < (int)(blockDim.x / 32) ? warps[lane] : 0.0;
+
+#pragma unroll
+	for (int offset = 16; offset > 0; offset >>= 1)
+		v += __shfl_down_sync(0xffffffffu, v, offset);
+	v = __shfl_sync(0xffffffffu, v, 0);
+
+	// NOTE: the next call's stores wait until every warp has read
+	__syncthreads();
+	return v;
+}
+
+// threadIdx.x, read afresh at each call: what is computed from it is not kept from one walk of the resident passes to
+// the next (the walks' addresses, recomputed, would otherwise stay live in registers across the block's sums).
+__device__ __forceinline__ int freshThreadIndex()
+{
+#if defined(__CUDA_ARCH__)
+	unsigned t;
+	asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+	return (int)t;
+#else
+	return threadIdx.x;
+#endif
+}
+
+// visit(h, where, walked) for the calling thread's HELD vectors of map blockIdx.x: where it is, and whether it is in
+// the walk (j < outer * innerV). 32-bit indices (the host takes the resident passes for tensors below 2^31 elements),
+// advanced without a division after the first (as SpatialCursor).
+template <int VEC, bool ALIGNED, int HELD, typename Visit>
+__device__ __forceinline__ void residentWalk(int outer, int maps, int inner, int innerV, Visit visit)
+{
+	int j = freshThreadIndex(), step = blockDim.x, total = outer * innerV, segmentStride = maps * inner;
+	int o = j / innerV, stepO = step / innerV;
+	int i = j - o * innerV, stepI = step - stepO * innerV;
+	int base = o * segmentStride + (int)blockIdx.x * inner;
+
+#pragma unroll
+	for (int h = 0; h < HELD; h++)
+	{
+		VectorAt at;
+		at.offset = (ALIGNED ? base : base & ~(VEC - 1)) + i * VEC;
+		at.first = at.offset - base;
+		visit(h, at, j < total);
+
+		j += step;
+		i += stepI;
+		base += stepO * segmentStride;
+		if (i >= innerV)
+		{
+			i -= innerV;
+			base += segmentStride;
+		}
+	}
+}
+
+// Where a resident pass loads a held vector from: its own place where it holds an element of the map, else the
+// vector at the map's first element (in the tensor, its values masked out): every load is issued, without a branch,
+// so that the compiler issues a thread's HELD loads before the first use.
+template <bool ALIGNED>
+__device__ __forceinline__ int64 loadOffset(const VectorAt &at, bool walked, int64 inner, int64 mapStart)
+{
+	return walked && touchesSegment<ALIGNED>(at, inner) ? at.offset : mapStart;
+}
+
+// The mask of the map's elements among a thread's held vectors: over unaligned segments bit h * VEC + k for element
+// k of held vector h; over aligned ones bit h for the whole vector (in the slice or not at all). 32 bits: at most 32
+// vectors a thread, 32 values over unaligned segments.
+typedef unsigned HeldMask;
+
+// The bit of element e = h * VEC + k.
+template <int VEC, bool ALIGNED>
+__device__ __forceinline__ int maskBit(int e)
+{
+	return ALIGNED ? e / VEC : e;
+}
+
+template <int VEC, bool ALIGNED>
+__device__ __forceinline__ HeldMask vectorMask(const VectorAt &at, bool walked, int64 inner, int h)
+{
+	if (ALIGNED)
+		return (walked ? 1u : 0u) << h;
+
+	HeldMask mask = 0;
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+		mask |= (walked && inSegment<ALIGNED>(at, k, inner) ? 1u : 0u) << (h * VEC + k);
+	return mask;
+}
+
+// Whether element e is in the map's slice.
+template <int VEC, bool ALIGNED>
+__device__ __forceinline__ bool masked(HeldMask mask, int e)
+{
+	return (mask >> maskBit<VEC, ALIGNED>(e)) & 1u;
+}
+
+// v[e] where element e is in the map's slice, else fill.
+template <int VEC, bool ALIGNED, int N>
+__device__ __forceinline__ void keepMasked(float (&v)[N], HeldMask mask, float fill)
+{
+#pragma unroll
+	for (int e = 0; e < N; e++)
+		v[e] = masked<VEC, ALIGNED>(mask, e) ? v[e] : fill;
+}
+
+// VEC values from v[pos], ... stored at `at`, those of elements outside the segment left alone (an unaligned
+// segment's boundary vectors store element by element).
+template <typename T, int VEC, bool ALIGNED, int N>
+__device__ __forceinline__ void storeSegmentAt(T *ptr, const VectorAt &at, int64 inner, const float (&v)[N], int pos)
+{
+	if (ALIGNED || (at.first >= 0 && at.first + VEC <= inner))
+		storePackAt<T, VEC>(ptr + at.offset, v, pos);
+	else
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+		{
+			if (inSegment<ALIGNED>(at, k, inner))
+				ptr[at.offset + k] = fromFloat<T>(v[pos + k]);
+		}
+	}
+}
+
+// v stored at the calling thread's held vectors (resident passes).
+template <typename T, int VEC, bool ALIGNED, int HELD>
+__device__ __forceinline__ void storeHeld(T *ptr, int64 outer, int maps, int64 inner, int64 innerV,
+										  const float (&v)[HELD * VEC])
+{
+	residentWalk<VEC, ALIGNED, HELD>(outer, maps, inner, innerV, [&](int h, const VectorAt &at, bool walked)
+	{
+		if (walked && touchesSegment<ALIGNED>(at, inner))
+			storeSegmentAt<T, VEC, ALIGNED>(ptr, at, inner, v, h * VEC);
+	});
+}
+
+// take(h, values) for each of the calling thread's held vectors loaded (resident passes), and the mask of the map's
+// elements among them (the others' values are those of other maps, or of the map's first vector). A vector at a time
+// into take: a pass that combines an input with what it holds needs no second array of registers.
+template <typename T, int VEC, bool ALIGNED, int HELD, typename Take>
+__device__ __forceinline__ HeldMask loadHeld(const T *ptr, int64 outer, int maps, int64 inner, int64 innerV, Take take)
+{
+	static_assert(ALIGNED ? HELD <= 32 : HELD * VEC <= 32, "a held mask has 32 bits");
+	HeldMask mask = 0;
+	int64 mapStart = ((int64)blockIdx.x * inner) & ~(int64)(VEC - 1);
+
+	residentWalk<VEC, ALIGNED, HELD>(outer, maps, inner, innerV, [&](int h, const VectorAt &at, bool walked)
+	{
+		float values[VEC];
+		loadPack<T, VEC>(ptr + loadOffset<ALIGNED>(at, walked, inner, mapStart), values);
+		take(h, values);
+		mask |= vectorMask<VEC, ALIGNED>(at, walked, inner, h);
+	});
+	return mask;
+}
+
+// The calling thread's held vectors into v (loadHeld).
+template <typename T, int VEC, bool ALIGNED, int HELD>
+__device__ __forceinline__ HeldMask loadHeldInto(const T *ptr, int64 outer, int maps, int64 inner, int64 innerV,
+												 float (&v)[HELD * VEC])
+{
+	return loadHeld<T, VEC, ALIGNED, HELD>(ptr, outer, maps, inner, innerV, [&](int h, const float (&values)[VEC])
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			v[h * VEC + k] = values[k];
+	});
+}
+
+// The training forward of map blockIdx.x: MomentsOutputs (o.fold unused) and out = act((x - mu) * invstd * scale +
+// bias + residual) (f: the residual with RESIDUAL, else null; act may be ACT_IDENTITY; f.y, f.resgrad unused). out may
+// be x.
+template <typename T, int VEC, bool ALIGNED, int HELD, bool RESIDUAL>
+__device__ void trainResident(const T *x, T *out, int64 outer, int maps, int64 inner, int64 innerV, const float *scale,
+							  const float *bias, FusedParams f, MomentsOutputs o)
+{
+	int c = blockIdx.x;
+	float shift = toFloat(x[(int64)c * inner]);
+	float v[HELD * VEC];
+
+	// NOTE: elements outside the slice hold the shift (0 in the first pass's sum)
+	HeldMask in = loadHeldInto<T, VEC, ALIGNED, HELD>(x, outer, maps, inner, innerV, v);
+	keepMasked<VEC, ALIGNED>(v, in, shift);
+
+	float sum = 0.0f;
+
+#pragma unroll
+	for (int e = 0; e < HELD * VEC; e++)
+		sum += v[e] - shift;
+
+	double meanShifted = blockTotal(sum) * o.invM;
+	float centre = (float)meanShifted;
+	float squares = 0.0f;
+
+#pragma unroll
+	for (int e = 0; e < HELD * VEC; e++)
+	{
+		float d = (v[e] - shift) - centre;
+		squares += masked<VEC, ALIGNED>(in, e) ? d * d : 0.0f;
+	}
+
+	// NOTE: M2 about centre, less m * (mean - centre)^2: M2 about the mean in double precision
+	double offset = meanShifted - (double)centre, m2 = blockTotal(squares) - (double)(outer * inner) * offset * offset;
+	BatchStats st = batchStats((double)shift + meanShifted, m2, o);
+	if (threadIdx.x == 0)
+		writeMoments(c, st, maps, o);
+
+	float a = scale[c] * st.invstd, b = bias[c];
+
+#pragma unroll
+	for (int e = 0; e < HELD * VEC; e++)
+		v[e] = (v[e] - st.mu) * a + b;
+
+	if (RESIDUAL)
+	{
+		loadHeld<T, VEC, ALIGNED, HELD>(reinterpret_cast<const T *>(f.residual), outer, maps, inner, innerV,
+										[&](int h, const float (&r)[VEC])
+		{
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+				v[h * VEC + k] += r[k];
+		});
+	}
+
+#pragma unroll
+	for (int e = 0; e < HELD * VEC; e++)
+		v[e] = actForward(v[e], f.act, f.slope);
+
+	storeHeld<T, VEC, ALIGNED, HELD>(out, outer, maps, inner, innerV, v);
+}
+
+// The training backward of map blockIdx.x: SumsOutputs (o.fold unused; o.invstd the batch's) and out = dx = scale *
+// invstd * (dz - biasgrad / m - (x - mean) * invstd * scalegrad / m) (p: mean, invstd, scale, invM, and bias with
+// reconstruct). With f.y (after a fused forward) dz = dy * act'(y), written to f.resgrad where given, and with
+// f.reconstruct x - mean is rebuilt from y (x not read); else dz = dy (f unused). out may be dy. Each input is read
+// by a walk of its own (no branch between a thread's loads).
+template <typename T, int VEC, bool ALIGNED, int HELD>
+__device__ void gradResident(const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner, int64 innerV,
+							 ChannelParams p, FusedParams f, SumsOutputs o)
+{
+	int c = blockIdx.x;
+	FusedCoef fc = fusedCoef(p.mean[c], p, f, c, f.reconstruct != 0);
+	float g[HELD * VEC], xc[HELD * VEC];
+
+	HeldMask in = loadHeldInto<T, VEC, ALIGNED, HELD>(dy, outer, maps, inner, innerV, g);
+	if (f.y == 0 || !f.reconstruct)
+		loadHeldInto<T, VEC, ALIGNED, HELD>(x, outer, maps, inner, innerV, xc);
+
+	if (f.y != 0)
+	{
+		loadHeld<T, VEC, ALIGNED, HELD>(reinterpret_cast<const T *>(f.y), outer, maps, inner, innerV,
+										[&](int h, const float (&y)[VEC])
+		{
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+			{
+				int e = h * VEC + k;
+				g[e] *= actDerivative(y[k], f.act, f.slope);
+				xc[e] = f.reconstruct ? rebuiltDeviation(y[k], fc, f) : xc[e] - fc.mu;
+			}
+		});
+	}
+	else
+	{
+#pragma unroll
+		for (int e = 0; e < HELD * VEC; e++)
+			xc[e] -= fc.mu;
+	}
+
+	keepMasked<VEC, ALIGNED>(g, in, 0.0f);
+	keepMasked<VEC, ALIGNED>(xc, in, 0.0f);
+
+	float sum = 0.0f, dot = 0.0f;
+
+#pragma unroll
+	for (int e = 0; e < HELD * VEC; e++)
+	{
+		sum += g[e];
+		dot += g[e] * xc[e];
+	}
+
+	double sums = blockTotal(sum);
+	float2 gradients = parameterGradients(c, sums, blockTotal(dot), o);
+	if (threadIdx.x == 0)
+		writeSums(c, gradients, o);
+
+	if (f.resgrad != 0)
+		storeHeld<T, VEC, ALIGNED, HELD>(reinterpret_cast<T *>(f.resgrad), outer, maps, inner, innerV, g);
+
+	float invstd = p.invstd[c];
+	float a = p.scale[c] * invstd, b = gradients.x * p.invM, k = invstd * gradients.y * p.invM;
+
+#pragma unroll
+	for (int e = 0; e < HELD * VEC; e++)
+		g[e] = a * (g[e] - b - xc[e] * k);
+
+	storeHeld<T, VEC, ALIGNED, HELD>(out, outer, maps, inner, innerV, g);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // C entry points, one per (data type, vector width[, mode]): pycuda looks kernels up by these unmangled names, and
 // Kernels/BatchNorm.py declares each one's parameters. Suffixes: f32 / f16 data; v1 scalar, v2 / v4 / v8 vectors of
 // up to 16 bytes; the elementwise modes trainForward, evalForward, backward, frozenBackward. The spatial kernels of
@@ -1843,6 +2220,47 @@ BN_ENTRIES(__half, f16, 4)
 BN_ENTRIES(__half, f16, 8)
 BN_SPATIAL_ENTRIES(float, f32, 4, Unaligned, false)
 BN_SPATIAL_ENTRIES(__half, f16, 8, Unaligned, false)
+
+// The resident passes (trainResident, gradResident) at the widest width, HELD vectors per thread: up to 64 values of
+// a thread's data (32 over unaligned segments), 32 per input where a second input is combined with them (the
+// residual; dz and x - mean in the backward), which blocks of RESIDENT_THREADS hold in registers without a spill.
+// Kernels/BatchNorm.py lists them (residentHeld).
+#define BN_RESIDENT_TRAIN(T, SUF, VEC, KIND, ALIGNED, HELD, RSUF, RESIDUAL) \
+	extern "C" __global__ void __launch_bounds__(RESIDENT_THREADS) \
+	bnTrain##RSUF##Resident##KIND##_##SUF##_v##VEC##_h##HELD( \
+		const T *x, T *out, int64 outer, int maps, int64 inner, int64 innerV, const float *scale, const float *bias, \
+		FusedParams f, MomentsOutputs o) \
+	{ \
+		if (TURING_BUILD && (HELD * VEC <= 32 || HOPPER_BUILD)) \
+			trainResident<T, VEC, ALIGNED, HELD, RESIDUAL>(x, out, outer, maps, inner, innerV, scale, bias, f, o); \
+	}
+
+#define BN_RESIDENT_GRAD(T, SUF, VEC, KIND, ALIGNED, HELD) \
+	extern "C" __global__ void __launch_bounds__(RESIDENT_THREADS) bnGradResident##KIND##_##SUF##_v##VEC##_h##HELD( \
+		const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner, int64 innerV, ChannelParams p, \
+		FusedParams f, SumsOutputs o) \
+	{ \
+		if (TURING_BUILD) \
+			gradResident<T, VEC, ALIGNED, HELD>(x, dy, out, outer, maps, inner, innerV, p, f, o); \
+	}
+
+#define BN_RESIDENT_ENTRIES(KIND, ALIGNED) \
+	BN_RESIDENT_TRAIN(float, f32, 4, KIND, ALIGNED, 4, , false) \
+	BN_RESIDENT_TRAIN(float, f32, 4, KIND, ALIGNED, 8, , false) \
+	BN_RESIDENT_TRAIN(__half, f16, 8, KIND, ALIGNED, 4, , false) \
+	BN_RESIDENT_TRAIN(float, f32, 4, KIND, ALIGNED, 4, Residual, true) \
+	BN_RESIDENT_TRAIN(float, f32, 4, KIND, ALIGNED, 8, Residual, true) \
+	BN_RESIDENT_TRAIN(__half, f16, 8, KIND, ALIGNED, 4, Residual, true) \
+	BN_RESIDENT_GRAD(float, f32, 4, KIND, ALIGNED, 4) \
+	BN_RESIDENT_GRAD(float, f32, 4, KIND, ALIGNED, 8) \
+	BN_RESIDENT_GRAD(__half, f16, 8, KIND, ALIGNED, 4)
+
+BN_RESIDENT_ENTRIES(, true)
+BN_RESIDENT_ENTRIES(Unaligned, false)
+// NOTE: 64 values a thread over aligned segments only (the elements' mask over unaligned ones would take 64 bits), and
+// from Hopper on (HOPPER_BUILD)
+BN_RESIDENT_TRAIN(float, f32, 4, , true, 16, , false)
+BN_RESIDENT_TRAIN(__half, f16, 8, , true, 8, , false)
 
 // The reductions' last step where it is not folded (fold = 0): a block per map merges its `splits` partials (the
 // statistics kernel's o and x, whose first element of each map is the partials' shift; shiftStride as in

@@ -20,8 +20,10 @@ LOADS = 4
 # counters of the reductions' columns of blocks (maps, or groups of maps, whose partials one block merges): a grid with
 # more columns than counters finishes the columns that share one together
 COLUMN_COUNTERS = 4096
+# threads of the resident passes' blocks at most (a block per map holding its slice in registers)
+RESIDENT_THREADS = 512
 defines = {
-    "BLOCK_SIZE": BLOCK_SIZE, "LOADS": LOADS, "COLUMN_COUNTERS": COLUMN_COUNTERS,
+    "BLOCK_SIZE": BLOCK_SIZE, "LOADS": LOADS, "COLUMN_COUNTERS": COLUMN_COUNTERS, "RESIDENT_THREADS": RESIDENT_THREADS,
 }
 
 # data-type suffix -> the vector widths compiled for it: up to 16 bytes (4 floats or 8 halves), and the narrower ones
@@ -35,6 +37,20 @@ ALIGNED_SEGMENTS, UNALIGNED_SEGMENTS = "", "Unaligned"
 # vectors)
 BLOCK_PER_MAP, THREAD_PER_MAP = "", "PerThread"
 modes = ("trainForward", "evalForward", "backward", "frozenBackward")
+# the resident passes, compiled at the widest width: (pass, data type, segments) -> the `held` suffixes (vectors each
+# thread holds: at most 64 values over aligned segments, 32 over unaligned ones and where a second input is combined
+# with them, the residual and the backward's)
+residentHeld = {
+    ("train", "f32", ALIGNED_SEGMENTS): (4, 8, 16), ("train", "f32", UNALIGNED_SEGMENTS): (4, 8),
+    ("train", "f16", ALIGNED_SEGMENTS): (4, 8), ("train", "f16", UNALIGNED_SEGMENTS): (4,),
+    ("trainResidual", "f32", ALIGNED_SEGMENTS): (4, 8), ("trainResidual", "f32", UNALIGNED_SEGMENTS): (4, 8),
+    ("trainResidual", "f16", ALIGNED_SEGMENTS): (4,), ("trainResidual", "f16", UNALIGNED_SEGMENTS): (4,),
+    ("grad", "f32", ALIGNED_SEGMENTS): (4, 8), ("grad", "f32", UNALIGNED_SEGMENTS): (4, 8),
+    ("grad", "f16", ALIGNED_SEGMENTS): (4,), ("grad", "f16", UNALIGNED_SEGMENTS): (4,),
+}
+# the most values a resident pass's thread holds below compute capability 9.0 (the source builds the passes of 64
+# only from Hopper on: HOPPER_BUILD)
+RESIDENT_VALUES_BEFORE_HOPPER = 32
 
 
 class ChannelParams(NamedTuple):
@@ -171,6 +187,19 @@ applyRowsFused = Signature(
     "bnApplyRowsFused_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"),
     fusedParams("f"),
 )
+trainResident = Signature(
+    "bnTrain{residual}Resident{segments}_{dtype}_v{vec}_h{held}", *pointers("x", "out"), *spatialView(),
+    *pointers("scale", "bias"), fusedParams("f"), momentsOutputs("o"),
+)
+gradResident = Signature(
+    "bnGradResident{segments}_{dtype}_v{vec}_h{held}", *pointers("x", "dy", "out"), *spatialView(), channelParams("p"),
+    fusedParams("f"), sumsOutputs("o"),
+)
+# pass -> (signature, its name's fields besides the instance's)
+residentPasses = {
+    "train": (trainResident, {"residual": ""}), "trainResidual": (trainResident, {"residual": "Residual"}),
+    "grad": (gradResident, {}),
+}
 renormStatistics = Signature(
     "bnRenormStatistics",
     *pointers("batchMean", "batchVar"), Int32("maps"), Int64("m"), Float32("epsilon"), Float32("factor"),
@@ -201,4 +230,9 @@ def entries():
             for mode in modes:
                 for signature in (applyRows, applySpatialFused, applyRowsFused):
                     result[signature.name(mode=mode, dtype=dtype, vec=vec)] = signature
+    for (kind, dtype, segments), held in residentHeld.items():
+        signature, fields = residentPasses[kind]
+        for h in held:
+            result[signature.name(segments=segments, dtype=dtype, vec=max(vectorWidths[dtype]), held=h, **fields)] = \
+                signature
     return result

@@ -26,6 +26,13 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   once; evaluation forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no
   pool block); backward reads x and dy twice (reduction, then dx: two kernels) and writes dx once; the frozen
   backward's dx pass reads dy only.
+- Where a spatial map's slice fits in one block's registers (16384 values per map, float32 or float16; from Hopper
+  on 32768 in a training forward without a residual over aligned segments) and the maps are at least as many as the
+  multiprocessors, the *resident* passes do a training task in one kernel, a block per map: the forward reads x once
+  (the statistics by two passes over the registers, the running update, the normalization with the fused activation
+  and residual), the backward reads x and dy once (the sums, the parameter gradients, dx). On ResNet-50's NCHW
+  shapes at batch 32: the forwards of the 14x14 and 7x7 maps (and of the 28x28 ones on Hopper) and the backwards of
+  the 14x14 and 7x7 ones (`residentShape`; not on Volta).
 - A fused activation and residual (`Contract.FusedActivation`) run in the same passes through the ``*Fused`` kernels:
   the forward's pass adds the residual and applies the activation before its one write; backward reads the output y
   besides (dz = dy * act'(y) in both passes, written to the residual's gradient in the dx pass), and x not at all in
@@ -45,7 +52,7 @@ from PuzzleLib.Backend.Cuda import Driver
 from PuzzleLib.Backend.Cuda.GPUArray import empty, memoryPool
 from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, grid1d
 from PuzzleLib.Kernels import BatchNorm as declared
-from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, LOADS
+from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, LOADS, RESIDENT_THREADS
 
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16))
 suffixes = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -68,8 +75,14 @@ PER_MAP_BLOCK = 256
 # per column ((125000, 50): 50 maps x 1024 splits) leaves the merge to a second kernel, a block per map, rather than
 # keep one multiprocessor reading them while the others idle
 FOLD_PARTIALS = 16 * BLOCK_SIZE
-# NOTE: the first compute capability the kernels fold the step for (Turing; not Volta)
-FOLDING_CAPABILITY = (7, 5)
+# NOTE: the first compute capability the kernels fold the step for and have the resident passes for (Turing; not
+# Volta: ``TURING_BUILD`` in the source), and the first the resident passes of 64 values a thread are built for
+# (``HOPPER_BUILD``)
+TURING_CAPABILITY = (7, 5)
+HOPPER_CAPABILITY = (9, 0)
+# NOTE: the resident passes' blocks are whole warps, and their indices 32-bit (tensors below 2^31 elements)
+WARP_SIZE = 32
+RESIDENT_ELEMENTS = 2**31
 
 kernels = KernelSource(declared)
 
@@ -80,6 +93,9 @@ MOMENTS = ("x", "pn", "pmean", "pm2", "o.factor", "o.savedMean", "o.savedInvstd"
            "o.savedVar", "o.skipped", "o.mirror", "o.backup", "o.stamp", "o.wideMean", "o.wideVar")
 SUMS = ("psum", "pdot", "o.invstd", "o.var", "o.scalegrad", "o.biasgrad")
 STATS = MOMENTS + ("o.fold",)
+RESIDENT_TRAIN = ("x", "out", "scale", "bias", "f.residual") + MOMENTS[4:]
+RESIDENT_GRAD = ("x", "dy", "out", "p.mean", "p.invstd", "p.scale", "p.bias", "f.y", "f.resgrad", "o.invstd",
+                 "o.scalegrad", "o.biasgrad")
 GRAD = ("x", "dy", "mean") + SUMS + ("o.fold",)
 RENORM_STATISTICS = (
     "batchMean", "batchVar", "m", "factor", "momentum", "rmin", "rmax", "dmax", "scale", "bias", "savedMean",
@@ -140,11 +156,14 @@ class CudaPlan(BatchNormPlan):
 
     def launch(self, prepare, *key):
         """What ``prepare(*key)`` (one of the ``prepare*`` methods) makes (a `PreparedLaunch`; for the reductions the
-        pair of their launch and their merge's launch or None), made on the first call that needs it and kept."""
-        found = self.prepared.get((prepare.__name__,) + key)
-        if found is None:
-            found = self.prepared[(prepare.__name__,) + key] = prepare(*key)
-        return found
+        pair of their launch and their merge's launch or None; for a resident pass None where it does not serve),
+        made on the first call that needs it and kept."""
+        key = (prepare.__name__,) + key
+        try:
+            return self.prepared[key]
+        except KeyError:
+            found = self.prepared[key] = prepare(*key[1:])
+            return found
 
     def vectorChoices(self):
         """The (vector width, segments) the kernels may take for this shape, in order of preference: the widths that
@@ -248,9 +267,34 @@ class CudaPlan(BatchNormPlan):
 
     def folds(self, vectors, walk, splits):
         """Whether a reduction's last blocks merge its partials (few enough per column: `FOLD_PARTIALS`; never on Volta,
-        for which the kernels are built without that step: ``FOLDING`` in the source), or the merge kernel does."""
+        for which the kernels are built without that step: `TURING_CAPABILITY`), or the merge kernel does."""
         few = self.columnMaps(vectors, walk) * splits <= FOLD_PARTIALS
-        return few and Driver.computeCapability() >= FOLDING_CAPABILITY
+        return few and Driver.computeCapability() >= TURING_CAPABILITY
+
+    def residentShape(self, kind, vectors):
+        """(held, threads) of the resident pass `kind` (``"train"``, ``"trainResidual"``, ``"grad"``: a block per map
+        holding the map's slice in registers, so that the task is one launch and reads its inputs once) at `vectors`:
+        the fewest vectors per thread (`declared.residentHeld`; at most `declared.RESIDENT_VALUES_BEFORE_HOPPER`
+        values below `HOPPER_CAPABILITY`) for which `RESIDENT_THREADS` threads hold the map's vectors, and the whole
+        warps that then hold them; None where the pass does not serve: Volta (`TURING_CAPABILITY`), not spatial, not
+        the widest width, maps of fewer vectors than a warp holds at the fewest per thread ((1, 10^5, 2): a block
+        would idle; a thread walks those in the reductions), fewer maps than multiprocessors (the multi-block
+        reductions keep every one busy), a tensor of `RESIDENT_ELEMENTS` or more, or a map's slice larger than any
+        block holds."""
+        outer, maps, inner = self.view3
+        width, segments = vectors
+        allHeld = declared.residentHeld[(kind, self.suffix, segments)]
+        if Driver.computeCapability() < HOPPER_CAPABILITY:
+            allHeld = [held for held in allHeld if held * width <= declared.RESIDENT_VALUES_BEFORE_HOPPER]
+        perMap = outer * self.segmentVectors(vectors)
+        if (Driver.computeCapability() < TURING_CAPABILITY or not self.spatial
+                or width != max(declared.vectorWidths[self.suffix]) or perMap < WARP_SIZE * min(allHeld)
+                or maps < Driver.multiprocessorCount() or outer * maps * inner >= RESIDENT_ELEMENTS):
+            return None
+        for held in allHeld:
+            if perMap <= held * RESIDENT_THREADS:
+                return held, ceilDiv(ceilDiv(perMap, held), WARP_SIZE) * WARP_SIZE
+        return None
 
     def momentsStatics(self):
         outer, maps, inner = self.view3
@@ -273,6 +317,25 @@ class CudaPlan(BatchNormPlan):
             declared.statsMerge, (maps, 1, 1), (BLOCK_SIZE, 1, 1), {"dtype": self.suffix}, MOMENTS,
             shiftStride=inner if self.spatial else 1, splits=splits, maps=maps, o_fold=0, **self.momentsStatics(),
         )
+
+    def prepareResident(self, kind, vectors, reconstruct):
+        """The resident pass `kind` at `vectors` on a block of its threads per map, or None where it does not serve
+        (`residentShape`)."""
+        shape = self.residentShape(kind, vectors)
+        if shape is None:
+            return None
+        held, threads = shape
+        statics = dict(self.view(vectors), **self.fusedStatics(reconstruct))
+        if kind != "grad":
+            dynamic = RESIDENT_TRAIN
+            statics.update(f_y=0, f_resgrad=0, o_fold=0, **self.momentsStatics())
+        else:
+            dynamic = RESIDENT_GRAD
+            statics.update(p_var=0, p_scalegrad=0, p_biasgrad=0, p_epsilon=self.epsilon, p_invM=1.0 / self.m,
+                           f_residual=0, o_var=0, o_epsilon=self.epsilon, o_fold=0)
+        signature, fields = declared.residentPasses[kind]
+        return kernels.prepared(signature, (self.view3[1], 1, 1), (threads, 1, 1),
+                                self.instance(vectors, held=held, **fields), dynamic, **statics)
 
     def prepareApply(self, mode, vectors, fused, reconstruct):
         statics = dict(self.view(vectors, flat=True), p_epsilon=self.epsilon,
@@ -376,10 +439,19 @@ class CudaPlan(BatchNormPlan):
     # --- the primitives
 
     def trainForward(self, call):
-        """Kernels: partial moments merged per map with the running update -> normalization (fused with the activation
-        and residual; in place when `out` is `data`: the statistics are taken first)."""
-        self.reduceMoments(call.data, call.savemean, call.saveinvvar, call)
-        self.normalizeWith(call, call.savemean, call.saveinvvar)
+        """Kernels: where a map's slice fits in a block (`residentShape`), the resident forward alone (x read once: the
+        statistics, the running update, the normalization fused with the activation and residual); else partial
+        moments merged per map with the running update -> normalization (fused likewise). In place when `out` is
+        `data`: the statistics are taken first."""
+        kind = "train" if call.residual is None else "trainResidual"
+        resident = self.launch(self.prepareResident, kind, self.vectorWidth(call.data, call.out, call.residual), False)
+        if resident is None:
+            self.reduceMoments(call.data, call.savemean, call.saveinvvar, call)
+            self.normalizeWith(call, call.savemean, call.saveinvvar)
+            return
+        resident(call.data.ptr, call.out.ptr, call.scale.ptr, call.bias.ptr, ptr(call.residual), call.factor,
+                 call.savemean.ptr, call.saveinvvar.ptr, ptr(call.mean), ptr(call.var), 0, ptr(call.skipped),
+                 ptr(call.mirror), ptr(call.backup), call.stamp or 0.0, 0, 0)
 
     def normalizeWith(self, call, savemean, saveinvvar):
         channel = (savemean.ptr, saveinvvar.ptr, 0, call.scale.ptr, call.bias.ptr, 0, 0, 0.0)
@@ -409,9 +481,21 @@ class CudaPlan(BatchNormPlan):
         self.apply("evalForward", call.data, None, call.out, channel, fused)
 
     def backward(self, call):
-        """Kernels: partial sums added up per map (times the batch invstd) -> dx pass; after a fused forward the fused
-        reduction and dx kernels (`data` None: rebuilt from `outdata`)."""
-        fused = None if self.activation is None else (None, call.outdata, call.resgrad)
+        """Kernels: where a map's slice fits in a block (`residentShape`) and dx is asked for, the resident backward
+        alone (x and dy read once: the sums, the parameter gradients, dx); else partial sums added up per map (times
+        the batch invstd) -> dx pass. After a fused forward the fused kernels (dz from `outdata`; `data` None: x - mean
+        rebuilt from it)."""
+        y, resgrad = (None, None) if self.activation is None else (call.outdata, call.resgrad)
+        resident = None
+        if call.ingrad is not None:
+            vectors = self.vectorWidth(call.data, call.grad, call.ingrad, y, resgrad)
+            resident = self.launch(self.prepareResident, "grad", vectors, call.data is None)
+        if resident is not None:
+            resident(ptr(call.data), call.grad.ptr, call.ingrad.ptr, call.savemean.ptr, call.saveinvvar.ptr,
+                     call.scale.ptr, ptr(call.bias), ptr(y), ptr(resgrad), call.saveinvvar.ptr, call.scalegrad.ptr,
+                     call.biasgrad.ptr)
+            return
+        fused = None if self.activation is None else (None, y, resgrad)
         channel = [call.savemean.ptr, call.saveinvvar.ptr, 0, call.scale.ptr, ptr(call.bias), 0, 0, 0.0]
         sums = (call.saveinvvar.ptr, 0, call.scalegrad.ptr, call.biasgrad.ptr)
         self.reduceGradient(call.data, call.grad, call.savemean, sums, fused, channel)

@@ -108,6 +108,35 @@ _, calls = launches(lambda: wide(columns))
 report["merged"] = [name for name, _, _ in calls]
 _, calls = launches(lambda: wide.backward(columns))
 report["merged"] += [name for name, _, _ in calls]
+# NOTE: 136 maps (more than the 132 multiprocessors) of 8 x 100 vectors: a block holds a map (4 vectors a thread), one
+# launch per training forward and per backward; with an activation, the output is the backward's y
+resident = BatchNorm2D(136, activation="relu")
+maps = gpuarray.to_gpu(np.random.randn(8, 136, 20, 20).astype(np.float32))
+y, calls = launches(lambda: resident(maps))
+report["resident"] = [(name, list(grid), list(block)) for (name, _, _), (_, grid, block, _) in
+                      zip(calls, StandInCuda.launches)]
+report["residentPointers"] = [argument(calls[0], "out") == y.ptr, argument(calls[0], "f.residual") == 0,
+                              argument(calls[0], "o.savedInvstd") == resident.saveinvvar.ptr,
+                              argument(calls[0], "o.runningMean") == resident.mean.ptr,
+                              argument(calls[0], "o.backup") == resident.kernelBackup.array.ptr,
+                              argument(calls[0], "f.act") == declared.activationNumbers["relu"]]
+grad, calls = launches(lambda: resident.backward(maps))
+report["resident"] += [(name, list(grid), list(block)) for (name, _, _), (_, grid, block, _) in
+                       zip(calls, StandInCuda.launches)]
+report["residentPointers"] += [argument(calls[0], "out") == grad.ptr, argument(calls[0], "f.y") == y.ptr,
+                               argument(calls[0], "o.scalegrad") == resident.vars["scale"].grad.ptr,
+                               argument(calls[0], "p.invstd") == argument(calls[0], "o.invstd")
+                               == resident.saveinvvar.ptr,
+                               argument(calls[0], "p.invM") == 1 / 3200]
+# NOTE: maps of 4800 vectors: 16 a thread (64 values) in the resident forward on Hopper; below it, the reductions
+big = BatchNorm2D(136)
+bigData = gpuarray.to_gpu(np.random.randn(16, 136, 30, 40).astype(np.float32))
+_, calls = launches(lambda: big(bigData))
+report["hopper"] = [name for name, _, _ in calls]
+# NOTE: a plan decides on its first call: below Hopper, a shape not yet planned (17 x 300 vectors a map)
+StandInCuda.CAPABILITY = (8, 0)
+_, calls = launches(lambda: big(gpuarray.to_gpu(np.random.randn(17, 136, 30, 40).astype(np.float32))))
+report["ampere"] = [name for name, _, _ in calls]
 # NOTE: on Volta the kernels are built without the folded step: a merge kernel always (a shape not yet planned)
 StandInCuda.CAPABILITY = (7, 0)
 volta = BatchNorm2D(16)
@@ -211,6 +240,12 @@ def test_a_module_on_a_stand_in_driver_launches_the_declared_entries():
         "bnStatsRows_f32_v2", "bnStatsMerge_f32", "bnApplyRows_trainForward_f32_v2",
         "bnGradRows_f32_v2", "bnSumsMerge", "bnApplyRows_backward_f32_v2",
     ]
+    assert report["resident"] == [
+        ["bnTrainResident_f32_v4_h4", [136, 1, 1], [224, 1, 1]], ["bnGradResident_f32_v4_h4", [136, 1, 1], [224, 1, 1]]
+    ]
+    assert all(report["residentPointers"]), report["residentPointers"]
+    assert report["hopper"] == ["bnTrainResident_f32_v4_h16"]
+    assert report["ampere"] == ["bnStatsSpatial_f32_v4", "bnApplySpatial_trainForward_f32_v4"]
     # NOTE: two ghost batches of 4 samples, each: moments (merged in the kernel), the renorm step, the corrected pass
     assert report["restored"] and report["keptUnderAnotherStamp"] and report["putBack"]
     assert report["mirrorCopies"] and report["mirrorWritten"]

@@ -26,6 +26,10 @@ CASES = {
     "perActivation": ("perActivation", (16, 3), (0,)),
     "channelsLast": ((0, 1, 2), (3, 4, 5, 3), (0, 1, 2)),
 }
+# NOTE: the float32 checks also take maps many enough (more than the 132 multiprocessors of the stand-in driver) and
+# small enough for CUDA's resident passes (a block per map): whole slices of 8 and of 4 vectors a thread
+FLOAT32_CASES = dict(CASES, resident=("spatial", (8, 136, 30, 40), (0, 2, 3)),
+                     residentUnaligned=("spatial", (32, 136, 7, 7), (0, 2, 3)))
 
 
 def fusedReference(x, scale, bias, residual, axes, kind, slope):
@@ -35,8 +39,9 @@ def fusedReference(x, scale, bias, residual, axes, kind, slope):
 
 
 def perMap(values, shape, axes, dtype):
+    """`values` repeated over the maps of `shape`, in the keepdims shape."""
     keep = tuple(1 if axis in axes else dim for axis, dim in enumerate(shape))
-    return np.asarray(values, dtype=np.float64).reshape(keep).astype(dtype)
+    return np.resize(np.asarray(values, dtype=np.float64), int(np.prod(keep))).reshape(keep).astype(dtype)
 
 
 def float64Only():
@@ -78,10 +83,10 @@ def test_fused_forward_and_backward_match_float64_finite_differences(case, kind,
         assert relativeError(results[name].get().reshape(numeric.shape), numeric) < 1e-7, name
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(FLOAT32_CASES))
 @pytest.mark.parametrize("kind, slope", ACTIVATIONS, ids=[a for a, _ in ACTIVATIONS])
 def test_fused_float32_matches_the_float64_reference_in_both_modes(case, kind, slope):
-    mode, shape, axes = CASES[case]
+    mode, shape, axes = FLOAT32_CASES[case]
     x = np.random.normal(1.0, 2.0, shape).astype(np.float32)
     residual = np.random.randn(*shape).astype(np.float32)
     scale, bias = perMap([1.5, -0.7, 0.9], shape, axes, np.float32), perMap([0.3, -0.2, 0.5], shape, axes, np.float32)
@@ -116,6 +121,45 @@ def test_fused_float32_matches_the_float64_reference_in_both_modes(case, kind, s
     np.testing.assert_allclose(ingrad.get(), refIngrad, atol=3e-5)
     np.testing.assert_allclose(biasgrad.get(), refBiasgrad, atol=2e-4)
     np.testing.assert_allclose(scalegrad.get(), refScalegrad, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", sorted(FLOAT32_CASES))
+@pytest.mark.parametrize("kind, slope", ACTIVATIONS + [("inplaceLeakyRelu", 0.1)],
+                         ids=[a for a, _ in ACTIVATIONS] + ["inplaceLeakyRelu"])
+def test_fused_float32_training_backward_matches_the_float64_reference(case, kind, slope):
+    """The training backward after a fused training forward with a residual, in float32: dz = grad * act'(y) (written
+    to resgrad), then batch norm's backward (`Reference.batchNormBackward`); in place (InPlace-ABN: x rebuilt from y,
+    ingrad over grad) for the invertible leaky ReLU."""
+    mode, shape, axes = FLOAT32_CASES[case]
+    inplace = kind == "inplaceLeakyRelu"
+    kind = "leakyRelu" if inplace else kind
+    x = np.random.normal(1.0, 2.0, shape).astype(np.float32)
+    residual = None if inplace else np.random.randn(*shape).astype(np.float32)
+    grad = np.random.randn(*shape).astype(np.float32)
+    scale, bias = perMap([1.5, -0.7, 0.9], shape, axes, np.float32), perMap([0.3, -0.2, 0.5], shape, axes, np.float32)
+    data, scaleArray, biasArray, dy = (gpuarray.to_gpu(a) for a in (x, scale, bias, grad))
+
+    out, savemean, saveinvvar = Dnn.batchNormNd(
+        data, scaleArray, biasArray, None, None, EPS, mode=mode, activation=kind, slope=slope,
+        residual=None if inplace else gpuarray.to_gpu(residual), out=data if inplace else None,
+    )
+    resgrad = None if inplace else gpuarray.empty(shape, np.float32)
+    ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
+        None if inplace else data, dy, scaleArray, savemean, saveinvvar, EPS, mode, activation=kind, slope=slope,
+        outdata=out, resgrad=resgrad, bias=biasArray if inplace else None, ingrad=dy if inplace else None,
+    )
+    y = fusedReference(x, scale, bias, 0.0 if inplace else residual, axes, kind, slope)
+    dz = grad * {"relu": (y > 0), "sigmoid": y * (1 - y), "tanh": 1 - y * y}.get(kind, 1.0)
+    if kind in ("leakyRelu", "elu"):
+        dz = grad * np.where(y > 0, 1.0, slope if kind == "leakyRelu" else y + slope)
+    refIngrad, refScalegrad, refBiasgrad = Reference.batchNormBackward(x, dz, scale, axes, EPS)
+    if not inplace:
+        np.testing.assert_allclose(resgrad.get(), dz, atol=3e-5)
+    np.testing.assert_allclose(ingrad.get(), refIngrad, atol=1e-4, rtol=1e-4)
+    m = x.size // scale.size
+    np.testing.assert_allclose(biasgrad.get(), refBiasgrad.reshape(biasgrad.shape), atol=1e-5 * np.sqrt(m), rtol=1e-4)
+    np.testing.assert_allclose(scalegrad.get(), refScalegrad.reshape(scalegrad.shape), atol=1e-5 * np.sqrt(m),
+                               rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

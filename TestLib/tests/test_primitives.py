@@ -5,7 +5,9 @@ The cases cover both layouts the CUDA kernels distinguish: spatial (inner > 1; s
 many blocks per map, a thread per map on small maps, maps whose extent the vector does not divide: 7x7 and, in
 float16, 14x14) and rows (inner == 1: per-activation and channels-last data, few maps, one map), in float32 and
 float16; on CUDA, reductions of more columns of blocks than the kernels have counters (`Kernels.BatchNorm.
-COLUMN_COUNTERS`: the columns that share one are finished together).
+COLUMN_COUNTERS`: the columns that share one are finished together), and the resident passes (more maps than the
+132 multiprocessors the stand-in driver reports, a map's slice in one block: every number of vectors a thread holds,
+over aligned and unaligned segments; the largest slices leave the backward to the reductions).
 """
 
 import gc
@@ -29,6 +31,12 @@ CASES = {
     "spatial_small_maps": (2, 1000, 2),
     "spatial_short_maps": (8, 512, 3),
     "spatial_more_maps_than_counters": (1, 4099, 257),
+    "spatial_resident": (8, 136, 400),
+    "spatial_resident_held": (8, 136, 1200),
+    "spatial_resident_most": (16, 136, 1200),
+    "spatial_resident_unaligned": (64, 136, 49),
+    "spatial_resident_unaligned_most": (400, 136, 49),
+    "spatial_resident_short": (32, 136, 49),
     "one_map": (3000, 1, 1),
     "rows_few_maps": (5000, 3, 1),
     "rows_vector": (64, 24, 1),
@@ -244,7 +252,7 @@ def test_input_gradient_from_sums_over_more_elements(backend, name, dtype):
     np.testing.assert_allclose(ingrad.get().astype(np.float64), expected, **TOL[dtype], err_msg=name)
 
 
-@pytest.mark.parametrize("shape3", [(16, 2, 4096), (65536, 2, 1)], ids=["spatial", "rows"])
+@pytest.mark.parametrize("shape3", [(16, 2, 4096), (65536, 2, 1), (8, 136, 400)], ids=["spatial", "rows", "resident"])
 def test_large_mean(backend, shape3):
     """large_mean: a channel of mean 1e4 and standard deviation 1 keeps its variance within 1e-3 relative (SPEC 3)."""
     rng = np.random.default_rng(5)
