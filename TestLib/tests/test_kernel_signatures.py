@@ -21,6 +21,7 @@ from PuzzleLib.Kernels import BatchNorm, Blas, ElementWise, Permute, Signature, 
 nvcc = shutil.which("nvcc")
 pytestmark = [
     pytest.mark.backendIndependent,
+    pytest.mark.cudaBuild,
     pytest.mark.skipif(nvcc is None, reason="nvcc is not installed on this machine"),
 ]
 

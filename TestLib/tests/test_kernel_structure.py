@@ -21,6 +21,7 @@ from PuzzleLib.Kernels import BatchNorm
 
 pytestmark = [
     pytest.mark.backendIndependent,
+    pytest.mark.cudaBuild,
     pytest.mark.skipif(KernelReport.missingTools() is not None, reason=str(KernelReport.missingTools())),
 ]
 

@@ -26,6 +26,7 @@ SOURCES = sorted(os.path.basename(path) for path in glob.glob(os.path.join(KERNE
 nvcc = shutil.which("nvcc")
 pytestmark = [
     pytest.mark.backendIndependent,
+    pytest.mark.cudaBuild,
     pytest.mark.skipif(nvcc is None, reason="nvcc is not installed on this machine"),
 ]
 
