@@ -4,9 +4,10 @@ Python time of a call on the CUDA backend's host path, measured without a GPU.
 - Frames (the CPU backend's C kernels, `TestLib.CallPath`): the chain of frames above the first kernel call of a
   default training forward, an evaluation forward, a backward and the deepest feature combination (Batch
   Renormalization in ghost batches), each printed with its depth.
-- CUDA host path: ``BatchNorm(64)`` on (16, 64) and ``BatchNorm2D(16)`` on (8, 16, 14, 14) float32, on the stand-in
-  driver of `TestLib.StandInCuda` (a process of its own; device memory is host memory, a launch only records its
-  arguments): the median microseconds of a training forward, a backward and an evaluation forward. This is the Python
+- CUDA host path: ``BatchNorm(64)`` on (16, 64), ``BatchNorm2D(16)`` on (8, 16, 14, 14) and ``BatchNorm2D(256)`` on
+  (8, 256, 14, 14) (a resident pass's shape: one launch per training task) float32, on the stand-in driver of
+  `TestLib.StandInCuda` (a process of its own; device memory is host memory, a launch only records its arguments):
+  the median microseconds of a training forward, a backward and an evaluation forward. This is the Python
   between a module call and its launches, pycuda's own cost left out (the stand-in does next to nothing).
 
     python -m PuzzleLib.Benchmarks.CallPathBenchmark [--calls N] [--json FILE]
@@ -45,7 +46,8 @@ def median(func):
 
 result = {}
 for label, make, shape in (("BatchNorm(64) on (16, 64)", lambda: BatchNorm(64), (16, 64)),
-                           ("BatchNorm2D(16) on (8, 16, 14, 14)", lambda: BatchNorm2D(16), (8, 16, 14, 14))):
+                           ("BatchNorm2D(16) on (8, 16, 14, 14)", lambda: BatchNorm2D(16), (8, 16, 14, 14)),
+                           ("BatchNorm2D(256) on (8, 256, 14, 14)", lambda: BatchNorm2D(256), (8, 256, 14, 14))):
     x = gpuarray.to_gpu(np.random.default_rng(0).normal(size=shape).astype(np.float32))
     bn, bnEval = make(), make()
     bnEval.evalMode()

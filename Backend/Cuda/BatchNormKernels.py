@@ -153,6 +153,13 @@ class CudaPlan(BatchNormPlan):
         self.choices = self.vectorChoices()
         self.itemsize = dtype.itemsize
         self.prepared = {}
+        # NOTE: the part of residentShape's rule that the shape decides, once: the calls of the shapes no resident
+        # pass serves look no further
+        self.residentCandidate = (
+            Driver.computeCapability() >= TURING_CAPABILITY and self.spatial and maps >= Driver.multiprocessorCount()
+            and outer * maps * inner < RESIDENT_ELEMENTS
+            and any(width == max(declared.vectorWidths[self.suffix]) for width, _ in self.choices)
+        )
 
     def launch(self, prepare, *key):
         """What ``prepare(*key)`` (one of the ``prepare*`` methods) makes (a `PreparedLaunch`; for the reductions the
@@ -276,20 +283,19 @@ class CudaPlan(BatchNormPlan):
         holding the map's slice in registers, so that the task is one launch and reads its inputs once) at `vectors`:
         the fewest vectors per thread (`declared.residentHeld`; at most `declared.RESIDENT_VALUES_BEFORE_HOPPER`
         values below `HOPPER_CAPABILITY`) for which `RESIDENT_THREADS` threads hold the map's vectors, and the whole
-        warps that then hold them; None where the pass does not serve: Volta (`TURING_CAPABILITY`), not spatial, not
-        the widest width, maps of fewer vectors than a warp holds at the fewest per thread ((1, 10^5, 2): a block
-        would idle; a thread walks those in the reductions), fewer maps than multiprocessors (the multi-block
-        reductions keep every one busy), a tensor of `RESIDENT_ELEMENTS` or more, or a map's slice larger than any
-        block holds."""
-        outer, maps, inner = self.view3
+        warps that then hold them; None where the pass does not serve: Volta (`TURING_CAPABILITY`), not spatial, fewer
+        maps than multiprocessors (the multi-block reductions keep every one busy), a tensor of `RESIDENT_ELEMENTS` or
+        more (these four: not `residentCandidate`), not the widest width, maps of fewer vectors than a warp holds at
+        the fewest per thread ((1, 10^5, 2): a block would idle; a thread walks those in the reductions), or a map's
+        slice larger than any block holds."""
         width, segments = vectors
+        if not self.residentCandidate or width != max(declared.vectorWidths[self.suffix]):
+            return None
         allHeld = declared.residentHeld[(kind, self.suffix, segments)]
         if Driver.computeCapability() < HOPPER_CAPABILITY:
             allHeld = [held for held in allHeld if held * width <= declared.RESIDENT_VALUES_BEFORE_HOPPER]
-        perMap = outer * self.segmentVectors(vectors)
-        if (Driver.computeCapability() < TURING_CAPABILITY or not self.spatial
-                or width != max(declared.vectorWidths[self.suffix]) or perMap < WARP_SIZE * min(allHeld)
-                or maps < Driver.multiprocessorCount() or outer * maps * inner >= RESIDENT_ELEMENTS):
+        perMap = self.view3[0] * self.segmentVectors(vectors)
+        if perMap < WARP_SIZE * min(allHeld):
             return None
         for held in allHeld:
             if perMap <= held * RESIDENT_THREADS:
@@ -443,8 +449,11 @@ class CudaPlan(BatchNormPlan):
         statistics, the running update, the normalization fused with the activation and residual); else partial
         moments merged per map with the running update -> normalization (fused likewise). In place when `out` is
         `data`: the statistics are taken first."""
-        kind = "train" if call.residual is None else "trainResidual"
-        resident = self.launch(self.prepareResident, kind, self.vectorWidth(call.data, call.out, call.residual), False)
+        resident = None
+        if self.residentCandidate:
+            kind = "train" if call.residual is None else "trainResidual"
+            vectors = self.vectorWidth(call.data, call.out, call.residual)
+            resident = self.launch(self.prepareResident, kind, vectors, False)
         if resident is None:
             self.reduceMoments(call.data, call.savemean, call.saveinvvar, call)
             self.normalizeWith(call, call.savemean, call.saveinvvar)
@@ -487,7 +496,7 @@ class CudaPlan(BatchNormPlan):
         rebuilt from it)."""
         y, resgrad = (None, None) if self.activation is None else (call.outdata, call.resgrad)
         resident = None
-        if call.ingrad is not None:
+        if self.residentCandidate and call.ingrad is not None:
             vectors = self.vectorWidth(call.data, call.grad, call.ingrad, y, resgrad)
             resident = self.launch(self.prepareResident, "grad", vectors, call.data is None)
         if resident is not None:
