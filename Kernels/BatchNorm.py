@@ -3,7 +3,9 @@
 Entry points come in families that differ by suffix: data type (``f32``, ``f16``), vector width (``v1`` scalar,
 ``v2``/``v4``/``v8``: 4 to 16-byte vectors), for the elementwise passes the mode (`modes`), and for the spatial
 kernels whether the maps' extent is a multiple of the vector (`ALIGNED_SEGMENTS`) and, for the spatial reductions,
-whether a block or a thread walks a map (`BLOCK_PER_MAP`). See the source's header for what each kernel computes;
+whether a block or a thread walks a map (`BLOCK_PER_MAP`); for the resident passes (a block per map holding its slice
+in registers: `trainResident`, `gradResident`), whether a residual is added and how many vectors a thread holds
+(`residentHeld`). See the source's header for what each kernel computes;
 `Backend.Cuda.BatchNormKernels` launches them.
 """
 
