@@ -38,6 +38,13 @@ def fusedReference(x, scale, bias, residual, axes, kind, slope):
     return act(Reference.batchNormTrain(x, scale, bias, axes, EPS).out + residual, kind, slope)
 
 
+def outputGradient(grad, y, kind, slope):
+    """dz = grad * act'(y), the derivative taken from the activation's output y (as the fused backward takes it)."""
+    if kind in ("leakyRelu", "elu"):
+        return grad * np.where(y > 0, 1.0, slope if kind == "leakyRelu" else y + slope)
+    return grad * {"relu": (y > 0), "sigmoid": y * (1 - y), "tanh": 1 - y * y}.get(kind, 1.0)
+
+
 def perMap(values, shape, axes, dtype):
     """`values` repeated over the maps of `shape`, in the keepdims shape."""
     keep = tuple(1 if axis in axes else dim for axis, dim in enumerate(shape))
@@ -108,9 +115,7 @@ def test_fused_float32_matches_the_float64_reference_in_both_modes(case, kind, s
     # the frozen backward: dz = grad * act'(y), then batch norm's with constant statistics
     grad = np.random.randn(*shape).astype(np.float32)
     y = act(z, kind, slope)
-    dz = grad * {"relu": (y > 0), "sigmoid": y * (1 - y), "tanh": 1 - y * y}.get(kind, 1.0)
-    if kind in ("leakyRelu", "elu"):
-        dz = grad * np.where(y > 0, 1.0, slope if kind == "leakyRelu" else y + slope)
+    dz = outputGradient(grad, y, kind, slope)
     resgrad = gpuarray.empty(shape, np.float32)
     ingrad, scalegrad, biasgrad = Dnn.batchNormNdBackward(
         arrays[0], gpuarray.to_gpu(grad), arrays[1], None, None, EPS, mode, test=True, mean=arrays[3], var=arrays[4],
@@ -149,9 +154,7 @@ def test_fused_float32_training_backward_matches_the_float64_reference(case, kin
         outdata=out, resgrad=resgrad, bias=biasArray if inplace else None, ingrad=dy if inplace else None,
     )
     y = fusedReference(x, scale, bias, 0.0 if inplace else residual, axes, kind, slope)
-    dz = grad * {"relu": (y > 0), "sigmoid": y * (1 - y), "tanh": 1 - y * y}.get(kind, 1.0)
-    if kind in ("leakyRelu", "elu"):
-        dz = grad * np.where(y > 0, 1.0, slope if kind == "leakyRelu" else y + slope)
+    dz = outputGradient(grad, y, kind, slope)
     refIngrad, refScalegrad, refBiasgrad = Reference.batchNormBackward(x, dz, scale, axes, EPS)
     if not inplace:
         np.testing.assert_allclose(resgrad.get(), dz, atol=3e-5)
