@@ -7,7 +7,8 @@ unaligned segments, with a thread and with a block per map), small maps (a threa
 maps), one map (one segment), more columns of blocks in a reduction than the kernels have counters (131075 maps in
 rows of one element: 4097 columns of 32 lanes), more maps than an H100's or H200's 132 multiprocessors whose slices a
 block holds (the resident passes: 7x7 maps over unaligned segments, 12x12 over aligned ones; blocks of 64 to 96
-threads, the last warp partly idle). Each case runs the training forward,
+threads, the last warp partly idle), and fewer, each split over blocks that exchange their sums (3 maps of 7x7 over 5
+blocks, 4 of 20x20 over 13, in float32). Each case runs the training forward,
 the evaluation forward in place, the backward (and the frozen one), with and without a fused activation and
 residual, in float32 and float16, and checks the training output against a float64 reference, so that a kernel that
 reads the wrong memory fails here too. Exit status 1 on any mismatch.
@@ -20,7 +21,8 @@ import sys
 import numpy as np
 
 SHAPES = [(3, 5, 7, 9), (2, 37, 3, 3), (1, 3, 1, 5), (13, 45), (2, 70), (5, 1), (2, 8, 2, 2), (3, 33, 1),
-          (4, 6, 7, 7), (40, 3, 7, 7), (2, 500, 2), (300, 3), (77, 1), (4, 131075), (24, 140, 7, 7), (8, 150, 12, 12)]
+          (4, 6, 7, 7), (40, 3, 7, 7), (2, 500, 2), (300, 3), (77, 1), (4, 131075), (24, 140, 7, 7), (8, 150, 12, 12),
+          (16, 4, 20, 20)]
 
 
 def reference(x, epsilon=1e-5):

@@ -8,8 +8,9 @@
 //
 // Training forward = stats pass (partial moments per block; the last block of each column of blocks merges them and
 // writes the statistics and the running update) + normalize pass: two kernels, the input read twice, the output
-// written once; or, where a map's slice fits in one block's registers, the resident pass: one kernel, a block per map,
-// the input read once (and likewise for the training backward: trainResident, gradResident).
+// written once; or, where a map's slice fits in the registers of one block or of the blocks it is split over (which
+// exchange their sums), the resident pass: one kernel, the input read once (and likewise for the training backward:
+// trainResident, gradResident).
 // Names: `mean` is the per-channel mean the data is centred on (the batch's in training, the running one in
 // evaluation and frozen backward), `invstd` = 1 / sqrt(sigma2 + epsilon) of the batch, `var` the running variance.
 // The Python side declares every entry point's parameters once, in Kernels/BatchNorm.py.
@@ -48,6 +49,16 @@
 // Threads of the resident passes' blocks at most (trainResident).
 #ifndef RESIDENT_THREADS
 #define RESIDENT_THREADS 512
+#endif
+
+// Blocks of a resident pass whose maps are split over several blocks at most (their sums: mapTotals), and the most
+// values a thread of such a block holds (the exchange's registers on top of 64 values spill: those passes serve maps
+// of one block).
+#ifndef RESIDENT_PARTIALS
+#define RESIDENT_PARTIALS 8192
+#endif
+#ifndef SPLIT_VALUES
+#define SPLIT_VALUES 32
 #endif
 
 #if BLOCK_SIZE % 32 != 0 || BLOCK_SIZE > 1024
@@ -1799,42 +1810,230 @@ __device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Resident passes (spatial layout, training): a block per map holds the map's whole slice in registers, HELD vectors
-// per thread (the vectors j = threadIdx.x + h * blockDim.x, h < HELD, of the map's walk: coalesced), so that it reads
-// its inputs once and the task is one launch. The forward takes the statistics in two passes over the registers (the
-// sum of x - K, then the squares about the mean: exact moments, no merge), writes them as the reductions' last blocks
-// do (writeMoments), then normalizes (with the fused residual and activation) and stores. The backward takes dz and
+// Resident passes (spatial layout, training): the blocks of a map hold its whole slice in registers, HELD vectors per
+// thread, so that a training task reads its inputs once and is one launch. A map is one block, or is split over
+// `splits` blocks where one block's registers do not hold its slice (56x56 maps) or the maps are fewer than the
+// multiprocessors: block `split` of a map holds the vectors j = (split * HELD + h) * blockDim.x + threadIdx.x, h <
+// HELD, of the map's walk (coalesced), and the map's blocks exchange their block sums (mapTotals) before they go on.
+// The forward takes each block's count, sum of x - K and squares about its own mean in two passes over its registers,
+// the map's mean and M2 from them by an exact identity (MapMoments), writes them as the reductions' last blocks do
+// (writeMoments), then normalizes (with the fused residual and activation) and stores. The backward takes dz and
 // x - mean (from the output after a fused forward, rebuilt from it with reconstruct), their sums, writes the parameter
 // gradients (writeSums), then dx (and dz to resgrad). Elements outside the map's segments (unaligned segments) are
-// masked out of the sums and not stored. grid = maps, block = a multiple of 32 up to RESIDENT_THREADS with
-// HELD * blockDim.x >= the map's outer * innerV vectors (BatchNormKernels.residentShape).
+// masked out of the sums and not stored. grid = maps * splits; block = a multiple of 32 up to RESIDENT_THREADS, with
+// HELD * splits * blockDim.x >= the map's outer * innerV vectors and HELD * (splits - 1) * blockDim.x < them (every
+// block holds part of the map: BatchNormKernels.residentShape).
+//
+// The blocks of a split map wait for one another, so they must all be able to run at once: the host keeps splits at
+// most the multiprocessors (any one holds a block of RESIDENT_THREADS threads). And a block takes its (map, split) from
+// a ticket drawn when it starts, not from blockIdx (the order of CUB's single-pass scan): the tickets number the blocks
+// in the order they started, so every map but the last started has all its blocks running or finished, and only that
+// one waits for blocks not yet started, which start as the finished maps free their places.
 
-// v summed over the block in double precision (blockDim.x a multiple of 32, at most RESIDENT_THREADS), the same value
-// in every thread: every warp adds the warps' sums in the same order.
-__device__ __forceinline__ double blockTotal(double v)
+// The view a resident pass walks, 32-bit (the host takes the resident passes for tensors below 2^31 elements), and
+// the blocks per map. VALUES: the values a thread holds (splits 1 above SPLIT_VALUES: the host takes those passes for
+// maps of one block only).
+struct ResidentView
 {
-	__shared__ double warps[RESIDENT_THREADS / 32];
+	int outer, maps, inner, innerV, splits;
+};
+
+template <int VALUES>
+__device__ __forceinline__ ResidentView residentView(int64 outer, int maps, int64 inner, int64 innerV, int splits)
+{
+	ResidentView v;
+	v.outer = (int)outer;
+	v.maps = maps;
+	v.inner = (int)inner;
+	v.innerV = (int)innerV;
+	v.splits = VALUES <= SPLIT_VALUES ? splits : 1;
+	return v;
+}
+
+// The calling block's map and its split of it.
+struct ResidentBlock
+{
+	int map, split;
+};
+
+// The (map, split) of a block of a split map (startResident), the next ticket, and the blocks' sums (mapTotals): the
+// tickets' counter is zero when the module loads and left zero by every launch (its last block resets it).
+__shared__ ResidentBlock splitBlock;
+__device__ unsigned residentTickets;
+__device__ double residentPartials[3 * RESIDENT_PARTIALS];
+
+// Every thread of the block calls it first: with splits > 1, thread 0 draws the block's ticket.
+__device__ __forceinline__ void startResident(const ResidentView &v)
+{
+	if (v.splits == 1)
+		return;
+
+	if (threadIdx.x == 0)
+	{
+		unsigned ticket = atomicAdd(&residentTickets, 1u);
+		// NOTE: the last ticket: every other block of the grid has drawn its own
+		if (ticket == gridDim.x - 1)
+			atomicExch(&residentTickets, 0u);
+		splitBlock.map = (int)ticket / v.splits;
+		splitBlock.split = (int)ticket - splitBlock.map * v.splits;
+	}
+	__syncthreads();
+}
+
+// The calling block's (map, split): (blockIdx.x, 0) for a block per map, else read from shared memory at each call
+// (the walks do not keep it in registers across the block's sums).
+__device__ __forceinline__ ResidentBlock residentBlock(const ResidentView &v)
+{
+	ResidentBlock b;
+	b.map = v.splits == 1 ? (int)blockIdx.x : splitBlock.map;
+	b.split = v.splits == 1 ? 0 : splitBlock.split;
+	return b;
+}
+
+// v[n] summed over the block in double precision (blockDim.x a multiple of 32, at most RESIDENT_THREADS), the same
+// values in every thread: every warp adds the warps' sums in the same order.
+template <int N>
+__device__ __forceinline__ void blockTotals(double (&v)[N])
+{
+	__shared__ double warps[N][RESIDENT_THREADS / 32];
 	int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
 #pragma unroll
-	for (int offset = 16; offset > 0; offset >>= 1)
-		v += __shfl_down_sync(0xffffffffu, v, offset);
+	for (int n = 0; n < N; n++)
+	{
+#pragma unroll
+		for (int offset = 16; offset > 0; offset >>= 1)
+			v[n] += __shfl_down_sync(0xffffffffu, v[n], offset);
 
-	if (lane == 0)
-		warps[warp] = v;
+		if (lane == 0)
+			warps[n][warp] = v[n];
+	}
 	__syncthreads();
 
-	v = lane < (int)(blockDim.x / 32) ? warps[lane] : 0.0;
+#pragma unroll
+	for (int n = 0; n < N; n++)
+	{
+		v[n] = lane < (int)(blockDim.x / 32) ? warps[n][lane] : 0.0;
 
 #pragma unroll
-	for (int offset = 16; offset > 0; offset >>= 1)
-		v += __shfl_down_sync(0xffffffffu, v, offset);
-	v = __shfl_sync(0xffffffffu, v, 0);
+		for (int offset = 16; offset > 0; offset >>= 1)
+			v[n] += __shfl_down_sync(0xffffffffu, v[n], offset);
+		v[n] = __shfl_sync(0xffffffffu, v[n], 0);
+	}
 
 	// NOTE: the next call's stores wait until every warp has read
 	__syncthreads();
-	return v;
 }
+
+__device__ __forceinline__ double blockTotal(double v)
+{
+	double t[1] = {v};
+	blockTotals(t);
+	return t[0];
+}
+
+// A moment's rest in a spin loop (Volta on), which leaves the memory system to the blocks that are working.
+__device__ __forceinline__ void pauseBriefly()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+	__nanosleep(64);
+#endif
+}
+
+// out from the N values `mine` of every block of the calling block's map, in every thread: combine(entry, count, out)
+// with entry(q, n) value n of the map's block q < count, in the order of their splits (every block of a map computes
+// the same from the same values). A block per map combines its own. The blocks of a split map: thread 0 writes the
+// block's values to residentPartials, arrives on the map's counter (columnArrivals[map]: the host keeps maps at most
+// COLUMN_COUNTERS, and the kernels of a context run one after another), waits for splits arrivals, combines the map's
+// values (L2 loads: L1 is not coherent) and leaves; the last to leave resets the counter (the first splits counts are
+// the arrivals, so none is taken for a departure, and none that has left reads it again).
+template <int N, int R, typename Combine>
+__device__ __forceinline__ void mapTotals(const ResidentView &v, const double (&mine)[N], double (&out)[R],
+										  Combine combine)
+{
+	static_assert(N <= 3, "residentPartials holds 3 values a block");
+	__shared__ double merged[R];
+
+	if (v.splits == 1)
+	{
+		combine([&](int, int n) { return mine[n]; }, 1, out);
+		return;
+	}
+
+	if (threadIdx.x == 0)
+	{
+		ResidentBlock b = residentBlock(v);
+		double *sums = residentPartials + (int64)b.map * v.splits * N;
+		int *arrivals = columnArrivals + b.map;
+
+#pragma unroll
+		for (int n = 0; n < N; n++)
+			sums[b.split * N + n] = mine[n];
+
+		__threadfence();
+		atomicAdd(arrivals, 1);
+		while (*(volatile int *)arrivals < v.splits)
+			pauseBriefly();
+		__threadfence();
+
+		combine([&](int q, int n) { return __ldcg(sums + q * N + n); }, v.splits, merged);
+		if (atomicAdd(arrivals, 1) == 2 * v.splits - 1)
+			atomicExch(arrivals, 0);
+	}
+	__syncthreads();
+
+#pragma unroll
+	for (int r = 0; r < R; r++)
+		out[r] = merged[r];
+}
+
+// A block's centre for its squares: its mean of x - K in float32 (any value near it keeps the squares exact): sum *
+// invM where the block holds the whole map, else by the fast division (no slow-path call).
+__device__ __forceinline__ float blockCentre(double sum, double count, int splits, double invM)
+{
+	return splits == 1 ? (float)(sum * invM) : __fdividef((float)sum, (float)count);
+}
+
+// The map's mean of x - K and M2 about it (mapTotals' combine), from each block q's count n_q, sum s_q of x - K and
+// squares Q_q about its centre c_q (blockCentre), with the mean mu = (sum of s_q) * invM:
+// M2 = sum over q of Q_q + 2 (c_q - mu) (s_q - n_q c_q) + n_q (c_q - mu)^2 (the squares about mu, expanded about c_q).
+struct MapMoments
+{
+	double invM;
+
+	template <typename Entry>
+	__device__ __forceinline__ void operator()(Entry entry, int count, double (&out)[2]) const
+	{
+		double sum = 0.0, m2 = 0.0;
+		for (int q = 0; q < count; q++)
+			sum += entry(q, 1);
+
+		double mu = sum * invM;
+		for (int q = 0; q < count; q++)
+		{
+			double n = entry(q, 0), s = entry(q, 1), c = blockCentre(s, n, count, invM), d = c - mu;
+			m2 += entry(q, 2) + d * (2.0 * (s - n * c) + n * d);
+		}
+		out[0] = mu;
+		out[1] = m2;
+	}
+};
+
+// The gradient sums of the map (mapTotals' combine): the blocks' sums of dz and of dz * (x - mean), added.
+struct MapSums
+{
+	template <typename Entry>
+	__device__ __forceinline__ void operator()(Entry entry, int count, double (&out)[2]) const
+	{
+		out[0] = 0.0;
+		out[1] = 0.0;
+		for (int q = 0; q < count; q++)
+		{
+			out[0] += entry(q, 0);
+			out[1] += entry(q, 1);
+		}
+	}
+};
 
 // threadIdx.x, read afresh at each call: what is computed from it is not kept from one walk of the resident passes to
 // the next (the walks' addresses, recomputed, would otherwise stay live in registers across the block's sums).
@@ -1849,16 +2048,17 @@ __device__ __forceinline__ int freshThreadIndex()
 #endif
 }
 
-// visit(h, where, walked) for the calling thread's HELD vectors of map blockIdx.x: where it is, and whether it is in
-// the walk (j < outer * innerV). 32-bit indices (the host takes the resident passes for tensors below 2^31 elements),
-// advanced without a division after the first (as SpatialCursor).
+// visit(h, where, walked) for the calling thread's HELD vectors of its block's map: where it is, and whether it is in
+// the walk (j < outer * innerV). Advanced without a division after the first (as SpatialCursor).
 template <int VEC, bool ALIGNED, int HELD, typename Visit>
-__device__ __forceinline__ void residentWalk(int outer, int maps, int inner, int innerV, Visit visit)
+__device__ __forceinline__ void residentWalk(const ResidentView &v, Visit visit)
 {
-	int j = freshThreadIndex(), step = blockDim.x, total = outer * innerV, segmentStride = maps * inner;
-	int o = j / innerV, stepO = step / innerV;
-	int i = j - o * innerV, stepI = step - stepO * innerV;
-	int base = o * segmentStride + (int)blockIdx.x * inner;
+	ResidentBlock b = residentBlock(v);
+	int step = blockDim.x, j = b.split * HELD * step + freshThreadIndex();
+	int total = v.outer * v.innerV, segmentStride = v.maps * v.inner;
+	int o = j / v.innerV, stepO = step / v.innerV;
+	int i = j - o * v.innerV, stepI = step - stepO * v.innerV;
+	int base = o * segmentStride + b.map * v.inner;
 
 #pragma unroll
 	for (int h = 0; h < HELD; h++)
@@ -1871,9 +2071,9 @@ __device__ __forceinline__ void residentWalk(int outer, int maps, int inner, int
 		j += step;
 		i += stepI;
 		base += stepO * segmentStride;
-		if (i >= innerV)
+		if (i >= v.innerV)
 		{
-			i -= innerV;
+			i -= v.innerV;
 			base += segmentStride;
 		}
 	}
@@ -1950,13 +2150,12 @@ __device__ __forceinline__ void storeSegmentAt(T *ptr, const VectorAt &at, int64
 
 // v stored at the calling thread's held vectors (resident passes).
 template <typename T, int VEC, bool ALIGNED, int HELD>
-__device__ __forceinline__ void storeHeld(T *ptr, int64 outer, int maps, int64 inner, int64 innerV,
-										  const float (&v)[HELD * VEC])
+__device__ __forceinline__ void storeHeld(T *ptr, const ResidentView &view, const float (&v)[HELD * VEC])
 {
-	residentWalk<VEC, ALIGNED, HELD>(outer, maps, inner, innerV, [&](int h, const VectorAt &at, bool walked)
+	residentWalk<VEC, ALIGNED, HELD>(view, [&](int h, const VectorAt &at, bool walked)
 	{
-		if (walked && touchesSegment<ALIGNED>(at, inner))
-			storeSegmentAt<T, VEC, ALIGNED>(ptr, at, inner, v, h * VEC);
+		if (walked && touchesSegment<ALIGNED>(at, view.inner))
+			storeSegmentAt<T, VEC, ALIGNED>(ptr, at, view.inner, v, h * VEC);
 	});
 }
 
@@ -1964,28 +2163,27 @@ __device__ __forceinline__ void storeHeld(T *ptr, int64 outer, int maps, int64 i
 // elements among them (the others' values are those of other maps, or of the map's first vector). A vector at a time
 // into take: a pass that combines an input with what it holds needs no second array of registers.
 template <typename T, int VEC, bool ALIGNED, int HELD, typename Take>
-__device__ __forceinline__ HeldMask loadHeld(const T *ptr, int64 outer, int maps, int64 inner, int64 innerV, Take take)
+__device__ __forceinline__ HeldMask loadHeld(const T *ptr, const ResidentView &view, Take take)
 {
 	static_assert(ALIGNED ? HELD <= 32 : HELD * VEC <= 32, "a held mask has 32 bits");
 	HeldMask mask = 0;
-	int64 mapStart = ((int64)blockIdx.x * inner) & ~(int64)(VEC - 1);
+	int64 mapStart = ((int64)residentBlock(view).map * view.inner) & ~(int64)(VEC - 1);
 
-	residentWalk<VEC, ALIGNED, HELD>(outer, maps, inner, innerV, [&](int h, const VectorAt &at, bool walked)
+	residentWalk<VEC, ALIGNED, HELD>(view, [&](int h, const VectorAt &at, bool walked)
 	{
 		float values[VEC];
-		loadPack<T, VEC>(ptr + loadOffset<ALIGNED>(at, walked, inner, mapStart), values);
+		loadPack<T, VEC>(ptr + loadOffset<ALIGNED>(at, walked, view.inner, mapStart), values);
 		take(h, values);
-		mask |= vectorMask<VEC, ALIGNED>(at, walked, inner, h);
+		mask |= vectorMask<VEC, ALIGNED>(at, walked, view.inner, h);
 	});
 	return mask;
 }
 
 // The calling thread's held vectors into v (loadHeld).
 template <typename T, int VEC, bool ALIGNED, int HELD>
-__device__ __forceinline__ HeldMask loadHeldInto(const T *ptr, int64 outer, int maps, int64 inner, int64 innerV,
-												 float (&v)[HELD * VEC])
+__device__ __forceinline__ HeldMask loadHeldInto(const T *ptr, const ResidentView &view, float (&v)[HELD * VEC])
 {
-	return loadHeld<T, VEC, ALIGNED, HELD>(ptr, outer, maps, inner, innerV, [&](int h, const float (&values)[VEC])
+	return loadHeld<T, VEC, ALIGNED, HELD>(ptr, view, [&](int h, const float (&values)[VEC])
 	{
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
@@ -1993,19 +2191,26 @@ __device__ __forceinline__ HeldMask loadHeldInto(const T *ptr, int64 outer, int 
 	});
 }
 
-// The training forward of map blockIdx.x: MomentsOutputs (o.fold unused) and out = act((x - mu) * invstd * scale +
-// bias + residual) (f: the residual with RESIDUAL, else null; act may be ACT_IDENTITY; f.y, f.resgrad unused). out may
-// be x.
-template <typename T, int VEC, bool ALIGNED, int HELD, bool RESIDUAL>
-__device__ void trainResident(const T *x, T *out, int64 outer, int maps, int64 inner, int64 innerV, const float *scale,
-							  const float *bias, FusedParams f, MomentsOutputs o)
+// The calling thread's elements of the map's slice among its held vectors.
+template <int VEC, bool ALIGNED>
+__device__ __forceinline__ float heldCount(HeldMask mask)
 {
-	int c = blockIdx.x;
-	float shift = toFloat(x[(int64)c * inner]);
+	return (float)(__popc(mask) * (ALIGNED ? VEC : 1));
+}
+
+// The training forward of the calling block's map: MomentsOutputs (o.fold unused; written by the map's first block)
+// and out = act((x - mu) * invstd * scale + bias + residual) (f: the residual with RESIDUAL, else null; act may be
+// ACT_IDENTITY; f.y, f.resgrad unused). out may be x (a split map's blocks store after every one has loaded).
+template <typename T, int VEC, bool ALIGNED, int HELD, bool RESIDUAL>
+__device__ void trainResident(const T *x, T *out, const ResidentView &view, const float *scale, const float *bias,
+							  FusedParams f, MomentsOutputs o)
+{
+	startResident(view);
+	float shift = toFloat(x[(int64)residentBlock(view).map * view.inner]);
 	float v[HELD * VEC];
 
 	// NOTE: elements outside the slice hold the shift (0 in the first pass's sum)
-	HeldMask in = loadHeldInto<T, VEC, ALIGNED, HELD>(x, outer, maps, inner, innerV, v);
+	HeldMask in = loadHeldInto<T, VEC, ALIGNED, HELD>(x, view, v);
 	keepMasked<VEC, ALIGNED>(v, in, shift);
 
 	float sum = 0.0f;
@@ -2014,8 +2219,16 @@ __device__ void trainResident(const T *x, T *out, int64 outer, int maps, int64 i
 	for (int e = 0; e < HELD * VEC; e++)
 		sum += v[e] - shift;
 
-	double meanShifted = blockTotal(sum) * o.invM;
-	float centre = (float)meanShifted;
+	// NOTE: the count a block of a split map holds, or all of the map
+	double counted[2] = {heldCount<VEC, ALIGNED>(in), sum};
+	if (HELD * VEC <= SPLIT_VALUES)
+		blockTotals(counted);
+	else
+	{
+		counted[0] = (double)view.outer * view.inner;
+		counted[1] = blockTotal(sum);
+	}
+	float centre = blockCentre(counted[1], counted[0], view.splits, o.invM);
 	float squares = 0.0f;
 
 #pragma unroll
@@ -2024,14 +2237,15 @@ __device__ void trainResident(const T *x, T *out, int64 outer, int maps, int64 i
 		float d = (v[e] - shift) - centre;
 		squares += masked<VEC, ALIGNED>(in, e) ? d * d : 0.0f;
 	}
+	double block[3] = {counted[0], counted[1], blockTotal(squares)}, moments[2];
+	mapTotals(view, block, moments, MapMoments{o.invM});
+	BatchStats st = batchStats((double)shift + moments[0], moments[1], o);
 
-	// NOTE: M2 about centre, less m * (mean - centre)^2: M2 about the mean in double precision
-	double offset = meanShifted - (double)centre, m2 = blockTotal(squares) - (double)(outer * inner) * offset * offset;
-	BatchStats st = batchStats((double)shift + meanShifted, m2, o);
-	if (threadIdx.x == 0)
-		writeMoments(c, st, maps, o);
+	ResidentBlock place = residentBlock(view);
+	if (threadIdx.x == 0 && place.split == 0)
+		writeMoments(place.map, st, view.maps, o);
 
-	float a = scale[c] * st.invstd, b = bias[c];
+	float a = scale[place.map] * st.invstd, b = bias[place.map];
 
 #pragma unroll
 	for (int e = 0; e < HELD * VEC; e++)
@@ -2039,8 +2253,7 @@ __device__ void trainResident(const T *x, T *out, int64 outer, int maps, int64 i
 
 	if (RESIDUAL)
 	{
-		loadHeld<T, VEC, ALIGNED, HELD>(reinterpret_cast<const T *>(f.residual), outer, maps, inner, innerV,
-										[&](int h, const float (&r)[VEC])
+		loadHeld<T, VEC, ALIGNED, HELD>(reinterpret_cast<const T *>(f.residual), view, [&](int h, const float (&r)[VEC])
 		{
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
@@ -2052,30 +2265,30 @@ __device__ void trainResident(const T *x, T *out, int64 outer, int maps, int64 i
 	for (int e = 0; e < HELD * VEC; e++)
 		v[e] = actForward(v[e], f.act, f.slope);
 
-	storeHeld<T, VEC, ALIGNED, HELD>(out, outer, maps, inner, innerV, v);
+	storeHeld<T, VEC, ALIGNED, HELD>(out, view, v);
 }
 
-// The training backward of map blockIdx.x: SumsOutputs (o.fold unused; o.invstd the batch's) and out = dx = scale *
-// invstd * (dz - biasgrad / m - (x - mean) * invstd * scalegrad / m) (p: mean, invstd, scale, invM, and bias with
-// reconstruct). With f.y (after a fused forward) dz = dy * act'(y), written to f.resgrad where given, and with
-// f.reconstruct x - mean is rebuilt from y (x not read); else dz = dy (f unused). out may be dy. Each input is read
-// by a walk of its own (no branch between a thread's loads).
+// The training backward of the calling block's map: SumsOutputs (o.fold unused; o.invstd the batch's; written by the
+// map's first block) and out = dx = scale * invstd * (dz - biasgrad / m - (x - mean) * invstd * scalegrad / m) (p:
+// mean, invstd, scale, invM, and bias with reconstruct). With f.y (after a fused forward) dz = dy * act'(y), written
+// to f.resgrad where given, and with f.reconstruct x - mean is rebuilt from y (x not read); else dz = dy (f unused).
+// out may be dy. Each input is read by a walk of its own (no branch between a thread's loads).
 template <typename T, int VEC, bool ALIGNED, int HELD>
-__device__ void gradResident(const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner, int64 innerV,
-							 ChannelParams p, FusedParams f, SumsOutputs o)
+__device__ void gradResident(const T *x, const T *dy, T *out, const ResidentView &view, ChannelParams p,
+							 FusedParams f, SumsOutputs o)
 {
-	int c = blockIdx.x;
+	startResident(view);
+	int c = residentBlock(view).map;
 	FusedCoef fc = fusedCoef(p.mean[c], p, f, c, f.reconstruct != 0);
 	float g[HELD * VEC], xc[HELD * VEC];
 
-	HeldMask in = loadHeldInto<T, VEC, ALIGNED, HELD>(dy, outer, maps, inner, innerV, g);
+	HeldMask in = loadHeldInto<T, VEC, ALIGNED, HELD>(dy, view, g);
 	if (f.y == 0 || !f.reconstruct)
-		loadHeldInto<T, VEC, ALIGNED, HELD>(x, outer, maps, inner, innerV, xc);
+		loadHeldInto<T, VEC, ALIGNED, HELD>(x, view, xc);
 
 	if (f.y != 0)
 	{
-		loadHeld<T, VEC, ALIGNED, HELD>(reinterpret_cast<const T *>(f.y), outer, maps, inner, innerV,
-										[&](int h, const float (&y)[VEC])
+		loadHeld<T, VEC, ALIGNED, HELD>(reinterpret_cast<const T *>(f.y), view, [&](int h, const float (&y)[VEC])
 		{
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
@@ -2105,22 +2318,25 @@ __device__ void gradResident(const T *x, const T *dy, T *out, int64 outer, int m
 		dot += g[e] * xc[e];
 	}
 
-	double sums = blockTotal(sum);
-	float2 gradients = parameterGradients(c, sums, blockTotal(dot), o);
-	if (threadIdx.x == 0)
-		writeSums(c, gradients, o);
+	double block[2] = {blockTotal(sum), blockTotal(dot)}, sums[2];
+	mapTotals(view, block, sums, MapSums());
+
+	ResidentBlock place = residentBlock(view);
+	float2 gradients = parameterGradients(place.map, sums[0], sums[1], o);
+	if (threadIdx.x == 0 && place.split == 0)
+		writeSums(place.map, gradients, o);
 
 	if (f.resgrad != 0)
-		storeHeld<T, VEC, ALIGNED, HELD>(reinterpret_cast<T *>(f.resgrad), outer, maps, inner, innerV, g);
+		storeHeld<T, VEC, ALIGNED, HELD>(reinterpret_cast<T *>(f.resgrad), view, g);
 
-	float invstd = p.invstd[c];
-	float a = p.scale[c] * invstd, b = gradients.x * p.invM, k = invstd * gradients.y * p.invM;
+	float invstd = p.invstd[place.map];
+	float a = p.scale[place.map] * invstd, b = gradients.x * p.invM, k = invstd * gradients.y * p.invM;
 
 #pragma unroll
 	for (int e = 0; e < HELD * VEC; e++)
 		g[e] = a * (g[e] - b - xc[e] * k);
 
-	storeHeld<T, VEC, ALIGNED, HELD>(out, outer, maps, inner, innerV, g);
+	storeHeld<T, VEC, ALIGNED, HELD>(out, view, g);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -2228,20 +2444,22 @@ BN_SPATIAL_ENTRIES(__half, f16, 8, Unaligned, false)
 #define BN_RESIDENT_TRAIN(T, SUF, VEC, KIND, ALIGNED, HELD, RSUF, RESIDUAL) \
 	extern "C" __global__ void __launch_bounds__(RESIDENT_THREADS) \
 	bnTrain##RSUF##Resident##KIND##_##SUF##_v##VEC##_h##HELD( \
-		const T *x, T *out, int64 outer, int maps, int64 inner, int64 innerV, const float *scale, const float *bias, \
-		FusedParams f, MomentsOutputs o) \
+		const T *x, T *out, int64 outer, int maps, int64 inner, int64 innerV, int splits, const float *scale, \
+		const float *bias, FusedParams f, MomentsOutputs o) \
 	{ \
 		if (TURING_BUILD && (HELD * VEC <= 32 || HOPPER_BUILD)) \
-			trainResident<T, VEC, ALIGNED, HELD, RESIDUAL>(x, out, outer, maps, inner, innerV, scale, bias, f, o); \
+			trainResident<T, VEC, ALIGNED, HELD, RESIDUAL>( \
+				x, out, residentView<HELD * VEC>(outer, maps, inner, innerV, splits), scale, bias, f, o); \
 	}
 
 #define BN_RESIDENT_GRAD(T, SUF, VEC, KIND, ALIGNED, HELD) \
 	extern "C" __global__ void __launch_bounds__(RESIDENT_THREADS) bnGradResident##KIND##_##SUF##_v##VEC##_h##HELD( \
-		const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner, int64 innerV, ChannelParams p, \
-		FusedParams f, SumsOutputs o) \
+		const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner, int64 innerV, int splits, \
+		ChannelParams p, FusedParams f, SumsOutputs o) \
 	{ \
 		if (TURING_BUILD) \
-			gradResident<T, VEC, ALIGNED, HELD>(x, dy, out, outer, maps, inner, innerV, p, f, o); \
+			gradResident<T, VEC, ALIGNED, HELD>( \
+				x, dy, out, residentView<HELD * VEC>(outer, maps, inner, innerV, splits), p, f, o); \
 	}
 
 #define BN_RESIDENT_ENTRIES(KIND, ALIGNED) \

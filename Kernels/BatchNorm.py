@@ -3,10 +3,10 @@
 Entry points come in families that differ by suffix: data type (``f32``, ``f16``), vector width (``v1`` scalar,
 ``v2``/``v4``/``v8``: 4 to 16-byte vectors), for the elementwise passes the mode (`modes`), and for the spatial
 kernels whether the maps' extent is a multiple of the vector (`ALIGNED_SEGMENTS`) and, for the spatial reductions,
-whether a block or a thread walks a map (`BLOCK_PER_MAP`); for the resident passes (a block per map holding its slice
-in registers: `trainResident`, `gradResident`), whether a residual is added and how many vectors a thread holds
-(`residentHeld`). See the source's header for what each kernel computes;
-`Backend.Cuda.BatchNormKernels` launches them.
+whether a block or a thread walks a map (`BLOCK_PER_MAP`); for the resident passes (the blocks of a map, one or the
+several it is split over, which exchange their sums, holding its slice in registers: `trainResident`,
+`gradResident`), whether a residual is added and how many vectors a thread holds (`residentHeld`). See the source's
+header for what each kernel computes; `Backend.Cuda.BatchNormKernels` launches them.
 """
 
 from typing import NamedTuple
@@ -22,10 +22,17 @@ LOADS = 4
 # counters of the reductions' columns of blocks (maps, or groups of maps, whose partials one block merges): a grid with
 # more columns than counters finishes the columns that share one together
 COLUMN_COUNTERS = 4096
-# threads of the resident passes' blocks at most (a block per map holding its slice in registers)
+# threads of the resident passes' blocks at most (the blocks of a map holding its slice in registers)
 RESIDENT_THREADS = 512
+# blocks of a resident pass whose maps are split over several blocks at most (the source keeps 3 doubles of each
+# one's sums)
+RESIDENT_PARTIALS = 8192
+# the most values a thread holds in a resident pass whose maps are split over several blocks (the source's exchange
+# of their sums on top of 64 values spills)
+SPLIT_VALUES = 32
 defines = {
     "BLOCK_SIZE": BLOCK_SIZE, "LOADS": LOADS, "COLUMN_COUNTERS": COLUMN_COUNTERS, "RESIDENT_THREADS": RESIDENT_THREADS,
+    "RESIDENT_PARTIALS": RESIDENT_PARTIALS, "SPLIT_VALUES": SPLIT_VALUES,
 }
 
 # data-type suffix -> the vector widths compiled for it: up to 16 bytes (4 floats or 8 halves), and the narrower ones
@@ -191,11 +198,11 @@ applyRowsFused = Signature(
 )
 trainResident = Signature(
     "bnTrain{residual}Resident{segments}_{dtype}_v{vec}_h{held}", *pointers("x", "out"), *spatialView(),
-    *pointers("scale", "bias"), fusedParams("f"), momentsOutputs("o"),
+    Int32("splits"), *pointers("scale", "bias"), fusedParams("f"), momentsOutputs("o"),
 )
 gradResident = Signature(
-    "bnGradResident{segments}_{dtype}_v{vec}_h{held}", *pointers("x", "dy", "out"), *spatialView(), channelParams("p"),
-    fusedParams("f"), sumsOutputs("o"),
+    "bnGradResident{segments}_{dtype}_v{vec}_h{held}", *pointers("x", "dy", "out"), *spatialView(), Int32("splits"),
+    channelParams("p"), fusedParams("f"), sumsOutputs("o"),
 )
 # pass -> (signature, its name's fields besides the instance's)
 residentPasses = {

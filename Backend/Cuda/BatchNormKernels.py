@@ -26,13 +26,14 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   once; evaluation forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no
   pool block); backward reads x and dy twice (reduction, then dx: two kernels) and writes dx once; the frozen
   backward's dx pass reads dy only.
-- Where a spatial map's slice fits in one block's registers (16384 values per map, float32 or float16; from Hopper
-  on 32768 in a training forward without a residual over aligned segments) and the maps are at least as many as the
-  multiprocessors, the *resident* passes do a training task in one kernel, a block per map: the forward reads x once
-  (the statistics by two passes over the registers, the running update, the normalization with the fused activation
-  and residual), the backward reads x and dy once (the sums, the parameter gradients, dx). On ResNet-50's NCHW
-  shapes at batch 32: the forwards of the 14x14 and 7x7 maps (and of the 28x28 ones on Hopper) and the backwards of
-  the 14x14 and 7x7 ones (`residentShape`; not on Volta).
+- Where a spatial map's slice fits in the registers of one block (16384 values per map, float32 or float16; from
+  Hopper on 32768 in a training forward without a residual over aligned segments) or of a few blocks (up to one per
+  multiprocessor, 16384 values each), the *resident* passes do a training task in one kernel: the forward reads x
+  once (the statistics by two passes over the registers, the running update, the normalization with the fused
+  activation and residual), the backward reads x and dy once (the sums, the parameter gradients, dx). A block per map
+  where the maps are at least as many as the multiprocessors and a block holds one; else each map split over blocks
+  that exchange their sums through global memory (as many as hold the map, and as fill the device). On ResNet-50's
+  NCHW shapes at batch 32 every training forward and backward is one kernel (`residentShape`; not on Volta).
 - A fused activation and residual (`Contract.FusedActivation`) run in the same passes through the ``*Fused`` kernels:
   the forward's pass adds the residual and applies the activation before its one write; backward reads the output y
   besides (dz = dy * act'(y) in both passes, written to the residual's gradient in the dx pass), and x not at all in
@@ -52,7 +53,7 @@ from PuzzleLib.Backend.Cuda import Driver
 from PuzzleLib.Backend.Cuda.GPUArray import empty, memoryPool
 from PuzzleLib.Backend.Cuda.Launch import MAX_GRID_Y, KernelSource, ceilDiv, grid1d
 from PuzzleLib.Kernels import BatchNorm as declared
-from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, LOADS, RESIDENT_THREADS
+from PuzzleLib.Kernels.BatchNorm import BLOCK_SIZE, COLUMN_COUNTERS, LOADS, RESIDENT_PARTIALS, RESIDENT_THREADS
 
 dataTypes = (np.dtype(np.float32), np.dtype(np.float16))
 suffixes = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -122,6 +123,10 @@ def rowsBlock(maps, vec):
     return (lanes, BLOCK_SIZE // lanes, 1), channelBlocks
 
 
+def wholeWarps(threads):
+    return ceilDiv(threads, WARP_SIZE) * WARP_SIZE
+
+
 def ptr(ary):
     return 0 if ary is None else ary.ptr
 
@@ -155,10 +160,10 @@ class CudaPlan(BatchNormPlan):
         self.prepared = {}
         # NOTE: the part of residentShape's rule that the shape decides, once: the calls of the shapes no resident
         # pass serves look no further
+        widest = max(declared.vectorWidths[self.suffix])
         self.residentCandidate = (
-            Driver.computeCapability() >= TURING_CAPABILITY and self.spatial and maps >= Driver.multiprocessorCount()
-            and outer * maps * inner < RESIDENT_ELEMENTS
-            and any(width == max(declared.vectorWidths[self.suffix]) for width, _ in self.choices)
+            Driver.computeCapability() >= TURING_CAPABILITY and self.spatial
+            and outer * maps * inner < RESIDENT_ELEMENTS and any(width == widest for width, _ in self.choices)
         )
 
     def launch(self, prepare, *key):
@@ -279,15 +284,20 @@ class CudaPlan(BatchNormPlan):
         return few and Driver.computeCapability() >= TURING_CAPABILITY
 
     def residentShape(self, kind, vectors):
-        """(held, threads) of the resident pass `kind` (``"train"``, ``"trainResidual"``, ``"grad"``: a block per map
-        holding the map's slice in registers, so that the task is one launch and reads its inputs once) at `vectors`:
-        the fewest vectors per thread (`declared.residentHeld`; at most `declared.RESIDENT_VALUES_BEFORE_HOPPER`
-        values below `HOPPER_CAPABILITY`) for which `RESIDENT_THREADS` threads hold the map's vectors, and the whole
-        warps that then hold them; None where the pass does not serve: Volta (`TURING_CAPABILITY`), not spatial, fewer
-        maps than multiprocessors (the multi-block reductions keep every one busy), a tensor of `RESIDENT_ELEMENTS` or
-        more (these four: not `residentCandidate`), not the widest width, maps of fewer vectors than a warp holds at
-        the fewest per thread ((1, 10^5, 2): a block would idle; a thread walks those in the reductions), or a map's
-        slice larger than any block holds."""
+        """(held, threads, splits) of the resident pass `kind` (``"train"``, ``"trainResidual"``, ``"grad"``: the blocks
+        of a map hold its slice in registers, so that the task is one launch and reads its inputs once) at `vectors`:
+        `splits` blocks per map of `threads` threads (whole warps) holding `held` vectors each
+        (`declared.residentHeld`; at most `declared.RESIDENT_VALUES_BEFORE_HOPPER` values below `HOPPER_CAPABILITY`).
+        A block per map where the maps are at least as many as the multiprocessors: the fewest vectors per thread for
+        which `RESIDENT_THREADS` threads hold the map. Else, or where no block holds it, each map split over blocks of
+        at most `declared.SPLIT_VALUES` values a thread: as many as hold the map and as fill the device, the fewest
+        vectors per thread for which they hold it, and the fewest warps; every block holds part of the map.
+        None where the pass does not serve: Volta (`TURING_CAPABILITY`), not spatial, a tensor of `RESIDENT_ELEMENTS`
+        or more (these three: not `residentCandidate`), not the widest width, maps of fewer vectors than a warp holds
+        at the fewest per thread ((1, 10^5, 2): a block would idle; a thread walks those in the reductions), or maps
+        that would need more blocks than multiprocessors (the blocks of a map wait for one another, so they must all
+        run at once), more blocks than the source keeps sums for (`RESIDENT_PARTIALS`) or more maps than counters
+        (`COLUMN_COUNTERS`)."""
         width, segments = vectors
         if not self.residentCandidate or width != max(declared.vectorWidths[self.suffix]):
             return None
@@ -297,10 +307,20 @@ class CudaPlan(BatchNormPlan):
         perMap = self.view3[0] * self.segmentVectors(vectors)
         if perMap < WARP_SIZE * min(allHeld):
             return None
-        for held in allHeld:
-            if perMap <= held * RESIDENT_THREADS:
-                return held, ceilDiv(ceilDiv(perMap, held), WARP_SIZE) * WARP_SIZE
-        return None
+        maps, multiprocessors = self.view3[1], Driver.multiprocessorCount()
+        if maps >= multiprocessors:
+            for held in allHeld:
+                if perMap <= held * RESIDENT_THREADS:
+                    return held, wholeWarps(ceilDiv(perMap, held)), 1
+        splitHeld = [held for held in allHeld if held * width <= declared.SPLIT_VALUES]
+        splits = max(ceilDiv(multiprocessors, maps), ceilDiv(perMap, max(splitHeld) * RESIDENT_THREADS))
+        held = next(held for held in splitHeld if held * RESIDENT_THREADS * splits >= perMap)
+        threads = wholeWarps(ceilDiv(perMap, held * splits))
+        # NOTE: whole warps may hold the map in fewer blocks
+        splits = ceilDiv(perMap, held * threads)
+        if splits > multiprocessors or (splits > 1 and (maps * splits > RESIDENT_PARTIALS or maps > COLUMN_COUNTERS)):
+            return None
+        return held, threads, splits
 
     def momentsStatics(self):
         outer, maps, inner = self.view3
@@ -330,8 +350,8 @@ class CudaPlan(BatchNormPlan):
         shape = self.residentShape(kind, vectors)
         if shape is None:
             return None
-        held, threads = shape
-        statics = dict(self.view(vectors), **self.fusedStatics(reconstruct))
+        held, threads, splits = shape
+        statics = dict(self.view(vectors), splits=splits, **self.fusedStatics(reconstruct))
         if kind != "grad":
             dynamic = RESIDENT_TRAIN
             statics.update(f_y=0, f_resgrad=0, o_fold=0, **self.momentsStatics())
@@ -340,7 +360,7 @@ class CudaPlan(BatchNormPlan):
             statics.update(p_var=0, p_scalegrad=0, p_biasgrad=0, p_epsilon=self.epsilon, p_invM=1.0 / self.m,
                            f_residual=0, o_var=0, o_epsilon=self.epsilon, o_fold=0)
         signature, fields = declared.residentPasses[kind]
-        return kernels.prepared(signature, (self.view3[1], 1, 1), (threads, 1, 1),
+        return kernels.prepared(signature, (self.view3[1] * splits, 1, 1), (threads, 1, 1),
                                 self.instance(vectors, held=held, **fields), dynamic, **statics)
 
     def prepareApply(self, mode, vectors, fused, reconstruct):
@@ -445,10 +465,10 @@ class CudaPlan(BatchNormPlan):
     # --- the primitives
 
     def trainForward(self, call):
-        """Kernels: where a map's slice fits in a block (`residentShape`), the resident forward alone (x read once: the
-        statistics, the running update, the normalization fused with the activation and residual); else partial
-        moments merged per map with the running update -> normalization (fused likewise). In place when `out` is
-        `data`: the statistics are taken first."""
+        """Kernels: where a map's slice fits in its blocks' registers (`residentShape`), the resident forward alone (x
+        read once: the statistics, the running update, the normalization fused with the activation and residual); else
+        partial moments merged per map with the running update -> normalization (fused likewise). In place when `out`
+        is `data`: the statistics are taken first."""
         resident = None
         if self.residentCandidate:
             kind = "train" if call.residual is None else "trainResidual"
@@ -490,10 +510,10 @@ class CudaPlan(BatchNormPlan):
         self.apply("evalForward", call.data, None, call.out, channel, fused)
 
     def backward(self, call):
-        """Kernels: where a map's slice fits in a block (`residentShape`) and dx is asked for, the resident backward
-        alone (x and dy read once: the sums, the parameter gradients, dx); else partial sums added up per map (times
-        the batch invstd) -> dx pass. After a fused forward the fused kernels (dz from `outdata`; `data` None: x - mean
-        rebuilt from it)."""
+        """Kernels: where a map's slice fits in its blocks' registers (`residentShape`) and dx is asked for, the
+        resident backward alone (x and dy read once: the sums, the parameter gradients, dx); else partial sums added up
+        per map (times the batch invstd) -> dx pass. After a fused forward the fused kernels (dz from `outdata`; `data`
+        None: x - mean rebuilt from it)."""
         y, resgrad = (None, None) if self.activation is None else (call.outdata, call.resgrad)
         resident = None
         if self.residentCandidate and call.ingrad is not None:

@@ -26,10 +26,13 @@ CASES = {
     "perActivation": ("perActivation", (16, 3), (0,)),
     "channelsLast": ((0, 1, 2), (3, 4, 5, 3), (0, 1, 2)),
 }
-# NOTE: the float32 checks also take maps many enough (more than the 132 multiprocessors of the stand-in driver) and
-# small enough for CUDA's resident passes (a block per map): whole slices of 8 and of 4 vectors a thread
+# NOTE: the float32 checks also take the shapes of CUDA's resident passes: a block per map (136 maps, more than the
+# stand-in driver's 132 multiprocessors; whole slices of 8 and of 4 vectors a thread), maps split over 32 blocks to
+# fill the multiprocessors (4 maps), and over 2 where a block does not hold a map (4800 vectors)
 FLOAT32_CASES = dict(CASES, resident=("spatial", (8, 136, 30, 40), (0, 2, 3)),
-                     residentUnaligned=("spatial", (32, 136, 7, 7), (0, 2, 3)))
+                     residentUnaligned=("spatial", (32, 136, 7, 7), (0, 2, 3)),
+                     residentSplit=("spatial", (64, 4, 32, 32), (0, 2, 3)),
+                     residentSplitHeld=("spatial", (16, 136, 30, 40), (0, 2, 3)))
 
 
 def fusedReference(x, scale, bias, residual, axes, kind, slope):

@@ -5,9 +5,11 @@ The cases cover both layouts the CUDA kernels distinguish: spatial (inner > 1; s
 many blocks per map, a thread per map on small maps, maps whose extent the vector does not divide: 7x7 and, in
 float16, 14x14) and rows (inner == 1: per-activation and channels-last data, few maps, one map), in float32 and
 float16; on CUDA, reductions of more columns of blocks than the kernels have counters (`Kernels.BatchNorm.
-COLUMN_COUNTERS`: the columns that share one are finished together), and the resident passes (more maps than the
-132 multiprocessors the stand-in driver reports, a map's slice in one block: every number of vectors a thread holds,
-over aligned and unaligned segments; the largest slices leave the backward to the reductions).
+COLUMN_COUNTERS`: the columns that share one are finished together), and the resident passes: a block per map (more
+maps than the 132 multiprocessors the stand-in driver reports, a map's slice in one block: every number of vectors a
+thread holds, over aligned and unaligned segments), a map split over 2 blocks where one does not hold it (the `_most`
+cases' residual forward and backward), and maps split over as many blocks as fill the multiprocessors where they are
+fewer (the spatial cases of fewer than 132 maps, one map included, of at least 128 vectors a map).
 """
 
 import gc
