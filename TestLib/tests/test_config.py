@@ -83,12 +83,17 @@ def test_library_is_imported_under_one_name_only():
     from PuzzleLib.Modules import BatchNorm  # noqa: F401
 
     seen = {}
+    # NOTE: a virtual environment made in the checkout (python -m venv .venv) holds the installed packages, not ours
+    environment = Path(sys.prefix).resolve()
+    inside = environment if ROOT in environment.parents else None
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         # NOTE: a relative __file__ (torch.ops has "_ops.py") names no file; resolved, it would point into the checkout
         if path is None or not Path(path).is_absolute() or Path(path).resolve().parent.name == "tests":
             continue
         resolved = Path(path).resolve()
+        if inside is not None and inside in resolved.parents:
+            continue
         if ROOT in resolved.parents or resolved.parent == ROOT:
             assert module.__name__.startswith("PuzzleLib"), "%s imported as %r" % (resolved, module.__name__)
             assert seen.setdefault(resolved, module) is module, "%s imported twice" % resolved
