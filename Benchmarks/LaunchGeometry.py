@@ -1,6 +1,7 @@
 """The launches the CUDA plan makes on every shape of the GPU benchmark, worked out without a GPU: per case and pass,
 each kernel's name (its vector width, segments and walk), grid, block, the bytes one access moves and, on the rows
-kernels, the share of lanes across maps that have a map. It runs the host path on the stand-in driver
+kernels, the share of lanes across maps that have a map (of the elements of a row, for the elementwise passes whose
+rows hold several of the layout's). It runs the host path on the stand-in driver
 (`TestLib.StandInCuda`: no kernel runs, every kernel reports 32 registers, so the grids are those of that occupancy,
 not of the compiled kernels'; `Benchmarks.KernelReport` gives those).
 
@@ -13,9 +14,11 @@ import sys
 
 
 def launchesOf(plan, shape3, dtype):
-    """{pass: [(kernel, grid, block)]} of a training forward, an evaluation forward and a backward of `plan`."""
+    """{pass: [(kernel, grid, block, row width)]} of a training forward, an evaluation forward and a backward of
+    `plan` (the row width of the rows kernels: the elements their lanes run across)."""
     from PuzzleLib.Backend.Contract import Backward, EvalForward, TrainForward
     from PuzzleLib.Backend.Cuda import GPUArray as gpu
+    from PuzzleLib.Kernels import BatchNorm as declared
     from PuzzleLib.TestLib import StandInCuda
 
     maps = shape3[1]
@@ -33,17 +36,24 @@ def launchesOf(plan, shape3, dtype):
     for name, call in calls.items():
         del StandInCuda.launches[:]
         call()
-        result[name] = [(f.name, tuple(grid), tuple(block)) for f, grid, block, _ in StandInCuda.launches]
+        result[name] = [(f.name, tuple(grid), tuple(block), rowWidth(declared.entries()[f.name], args, maps))
+                        for f, grid, block, args in StandInCuda.launches]
     return result
 
 
-def describe(kernel, grid, block, maps, itemsize):
-    """(access bytes, share of lanes across maps with a map) of one launch ("-" where it does not apply)."""
-    width = re.search(r"_v(\d+)", kernel)
-    if width is None:
+def rowWidth(signature, args, maps):
+    names = [field for field, _ in signature.fields()]
+    return args[names.index("width")] if "width" in names else maps
+
+
+def describe(kernel, grid, block, width, itemsize):
+    """(access bytes, share of lanes across a row with an element of it) of one launch ("-" where it does not
+    apply)."""
+    vector = re.search(r"_v(\d+)", kernel)
+    if vector is None:
         return "-", "-"
-    vec = int(width.group(1))
-    busy = "%.2f" % (maps / (grid[0] * block[0] * vec)) if "Rows" in kernel else "-"
+    vec = int(vector.group(1))
+    busy = "%.2f" % (width / (grid[0] * block[0] * vec)) if "Rows" in kernel else "-"
     return str(vec * itemsize), busy
 
 
@@ -68,8 +78,8 @@ def main():
         shape3 = shape3Of(shape, layout)
         plan = BatchNormKernels.plan(backend, layoutOf(shape3, (0, 2)), np.dtype(dtype), PlanOptions(1e-5))
         for name, launches in launchesOf(plan, shape3, dtype).items():
-            for kernel, grid, block in launches:
-                access, busy = describe(kernel, grid, block, shape3[1], np.dtype(dtype).itemsize)
+            for kernel, grid, block, width in launches:
+                access, busy = describe(kernel, grid, block, width, np.dtype(dtype).itemsize)
                 lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                     "x".join(map(str, shape)), layout, np.dtype(dtype).name, name, kernel, grid, block, access, busy
                 ))

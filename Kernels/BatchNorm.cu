@@ -1548,20 +1548,35 @@ __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int m
 	}
 }
 
-// Rows r, r + step, ..., LOADS at a time (loaded, computed, then stored), then the rest one by one.
-// grid = (ceil(maps / (blockDim.x * VEC)), any), block = rows (rowsChannel).
-template <typename T, int VEC, int MODE>
-__device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p)
+// The elementwise rows passes walk rows of `width` elements: a row of the layout (width = maps), or where VEC does
+// not divide the maps ((125000, 50), (10^6, 3)), the fewest consecutive rows whose elements it divides (width =
+// lcm(maps, VEC)), so that the accesses stay VEC wide. Element e of such a row is of channel e % maps: a lane's vector
+// keeps the channels of its VEC elements, the first found once by a division, the others after it, wrapping.
+template <int VEC>
+__device__ __forceinline__ void laneChannels(int c0, int maps, int (&c)[VEC])
 {
-	int c0 = rowsChannel<VEC>(maps);
-	if (c0 >= maps)
+	c[0] = c0 % maps;
+
+#pragma unroll
+	for (int k = 1; k < VEC; k++)
+		c[k] = c[k - 1] + 1 == maps ? 0 : c[k - 1] + 1;
+}
+
+// Rows r, r + step, ..., LOADS at a time (loaded, computed, then stored), then the rest one by one.
+// grid = (ceil(width / (blockDim.x * VEC)), any), block = rows (rowsChannel).
+template <typename T, int VEC, int MODE>
+__device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int width, int maps, ChannelParams p)
+{
+	int c0 = rowsChannel<VEC>(width), c[VEC];
+	if (c0 >= width)
 		return;
 
 	Coef q[VEC];
+	laneChannels(c0, maps, c);
 
 #pragma unroll
 	for (int k = 0; k < VEC; k++)
-		q[k] = channelCoef<MODE>(p, c0 + k);
+		q[k] = channelCoef<MODE>(p, c[k]);
 
 	int64 step = (int64)gridDim.y * blockDim.y;
 	int64 r = (int64)blockIdx.y * blockDim.y + threadIdx.y;
@@ -1572,7 +1587,7 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 
 #pragma unroll
 		for (int u = 0; u < LOADS; u++)
-			loadModeInputs<T, VEC, MODE>(x, dy, (r + u * step) * maps + c0, xv, gv, u * VEC);
+			loadModeInputs<T, VEC, MODE>(x, dy, (r + u * step) * width + c0, xv, gv, u * VEC);
 
 #pragma unroll
 		for (int u = 0; u < LOADS; u++)
@@ -1584,19 +1599,19 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int maps,
 
 #pragma unroll
 		for (int u = 0; u < LOADS; u++)
-			storePackAt<T, VEC>(out + (r + u * step) * maps + c0, ov, u * VEC);
+			storePackAt<T, VEC>(out + (r + u * step) * width + c0, ov, u * VEC);
 	}
 
 	for (; r < rows; r += step)
 	{
 		float xv[VEC], gv[VEC], ov[VEC];
-		loadModeInputs<T, VEC, MODE>(x, dy, r * maps + c0, xv, gv, 0);
+		loadModeInputs<T, VEC, MODE>(x, dy, r * width + c0, xv, gv, 0);
 
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
 			ov[k] = applyCoef<MODE>(q[k], xv[k], gv[k]);
 
-		storePack<T, VEC>(out + r * maps + c0, ov);
+		storePack<T, VEC>(out + r * width + c0, ov);
 	}
 }
 
@@ -1791,22 +1806,25 @@ __device__ void applySpatialFused(const T *x, const T *dy, T *out, int64 outer, 
 	}
 }
 
+// Rows of `width` elements, as applyRows.
 template <typename T, int VEC, int MODE>
-__device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p, FusedParams f)
+__device__ void applyRowsFused(const T *x, const T *dy, T *out, int64 rows, int width, int maps, ChannelParams p,
+							   FusedParams f)
 {
-	int c0 = rowsChannel<VEC>(maps);
-	if (c0 >= maps)
+	int c0 = rowsChannel<VEC>(width), c[VEC];
+	if (c0 >= width)
 		return;
 
 	// NOTE: one channel per element of the vector
 	FusedCoef fc[VEC];
+	laneChannels(c0, maps, c);
 
 #pragma unroll
 	for (int k = 0; k < VEC; k++)
-		fc[k] = fusedPassCoef<MODE>(p, f, c0 + k);
+		fc[k] = fusedPassCoef<MODE>(p, f, c[k]);
 
 	for (int64 r = (int64)blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += (int64)gridDim.y * blockDim.y)
-		fusedApply<T, VEC, VEC, MODE>(x, dy, out, r * maps + c0, fc, f);
+		fusedApply<T, VEC, VEC, MODE>(x, dy, out, r * width + c0, fc, f);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -2377,9 +2395,9 @@ __device__ void gradResident(const T *x, const T *dy, T *out, const ResidentView
 
 #define BN_APPLY_ENTRIES(T, SUF, VEC, MSUF, MODE) \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplyRows_##MSUF##_##SUF##_v##VEC( \
-		const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p) \
+		const T *x, const T *dy, T *out, int64 rows, int width, int maps, ChannelParams p) \
 	{ \
-		applyRows<T, VEC, MODE>(x, dy, out, rows, maps, p); \
+		applyRows<T, VEC, MODE>(x, dy, out, rows, width, maps, p); \
 	}
 
 #define BN_FUSED_ENTRIES(T, SUF, VEC, MSUF, MODE) \
@@ -2389,9 +2407,9 @@ __device__ void gradResident(const T *x, const T *dy, T *out, const ResidentView
 		applySpatialFused<T, VEC, MODE>(x, dy, out, outer, maps, inner, p, f); \
 	} \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplyRowsFused_##MSUF##_##SUF##_v##VEC( \
-		const T *x, const T *dy, T *out, int64 rows, int maps, ChannelParams p, FusedParams f) \
+		const T *x, const T *dy, T *out, int64 rows, int width, int maps, ChannelParams p, FusedParams f) \
 	{ \
-		applyRowsFused<T, VEC, MODE>(x, dy, out, rows, maps, p, f); \
+		applyRowsFused<T, VEC, MODE>(x, dy, out, rows, width, maps, p, f); \
 	}
 
 #define BN_ENTRIES(T, SUF, VEC) \

@@ -149,8 +149,14 @@ def flatView():
 
 
 def rowsView():
-    """The (rows, maps) view of the rows kernels (inner == 1)."""
+    """The (rows, maps) view of the rows reductions (inner == 1)."""
     return Int64("rows"), Int32("maps")
+
+
+def foldedRowsView():
+    """The view of the rows elementwise passes: rows of `width` elements (the maps, or lcm(maps, vector width) where
+    the vector width does not divide the maps: several rows of the layout in one), and the maps."""
+    return Int64("rows"), Int32("width"), Int32("maps")
 
 
 def pointers(*names):
@@ -179,7 +185,9 @@ sumsMerge = Signature("bnSumsMerge", *pointers("psum", "pdot"), Int32("splits"),
 applySpatial = Signature(
     "bnApplySpatial{segments}_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *flatView(), channelParams("p")
 )
-applyRows = Signature("bnApplyRows_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"))
+applyRows = Signature(
+    "bnApplyRows_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *foldedRowsView(), channelParams("p"),
+)
 gradSpatialFused = Signature(
     "bnGradSpatialFused_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(), *pointers("mean", "psum", "pdot"),
     sumsOutputs("o"), channelParams("p"), fusedParams("f"),
@@ -193,7 +201,7 @@ applySpatialFused = Signature(
     fusedParams("f"),
 )
 applyRowsFused = Signature(
-    "bnApplyRowsFused_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"),
+    "bnApplyRowsFused_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *foldedRowsView(), channelParams("p"),
     fusedParams("f"),
 )
 trainResident = Signature(

@@ -20,8 +20,10 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   halves) when the axis is a multiple of that and every pointer is 16-byte aligned (pool blocks are 256-byte
   aligned); on spatial maps at least 16 bytes long whose extent 16 bytes do not divide (7x7), 16-byte vectors over
   unaligned segments where the tensor's length allows them (elements of other maps masked out of the reductions, a
-  vector's two maps' coefficients in the elementwise passes; not in the fused kernels); else 8 or 4 bytes, else one
-  element at a time.
+  vector's two maps' coefficients in the elementwise passes; not in the fused kernels); in the rows elementwise passes
+  where 16 bytes do not divide the maps ((125000, 50), (10^6, 3)), 16-byte vectors over rows of several of the
+  layout's rows (lcm(maps, vector) elements, each vector's elements keeping their channels: `rowsFold`); else 8 or 4
+  bytes, else one element at a time.
 - Passes over the data: training forward reads x twice (statistics, then normalization: two kernels) and writes y
   once; evaluation forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no
   pool block); backward reads x and dy twice (reduction, then dx: two kernels) and writes dx once; the frozen
@@ -111,6 +113,14 @@ def plan(backend, layout, dtype, options):
 
 # NOTE: one element at a time (what a call whose pointers allow no vector falls back to)
 SCALAR = (1, declared.ALIGNED_SEGMENTS)
+# NOTE: the segments of a rows elementwise pass whose rows hold several of the layout's (`CudaPlan.rowsFold`), and the
+# segments each family of kernels takes: the reductions and the resident passes aligned and unaligned ones, the
+# elementwise passes folded rows too, the fused kernels no unaligned segments, the fused gradient sums aligned ones only
+FOLDED_ROWS = "folded"
+REDUCTION_SEGMENTS = (declared.ALIGNED_SEGMENTS, declared.UNALIGNED_SEGMENTS)
+APPLY_SEGMENTS = REDUCTION_SEGMENTS + (FOLDED_ROWS,)
+FUSED_APPLY_SEGMENTS = (declared.ALIGNED_SEGMENTS, FOLDED_ROWS)
+FUSED_SEGMENTS = (declared.ALIGNED_SEGMENTS,)
 
 
 def rowsBlock(maps, vec):
@@ -182,24 +192,37 @@ class CudaPlan(BatchNormPlan):
         divide the contiguous length (16 bytes where the length allows them, else 8 or 4 bytes: 14x14 float16 maps
         take 4 halves, 50 float32 maps 2 floats), and before the narrower ones, for spatial maps whose length the
         widest width does not divide (7x7), that width over unaligned segments (masked vectors; the tensor's length a
-        multiple of it, maps at least as long as it)."""
+        multiple of it, maps at least as long as it), for rows whose length a width does not divide ((125000, 50),
+        (10^6, 3)), that width over folded rows (the elementwise passes only: `rowsFold`; the tensor's length a
+        multiple of it)."""
         outer, maps, inner = self.view3
         widest = max(declared.vectorWidths[self.suffix])
         extent = inner if self.spatial else maps
-        choices = [(w, declared.ALIGNED_SEGMENTS) for w in sorted(declared.vectorWidths[self.suffix], reverse=True)
-                   if extent % w == 0]
+        widths = sorted(declared.vectorWidths[self.suffix], reverse=True)
+        choices = [(w, declared.ALIGNED_SEGMENTS) for w in widths if extent % w == 0]
         if self.spatial and inner % widest != 0 and inner >= widest and (outer * maps * inner) % widest == 0:
             choices.insert(0, (widest, declared.UNALIGNED_SEGMENTS))
+        if not self.spatial:
+            folded = [(w, FOLDED_ROWS) for w in widths
+                      if w > choices[0][0] and (outer * maps) % w == 0 and maps * w < 2**31]
+            choices[:0] = folded[:1]
         return tuple(choices)
 
-    def vectorWidth(self, *arrays, aligned=False):
-        """The first of the plan's (vector width, segments) to whose width every given array's address is aligned
-        (with `aligned`, of the aligned-segment ones only: the fused kernels have no other), else `SCALAR`."""
+    def vectorWidth(self, *arrays, kinds=REDUCTION_SEGMENTS):
+        """The first of the plan's (vector width, segments) of the given kinds of segments (`REDUCTION_SEGMENTS`,
+        `APPLY_SEGMENTS`, `FUSED_APPLY_SEGMENTS`, `FUSED_SEGMENTS`: what the kernels that take them have) to whose
+        width every given array's address is aligned, else `SCALAR`."""
         bits = addresses(*arrays)
         for width, segments in self.choices:
-            if bits % (width * self.itemsize) == 0 and not (aligned and segments != declared.ALIGNED_SEGMENTS):
+            if bits % (width * self.itemsize) == 0 and segments in kinds:
                 return width, segments
         return SCALAR
+
+    def rowsFold(self, vectors):
+        """The rows of the layout one row of a rows elementwise pass holds at `vectors`: 1, or over `FOLDED_ROWS` the
+        fewest whose elements the width divides (4 rows of 50 float16 maps in vectors of 8: rows of 200 elements)."""
+        width, segments = vectors
+        return width // math.gcd(self.view3[1], width) if segments == FOLDED_ROWS else 1
 
     # --- launch geometry
 
@@ -244,19 +267,20 @@ class CudaPlan(BatchNormPlan):
         if self.spatial:
             total = outer * maps * inner // vectors[0]
             return max(1, min(ceilDiv(total, BLOCK_SIZE * LOADS), WAVES * resident)), 1, 1
-        (_, rowLanes, _), channelBlocks = rowsBlock(maps, vectors[0])
-        rowBlocks = min(ceilDiv(outer, rowLanes * LOADS), ceilDiv(WAVES * resident, channelBlocks), MAX_GRID_Y)
+        fold = self.rowsFold(vectors)
+        (_, rowLanes, _), channelBlocks = rowsBlock(maps * fold, vectors[0])
+        rowBlocks = min(ceilDiv(outer // fold, rowLanes * LOADS), ceilDiv(WAVES * resident, channelBlocks), MAX_GRID_Y)
         return channelBlocks, max(1, rowBlocks), 1
 
     def block(self, vectors):
-        return (BLOCK_SIZE, 1, 1) if self.spatial else rowsBlock(self.maps, vectors[0])[0]
+        return (BLOCK_SIZE, 1, 1) if self.spatial else rowsBlock(self.maps * self.rowsFold(vectors), vectors[0])[0]
 
     def view(self, vectors, flat=False):
-        """The static view arguments of the rows kernels, the spatial reductions or (`flat`) the spatial elementwise
-        passes."""
+        """The static view arguments of the reductions or (`flat`) the elementwise passes."""
         outer, maps, inner = self.view3
         if not self.spatial:
-            return dict(rows=outer, maps=maps)
+            fold = self.rowsFold(vectors) if flat else 1
+            return dict(rows=outer // fold, maps=maps, **({"width": maps * fold} if flat else {}))
         return dict(outer=outer, maps=maps, inner=inner, **({} if flat else {"innerV": self.segmentVectors(vectors)}))
 
     def instance(self, vectors, **fields):
@@ -435,10 +459,10 @@ class CudaPlan(BatchNormPlan):
         (the addresses and 1 / m of `CHANNEL`); with `fused` (the residual, the output y, the residual's gradient),
         the fused kernels."""
         if fused is None:
-            vectors = self.vectorWidth(x, dy, out)
+            vectors = self.vectorWidth(x, dy, out, kinds=APPLY_SEGMENTS)
             self.launch(self.prepareApply, mode, vectors, False, False)(ptr(x), ptr(dy), out.ptr, *channel)
             return
-        vectors = self.vectorWidth(x, dy, out, *fused, aligned=True)
+        vectors = self.vectorWidth(x, dy, out, *fused, kinds=FUSED_APPLY_SEGMENTS)
         self.launch(self.prepareApply, mode, vectors, True, x is None)(
             ptr(x), ptr(dy), out.ptr, *channel, *map(ptr, fused)
         )
@@ -451,7 +475,7 @@ class CudaPlan(BatchNormPlan):
         if fused is None:
             vectors = self.vectorWidth(x, dy)
         else:
-            vectors = self.vectorWidth(x, dy, fused[1], aligned=True)
+            vectors = self.vectorWidth(x, dy, fused[1], kinds=FUSED_SEGMENTS)
         grad, merge = self.launch(self.prepareGrad, vectors, fused is not None, x is None)
         size = grad.grid[1] * self.maps
         # NOTE: as in reduceMoments

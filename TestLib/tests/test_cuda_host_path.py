@@ -5,6 +5,7 @@ and point at the module's arrays. Whether the kernels compute the right numbers 
 checks them there)."""
 
 import json
+import math
 import os
 import random
 import re
@@ -102,11 +103,13 @@ report["eval"] = [(name, size) for name, size, _ in calls]
 fused = BatchNorm(16, activation="relu")
 _, calls = launches(lambda: fused(gpuarray.to_gpu(np.random.randn(32, 16).astype(np.float32))))
 report["fused"] = [name for name, _, _ in calls]
-# NOTE: 50 maps of 20000 rows: 50 x 500 partials per column, more than a last block merges (a merge kernel does)
+# NOTE: 50 maps of 20000 rows: 50 x 500 partials per column, more than a last block merges (a merge kernel does); the
+# elementwise passes take 16-byte vectors over rows of 2 rows (100 elements), the reductions 8-byte ones
 wide = BatchNorm(50)
 columns = gpuarray.to_gpu(np.random.randn(20000, 50).astype(np.float32))
 _, calls = launches(lambda: wide(columns))
 report["merged"] = [name for name, _, _ in calls]
+report["folded"] = [argument(calls[2], "rows"), argument(calls[2], "width"), argument(calls[2], "maps")]
 _, calls = launches(lambda: wide.backward(columns))
 report["merged"] += [name for name, _, _ in calls]
 # NOTE: 136 maps (more than the 132 multiprocessors) of 8 x 100 vectors: a block holds a map (4 vectors a thread), one
@@ -252,9 +255,10 @@ def test_a_module_on_a_stand_in_driver_launches_the_declared_entries():
         "bnStatsSpatialPerThread_f32_v4", "bnStatsMerge_f32", "bnApplySpatial_trainForward_f32_v4"
     ]
     assert report["merged"] == [
-        "bnStatsRows_f32_v2", "bnStatsMerge_f32", "bnApplyRows_trainForward_f32_v2",
-        "bnGradRows_f32_v2", "bnSumsMerge", "bnApplyRows_backward_f32_v2",
+        "bnStatsRows_f32_v2", "bnStatsMerge_f32", "bnApplyRows_trainForward_f32_v4",
+        "bnGradRows_f32_v2", "bnSumsMerge", "bnApplyRows_backward_f32_v4",
     ]
+    assert report["folded"] == [10000, 100, 50]
     assert report["resident"] == [
         ["bnTrainResident_f32_v4_h4", [136, 1, 1], [224, 1, 1]], ["bnGradResident_f32_v4_h4", [136, 1, 1], [224, 1, 1]]
     ]
@@ -296,10 +300,11 @@ for case, (shape, dtype, activation) in json.loads(sys.argv[1]).items():
 print(json.dumps(report))
 """
 
-# NOTE: (shape, dtype, fused activation) -> (bytes each thread moves per access, whether its maps are unaligned
-# segments, the rows kernels' (lanes across maps, rows of lanes), whether a thread walks a map in the spatial
-# reductions); shapes with the geometry of the benchmark's: 7x7 and 14x14 maps, one map, few maps, small maps,
-# channels-last ResNet maps
+# NOTE: (shape, dtype, fused activation) -> (bytes each thread moves per access: in every pass, or in the elementwise
+# passes and in the reductions, whether its maps are unaligned segments, the rows kernels' (lanes across maps, rows of
+# lanes), whether a thread walks a map in the spatial reductions); shapes with the geometry of the benchmark's: 7x7
+# and 14x14 maps, one map, few maps (the elementwise passes over rows of 4 rows of 3 maps, of 2 rows of 50), small
+# maps, channels-last ResNet maps
 GEOMETRY = {
     "7x7_f32": (((32, 8, 7, 7), "float32", None), (16, True, None, False)),
     "7x7_f16": (((32, 8, 7, 7), "float16", None), (16, True, None, True)),
@@ -308,8 +313,8 @@ GEOMETRY = {
     "one_map": (((4096, 1), "float32", None), (16, False, None, False)),
     "small_maps": (((1, 1000, 2), "float32", None), (8, False, None, True)),
     "short_maps": (((8, 512, 3), "float32", None), (4, False, None, True)),
-    "three_maps": (((3000, 3), "float32", None), (4, False, (3, 85), False)),
-    "fifty_maps": (((1000, 50), "float32", None), (8, False, (25, 10), False)),
+    "three_maps": (((3000, 3), "float32", None), ((16, 4), False, (3, 85), False)),
+    "fifty_maps": (((1000, 50), "float32", None), ((16, 8), False, (25, 10), False)),
     "channels_last_64_f16": (((4096, 64), "float16", None), (16, False, (8, 32), False)),
     "fused_rows": (((512, 64), "float32", "relu"), (16, False, (16, 16), False)),
     "per_activation": (((256, 4096), "float32", None), (16, False, (32, 8), False)),
@@ -320,8 +325,9 @@ MULTIPROCESSORS = 132
 
 def test_every_pass_takes_the_widest_vectors_and_busy_lanes_the_data_allows():
     """The launches of a training forward, a backward and an evaluation forward on a stand-in driver: 16-byte vectors
-    wherever the map count (rows) or the tensor's length (spatial maps of any extent at least 16 bytes, 7x7 included)
-    allows them, rows blocks whose lanes across maps all have a map (3 maps: 3 lanes, not 3 of 32), a thread per
+    wherever the map count (the rows reductions) or the tensor's length (the rows elementwise passes: 3 and 50 maps
+    included; spatial maps of any extent at least 16 bytes, 7x7 included) allows them, rows blocks whose lanes across
+    maps all have a map (3 maps: 3 lanes, not 3 of 32), a thread per
     map where a map has at most a block's worth of vectors, and on tensors of 1 MB or more a block for every
     multiprocessor ((256, 4096) float32 took 64 blocks for its statistics)."""
     env = dict(os.environ, PUZZLELIB_BACKEND="cuda")
@@ -335,10 +341,12 @@ def test_every_pass_takes_the_widest_vectors_and_busy_lanes_the_data_allows():
         # NOTE: a resident pass does a training task in one launch, the reductions in two
         assert len(launches) == 5 - 2 * any("Resident" in name for name, _, _ in launches), (case, launches)
         large = np.prod(shape) * np.dtype(dtype).itemsize >= 1 << 20
+        applyBytes, reductionBytes = accessBytes if isinstance(accessBytes, tuple) else (accessBytes, accessBytes)
         for name, grid, block in launches:
             assert not large or grid[0] * grid[1] >= MULTIPROCESSORS, (case, name, grid)
             vec = int(re.search(r"_v(\d+)", name).group(1))
-            assert vec * np.dtype(dtype).itemsize == accessBytes, (case, name)
+            elementwise = name.startswith("bnApply")
+            assert vec * np.dtype(dtype).itemsize == (applyBytes if elementwise else reductionBytes), (case, name)
             assert ("Unaligned" in name) == unaligned, (case, name)
             if rowsBlock is None:
                 assert "Rows" not in name, (case, name)
@@ -346,8 +354,10 @@ def test_every_pass_takes_the_widest_vectors_and_busy_lanes_the_data_allows():
                     assert ("PerThread" in name) == perThread, (case, name)
                 continue
             assert "Rows" in name and tuple(block[:2]) == rowsBlock, (case, name, block)
+            # NOTE: an elementwise pass's rows of lcm(maps, vec) elements
             maps = shape[1]
-            assert grid[0] * block[0] * vec == maps, (case, name, grid, block)
+            width = maps * vec // math.gcd(maps, vec) if elementwise else maps
+            assert grid[0] * block[0] * vec == width, (case, name, grid, block)
 
 
 @pytest.mark.parametrize("registers, shared, blocks", [

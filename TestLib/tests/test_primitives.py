@@ -3,7 +3,8 @@
 
 The cases cover both layouts the CUDA kernels distinguish: spatial (inner > 1; scalar and 16-byte vector paths, one and
 many blocks per map, a thread per map on small maps, maps whose extent the vector does not divide: 7x7 and, in
-float16, 14x14) and rows (inner == 1: per-activation and channels-last data, few maps, one map), in float32 and
+float16, 14x14) and rows (inner == 1: per-activation and channels-last data, few maps, one map; on CUDA the
+elementwise passes of 3, 50 and 131075 maps over rows of several rows, in 16-byte vectors), in float32 and
 float16; on CUDA, reductions of more columns of blocks than the kernels have counters (`Kernels.BatchNorm.
 COLUMN_COUNTERS`: the columns that share one are finished together), and the resident passes: a block per map (more
 maps than the 132 multiprocessors the stand-in driver reports, a map's slice in one block: every number of vectors a
