@@ -9,8 +9,8 @@ declaration's defines) with ``ptxas -v``, disassembles it with ``cuobjdump -sass
   (`Kernels.blocksPerMultiprocessor`, the rule the launch code applies to the driver's numbers) on the
   architecture's multiprocessor;
 - the width of its widest global load (bits), and the global loads its main loop (the innermost loop with the most
-  loads of the data, not counting the partials a reduction's last block reads; for the resident passes, which have
-  no loop, the kernel from its first vector load on) issues before the first instruction that reads one of their
+  loads of the data, not counting the partials a reduction's last block reads; for the resident passes, whose loads
+  are in no loop, the kernel from its first vector load on) issues before the first instruction that reads one of their
   results: the loads in flight per thread, which is what keeps a memory-bound loop at the memory's pace (one load in
   flight makes it latency-bound).
 

@@ -32,16 +32,19 @@ def launchesOf(plan, shape3, dtype):
         "eval forward": lambda: plan.evalForward(EvalForward(x, y, scale, bias, mean, var)),
         "backward": lambda: plan.backward(Backward(x, y, dx, scale, savemean, saveinvvar, scalegrad, biasgrad)),
     }
+    entries = declared.entries()
     result = {}
     for name, call in calls.items():
         del StandInCuda.launches[:]
         call()
-        result[name] = [(f.name, tuple(grid), tuple(block), rowWidth(declared.entries()[f.name], args, maps))
+        result[name] = [(f.name, tuple(grid), tuple(block), rowWidth(entries[f.name], args, maps))
                         for f, grid, block, args in StandInCuda.launches]
     return result
 
 
 def rowWidth(signature, args, maps):
+    """The elements a rows kernel's lanes run across, from its launch's arguments: its `width` where it takes one
+    (the elementwise passes' rows of several of the layout's rows), else the maps."""
     names = [field for field, _ in signature.fields()]
     return args[names.index("width")] if "width" in names else maps
 

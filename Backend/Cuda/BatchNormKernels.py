@@ -134,6 +134,7 @@ def rowsBlock(maps, vec):
 
 
 def wholeWarps(threads):
+    """`threads` rounded up to whole warps (the resident passes' blocks)."""
     return ceilDiv(threads, WARP_SIZE) * WARP_SIZE
 
 
@@ -369,8 +370,8 @@ class CudaPlan(BatchNormPlan):
         )
 
     def prepareResident(self, kind, vectors, reconstruct):
-        """The resident pass `kind` at `vectors` on a block of its threads per map, or None where it does not serve
-        (`residentShape`)."""
+        """The resident pass `kind` at `vectors` on `splits` blocks per map (grid maps * splits), or None where it does
+        not serve (`residentShape`)."""
         shape = self.residentShape(kind, vectors)
         if shape is None:
             return None
