@@ -846,17 +846,32 @@ __device__ void statsSpatial(const T *x, int64 outer, int maps, int64 inner, int
 
 // The rows kernels' block: blockDim.x lanes across channel vectors (as many as the maps need, at most 32: few maps
 // leave no lane idle) and blockDim.y lanes across rows, blockDim.x * blockDim.y <= BLOCK_SIZE; the host picks them
-// (BatchNormKernels.rowsBlock). The lane's vector starts at channel rowsChannel<VEC>(maps) (maps for the lanes past
-// the last map, which are idle; a 32-bit index, so that no 64-bit one stays live across the loops: unsigned, as the
-// grid's lanes times VEC exceed the maps by less than a block's lanes' vectors, below 2^32); its thread index in the
-// block is blockThread().
+// (BatchNormKernels.rowsBlock). The lane's vector starts at element rowsChannel<VEC>(width) of a row (width for the
+// lanes past the row's last element, which are idle; a 32-bit index, so that no 64-bit one stays live across the
+// loops: unsigned, as the grid's lanes times VEC exceed the row by less than a block's lanes' vectors, below 2^32);
+// its thread index in the block is blockThread().
 template <int VEC>
-__device__ __forceinline__ int rowsChannel(int maps)
+__device__ __forceinline__ int rowsChannel(int width)
 {
-	return (int)min((blockIdx.x * blockDim.x + threadIdx.x) * VEC, (unsigned)maps);
+	return (int)min((blockIdx.x * blockDim.x + threadIdx.x) * VEC, (unsigned)width);
 }
 
-// Column x of a rows reduction: the maps of its blocks' lanes' vectors.
+// The rows kernels walk rows of `width` elements: a row of the layout (width = maps), or where VEC does not divide
+// the maps ((125000, 50), (10^6, 3)), the fewest consecutive rows whose elements it divides (width = lcm(maps, VEC)),
+// so that the accesses stay VEC wide. Element e of such a row is of channel e % maps: a lane's vector keeps the
+// channels of its VEC elements, the first found once by a division, the others after it, wrapping.
+template <int VEC>
+__device__ __forceinline__ void laneChannels(int c0, int maps, int (&c)[VEC])
+{
+	c[0] = c0 % maps;
+
+#pragma unroll
+	for (int k = 1; k < VEC; k++)
+		c[k] = c[k - 1] + 1 == maps ? 0 : c[k - 1] + 1;
+}
+
+// Column x of a rows reduction: the maps of its blocks' lanes' vectors (every map where the rows are folded: the
+// grid has one column then).
 template <int VEC>
 __device__ __forceinline__ Column rowsColumn(int x, int maps)
 {
@@ -897,14 +912,38 @@ __device__ __forceinline__ void rowsTree(Merge merge)
 	}
 }
 
-// grid = (ceil(maps / (blockDim.x * VEC)), splits), block = rows (above).
+// Where the rows of a rows reduction hold several of the layout's rows (width > maps: laneChannels; one block's lanes
+// span a row, the host's rule), the block's results of one channel: thread row 0's slots e, e + maps, ... (slot e is
+// element e of the row, after rowsTree), merged into slot e < maps by merge(e, e + maps * i). Every thread reaches the
+// barriers.
+template <typename Merge>
+__device__ __forceinline__ void mergeCopies(int width, int maps, Merge merge)
+{
+	if (width == maps)
+		return;
+
+	__syncthreads();
+
+	int t = blockThread();
+	if (t < maps)
+	{
+		for (int e = t + maps; e < width; e += maps)
+			merge(t, e);
+	}
+	__syncthreads();
+}
+
+// grid = (ceil(width / (blockDim.x * VEC)), splits), block = rows (above); rows of `width` elements, as the
+// elementwise passes' (laneChannels; a channel's slots merged by mergeCopies where they hold several of the layout's).
+// The partials' shift of a channel is its first element.
 template <typename T, int VEC>
-__device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pmean, float *pm2, MomentsOutputs o)
+__device__ void statsRows(const T *x, int64 rows, int width, int maps, float *pn, float *pmean, float *pm2,
+						  MomentsOutputs o)
 {
 	__shared__ float sn[BLOCK_SIZE * VEC], smean[BLOCK_SIZE * VEC], sm2[BLOCK_SIZE * VEC];
 
-	int c0 = rowsChannel<VEC>(maps);
-	bool active = c0 < maps;
+	int c0 = rowsChannel<VEC>(width);
+	bool active = c0 < width;
 
 	float shift[VEC];
 	Moments acc[VEC];
@@ -915,7 +954,12 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 
 	if (active)
 	{
-		loadPack<T, VEC>(x + c0, shift);
+		int c[VEC];
+		laneChannels(c0, maps, c);
+
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			shift[k] = toFloat(x[c[k]]);
 
 		int64 begin, end, step = blockDim.y;
 		blockSlice(rows, begin, end);
@@ -928,7 +972,7 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 
 #pragma unroll
 			for (int u = 0; u < LOADS; u++)
-				loadPackAt<T, VEC>(x + (r + u * step) * maps + c0, v, u * VEC);
+				loadPackAt<T, VEC>(x + (r + u * step) * width + c0, v, u * VEC);
 
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
@@ -945,7 +989,7 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 		for (; r < end; r += step)
 		{
 			float v[VEC];
-			loadPack<T, VEC>(x + r * maps + c0, v);
+			loadPack<T, VEC>(x + r * width + c0, v);
 
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
@@ -963,14 +1007,16 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 		sn[at] = acc[k].n; smean[at] = acc[k].mean; sm2[at] = acc[k].m2;
 	}
 
-	rowsTree<VEC>([&](int self, int other)
+	auto merge = [&](int self, int other)
 	{
 		Moments a, b;
 		a.n = sn[self]; a.mean = smean[self]; a.m2 = sm2[self];
 		b.n = sn[other]; b.mean = smean[other]; b.m2 = sm2[other];
 		a = mergeGroup(a, b.n, b.mean, b.m2);
 		sn[self] = a.n; smean[self] = a.mean; sm2[self] = a.m2;
-	});
+	};
+	rowsTree<VEC>(merge);
+	mergeCopies(width, maps, merge);
 
 	if (threadIdx.y == 0 && active)
 	{
@@ -979,7 +1025,11 @@ __device__ void statsRows(const T *x, int64 rows, int maps, float *pn, float *pm
 		{
 			int at = threadIdx.x * VEC + k;
 			int64 idx = (int64)blockIdx.y * maps + c0 + k;
-			pn[idx] = sn[at]; pmean[idx] = smean[at]; pm2[idx] = sm2[at];
+			// NOTE: past the maps only where the rows are folded (those slots were merged into the first maps')
+			if (c0 + k < maps)
+			{
+				pn[idx] = sn[at]; pmean[idx] = smean[at]; pm2[idx] = sm2[at];
+			}
 		}
 	}
 
@@ -1076,7 +1126,7 @@ __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int6
 // blockIdx.y), and the column's last block adds them up (finishSums).
 template <int VEC>
 __device__ __forceinline__ void rowsSums(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int c0,
-										 int maps, float *psum, float *pdot, const SumsOutputs &o)
+										 int width, int maps, float *psum, float *pdot, const SumsOutputs &o)
 {
 	__shared__ float ssum[BLOCK_SIZE * VEC], sdot[BLOCK_SIZE * VEC];
 
@@ -1087,11 +1137,13 @@ __device__ __forceinline__ void rowsSums(const float (&sum)[VEC], const float (&
 		sdot[blockThread() * VEC + k] = dot[k];
 	}
 
-	rowsTree<VEC>([&](int self, int other)
+	auto add = [&](int self, int other)
 	{
 		ssum[self] += ssum[other];
 		sdot[self] += sdot[other];
-	});
+	};
+	rowsTree<VEC>(add);
+	mergeCopies(width, maps, add);
 
 	if (threadIdx.y == 0 && active)
 	{
@@ -1099,7 +1151,11 @@ __device__ __forceinline__ void rowsSums(const float (&sum)[VEC], const float (&
 		for (int k = 0; k < VEC; k++)
 		{
 			int64 idx = (int64)blockIdx.y * maps + c0 + k;
-			psum[idx] = ssum[threadIdx.x * VEC + k]; pdot[idx] = sdot[threadIdx.x * VEC + k];
+			// NOTE: as in statsRows
+			if (c0 + k < maps)
+			{
+				psum[idx] = ssum[threadIdx.x * VEC + k]; pdot[idx] = sdot[threadIdx.x * VEC + k];
+			}
 		}
 	}
 
@@ -1107,11 +1163,12 @@ __device__ __forceinline__ void rowsSums(const float (&sum)[VEC], const float (&
 }
 
 template <typename T, int VEC>
-__device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot,
-						 SumsOutputs o)
+__device__ void gradRows(const T *x, const T *dy, int64 rows, int width, int maps, const float *mean, float *psum,
+						 float *pdot, SumsOutputs o)
 {
-	int c0 = rowsChannel<VEC>(maps);
-	bool active = c0 < maps;
+	int c0 = rowsChannel<VEC>(width), c[VEC];
+	bool active = c0 < width;
+	laneChannels(active ? c0 : 0, maps, c);
 
 	float sum[VEC], dot[VEC], mu[VEC];
 
@@ -1119,7 +1176,7 @@ __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const fl
 	for (int k = 0; k < VEC; k++)
 	{
 		sum[k] = 0.0f; dot[k] = 0.0f;
-		mu[k] = active ? mean[c0 + k] : 0.0f;
+		mu[k] = active ? mean[c[k]] : 0.0f;
 	}
 
 	if (active)
@@ -1136,7 +1193,7 @@ __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const fl
 #pragma unroll
 			for (int u = 0; u < LOADS; u++)
 			{
-				int64 off = (r + u * step) * maps + c0;
+				int64 off = (r + u * step) * width + c0;
 				loadPackAt<T, VEC>(x + off, xv, u * VEC);
 				loadPackAt<T, VEC>(dy + off, gv, u * VEC);
 			}
@@ -1156,8 +1213,8 @@ __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const fl
 		for (; r < end; r += step)
 		{
 			float xv[VEC], gv[VEC];
-			loadPack<T, VEC>(x + r * maps + c0, xv);
-			loadPack<T, VEC>(dy + r * maps + c0, gv);
+			loadPack<T, VEC>(x + r * width + c0, xv);
+			loadPack<T, VEC>(dy + r * width + c0, gv);
 
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
@@ -1168,7 +1225,7 @@ __device__ void gradRows(const T *x, const T *dy, int64 rows, int maps, const fl
 		}
 	}
 
-	rowsSums<VEC>(sum, dot, active, c0, maps, psum, pdot, o);
+	rowsSums<VEC>(sum, dot, active, c0, width, maps, psum, pdot, o);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1431,11 +1488,12 @@ __device__ __forceinline__ void flatAdvance(FlatPosition &cur, const FlatPositio
 }
 
 // The coefficients of a flat vector's elements, kept by a slot of the walk and reloaded only when its channel
-// changes: those of its first element's channel (`here`) and, with unaligned segments (VEC does not divide inner,
-// inner >= VEC), those of the next channel, which the elements k with i + k >= inner belong to (`straddle`). The
-// frozen backward's coefficient is one float, so a slot keeps the next channel's too; the other modes' are four, and
-// a second set per slot would take more registers than two blocks per multiprocessor leave, so they load the next
-// channel's for the vectors that straddle only (L1 hits).
+// changes: those of its first element's channel (`here`) and, with unaligned segments (VEC does not divide inner;
+// inner >= VEC - gcd(VEC, inner), so that i + k < 2 * inner: no vector holds elements of more than two maps), those of
+// the next channel, which the elements k with i + k >= inner belong to (`straddle`). The frozen backward's coefficient
+// is one float, so a slot keeps the next channel's too; the other modes' are four, and a second set per slot would
+// take more registers than two blocks per multiprocessor leave, so they load the next channel's for the vectors that
+// straddle only (L1 hits).
 template <int MODE, int VEC, bool ALIGNED>
 struct CachedCoef
 {
@@ -1473,17 +1531,65 @@ struct CachedCoef
 	}
 };
 
-// Flat grid-stride walk over all outer * maps * inner elements, VEC at a time, in tiles of LOADS * BLOCK_SIZE vectors:
-// a thread loads its LOADS vectors of a tile (BLOCK_SIZE apart, coalesced), then computes, then stores them. Each of
-// the LOADS slots keeps its channel's coefficients (`CachedCoef`). The last, partial tile goes vector by vector.
-// Unaligned segments need outer * maps * inner to be a multiple of VEC. grid = any (the host sizes it to the work),
-// block = BLOCK_SIZE.
-template <typename T, int VEC, int MODE, bool ALIGNED>
+// The elementwise pass of one vector at `at` over maps shorter than two maps' share of it (SHORT: its elements may be
+// of more than two maps, as float16 maps of 2, 3 or 5 are in vectors of 8, but of VEC / 2 at most on maps of 2
+// elements or more): the coefficients of the VEC / 2 channels from the first element's on (`first`, then L1 hits),
+// and each element's picked by how many segments have ended before it (selects, no branch).
+template <int MODE, int VEC, int N>
+__device__ __forceinline__ void applyShort(const ChannelParams &p, const Coef &first, const FlatPosition &at,
+										   int inner, int maps, const float (&xv)[N], const float (&gv)[N],
+										   float (&ov)[N], int pos)
+{
+	// NOTE: 1 in the instances no host call takes (narrower vectors, aligned segments)
+	const int SPAN = VEC > 1 ? VEC / 2 : 1;
+	Coef span[SPAN];
+	span[0] = first;
+
+	int c = at.c;
+
+#pragma unroll
+	for (int s = 1; s < SPAN; s++)
+	{
+		c = c + 1 == maps ? 0 : c + 1;
+		span[s] = channelCoef<MODE>(p, c);
+	}
+
+	int i = (int)at.i, ended = 0;
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		ended += i == inner ? 1 : 0;
+		i = i == inner ? 1 : i + 1;
+
+		Coef q = span[0];
+
+#pragma unroll
+		for (int s = 1; s < SPAN; s++)
+		{
+			q.mu = ended == s ? span[s].mu : q.mu;
+			q.a = ended == s ? span[s].a : q.a;
+			q.b = ended == s ? span[s].b : q.b;
+			q.k = ended == s ? span[s].k : q.k;
+		}
+		ov[pos + k] = applyCoef<MODE>(q, xv[pos + k], gv[pos + k]);
+	}
+}
+
+// Flat grid-stride walk over all outer * maps * inner elements, VEC at a time, in tiles of SLOTS * BLOCK_SIZE vectors
+// (SLOTS = LOADS but below): a thread loads its SLOTS vectors of a tile (BLOCK_SIZE apart, coalesced), then computes,
+// then stores them. Each slot keeps its channel's coefficients (`CachedCoef`; with SHORT, those of its first element:
+// applyShort). The last, partial tile goes vector by vector. Unaligned segments (and SHORT, which are unaligned too) need
+// outer * maps * inner to be a multiple of VEC. grid = any (the host sizes it to the work), block = BLOCK_SIZE.
+template <typename T, int VEC, int MODE, bool ALIGNED, bool SHORT>
 __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner, ChannelParams p)
 {
+	// NOTE: the training backward over short maps' segments in tiles of LOADS / 2 vectors of each input (still LOADS
+	// loads in flight): with LOADS, sm_90's ptxas gave it 157 registers, one block a multiprocessor
+	const int SLOTS = SHORT && MODE == MODE_BACKWARD ? LOADS / 2 : LOADS;
 	int64 total = outer * maps * inner / VEC;
-	int64 tileStep = (int64)gridDim.x * BLOCK_SIZE * LOADS;
-	int64 j = (int64)blockIdx.x * BLOCK_SIZE * LOADS + threadIdx.x;
+	int64 tileStep = (int64)gridDim.x * BLOCK_SIZE * SLOTS;
+	int64 j = (int64)blockIdx.x * BLOCK_SIZE * SLOTS + threadIdx.x;
 
 	if (j >= total)
 		return;
@@ -1491,23 +1597,24 @@ __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int m
 	FlatPosition cur = flatPosition(j * VEC, inner, maps);
 	FlatPosition lane = flatPosition(BLOCK_SIZE * VEC, inner, maps), tile = flatPosition(tileStep * VEC, inner, maps);
 
-	CachedCoef<MODE, VEC, ALIGNED> q[LOADS];
+	// NOTE: with SHORT a slot keeps its first element's coefficients only (applyShort takes the others')
+	CachedCoef<MODE, VEC, ALIGNED || SHORT> q[SLOTS];
 
 #pragma unroll
-	for (int u = 0; u < LOADS; u++)
+	for (int u = 0; u < SLOTS; u++)
 		q[u].init();
 
-	for (; j + (LOADS - 1) * BLOCK_SIZE < total; j += tileStep, flatAdvance(cur, tile, inner, maps))
+	for (; j + (SLOTS - 1) * BLOCK_SIZE < total; j += tileStep, flatAdvance(cur, tile, inner, maps))
 	{
-		float xv[LOADS * VEC], gv[LOADS * VEC], ov[LOADS * VEC];
-		FlatPosition at[LOADS];
+		float xv[SLOTS * VEC], gv[SLOTS * VEC], ov[SLOTS * VEC];
+		FlatPosition at[SLOTS];
 		at[0] = cur;
 
 #pragma unroll
-		for (int u = 0; u < LOADS; u++)
+		for (int u = 0; u < SLOTS; u++)
 		{
 			loadModeInputs<T, VEC, MODE>(x, dy, (j + u * BLOCK_SIZE) * VEC, xv, gv, u * VEC);
-			if (u + 1 < LOADS)
+			if (u + 1 < SLOTS)
 			{
 				at[u + 1] = at[u];
 				flatAdvance(at[u + 1], lane, inner, maps);
@@ -1515,9 +1622,14 @@ __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int m
 		}
 
 #pragma unroll
-		for (int u = 0; u < LOADS; u++)
+		for (int u = 0; u < SLOTS; u++)
 		{
 			q[u].update(p, at[u].c, maps);
+			if (SHORT)
+			{
+				applyShort<MODE, VEC>(p, q[u].here, at[u], (int)inner, maps, xv, gv, ov, u * VEC);
+				continue;
+			}
 			Coef next = q[u].straddle(p, at[u], inner, maps);
 
 #pragma unroll
@@ -1529,7 +1641,7 @@ __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int m
 		}
 
 #pragma unroll
-		for (int u = 0; u < LOADS; u++)
+		for (int u = 0; u < SLOTS; u++)
 			storePackAt<T, VEC>(out + (j + u * BLOCK_SIZE) * VEC, ov, u * VEC);
 	}
 
@@ -1538,32 +1650,25 @@ __device__ void applySpatial(const T *x, const T *dy, T *out, int64 outer, int m
 		float xv[VEC], gv[VEC], ov[VEC];
 		loadModeInputs<T, VEC, MODE>(x, dy, j * VEC, xv, gv, 0);
 		q[0].update(p, cur.c, maps);
-		Coef next = q[0].straddle(p, cur, inner, maps);
+
+		if (SHORT)
+			applyShort<MODE, VEC>(p, q[0].here, cur, (int)inner, maps, xv, gv, ov, 0);
+		else
+		{
+			Coef next = q[0].straddle(p, cur, inner, maps);
 
 #pragma unroll
-		for (int k = 0; k < VEC; k++)
-			ov[k] = applyCoef<MODE>((ALIGNED || cur.i + k < inner) ? q[0].here : next, xv[k], gv[k]);
+			for (int k = 0; k < VEC; k++)
+				ov[k] = applyCoef<MODE>((ALIGNED || cur.i + k < inner) ? q[0].here : next, xv[k], gv[k]);
+		}
 
 		storePack<T, VEC>(out + j * VEC, ov);
 	}
 }
 
-// The elementwise rows passes walk rows of `width` elements: a row of the layout (width = maps), or where VEC does
-// not divide the maps ((125000, 50), (10^6, 3)), the fewest consecutive rows whose elements it divides (width =
-// lcm(maps, VEC)), so that the accesses stay VEC wide. Element e of such a row is of channel e % maps: a lane's vector
-// keeps the channels of its VEC elements, the first found once by a division, the others after it, wrapping.
-template <int VEC>
-__device__ __forceinline__ void laneChannels(int c0, int maps, int (&c)[VEC])
-{
-	c[0] = c0 % maps;
-
-#pragma unroll
-	for (int k = 1; k < VEC; k++)
-		c[k] = c[k - 1] + 1 == maps ? 0 : c[k - 1] + 1;
-}
-
-// Rows r, r + step, ..., LOADS at a time (loaded, computed, then stored), then the rest one by one.
-// grid = (ceil(width / (blockDim.x * VEC)), any), block = rows (rowsChannel).
+// The elementwise rows passes (rows of `width` elements: laneChannels): rows r, r + step, ..., LOADS at a time
+// (loaded, computed, then stored), then the rest one by one. grid = (ceil(width / (blockDim.x * VEC)), any),
+// block = rows (rowsChannel).
 template <typename T, int VEC, int MODE>
 __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int width, int maps, ChannelParams p)
 {
@@ -1659,11 +1764,11 @@ __device__ void gradSpatialFused(const T *x, const T *dy, int64 outer, int maps,
 }
 
 template <typename T, int VEC>
-__device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum,
-							  float *pdot, SumsOutputs o, ChannelParams p, FusedParams f)
+__device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int width, int maps, const float *mean,
+							  float *psum, float *pdot, SumsOutputs o, ChannelParams p, FusedParams f)
 {
-	int c0 = rowsChannel<VEC>(maps);
-	bool active = c0 < maps;
+	int c0 = rowsChannel<VEC>(width);
+	bool active = c0 < width;
 
 	float sum[VEC], dot[VEC];
 
@@ -1677,10 +1782,12 @@ __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, con
 	{
 		// NOTE: one channel per element of the vector, so the constants are taken element by element
 		FusedCoef fc[VEC];
+		int c[VEC];
+		laneChannels(c0, maps, c);
 
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
-			fc[k] = fusedCoef(f.reconstruct ? 0.0f : mean[c0 + k], p, f, c0 + k, f.reconstruct);
+			fc[k] = fusedCoef(f.reconstruct ? 0.0f : mean[c[k]], p, f, c[k], f.reconstruct);
 
 		int64 begin, end;
 		blockSlice(rows, begin, end);
@@ -1688,7 +1795,7 @@ __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, con
 		for (int64 r = begin + threadIdx.y; r < end; r += blockDim.y)
 		{
 			float gv[VEC], xc[VEC];
-			fusedLoad<T, VEC, VEC>(x, dy, f, r * maps + c0, fc, gv, xc);
+			fusedLoad<T, VEC, VEC>(x, dy, f, r * width + c0, fc, gv, xc);
 
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
@@ -1699,7 +1806,7 @@ __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int maps, con
 		}
 	}
 
-	rowsSums<VEC>(sum, dot, active, c0, maps, psum, pdot, o);
+	rowsSums<VEC>(sum, dot, active, c0, width, maps, psum, pdot, o);
 }
 
 // The constants of channel c in the fused elementwise pass of MODE.
@@ -2361,7 +2468,8 @@ __device__ void gradResident(const T *x, const T *dy, T *out, const ResidentView
 // C entry points, one per (data type, vector width[, mode]): pycuda looks kernels up by these unmangled names, and
 // Kernels/BatchNorm.py declares each one's parameters. Suffixes: f32 / f16 data; v1 scalar, v2 / v4 / v8 vectors of
 // up to 16 bytes; the elementwise modes trainForward, evalForward, backward, frozenBackward. The spatial kernels of
-// unaligned segments (`Unaligned`: 16-byte vectors where VEC does not divide inner) come at the widest width only; the
+// unaligned segments (`Unaligned`: 16-byte vectors where VEC does not divide inner) come at the widest width only, and
+// so do the float16 elementwise passes over maps whose vectors may hold elements of more than two maps (`Short`); the
 // spatial reductions come with a block per map and with a thread per map (`PerThread`, mapWalk).
 
 #define BN_SPATIAL_REDUCTIONS(T, SUF, VEC, WALK, KIND, ALIGNED, PER_THREAD) \
@@ -2381,16 +2489,19 @@ __device__ void gradResident(const T *x, const T *dy, T *out, const ResidentView
 #define BN_SPATIAL_ENTRIES(T, SUF, VEC, KIND, ALIGNED) \
 	BN_SPATIAL_REDUCTIONS(T, SUF, VEC, , KIND, ALIGNED, false) \
 	BN_SPATIAL_REDUCTIONS(T, SUF, VEC, PerThread, KIND, ALIGNED, true) \
-	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, trainForward, MODE_TRAIN_FORWARD) \
-	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, evalForward, MODE_EVAL_FORWARD) \
-	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, backward, MODE_BACKWARD) \
-	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, frozenBackward, MODE_FROZEN_BACKWARD)
+	BN_APPLY_SPATIAL_ENTRIES(T, SUF, VEC, KIND, ALIGNED, false)
 
-#define BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, MSUF, MODE) \
+#define BN_APPLY_SPATIAL_ENTRIES(T, SUF, VEC, KIND, ALIGNED, SHORT) \
+	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, SHORT, trainForward, MODE_TRAIN_FORWARD) \
+	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, SHORT, evalForward, MODE_EVAL_FORWARD) \
+	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, SHORT, backward, MODE_BACKWARD) \
+	BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, SHORT, frozenBackward, MODE_FROZEN_BACKWARD)
+
+#define BN_APPLY_SPATIAL_ENTRY(T, SUF, VEC, KIND, ALIGNED, SHORT, MSUF, MODE) \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnApplySpatial##KIND##_##MSUF##_##SUF##_v##VEC( \
 		const T *x, const T *dy, T *out, int64 outer, int maps, int64 inner, ChannelParams p) \
 	{ \
-		applySpatial<T, VEC, MODE, ALIGNED>(x, dy, out, outer, maps, inner, p); \
+		applySpatial<T, VEC, MODE, ALIGNED, SHORT>(x, dy, out, outer, maps, inner, p); \
 	}
 
 #define BN_APPLY_ENTRIES(T, SUF, VEC, MSUF, MODE) \
@@ -2415,14 +2526,15 @@ __device__ void gradResident(const T *x, const T *dy, T *out, const ResidentView
 #define BN_ENTRIES(T, SUF, VEC) \
 	BN_SPATIAL_ENTRIES(T, SUF, VEC, , true) \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnStatsRows_##SUF##_v##VEC( \
-		const T *x, int64 rows, int maps, float *pn, float *pmean, float *pm2, MomentsOutputs o) \
+		const T *x, int64 rows, int width, int maps, float *pn, float *pmean, float *pm2, MomentsOutputs o) \
 	{ \
-		statsRows<T, VEC>(x, rows, maps, pn, pmean, pm2, o); \
+		statsRows<T, VEC>(x, rows, width, maps, pn, pmean, pm2, o); \
 	} \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradRows_##SUF##_v##VEC( \
-		const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot, SumsOutputs o) \
+		const T *x, const T *dy, int64 rows, int width, int maps, const float *mean, float *psum, float *pdot, \
+		SumsOutputs o) \
 	{ \
-		gradRows<T, VEC>(x, dy, rows, maps, mean, psum, pdot, o); \
+		gradRows<T, VEC>(x, dy, rows, width, maps, mean, psum, pdot, o); \
 	} \
 	BN_APPLY_ENTRIES(T, SUF, VEC, trainForward, MODE_TRAIN_FORWARD) \
 	BN_APPLY_ENTRIES(T, SUF, VEC, evalForward, MODE_EVAL_FORWARD) \
@@ -2435,10 +2547,10 @@ __device__ void gradResident(const T *x, const T *dy, T *out, const ResidentView
 		gradSpatialFused<T, VEC>(x, dy, outer, maps, inner, innerV, mean, psum, pdot, o, p, f); \
 	} \
 	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradRowsFused_##SUF##_v##VEC( \
-		const T *x, const T *dy, int64 rows, int maps, const float *mean, float *psum, float *pdot, SumsOutputs o, \
-		ChannelParams p, FusedParams f) \
+		const T *x, const T *dy, int64 rows, int width, int maps, const float *mean, float *psum, float *pdot, \
+		SumsOutputs o, ChannelParams p, FusedParams f) \
 	{ \
-		gradRowsFused<T, VEC>(x, dy, rows, maps, mean, psum, pdot, o, p, f); \
+		gradRowsFused<T, VEC>(x, dy, rows, width, maps, mean, psum, pdot, o, p, f); \
 	} \
 	BN_FUSED_ENTRIES(T, SUF, VEC, trainForward, MODE_TRAIN_FORWARD) \
 	BN_FUSED_ENTRIES(T, SUF, VEC, evalForward, MODE_EVAL_FORWARD) \
@@ -2454,6 +2566,9 @@ BN_ENTRIES(__half, f16, 4)
 BN_ENTRIES(__half, f16, 8)
 BN_SPATIAL_ENTRIES(float, f32, 4, Unaligned, false)
 BN_SPATIAL_ENTRIES(__half, f16, 8, Unaligned, false)
+// NOTE: the elementwise passes over maps whose vectors may hold elements of more than two maps (`Short`), for float16
+// only: float32 vectors of 4 hold elements of two maps at most on maps of 2 or more elements
+BN_APPLY_SPATIAL_ENTRIES(__half, f16, 8, Short, false, true)
 
 // The resident passes (trainResident, gradResident) at the widest width, HELD vectors per thread: up to 64 values of
 // a thread's data (32 over unaligned segments), 32 per input where a second input is combined with them (the

@@ -40,8 +40,13 @@ defines = {
 vectorWidths = {"f32": (1, 2, 4), "f16": (1, 2, 4, 8)}
 # the `segments` suffix of the spatial statistics, gradient sums and elementwise passes: "" for segments (maps' inner
 # extents) that the vector width divides, "Unaligned" for the others, compiled at the widest width only (masked
-# vectors: 7x7 maps in 16-byte loads)
-ALIGNED_SEGMENTS, UNALIGNED_SEGMENTS = "", "Unaligned"
+# vectors: 7x7 maps in 16-byte loads; the elementwise passes where no vector holds elements of more than two maps),
+# and "Short" for the elementwise passes over maps whose vectors may hold elements of more than two maps (each
+# element's coefficients: float16 maps of 2, 3 or 5 elements in vectors of 8), compiled for the types of
+# `shortSegmentTypes` at the widest width only
+ALIGNED_SEGMENTS, UNALIGNED_SEGMENTS, SHORT_SEGMENTS = "", "Unaligned", "Short"
+# float32 vectors of 4 hold elements of two maps at most on maps of 2 elements or more, so only float16 needs them
+shortSegmentTypes = ("f16",)
 # the `walk` suffix of the spatial statistics and gradient sums: a block per map, or a thread per map (maps of few
 # vectors)
 BLOCK_PER_MAP, THREAD_PER_MAP = "", "PerThread"
@@ -149,12 +154,7 @@ def flatView():
 
 
 def rowsView():
-    """The (rows, maps) view of the rows reductions (inner == 1)."""
-    return Int64("rows"), Int32("maps")
-
-
-def foldedRowsView():
-    """The view of the rows elementwise passes: rows of `width` elements (the maps, or lcm(maps, vector width) where
+    """The view of the rows kernels (inner == 1): rows of `width` elements (the maps, or lcm(maps, vector width) where
     the vector width does not divide the maps: several rows of the layout in one), and the maps."""
     return Int64("rows"), Int32("width"), Int32("maps")
 
@@ -186,7 +186,7 @@ applySpatial = Signature(
     "bnApplySpatial{segments}_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *flatView(), channelParams("p")
 )
 applyRows = Signature(
-    "bnApplyRows_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *foldedRowsView(), channelParams("p"),
+    "bnApplyRows_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"),
 )
 gradSpatialFused = Signature(
     "bnGradSpatialFused_{dtype}_v{vec}", *pointers("x", "dy"), *spatialView(), *pointers("mean", "psum", "pdot"),
@@ -201,7 +201,7 @@ applySpatialFused = Signature(
     fusedParams("f"),
 )
 applyRowsFused = Signature(
-    "bnApplyRowsFused_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *foldedRowsView(), channelParams("p"),
+    "bnApplyRowsFused_{mode}_{dtype}_v{vec}", *pointers("x", "dy", "out"), *rowsView(), channelParams("p"),
     fusedParams("f"),
 )
 trainResident = Signature(
@@ -242,6 +242,9 @@ def entries():
                         result[signature.name(walk=walk, segments=segments, dtype=dtype, vec=vec)] = signature
                 for mode in modes:
                     result[applySpatial.name(segments=segments, mode=mode, dtype=dtype, vec=vec)] = applySpatial
+            if vec == max(widths) and dtype in shortSegmentTypes:
+                for mode in modes:
+                    result[applySpatial.name(segments=SHORT_SEGMENTS, mode=mode, dtype=dtype, vec=vec)] = applySpatial
             for signature in (statsRows, gradRows, gradSpatialFused, gradRowsFused):
                 result[signature.name(dtype=dtype, vec=vec)] = signature
             for mode in modes:

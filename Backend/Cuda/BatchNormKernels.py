@@ -18,12 +18,13 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   the spatial kernels.
 - Loads and stores are as wide as the contiguous axis and the pointers of the call allow: 16 bytes (4 floats / 8
   halves) when the axis is a multiple of that and every pointer is 16-byte aligned (pool blocks are 256-byte
-  aligned); on spatial maps at least 16 bytes long whose extent 16 bytes do not divide (7x7), 16-byte vectors over
-  unaligned segments where the tensor's length allows them (elements of other maps masked out of the reductions, a
-  vector's two maps' coefficients in the elementwise passes; not in the fused kernels); in the rows elementwise passes
-  where 16 bytes do not divide the maps ((125000, 50), (10^6, 3)), 16-byte vectors over rows of several of the
-  layout's rows (lcm(maps, vector) elements, each vector's elements keeping their channels: `rowsFold`); else 8 or 4
-  bytes, else one element at a time.
+  aligned); on spatial maps whose extent 16 bytes do not divide (7x7; float32 maps of 2 or 3 elements too: no vector
+  holds elements of more than two maps), 16-byte vectors over unaligned segments where the tensor's length allows
+  them (elements of other maps masked out of the reductions, a vector's two maps' coefficients in the elementwise
+  passes; not in the fused kernels); in the rows kernels where 16 bytes do not divide the maps ((125000, 50),
+  (10^6, 3)), 16-byte vectors over rows of several of the layout's rows (lcm(maps, vector) elements, each vector's
+  elements keeping their channels: `rowsFold`; in the reductions where one block's lanes span such a row, whose block
+  merges a channel's values before it writes its partials); else 8 or 4 bytes, else one element at a time.
 - Passes over the data: training forward reads x twice (statistics, then normalization: two kernels) and writes y
   once; evaluation forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no
   pool block); backward reads x and dy twice (reduction, then dx: two kernels) and writes dx once; the frozen
@@ -66,7 +67,8 @@ MAX_SPLITS = 1024
 WAVES = 2
 # NOTE: the least work a reduction's block, thread (a thread per map) or rows thread keeps: one group of LOADS loads
 # per thread (two for a thread per map), so that small tensors ((256, 4096), 7x7 maps) still fill every
-# multiprocessor, while the partials stay a small fraction of the data
+# multiprocessor, while the partials stay a small fraction of the data (rows threads keep fewer rows where that gives
+# every multiprocessor a block: `CudaPlan.fillingRowBlocks`)
 MIN_VECTORS_PER_BLOCK = LOADS * BLOCK_SIZE
 MIN_VECTORS_PER_THREAD = 2 * LOADS
 MIN_ROWS_PER_THREAD = LOADS
@@ -113,14 +115,16 @@ def plan(backend, layout, dtype, options):
 
 # NOTE: one element at a time (what a call whose pointers allow no vector falls back to)
 SCALAR = (1, declared.ALIGNED_SEGMENTS)
-# NOTE: the segments of a rows elementwise pass whose rows hold several of the layout's (`CudaPlan.rowsFold`), and the
-# segments each family of kernels takes: the reductions and the resident passes aligned and unaligned ones, the
-# elementwise passes folded rows too, the fused kernels no unaligned segments, the fused gradient sums aligned ones only
-FOLDED_ROWS = "folded"
-REDUCTION_SEGMENTS = (declared.ALIGNED_SEGMENTS, declared.UNALIGNED_SEGMENTS)
-APPLY_SEGMENTS = REDUCTION_SEGMENTS + (FOLDED_ROWS,)
-FUSED_APPLY_SEGMENTS = (declared.ALIGNED_SEGMENTS, FOLDED_ROWS)
-FUSED_SEGMENTS = (declared.ALIGNED_SEGMENTS,)
+# NOTE: the segments of a rows kernel whose rows hold several of the layout's (`CudaPlan.rowsFold`): rows that one
+# block's lanes span (the reductions merge a channel's values in the block: mergeCopies in the source), and wider ones
+# (the elementwise passes only); and the segments each family of kernels takes: the reductions and the resident passes
+# aligned, unaligned and folded ones, the elementwise passes wide folded ones and short maps' segments too, the fused
+# elementwise passes no unaligned segments, the fused gradient sums aligned and folded ones
+FOLDED_ROWS, WIDE_FOLDED_ROWS = "folded", "wideFolded"
+REDUCTION_SEGMENTS = (declared.ALIGNED_SEGMENTS, declared.UNALIGNED_SEGMENTS, FOLDED_ROWS)
+APPLY_SEGMENTS = REDUCTION_SEGMENTS + (WIDE_FOLDED_ROWS, declared.SHORT_SEGMENTS)
+FUSED_APPLY_SEGMENTS = (declared.ALIGNED_SEGMENTS, FOLDED_ROWS, WIDE_FOLDED_ROWS)
+FUSED_SEGMENTS = (declared.ALIGNED_SEGMENTS, FOLDED_ROWS)
 
 
 def rowsBlock(maps, vec):
@@ -173,7 +177,7 @@ class CudaPlan(BatchNormPlan):
         # pass serves look no further
         widest = max(declared.vectorWidths[self.suffix])
         self.residentCandidate = (
-            Driver.computeCapability() >= TURING_CAPABILITY and self.spatial
+            Driver.computeCapability() >= TURING_CAPABILITY and self.spatial and self.view3[2] >= widest
             and outer * maps * inner < RESIDENT_ELEMENTS and any(width == widest for width, _ in self.choices)
         )
 
@@ -193,20 +197,26 @@ class CudaPlan(BatchNormPlan):
         divide the contiguous length (16 bytes where the length allows them, else 8 or 4 bytes: 14x14 float16 maps
         take 4 halves, 50 float32 maps 2 floats), and before the narrower ones, for spatial maps whose length the
         widest width does not divide (7x7), that width over unaligned segments (masked vectors; the tensor's length a
-        multiple of it, maps at least as long as it), for rows whose length a width does not divide ((125000, 50),
-        (10^6, 3)), that width over folded rows (the elementwise passes only: `rowsFold`; the tensor's length a
-        multiple of it)."""
+        multiple of it), for every kernel where no vector holds elements of more than two maps (maps of at least
+        width - gcd(width, inner) elements, as float32 maps of 2 or 3 are), else (float16 maps of 2, 3 or 5) for the
+        reductions, after the same width over `declared.SHORT_SEGMENTS` for the elementwise passes; for rows whose
+        length a width does not divide ((125000, 50), (10^6, 3)), the wider widths over folded rows (`rowsFold`; the
+        tensor's length a multiple of the width): `FOLDED_ROWS` where one block's lanes span such a row (every rows
+        kernel takes them), else `WIDE_FOLDED_ROWS` (the elementwise passes only)."""
         outer, maps, inner = self.view3
         widest = max(declared.vectorWidths[self.suffix])
         extent = inner if self.spatial else maps
         widths = sorted(declared.vectorWidths[self.suffix], reverse=True)
         choices = [(w, declared.ALIGNED_SEGMENTS) for w in widths if extent % w == 0]
-        if self.spatial and inner % widest != 0 and inner >= widest and (outer * maps * inner) % widest == 0:
-            choices.insert(0, (widest, declared.UNALIGNED_SEGMENTS))
+        if self.spatial and inner % widest != 0 and (outer * maps * inner) % widest == 0:
+            if inner >= widest - math.gcd(widest, inner):
+                choices[:0] = [(widest, declared.UNALIGNED_SEGMENTS)]
+            elif self.suffix in declared.shortSegmentTypes:
+                choices[:0] = [(widest, declared.SHORT_SEGMENTS), (widest, declared.UNALIGNED_SEGMENTS)]
         if not self.spatial:
-            folded = [(w, FOLDED_ROWS) for w in widths
-                      if w > choices[0][0] and (outer * maps) % w == 0 and maps * w < 2**31]
-            choices[:0] = folded[:1]
+            folded = [(w, FOLDED_ROWS if math.lcm(maps, w) <= MAX_CHANNEL_LANES * w else WIDE_FOLDED_ROWS)
+                      for w in widths if w > choices[0][0] and (outer * maps) % w == 0 and maps * w < 2**31]
+            choices[:0] = folded
         return tuple(choices)
 
     def vectorWidth(self, *arrays, kinds=REDUCTION_SEGMENTS):
@@ -220,10 +230,10 @@ class CudaPlan(BatchNormPlan):
         return SCALAR
 
     def rowsFold(self, vectors):
-        """The rows of the layout one row of a rows elementwise pass holds at `vectors`: 1, or over `FOLDED_ROWS` the
-        fewest whose elements the width divides (4 rows of 50 float16 maps in vectors of 8: rows of 200 elements)."""
+        """The rows of the layout one row of a rows kernel holds at `vectors`: 1, or over folded rows the fewest whose
+        elements the width divides (4 rows of 50 float16 maps in vectors of 8: rows of 200 elements)."""
         width, segments = vectors
-        return width // math.gcd(self.view3[1], width) if segments == FOLDED_ROWS else 1
+        return width // math.gcd(self.view3[1], width) if segments in (FOLDED_ROWS, WIDE_FOLDED_ROWS) else 1
 
     # --- launch geometry
 
@@ -256,32 +266,46 @@ class CudaPlan(BatchNormPlan):
                 return mapBlocks, splits, 1
             splits = min(ceilDiv(target, maps), max(1, perMap // MIN_VECTORS_PER_BLOCK), MAX_SPLITS)
             return maps, splits, 1
-        (_, rowLanes, _), channelBlocks = rowsBlock(maps, vectors[0])
-        rowsPerBlock = MIN_ROWS_PER_THREAD * rowLanes
-        splits = min(ceilDiv(target, channelBlocks), max(1, outer // rowsPerBlock), MAX_SPLITS)
-        return channelBlocks, splits, 1
+        fold = self.rowsFold(vectors)
+        (_, rowLanes, _), channelBlocks = rowsBlock(maps * fold, vectors[0])
+        rows = outer // fold
+        work = max(1, rows // (MIN_ROWS_PER_THREAD * rowLanes))
+        # NOTE: fewer rows a thread to fill the multiprocessors only where the last block still merges the partials
+        filling = self.fillingRowBlocks(rows, rowLanes, channelBlocks)
+        if filling * self.columnMaps(vectors, walk) <= FOLD_PARTIALS:
+            work = max(work, filling)
+        return channelBlocks, min(ceilDiv(target, channelBlocks), work, MAX_SPLITS), 1
+
+    @staticmethod
+    def fillingRowBlocks(rows, rowLanes, channelBlocks):
+        """The blocks along the rows that give every multiprocessor a block with `channelBlocks` across the maps, as
+        long as each row of lanes keeps a row ((256, 4096) float16: 9, where 4 rows a thread gave 8 and 128 blocks)."""
+        return min(ceilDiv(Driver.multiprocessorCount(), channelBlocks), ceilDiv(rows, rowLanes))
 
     def applyGrid(self, vectors, resident):
-        """The grid of an elementwise pass: each thread gets at least `LOADS` vectors (a tile), at most `WAVES` waves
-        of blocks (a grid-stride loop does the rest)."""
+        """The grid of an elementwise pass: each thread gets at least `LOADS` vectors (a tile; on rows fewer where
+        that leaves a multiprocessor without a block: `fillingRowBlocks`), at most `WAVES` waves of blocks (a
+        grid-stride loop does the rest)."""
         outer, maps, inner = self.view3
         if self.spatial:
             total = outer * maps * inner // vectors[0]
             return max(1, min(ceilDiv(total, BLOCK_SIZE * LOADS), WAVES * resident)), 1, 1
         fold = self.rowsFold(vectors)
         (_, rowLanes, _), channelBlocks = rowsBlock(maps * fold, vectors[0])
-        rowBlocks = min(ceilDiv(outer // fold, rowLanes * LOADS), ceilDiv(WAVES * resident, channelBlocks), MAX_GRID_Y)
-        return channelBlocks, max(1, rowBlocks), 1
+        rows = outer // fold
+        rowBlocks = max(ceilDiv(rows, rowLanes * LOADS), self.fillingRowBlocks(rows, rowLanes, channelBlocks))
+        return channelBlocks, max(1, min(rowBlocks, ceilDiv(WAVES * resident, channelBlocks), MAX_GRID_Y)), 1
 
     def block(self, vectors):
         return (BLOCK_SIZE, 1, 1) if self.spatial else rowsBlock(self.maps * self.rowsFold(vectors), vectors[0])[0]
 
     def view(self, vectors, flat=False):
-        """The static view arguments of the reductions or (`flat`) the elementwise passes."""
+        """The static view arguments of the reductions or (`flat`) the elementwise passes (the same for the rows
+        kernels)."""
         outer, maps, inner = self.view3
         if not self.spatial:
-            fold = self.rowsFold(vectors) if flat else 1
-            return dict(rows=outer // fold, maps=maps, **({"width": maps * fold} if flat else {}))
+            fold = self.rowsFold(vectors)
+            return dict(rows=outer // fold, width=maps * fold, maps=maps)
         return dict(outer=outer, maps=maps, inner=inner, **({} if flat else {"innerV": self.segmentVectors(vectors)}))
 
     def instance(self, vectors, **fields):
@@ -296,10 +320,10 @@ class CudaPlan(BatchNormPlan):
 
     def columnMaps(self, vectors, walk):
         """The maps of a reduction column (the maps whose partials its last block merges): one for a block per map,
-        `BLOCK_SIZE` for a thread per map, a rows block's lanes' vectors."""
+        `BLOCK_SIZE` for a thread per map, a rows block's lanes' vectors (every map over folded rows)."""
         if not self.spatial:
-            (lanes, _, _), _ = rowsBlock(self.maps, vectors[0])
-            return lanes * vectors[0]
+            (lanes, _, _), _ = rowsBlock(self.maps * self.rowsFold(vectors), vectors[0])
+            return min(lanes * vectors[0], self.maps)
         return min(BLOCK_SIZE, self.view3[1]) if walk == declared.THREAD_PER_MAP else 1
 
     def folds(self, vectors, walk, splits):
@@ -317,12 +341,12 @@ class CudaPlan(BatchNormPlan):
         which `RESIDENT_THREADS` threads hold the map. Else, or where no block holds it, each map split over blocks of
         at most `declared.SPLIT_VALUES` values a thread: as many as hold the map and as fill the device, the fewest
         vectors per thread for which they hold it, and the fewest warps; every block holds part of the map.
-        None where the pass does not serve: Volta (`TURING_CAPABILITY`), not spatial, a tensor of `RESIDENT_ELEMENTS`
-        or more (these three: not `residentCandidate`), not the widest width, maps of fewer vectors than a warp holds
-        at the fewest per thread ((1, 10^5, 2): a block would idle; a thread walks those in the reductions), or maps
-        that would need more blocks than multiprocessors (the blocks of a map wait for one another, so they must all
-        run at once), more blocks than the source keeps sums for (`RESIDENT_PARTIALS`) or more maps than counters
-        (`COLUMN_COUNTERS`)."""
+        None where the pass does not serve: Volta (`TURING_CAPABILITY`), not spatial, maps shorter than the widest
+        vector, a tensor of `RESIDENT_ELEMENTS` or more (these four: not `residentCandidate`), not the widest width,
+        maps of fewer vectors than a warp holds at the fewest per thread (a block would idle; a thread walks those in
+        the reductions), or maps that would need more blocks than multiprocessors (the blocks of a map wait for one
+        another, so they must all run at once), more blocks than the source keeps sums for (`RESIDENT_PARTIALS`) or
+        more maps than counters (`COLUMN_COUNTERS`)."""
         width, segments = vectors
         if not self.residentCandidate or width != max(declared.vectorWidths[self.suffix]):
             return None

@@ -103,13 +103,14 @@ report["eval"] = [(name, size) for name, size, _ in calls]
 fused = BatchNorm(16, activation="relu")
 _, calls = launches(lambda: fused(gpuarray.to_gpu(np.random.randn(32, 16).astype(np.float32))))
 report["fused"] = [name for name, _, _ in calls]
-# NOTE: 50 maps of 20000 rows: 50 x 500 partials per column, more than a last block merges (a merge kernel does); the
-# elementwise passes take 16-byte vectors over rows of 2 rows (100 elements), the reductions 8-byte ones
+# NOTE: 50 maps of 20000 rows: 16-byte vectors over rows of 2 rows (100 elements) in every pass; 50 x 250 partials per
+# column, more than a last block merges (a merge kernel does)
 wide = BatchNorm(50)
 columns = gpuarray.to_gpu(np.random.randn(20000, 50).astype(np.float32))
 _, calls = launches(lambda: wide(columns))
 report["merged"] = [name for name, _, _ in calls]
-report["folded"] = [argument(calls[2], "rows"), argument(calls[2], "width"), argument(calls[2], "maps")]
+report["folded"] = [[argument(call, "rows"), argument(call, "width"), argument(call, "maps")]
+                    for call in (calls[0], calls[2])]
 _, calls = launches(lambda: wide.backward(columns))
 report["merged"] += [name for name, _, _ in calls]
 # NOTE: 136 maps (more than the 132 multiprocessors) of 8 x 100 vectors: a block holds a map (4 vectors a thread), one
@@ -255,10 +256,10 @@ def test_a_module_on_a_stand_in_driver_launches_the_declared_entries():
         "bnStatsSpatialPerThread_f32_v4", "bnStatsMerge_f32", "bnApplySpatial_trainForward_f32_v4"
     ]
     assert report["merged"] == [
-        "bnStatsRows_f32_v2", "bnStatsMerge_f32", "bnApplyRows_trainForward_f32_v4",
-        "bnGradRows_f32_v2", "bnSumsMerge", "bnApplyRows_backward_f32_v4",
+        "bnStatsRows_f32_v4", "bnStatsMerge_f32", "bnApplyRows_trainForward_f32_v4",
+        "bnGradRows_f32_v4", "bnSumsMerge", "bnApplyRows_backward_f32_v4",
     ]
-    assert report["folded"] == [10000, 100, 50]
+    assert report["folded"] == [[10000, 100, 50]] * 2
     assert report["resident"] == [
         ["bnTrainResident_f32_v4_h4", [136, 1, 1], [224, 1, 1]], ["bnGradResident_f32_v4_h4", [136, 1, 1], [224, 1, 1]]
     ]
@@ -301,23 +302,33 @@ print(json.dumps(report))
 """
 
 # NOTE: (shape, dtype, fused activation) -> (bytes each thread moves per access: in every pass, or in the elementwise
-# passes and in the reductions, whether its maps are unaligned segments, the rows kernels' (lanes across maps, rows of
-# lanes), whether a thread walks a map in the spatial reductions); shapes with the geometry of the benchmark's: 7x7
-# and 14x14 maps, one map, few maps (the elementwise passes over rows of 4 rows of 3 maps, of 2 rows of 50), small
-# maps, channels-last ResNet maps
+# passes and in the reductions, the segments suffix of the spatial kernels' names likewise, the rows kernels' (lanes
+# across maps, rows of lanes), whether a thread walks a map in the spatial reductions); shapes with the geometry of the
+# benchmark's: 7x7 and 14x14 maps, one map, few maps (over rows of 4 rows of 3 maps, of 2 rows of 50; with an
+# activation too), small maps (unaligned segments where no vector holds elements of more than two maps: float32 maps
+# of 2 or 3, float16 maps of 6; float16 maps of 2 or 3 in the short maps' elementwise passes), channels-last ResNet
+# maps; and maps whose folded rows (2 rows of 186: 372 elements) are wider than a block's lanes, which the elementwise
+# passes only take
 GEOMETRY = {
-    "7x7_f32": (((32, 8, 7, 7), "float32", None), (16, True, None, False)),
-    "7x7_f16": (((32, 8, 7, 7), "float16", None), (16, True, None, True)),
-    "14x14_f16": (((2, 4, 14, 14), "float16", None), (16, True, None, True)),
-    "14x14_f32": (((8, 4, 14, 14), "float32", None), (16, False, None, False)),
-    "one_map": (((4096, 1), "float32", None), (16, False, None, False)),
-    "small_maps": (((1, 1000, 2), "float32", None), (8, False, None, True)),
-    "short_maps": (((8, 512, 3), "float32", None), (4, False, None, True)),
-    "three_maps": (((3000, 3), "float32", None), ((16, 4), False, (3, 85), False)),
-    "fifty_maps": (((1000, 50), "float32", None), ((16, 8), False, (25, 10), False)),
-    "channels_last_64_f16": (((4096, 64), "float16", None), (16, False, (8, 32), False)),
-    "fused_rows": (((512, 64), "float32", "relu"), (16, False, (16, 16), False)),
-    "per_activation": (((256, 4096), "float32", None), (16, False, (32, 8), False)),
+    "7x7_f32": (((32, 8, 7, 7), "float32", None), (16, "Unaligned", None, False)),
+    "7x7_f16": (((32, 8, 7, 7), "float16", None), (16, "Unaligned", None, True)),
+    "14x14_f16": (((2, 4, 14, 14), "float16", None), (16, "Unaligned", None, True)),
+    "14x14_f32": (((8, 4, 14, 14), "float32", None), (16, "", None, False)),
+    "one_map": (((4096, 1), "float32", None), (16, "", None, False)),
+    "small_maps": (((1, 1000, 2), "float32", None), (16, "Unaligned", None, True)),
+    "short_maps": (((8, 512, 3), "float32", None), (16, "Unaligned", None, True)),
+    "six_f16": (((8, 64, 6), "float16", None), (16, "Unaligned", None, True)),
+    "small_maps_f16": (((1, 1000, 2), "float16", None), (16, ("Short", "Unaligned"), None, True)),
+    "short_maps_f16": (((8, 512, 3), "float16", None), (16, ("Short", "Unaligned"), None, True)),
+    "three_maps": (((3000, 3), "float32", None), (16, "", (3, 85), False)),
+    "fifty_maps": (((1000, 50), "float32", None), (16, "", (25, 10), False)),
+    "fifty_maps_f16": (((1000, 50), "float16", None), (16, "", (25, 10), False)),
+    "fused_fifty_maps": (((1000, 50), "float32", "relu"), (16, "", (25, 10), False)),
+    "wide_folded": (((512, 186), "float32", None), ((16, 8), "", (31, 8), False)),
+    "channels_last_64_f16": (((4096, 64), "float16", None), (16, "", (8, 32), False)),
+    "fused_rows": (((512, 64), "float32", "relu"), (16, "", (16, 16), False)),
+    "per_activation": (((256, 4096), "float32", None), (16, "", (32, 8), False)),
+    "per_activation_f16": (((256, 4096), "float16", None), (16, "", (32, 8), False)),
 }
 # NOTE: the stand-in's multiprocessors: every launch on a tensor of at least 1 MB must give each of them a block
 MULTIPROCESSORS = 132
@@ -325,39 +336,40 @@ MULTIPROCESSORS = 132
 
 def test_every_pass_takes_the_widest_vectors_and_busy_lanes_the_data_allows():
     """The launches of a training forward, a backward and an evaluation forward on a stand-in driver: 16-byte vectors
-    wherever the map count (the rows reductions) or the tensor's length (the rows elementwise passes: 3 and 50 maps
-    included; spatial maps of any extent at least 16 bytes, 7x7 included) allows them, rows blocks whose lanes across
-    maps all have a map (3 maps: 3 lanes, not 3 of 32), a thread per
-    map where a map has at most a block's worth of vectors, and on tensors of 1 MB or more a block for every
-    multiprocessor ((256, 4096) float32 took 64 blocks for its statistics)."""
+    wherever the tensor's length allows them (the rows kernels: 3 and 50 maps included, the reductions where a block's
+    lanes span the folded rows; spatial maps of any extent at least 16 bytes, 7x7 included), rows blocks whose lanes
+    across maps all have a map (3 maps: 3 lanes, not 3 of 32), a thread per map where a map has at most a block's worth
+    of vectors, and on tensors of 1 MB or more a block for every multiprocessor ((256, 4096) float32 took 64 blocks for
+    its statistics)."""
     env = dict(os.environ, PUZZLELIB_BACKEND="cuda")
     cases = json.dumps({case: spec for case, (spec, _) in GEOMETRY.items()})
     result = subprocess.run([sys.executable, "-c", GEOMETRY_SCRIPT, cases], capture_output=True, text=True, env=env,
                             timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    for case, ((shape, dtype, _), (accessBytes, unaligned, rowsBlock, perThread)) in GEOMETRY.items():
+    for case, ((shape, dtype, _), (accessBytes, segments, rowsBlock, perThread)) in GEOMETRY.items():
         launches = report[case]
         # NOTE: a resident pass does a training task in one launch, the reductions in two
         assert len(launches) == 5 - 2 * any("Resident" in name for name, _, _ in launches), (case, launches)
         large = np.prod(shape) * np.dtype(dtype).itemsize >= 1 << 20
         applyBytes, reductionBytes = accessBytes if isinstance(accessBytes, tuple) else (accessBytes, accessBytes)
+        applySegments, reductionSegments = segments if isinstance(segments, tuple) else (segments, segments)
         for name, grid, block in launches:
             assert not large or grid[0] * grid[1] >= MULTIPROCESSORS, (case, name, grid)
             vec = int(re.search(r"_v(\d+)", name).group(1))
             elementwise = name.startswith("bnApply")
             assert vec * np.dtype(dtype).itemsize == (applyBytes if elementwise else reductionBytes), (case, name)
-            assert ("Unaligned" in name) == unaligned, (case, name)
+            suffix = re.search(r"(Unaligned|Short)_", name)
+            assert (suffix.group(1) if suffix else "") == (applySegments if elementwise else reductionSegments), \
+                (case, name)
             if rowsBlock is None:
                 assert "Rows" not in name, (case, name)
                 if name.startswith(("bnStatsSpatial", "bnGradSpatial")):
                     assert ("PerThread" in name) == perThread, (case, name)
                 continue
             assert "Rows" in name and tuple(block[:2]) == rowsBlock, (case, name, block)
-            # NOTE: an elementwise pass's rows of lcm(maps, vec) elements
-            maps = shape[1]
-            width = maps * vec // math.gcd(maps, vec) if elementwise else maps
-            assert grid[0] * block[0] * vec == width, (case, name, grid, block)
+            # NOTE: rows of lcm(maps, vec) elements
+            assert grid[0] * block[0] * vec == math.lcm(shape[1], vec), (case, name, grid, block)
 
 
 @pytest.mark.parametrize("registers, shared, blocks", [

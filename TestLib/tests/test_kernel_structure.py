@@ -30,7 +30,9 @@ MIN_BLOCKS = 2
 MIN_LOADS = 4
 MIN_SOME_LOADS = 2
 
-DATA_KERNELS = re.compile(r"^bn(Stats|Grad|Apply)(Spatial(?:PerThread)?(?:Unaligned)?|Rows)_(\w+_)?f(16|32)_v(\d+)$")
+DATA_KERNELS = re.compile(
+    r"^bn(Stats|Grad|Apply)(Spatial(?:PerThread)?(?:Unaligned|Short)?|Rows)_(\w+_)?f(16|32)_v(\d+)$"
+)
 
 
 def facts(arch):
@@ -65,9 +67,11 @@ def test_data_kernels_use_16_byte_loads_and_keep_loads_in_flight(arch):
         least = MIN_LOADS if wide else MIN_SOME_LOADS
         assert fact.loadsInFlight >= least, (name, fact)
     # NOTE: per data type and vector width: statistics and gradient sums on both layouts and with a thread per map,
-    # four elementwise modes; and per data type the spatial ones of unaligned segments at the widest width
+    # four elementwise modes; per data type the spatial ones of unaligned segments at the widest width, and the four
+    # elementwise modes over short maps' segments for the types that have them
     widths = BatchNorm.vectorWidths
-    assert checked == (3 * 2 + 4 * 2) * sum(map(len, widths.values())) + (2 * 2 + 4) * len(widths), checked
+    assert checked == ((3 * 2 + 4 * 2) * sum(map(len, widths.values())) + (2 * 2 + 4) * len(widths)
+                       + 4 * len(BatchNorm.shortSegmentTypes)), checked
 
 
 @pytest.mark.parametrize("arch", ARCHS)

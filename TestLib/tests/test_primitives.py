@@ -33,6 +33,7 @@ CASES = {
     "spatial_unaligned_half_vectors": (4, 6, 196),
     "spatial_small_maps": (2, 1000, 2),
     "spatial_short_maps": (8, 512, 3),
+    "spatial_five_maps": (4, 64, 5),
     "spatial_more_maps_than_counters": (1, 4099, 257),
     "spatial_resident": (8, 136, 400),
     "spatial_resident_held": (8, 136, 1200),
