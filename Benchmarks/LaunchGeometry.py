@@ -1,7 +1,7 @@
 """The launches the CUDA plan makes on every shape of the GPU benchmark, worked out without a GPU: per case and pass,
 each kernel's name (its vector width, segments and walk), grid, block, the bytes one access moves and, on the rows
-kernels, the share of lanes across maps that have a map (of the elements of a row, for the elementwise passes whose
-rows hold several of the layout's). It runs the host path on the stand-in driver
+kernels, the share of lanes across maps that have a map (of the elements of a row, where the rows kernels' rows hold
+several of the layout's). It runs the host path on the stand-in driver
 (`TestLib.StandInCuda`: no kernel runs, every kernel reports 32 registers, so the grids are those of that occupancy,
 not of the compiled kernels'; `Benchmarks.KernelReport` gives those).
 
@@ -43,8 +43,8 @@ def launchesOf(plan, shape3, dtype):
 
 
 def rowWidth(signature, args, maps):
-    """The elements a rows kernel's lanes run across, from its launch's arguments: its `width` where it takes one
-    (the elementwise passes' rows of several of the layout's rows), else the maps."""
+    """The elements a rows kernel's lanes run across, from its launch's arguments: its `width` (the maps, or the
+    elements of several of the layout's rows); the maps for the kernels that take none (not rows kernels)."""
     names = [field for field, _ in signature.fields()]
     return args[names.index("width")] if "width" in names else maps
 

@@ -23,7 +23,7 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   them (elements of other maps masked out of the reductions, a vector's two maps' coefficients in the elementwise
   passes; not in the fused kernels); in the rows kernels where 16 bytes do not divide the maps ((125000, 50),
   (10^6, 3)), 16-byte vectors over rows of several of the layout's rows (lcm(maps, vector) elements, each vector's
-  elements keeping their channels: `rowsFold`; in the reductions where one block's lanes span such a row, whose block
+  elements keeping their channels: `foldedRows`; in the reductions where one block's lanes span such a row, whose block
   merges a channel's values before it writes its partials); else 8 or 4 bytes, else one element at a time.
 - Passes over the data: training forward reads x twice (statistics, then normalization: two kernels) and writes y
   once; evaluation forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no
@@ -115,7 +115,7 @@ def plan(backend, layout, dtype, options):
 
 # NOTE: one element at a time (what a call whose pointers allow no vector falls back to)
 SCALAR = (1, declared.ALIGNED_SEGMENTS)
-# NOTE: the segments of a rows kernel whose rows hold several of the layout's (`CudaPlan.rowsFold`): rows that one
+# NOTE: the segments of a rows kernel whose rows hold several of the layout's (`CudaPlan.foldedRows`): rows that one
 # block's lanes span (the reductions merge a channel's values in the block: mergeCopies in the source), and wider ones
 # (the elementwise passes only); and the segments each family of kernels takes: the reductions and the resident passes
 # aligned, unaligned and folded ones, the elementwise passes wide folded ones and short maps' segments too, the fused
@@ -200,7 +200,7 @@ class CudaPlan(BatchNormPlan):
         multiple of it), for every kernel where no vector holds elements of more than two maps (maps of at least
         width - gcd(width, inner) elements, as float32 maps of 2 or 3 are), else (float16 maps of 2, 3 or 5) for the
         reductions, after the same width over `declared.SHORT_SEGMENTS` for the elementwise passes; for rows whose
-        length a width does not divide ((125000, 50), (10^6, 3)), the wider widths over folded rows (`rowsFold`; the
+        length a width does not divide ((125000, 50), (10^6, 3)), the wider widths over folded rows (`foldedRows`; the
         tensor's length a multiple of the width): `FOLDED_ROWS` where one block's lanes span such a row (every rows
         kernel takes them), else `WIDE_FOLDED_ROWS` (the elementwise passes only)."""
         outer, maps, inner = self.view3
@@ -229,11 +229,14 @@ class CudaPlan(BatchNormPlan):
                 return width, segments
         return SCALAR
 
-    def rowsFold(self, vectors):
-        """The rows of the layout one row of a rows kernel holds at `vectors`: 1, or over folded rows the fewest whose
-        elements the width divides (4 rows of 50 float16 maps in vectors of 8: rows of 200 elements)."""
-        width, segments = vectors
-        return width // math.gcd(self.view3[1], width) if segments in (FOLDED_ROWS, WIDE_FOLDED_ROWS) else 1
+    def foldedRows(self, vectors):
+        """(rows, width) a rows kernel walks at `vectors`: the layout's rows of `maps` elements, or over folded rows
+        each the fewest of the layout's rows whose elements the vector divides (50 float16 maps in vectors of 8: rows
+        of 4 of the layout's, 200 elements, a quarter as many rows)."""
+        outer, maps, _ = self.view3
+        vec, segments = vectors
+        fold = vec // math.gcd(maps, vec) if segments in (FOLDED_ROWS, WIDE_FOLDED_ROWS) else 1
+        return outer // fold, maps * fold
 
     # --- launch geometry
 
@@ -266,9 +269,8 @@ class CudaPlan(BatchNormPlan):
                 return mapBlocks, splits, 1
             splits = min(ceilDiv(target, maps), max(1, perMap // MIN_VECTORS_PER_BLOCK), MAX_SPLITS)
             return maps, splits, 1
-        fold = self.rowsFold(vectors)
-        (_, rowLanes, _), channelBlocks = rowsBlock(maps * fold, vectors[0])
-        rows = outer // fold
+        rows, width = self.foldedRows(vectors)
+        (_, rowLanes, _), channelBlocks = rowsBlock(width, vectors[0])
         work = max(1, rows // (MIN_ROWS_PER_THREAD * rowLanes))
         # NOTE: fewer rows a thread to fill the multiprocessors only where the last block still merges the partials
         filling = self.fillingRowBlocks(rows, rowLanes, channelBlocks)
@@ -290,22 +292,21 @@ class CudaPlan(BatchNormPlan):
         if self.spatial:
             total = outer * maps * inner // vectors[0]
             return max(1, min(ceilDiv(total, BLOCK_SIZE * LOADS), WAVES * resident)), 1, 1
-        fold = self.rowsFold(vectors)
-        (_, rowLanes, _), channelBlocks = rowsBlock(maps * fold, vectors[0])
-        rows = outer // fold
+        rows, width = self.foldedRows(vectors)
+        (_, rowLanes, _), channelBlocks = rowsBlock(width, vectors[0])
         rowBlocks = max(ceilDiv(rows, rowLanes * LOADS), self.fillingRowBlocks(rows, rowLanes, channelBlocks))
         return channelBlocks, max(1, min(rowBlocks, ceilDiv(WAVES * resident, channelBlocks), MAX_GRID_Y)), 1
 
     def block(self, vectors):
-        return (BLOCK_SIZE, 1, 1) if self.spatial else rowsBlock(self.maps * self.rowsFold(vectors), vectors[0])[0]
+        return (BLOCK_SIZE, 1, 1) if self.spatial else rowsBlock(self.foldedRows(vectors)[1], vectors[0])[0]
 
     def view(self, vectors, flat=False):
         """The static view arguments of the reductions or (`flat`) the elementwise passes (the same for the rows
         kernels)."""
         outer, maps, inner = self.view3
         if not self.spatial:
-            fold = self.rowsFold(vectors)
-            return dict(rows=outer // fold, width=maps * fold, maps=maps)
+            rows, width = self.foldedRows(vectors)
+            return dict(rows=rows, width=width, maps=maps)
         return dict(outer=outer, maps=maps, inner=inner, **({} if flat else {"innerV": self.segmentVectors(vectors)}))
 
     def instance(self, vectors, **fields):
@@ -322,7 +323,7 @@ class CudaPlan(BatchNormPlan):
         """The maps of a reduction column (the maps whose partials its last block merges): one for a block per map,
         `BLOCK_SIZE` for a thread per map, a rows block's lanes' vectors (every map over folded rows)."""
         if not self.spatial:
-            (lanes, _, _), _ = rowsBlock(self.maps * self.rowsFold(vectors), vectors[0])
+            (lanes, _, _), _ = rowsBlock(self.foldedRows(vectors)[1], vectors[0])
             return min(lanes * vectors[0], self.maps)
         return min(BLOCK_SIZE, self.view3[1]) if walk == declared.THREAD_PER_MAP else 1
 

@@ -2,9 +2,10 @@
 ``(outer, maps, inner)`` view, against the float64 reference of `TestLib.Reference`, on every backend.
 
 The cases cover both layouts the CUDA kernels distinguish: spatial (inner > 1; scalar and 16-byte vector paths, one and
-many blocks per map, a thread per map on small maps, maps whose extent the vector does not divide: 7x7 and, in
-float16, 14x14) and rows (inner == 1: per-activation and channels-last data, few maps, one map; on CUDA the
-elementwise passes of 3, 50 and 131075 maps over rows of several rows, in 16-byte vectors), in float32 and
+many blocks per map, a thread per map on small maps, maps whose extent the vector does not divide: 7x7, in float16
+14x14, and maps of 2, 3 and 5 elements, whose float16 vectors hold elements of several maps) and rows (inner == 1:
+per-activation and channels-last data, few maps, one map; on CUDA 3, 50 and 131075 maps over rows of several rows,
+in 16-byte vectors: the elementwise passes, and the reductions where a block's lanes span such a row), in float32 and
 float16; on CUDA, reductions of more columns of blocks than the kernels have counters (`Kernels.BatchNorm.
 COLUMN_COUNTERS`: the columns that share one are finished together), and the resident passes: a block per map (more
 maps than the 132 multiprocessors the stand-in driver reports, a map's slice in one block: every number of vectors a
