@@ -41,9 +41,11 @@ from PuzzleLib.Kernels import NVCC_OPTIONS, BatchNorm, blocksPerMultiprocessor, 
 # compute capabilities table)
 MULTIPROCESSORS = {"sm_80": (2048, 65536, 167936), "sm_90": (2048, 65536, 233472)}
 # NOTE: the most threads a batch-norm launch has (rows blocks of few maps have a few less: 3 lanes x 85 rows), but for
-# the resident passes (up to RESIDENT_THREADS, whole warps as a map's slice needs)
+# the resident passes of spatial maps (up to RESIDENT_THREADS, whole warps as a map's slice needs; those over rows
+# have rows blocks)
 LAUNCH_THREADS = BatchNorm.BLOCK_SIZE
 RESIDENT_PASS = re.compile(r"^bn\w+Resident")
+ROWS_RESIDENT_PASS = re.compile(r"^bn\w+ResidentRows_")
 
 LOAD_BITS = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}
 
@@ -225,7 +227,8 @@ def loadsBeforeFirstUse(body):
 
 def launchThreads(name):
     """The threads of the largest block the launch code gives entry `name`."""
-    return BatchNorm.RESIDENT_THREADS if RESIDENT_PASS.match(name) else LAUNCH_THREADS
+    spatialResident = RESIDENT_PASS.match(name) and not ROWS_RESIDENT_PASS.match(name)
+    return BatchNorm.RESIDENT_THREADS if spatialResident else LAUNCH_THREADS
 
 
 @functools.lru_cache(maxsize=None)

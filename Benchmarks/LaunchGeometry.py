@@ -14,8 +14,9 @@ import sys
 
 
 def launchesOf(plan, shape3, dtype):
-    """{pass: [(kernel, grid, block, row width)]} of a training forward, an evaluation forward and a backward of
-    `plan` (the row width of the rows kernels: the elements their lanes run across)."""
+    """{pass: [(kernel, grid, block, row width, columns)]} of a training forward, an evaluation forward and a backward
+    of `plan` (the row width of the rows kernels: the elements their lanes run across; columns: the blocks across a
+    row, `rowColumns`)."""
     from PuzzleLib.Backend.Contract import Backward, EvalForward, TrainForward
     from PuzzleLib.Backend.Cuda import GPUArray as gpu
     from PuzzleLib.Kernels import BatchNorm as declared
@@ -37,8 +38,8 @@ def launchesOf(plan, shape3, dtype):
     for name, call in calls.items():
         del StandInCuda.launches[:]
         call()
-        result[name] = [(f.name, tuple(grid), tuple(block), rowWidth(entries[f.name], args, maps))
-                        for f, grid, block, args in StandInCuda.launches]
+        result[name] = [(f.name, tuple(grid), tuple(block), rowWidth(entries[f.name], args, maps),
+                         rowColumns(entries[f.name], args, grid)) for f, grid, block, args in StandInCuda.launches]
     return result
 
 
@@ -49,14 +50,21 @@ def rowWidth(signature, args, maps):
     return args[names.index("width")] if "width" in names else maps
 
 
-def describe(kernel, grid, block, width, itemsize):
+def rowColumns(signature, args, grid):
+    """The blocks across a row of a rows kernel: its grid's first dimension, of which a resident pass over rows has
+    its columns of channels times the blocks each is split over (its `splits`)."""
+    names = [field for field, _ in signature.fields()]
+    return grid[0] // args[names.index("splits")] if "splits" in names else grid[0]
+
+
+def describe(kernel, columns, block, width, itemsize):
     """(access bytes, share of lanes across a row with an element of it) of one launch ("-" where it does not
     apply)."""
     vector = re.search(r"_v(\d+)", kernel)
     if vector is None:
         return "-", "-"
     vec = int(vector.group(1))
-    busy = "%.2f" % (width / (grid[0] * block[0] * vec)) if "Rows" in kernel else "-"
+    busy = "%.2f" % (width / (columns * block[0] * vec)) if "Rows" in kernel else "-"
     return str(vec * itemsize), busy
 
 
@@ -81,8 +89,8 @@ def main():
         shape3 = shape3Of(shape, layout)
         plan = BatchNormKernels.plan(backend, layoutOf(shape3, (0, 2)), np.dtype(dtype), PlanOptions(1e-5))
         for name, launches in launchesOf(plan, shape3, dtype).items():
-            for kernel, grid, block, width in launches:
-                access, busy = describe(kernel, grid, block, width, np.dtype(dtype).itemsize)
+            for kernel, grid, block, width, columns in launches:
+                access, busy = describe(kernel, columns, block, width, np.dtype(dtype).itemsize)
                 lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                     "x".join(map(str, shape)), layout, np.dtype(dtype).name, name, kernel, grid, block, access, busy
                 ))

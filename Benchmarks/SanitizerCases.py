@@ -9,11 +9,13 @@ rows of one element: 4097 columns of 32 lanes), more maps than an H100's or H200
 block holds (the resident passes: 7x7 maps over unaligned segments, 12x12 over aligned ones; blocks of 64 to 96
 threads, the last warp partly idle), and fewer, each split over blocks that exchange their sums (3 maps of 7x7 over 5
 blocks, 4 of 20x20 over 13, in float32), rows folded into rows of several (3 and 50 maps: a reduction's block merges
-a channel's values; 70 maps in float32: rows wider than a block's lanes, in the elementwise passes), and maps of 2
-and 3 elements in 16-byte vectors (over unaligned segments; in float16's elementwise passes, vectors of several
-maps). Each case runs the training forward, the evaluation forward in place, the backward (and the frozen one), with
-and without a fused activation and residual, in float32 and float16, and checks the training output against a
-float64 reference, so that a kernel that reads the wrong memory fails here too. Exit status 1 on any mismatch.
+a channel's values; 70 maps in float32: rows wider than a block's lanes, in the elementwise passes), maps of 2 and 3
+elements in 16-byte vectors (over unaligned segments; in float16's elementwise passes, vectors of several maps), and
+the resident passes over rows (40 and 280 maps: a column's rows split over blocks whose last block is partly empty,
+columns of partly idle lanes). Each case runs the training forward, the evaluation forward in place, the backward (and
+the frozen one), with and without a fused activation and residual, in float32 and float16, and checks the training
+output against a float64 reference, so that a kernel that reads the wrong memory fails here too. Exit status 1 on any
+mismatch.
 
     PUZZLELIB_BACKEND=cuda compute-sanitizer --tool memcheck python3 Benchmarks/SanitizerCases.py
 """
@@ -24,7 +26,7 @@ import numpy as np
 
 SHAPES = [(3, 5, 7, 9), (2, 37, 3, 3), (1, 3, 1, 5), (13, 45), (2, 70), (5, 1), (2, 8, 2, 2), (3, 33, 1),
           (4, 6, 7, 7), (40, 3, 7, 7), (2, 500, 2), (300, 3), (77, 1), (4, 131075), (24, 140, 7, 7), (8, 150, 12, 12),
-          (16, 4, 20, 20), (8, 50), (6, 24, 3)]
+          (16, 4, 20, 20), (8, 50), (6, 24, 3), (203, 40), (90, 280)]
 
 
 def reference(x, epsilon=1e-5):

@@ -10,7 +10,8 @@
 // writes the statistics and the running update) + normalize pass: two kernels, the input read twice, the output
 // written once; or, where a map's slice fits in the registers of one block or of the blocks it is split over (which
 // exchange their sums), the resident pass: one kernel, the input read once (and likewise for the training backward:
-// trainResident, gradResident).
+// trainResident, gradResident); over rows, where a column of channels fits in the registers of blocks that can all
+// run at once (whose last merges their partials for all: trainRowsResident, gradRowsResident).
 // Names: `mean` is the per-channel mean the data is centred on (the batch's in training, the running one in
 // evaluation and frozen backward), `invstd` = 1 / sqrt(sigma2 + epsilon) of the batch, `var` the running variance.
 // The Python side declares every entry point's parameters once, in Kernels/BatchNorm.py.
@@ -933,6 +934,50 @@ __device__ __forceinline__ void mergeCopies(int width, int maps, Merge merge)
 	__syncthreads();
 }
 
+// The rows kernels' partial moments of a block: the rows of lanes of a channel vector merge their moments acc through
+// shared memory (rowsTree; a channel's slots by mergeCopies), and thread row 0 writes the block's partials of each
+// channel at `split` (laid out [split][channel]). Every thread of the block calls it (blockDim.x * blockDim.y at most
+// BLOCK_SIZE).
+template <int VEC>
+__device__ __forceinline__ void rowsMomentPartials(const Moments (&acc)[VEC], bool active, int c0, int width, int maps,
+												   int split, float *pn, float *pmean, float *pm2)
+{
+	__shared__ float sn[BLOCK_SIZE * VEC], smean[BLOCK_SIZE * VEC], sm2[BLOCK_SIZE * VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		int at = blockThread() * VEC + k;
+		sn[at] = acc[k].n; smean[at] = acc[k].mean; sm2[at] = acc[k].m2;
+	}
+
+	auto merge = [&](int self, int other)
+	{
+		Moments a, b;
+		a.n = sn[self]; a.mean = smean[self]; a.m2 = sm2[self];
+		b.n = sn[other]; b.mean = smean[other]; b.m2 = sm2[other];
+		a = mergeGroup(a, b.n, b.mean, b.m2);
+		sn[self] = a.n; smean[self] = a.mean; sm2[self] = a.m2;
+	};
+	rowsTree<VEC>(merge);
+	mergeCopies(width, maps, merge);
+
+	if (threadIdx.y == 0 && active)
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+		{
+			int at = threadIdx.x * VEC + k;
+			int64 idx = (int64)split * maps + c0 + k;
+			// NOTE: past the maps only where the rows are folded (those slots were merged into the first maps')
+			if (c0 + k < maps)
+			{
+				pn[idx] = sn[at]; pmean[idx] = smean[at]; pm2[idx] = sm2[at];
+			}
+		}
+	}
+}
+
 // grid = (ceil(width / (blockDim.x * VEC)), splits), block = rows (above); rows of `width` elements, as the
 // elementwise passes' (laneChannels; a channel's slots merged by mergeCopies where they hold several of the layout's).
 // The partials' shift of a channel is its first element.
@@ -940,8 +985,6 @@ template <typename T, int VEC>
 __device__ void statsRows(const T *x, int64 rows, int width, int maps, float *pn, float *pmean, float *pm2,
 						  MomentsOutputs o)
 {
-	__shared__ float sn[BLOCK_SIZE * VEC], smean[BLOCK_SIZE * VEC], sm2[BLOCK_SIZE * VEC];
-
 	int c0 = rowsChannel<VEC>(width);
 	bool active = c0 < width;
 
@@ -1000,38 +1043,7 @@ __device__ void statsRows(const T *x, int64 rows, int width, int maps, float *pn
 		}
 	}
 
-#pragma unroll
-	for (int k = 0; k < VEC; k++)
-	{
-		int at = blockThread() * VEC + k;
-		sn[at] = acc[k].n; smean[at] = acc[k].mean; sm2[at] = acc[k].m2;
-	}
-
-	auto merge = [&](int self, int other)
-	{
-		Moments a, b;
-		a.n = sn[self]; a.mean = smean[self]; a.m2 = sm2[self];
-		b.n = sn[other]; b.mean = smean[other]; b.m2 = sm2[other];
-		a = mergeGroup(a, b.n, b.mean, b.m2);
-		sn[self] = a.n; smean[self] = a.mean; sm2[self] = a.m2;
-	};
-	rowsTree<VEC>(merge);
-	mergeCopies(width, maps, merge);
-
-	if (threadIdx.y == 0 && active)
-	{
-#pragma unroll
-		for (int k = 0; k < VEC; k++)
-		{
-			int at = threadIdx.x * VEC + k;
-			int64 idx = (int64)blockIdx.y * maps + c0 + k;
-			// NOTE: past the maps only where the rows are folded (those slots were merged into the first maps')
-			if (c0 + k < maps)
-			{
-				pn[idx] = sn[at]; pmean[idx] = smean[at]; pm2[idx] = sm2[at];
-			}
-		}
-	}
+	rowsMomentPartials<VEC>(acc, active, c0, width, maps, blockIdx.y, pn, pmean, pm2);
 
 	finishColumns(o.fold, [&](int column)
 	{
@@ -1122,11 +1134,11 @@ __device__ void gradSpatial(const T *x, const T *dy, int64 outer, int maps, int6
 }
 
 // The rows kernels' partial sums of a block: the rows of lanes of a channel vector add theirs through shared memory
-// (rowsTree), thread row 0 writes the block's partials of each channel (laid out [split][channel], split =
-// blockIdx.y), and the column's last block adds them up (finishSums).
+// (rowsTree; a channel's slots by mergeCopies), and thread row 0 writes the block's partials of each channel at
+// `split` (laid out [split][channel]). Every thread of the block calls it.
 template <int VEC>
-__device__ __forceinline__ void rowsSums(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int c0,
-										 int width, int maps, float *psum, float *pdot, const SumsOutputs &o)
+__device__ __forceinline__ void rowsSumPartials(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int c0,
+												int width, int maps, int split, float *psum, float *pdot)
 {
 	__shared__ float ssum[BLOCK_SIZE * VEC], sdot[BLOCK_SIZE * VEC];
 
@@ -1150,15 +1162,23 @@ __device__ __forceinline__ void rowsSums(const float (&sum)[VEC], const float (&
 #pragma unroll
 		for (int k = 0; k < VEC; k++)
 		{
-			int64 idx = (int64)blockIdx.y * maps + c0 + k;
-			// NOTE: as in statsRows
+			int64 idx = (int64)split * maps + c0 + k;
+			// NOTE: as in rowsMomentPartials
 			if (c0 + k < maps)
 			{
 				psum[idx] = ssum[threadIdx.x * VEC + k]; pdot[idx] = sdot[threadIdx.x * VEC + k];
 			}
 		}
 	}
+}
 
+// The rows reductions' partial sums of a block at split blockIdx.y (rowsSumPartials), added up by the column's last
+// block (finishSums).
+template <int VEC>
+__device__ __forceinline__ void rowsSums(const float (&sum)[VEC], const float (&dot)[VEC], bool active, int c0,
+										 int width, int maps, float *psum, float *pdot, const SumsOutputs &o)
+{
+	rowsSumPartials<VEC>(sum, dot, active, c0, width, maps, blockIdx.y, psum, pdot);
 	finishColumns(o.fold, [&](int column) { finishSums(rowsColumn<VEC>(column, maps), gridDim.y, maps, psum, pdot, o); });
 }
 
@@ -1975,7 +1995,7 @@ __device__ __forceinline__ ResidentView residentView(int64 outer, int maps, int6
 	return v;
 }
 
-// The calling block's map and its split of it.
+// The calling block's map (in the resident passes over rows, its column of channels) and its split of it.
 struct ResidentBlock
 {
 	int map, split;
@@ -1988,30 +2008,30 @@ __device__ unsigned residentTickets;
 __device__ double residentPartials[3 * RESIDENT_PARTIALS];
 
 // Every thread of the block calls it first: with splits > 1, thread 0 draws the block's ticket.
-__device__ __forceinline__ void startResident(const ResidentView &v)
+__device__ __forceinline__ void startResident(int splits)
 {
-	if (v.splits == 1)
+	if (splits == 1)
 		return;
 
-	if (threadIdx.x == 0)
+	if (blockThread() == 0)
 	{
 		unsigned ticket = atomicAdd(&residentTickets, 1u);
 		// NOTE: the last ticket: every other block of the grid has drawn its own
 		if (ticket == gridDim.x - 1)
 			atomicExch(&residentTickets, 0u);
-		splitBlock.map = (int)ticket / v.splits;
-		splitBlock.split = (int)ticket - splitBlock.map * v.splits;
+		splitBlock.map = (int)ticket / splits;
+		splitBlock.split = (int)ticket - splitBlock.map * splits;
 	}
 	__syncthreads();
 }
 
 // The calling block's (map, split): (blockIdx.x, 0) for a block per map, else read from shared memory at each call
 // (the walks do not keep it in registers across the block's sums).
-__device__ __forceinline__ ResidentBlock residentBlock(const ResidentView &v)
+__device__ __forceinline__ ResidentBlock residentBlock(int splits)
 {
 	ResidentBlock b;
-	b.map = v.splits == 1 ? (int)blockIdx.x : splitBlock.map;
-	b.split = v.splits == 1 ? 0 : splitBlock.split;
+	b.map = splits == 1 ? (int)blockIdx.x : splitBlock.map;
+	b.split = splits == 1 ? 0 : splitBlock.split;
 	return b;
 }
 
@@ -2087,7 +2107,7 @@ __device__ __forceinline__ void mapTotals(const ResidentView &v, const double (&
 
 	if (threadIdx.x == 0)
 	{
-		ResidentBlock b = residentBlock(v);
+		ResidentBlock b = residentBlock(v.splits);
 		double *sums = residentPartials + (int64)b.map * v.splits * N;
 		int *arrivals = columnArrivals + b.map;
 
@@ -2178,7 +2198,7 @@ __device__ __forceinline__ int freshThreadIndex()
 template <int VEC, bool ALIGNED, int HELD, typename Visit>
 __device__ __forceinline__ void residentWalk(const ResidentView &v, Visit visit)
 {
-	ResidentBlock b = residentBlock(v);
+	ResidentBlock b = residentBlock(v.splits);
 	int step = blockDim.x, j = b.split * HELD * step + freshThreadIndex();
 	int total = v.outer * v.innerV, segmentStride = v.maps * v.inner;
 	int o = j / v.innerV, stepO = step / v.innerV;
@@ -2292,7 +2312,7 @@ __device__ __forceinline__ HeldMask loadHeld(const T *ptr, const ResidentView &v
 {
 	static_assert(ALIGNED ? HELD <= 32 : HELD * VEC <= 32, "a held mask has 32 bits");
 	HeldMask mask = 0;
-	int64 mapStart = ((int64)residentBlock(view).map * view.inner) & ~(int64)(VEC - 1);
+	int64 mapStart = ((int64)residentBlock(view.splits).map * view.inner) & ~(int64)(VEC - 1);
 
 	residentWalk<VEC, ALIGNED, HELD>(view, [&](int h, const VectorAt &at, bool walked)
 	{
@@ -2330,8 +2350,8 @@ template <typename T, int VEC, bool ALIGNED, int HELD, bool RESIDUAL>
 __device__ void trainResident(const T *x, T *out, const ResidentView &view, const float *scale, const float *bias,
 							  FusedParams f, MomentsOutputs o)
 {
-	startResident(view);
-	float shift = toFloat(x[(int64)residentBlock(view).map * view.inner]);
+	startResident(view.splits);
+	float shift = toFloat(x[(int64)residentBlock(view.splits).map * view.inner]);
 	float v[HELD * VEC];
 
 	// NOTE: elements outside the slice hold the shift (0 in the first pass's sum)
@@ -2366,7 +2386,7 @@ __device__ void trainResident(const T *x, T *out, const ResidentView &view, cons
 	mapTotals(view, block, moments, MapMoments{o.invM});
 	BatchStats st = batchStats((double)shift + moments[0], moments[1], o);
 
-	ResidentBlock place = residentBlock(view);
+	ResidentBlock place = residentBlock(view.splits);
 	if (threadIdx.x == 0 && place.split == 0)
 		writeMoments(place.map, st, view.maps, o);
 
@@ -2402,8 +2422,8 @@ template <typename T, int VEC, bool ALIGNED, int HELD>
 __device__ void gradResident(const T *x, const T *dy, T *out, const ResidentView &view, ChannelParams p,
 							 FusedParams f, SumsOutputs o)
 {
-	startResident(view);
-	int c = residentBlock(view).map;
+	startResident(view.splits);
+	int c = residentBlock(view.splits).map;
 	FusedCoef fc = fusedCoef(p.mean[c], p, f, c, f.reconstruct != 0);
 	float g[HELD * VEC], xc[HELD * VEC];
 
@@ -2446,7 +2466,7 @@ __device__ void gradResident(const T *x, const T *dy, T *out, const ResidentView
 	double block[2] = {blockTotal(sum), blockTotal(dot)}, sums[2];
 	mapTotals(view, block, sums, MapSums());
 
-	ResidentBlock place = residentBlock(view);
+	ResidentBlock place = residentBlock(view.splits);
 	float2 gradients = parameterGradients(place.map, sums[0], sums[1], o);
 	if (threadIdx.x == 0 && place.split == 0)
 		writeSums(place.map, gradients, o);
@@ -2462,6 +2482,306 @@ __device__ void gradResident(const T *x, const T *dy, T *out, const ResidentView
 		g[e] = a * (g[e] - b - xc[e] * k);
 
 	storeHeld<T, VEC, ALIGNED, HELD>(out, view, g);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Resident passes over rows (inner == 1: channels-last and per-activation data, rows of width == maps elements that
+// VEC divides): a block's threads hold HELD vectors each of a tile of rows, so that a training task reads its inputs
+// once and is one launch. The channels are split into columns of blockDim.x lanes' vectors (as the rows reductions'
+// blocks) and each column's rows over `splits` blocks: block `split` of column q holds, in thread (x, y), the vectors
+// at channel c0 = (q * blockDim.x + x) * VEC of rows (split * HELD + h) * blockDim.y + y, h < HELD. A block writes its
+// partials of the column's channels (rowsMomentPartials, rowsSumPartials: the reductions' layout, in a pool
+// workspace), the last of the column's blocks to arrive merges them as a reduction's last block does (finishMoments,
+// finishSums: the saved statistics and the running update, or the parameter gradients) and releases the others
+// (exchangeColumn), which read the per-channel results back and go on: the forward normalizes (with the fused residual
+// and activation), the backward writes dx (and dz to resgrad). grid = columns * splits (a block's (column, split) from
+// its ticket: startResident), block = (lanes, rows of lanes) of at most BLOCK_SIZE threads and at least VEC rows of
+// lanes (the last block's threads merge the column's maps, a thread a map at least: mergeLane); the host keeps splits
+// at most the multiprocessors and the columns at most COLUMN_COUNTERS (BatchNormKernels.rowsResidentShape).
+
+// The calling block's column waits for its last block: the block's partials written (by every thread), thread 0
+// arrives on the column's counter (columnArrivals[column]); the last to arrive has every thread call finish() and
+// releases the others, which wait for that; the last to leave resets the counter (splits arrivals, one release,
+// splits - 1 departures: none of the first splits + 1 counts is taken for a departure). Every thread calls it, and
+// returns once the column's results are written.
+template <typename Finish>
+__device__ __forceinline__ void exchangeColumn(int column, int splits, Finish finish)
+{
+	__shared__ int last;
+	int *arrivals = columnArrivals + column;
+
+	__threadfence();
+	__syncthreads();
+
+	if (blockThread() == 0)
+		last = atomicAdd(arrivals, 1) == splits - 1;
+	__syncthreads();
+
+	if (last)
+	{
+		__threadfence();
+		finish();
+		__threadfence();
+		__syncthreads();
+
+		if (blockThread() == 0 && atomicAdd(arrivals, 1) == 2 * splits - 1)
+			atomicExch(arrivals, 0);
+		return;
+	}
+
+	if (blockThread() == 0)
+	{
+		while (*(volatile int *)arrivals < splits + 1)
+			pauseBriefly();
+		__threadfence();
+
+		if (atomicAdd(arrivals, 1) == 2 * splits - 1)
+			atomicExch(arrivals, 0);
+	}
+	__syncthreads();
+}
+
+// visit(h, offset, held) for the calling thread's HELD vectors: the offset of its vector of row
+// (split * HELD + h) * blockDim.y + threadIdx.y at channel c0, and whether the thread holds it (the row exists and the
+// lane has channels: `active`); the vectors it does not hold are at row 0's (a load from there stays in the tensor).
+// 32-bit offsets (tensors below 2^31 elements).
+template <int HELD, typename Visit>
+__device__ __forceinline__ void rowsHeldWalk(int rows, int width, int c0, bool active, int split, Visit visit)
+{
+	int r = split * HELD * blockDim.y + threadIdx.y;
+
+#pragma unroll
+	for (int h = 0; h < HELD; h++)
+	{
+		bool held = active && r < rows;
+		visit(h, held ? r * width + c0 : (active ? c0 : 0), held);
+		r += blockDim.y;
+	}
+}
+
+// The calling thread's held vectors of ptr into v (every load issued before the first use), and the mask of those it
+// holds (bit h).
+template <typename T, int VEC, int HELD>
+__device__ __forceinline__ unsigned loadRowsHeld(const T *ptr, int rows, int width, int c0, bool active, int split,
+												 float (&v)[HELD * VEC])
+{
+	unsigned mask = 0;
+	rowsHeldWalk<HELD>(rows, width, c0, active, split, [&](int h, int offset, bool held)
+	{
+		loadPackAt<T, VEC>(ptr + offset, v, h * VEC);
+		mask |= (held ? 1u : 0u) << h;
+	});
+	return mask;
+}
+
+// v stored at the calling thread's held vectors.
+template <typename T, int VEC, int HELD>
+__device__ __forceinline__ void storeRowsHeld(T *ptr, int rows, int width, int c0, bool active, int split,
+											  const float (&v)[HELD * VEC])
+{
+	rowsHeldWalk<HELD>(rows, width, c0, active, split, [&](int h, int offset, bool held)
+	{
+		if (held)
+			storePackAt<T, VEC>(ptr + offset, v, h * VEC);
+	});
+}
+
+// The calling block's column and split, its thread's first channel and whether the lane has channels (every thread of
+// the block calls it first: startResident).
+struct RowsPlace
+{
+	int column, split, c0;
+	bool active;
+};
+
+template <int VEC>
+__device__ __forceinline__ RowsPlace rowsPlace(int width, int splits)
+{
+	startResident(splits);
+	ResidentBlock b = residentBlock(splits);
+
+	RowsPlace r;
+	r.column = b.map;
+	r.split = b.split;
+	r.c0 = (b.map * (int)blockDim.x + (int)threadIdx.x) * VEC;
+	r.active = r.c0 < width;
+	return r;
+}
+
+// The training forward over rows: MomentsOutputs (o.fold unused; written by the column's last block, the shift of the
+// partials each channel's first element) and out = act((x - mu) * invstd * scale + bias + residual) (f: the residual
+// with RESIDUAL, else null; act may be ACT_IDENTITY; f.y, f.resgrad unused), with mu and invstd read back from
+// o.savedMean and o.savedInvstd. out may be x (every block of a column has loaded before any stores).
+template <typename T, int VEC, int HELD, bool RESIDUAL>
+__device__ void trainRowsResident(const T *x, T *out, int64 rows64, int width, int maps, int splits, float *pn,
+								  float *pmean, float *pm2, const float *scale, const float *bias, FusedParams f,
+								  MomentsOutputs o)
+{
+	RowsPlace place = rowsPlace<VEC>(width, splits);
+	int rows = (int)rows64, c0 = place.active ? place.c0 : 0;
+	float v[HELD * VEC];
+	unsigned in = loadRowsHeld<T, VEC, HELD>(x, rows, width, place.c0, place.active, place.split, v);
+
+	Moments acc[VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		float shift = toFloat(x[c0 + k]), w[HELD];
+		bool held[HELD];
+
+#pragma unroll
+		for (int h = 0; h < HELD; h++)
+		{
+			held[h] = (in >> h) & 1u;
+			// NOTE: the vectors not held count as the shift (0 in the group's sum), as over unaligned segments
+			w[h] = held[h] ? v[h * VEC + k] : shift;
+		}
+		acc[k] = addSegmentValues<HELD>(emptyMoments(), w, held, shift);
+	}
+
+	rowsMomentPartials<VEC>(acc, place.active, place.c0, width, maps, place.split, pn, pmean, pm2);
+	exchangeColumn(place.column, splits, [&]()
+	{
+		finishMoments<T>(x, 1, rowsColumn<VEC>(place.column, maps), splits, maps, pn, pmean, pm2, o);
+	});
+
+	float a[VEC], b[VEC], mu[VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		mu[k] = __ldcg(o.savedMean + c0 + k);
+		a[k] = scale[c0 + k] * __ldcg(o.savedInvstd + c0 + k);
+		b[k] = bias[c0 + k];
+	}
+
+#pragma unroll
+	for (int h = 0; h < HELD; h++)
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+			v[h * VEC + k] = (v[h * VEC + k] - mu[k]) * a[k] + b[k];
+	}
+
+	if (RESIDUAL)
+	{
+		rowsHeldWalk<HELD>(rows, width, place.c0, place.active, place.split, [&](int h, int offset, bool)
+		{
+			float r[VEC];
+			loadPack<T, VEC>(reinterpret_cast<const T *>(f.residual) + offset, r);
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+				v[h * VEC + k] += r[k];
+		});
+	}
+
+#pragma unroll
+	for (int e = 0; e < HELD * VEC; e++)
+		v[e] = actForward(v[e], f.act, f.slope);
+
+	storeRowsHeld<T, VEC, HELD>(out, rows, width, place.c0, place.active, place.split, v);
+}
+
+// The training backward over rows: SumsOutputs (o.fold unused; o.invstd the batch's; written by the column's last
+// block) and out = dx = scale * invstd * (dz - biasgrad / m - (x - mean) * invstd * scalegrad / m) (p: mean, invstd,
+// scale, invM, and bias with reconstruct), with biasgrad and scalegrad read back from o. dz and x - mean as in
+// gradResident (f.y, f.resgrad, f.reconstruct). out may be dy.
+template <typename T, int VEC, int HELD>
+__device__ void gradRowsResident(const T *x, const T *dy, T *out, int64 rows64, int width, int maps, int splits,
+								 float *psum, float *pdot, ChannelParams p, FusedParams f, SumsOutputs o)
+{
+	RowsPlace place = rowsPlace<VEC>(width, splits);
+	int rows = (int)rows64, c0 = place.active ? place.c0 : 0;
+	float g[HELD * VEC], xc[HELD * VEC];
+
+	unsigned in = loadRowsHeld<T, VEC, HELD>(dy, rows, width, place.c0, place.active, place.split, g);
+	if (f.y == 0 || !f.reconstruct)
+		loadRowsHeld<T, VEC, HELD>(x, rows, width, place.c0, place.active, place.split, xc);
+
+	FusedCoef fc[VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+		fc[k] = fusedCoef(p.mean[c0 + k], p, f, c0 + k, f.reconstruct != 0);
+
+	if (f.y != 0)
+	{
+		rowsHeldWalk<HELD>(rows, width, place.c0, place.active, place.split, [&](int h, int offset, bool)
+		{
+			float y[VEC];
+			loadPack<T, VEC>(reinterpret_cast<const T *>(f.y) + offset, y);
+
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+			{
+				int e = h * VEC + k;
+				g[e] *= actDerivative(y[k], f.act, f.slope);
+				xc[e] = f.reconstruct ? rebuiltDeviation(y[k], fc[k], f) : xc[e] - fc[k].mu;
+			}
+		});
+	}
+	else
+	{
+#pragma unroll
+		for (int h = 0; h < HELD; h++)
+		{
+#pragma unroll
+			for (int k = 0; k < VEC; k++)
+				xc[h * VEC + k] -= fc[k].mu;
+		}
+	}
+
+	float sum[VEC], dot[VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		sum[k] = 0.0f; dot[k] = 0.0f;
+
+#pragma unroll
+		for (int h = 0; h < HELD; h++)
+		{
+			bool held = (in >> h) & 1u;
+			sum[k] += held ? g[h * VEC + k] : 0.0f;
+			dot[k] += held ? g[h * VEC + k] * xc[h * VEC + k] : 0.0f;
+		}
+	}
+
+	rowsSumPartials<VEC>(sum, dot, place.active, place.c0, width, maps, place.split, psum, pdot);
+	exchangeColumn(place.column, splits, [&]()
+	{
+		finishSums(rowsColumn<VEC>(place.column, maps), splits, maps, psum, pdot, o);
+	});
+
+	if (f.resgrad != 0)
+		storeRowsHeld<T, VEC, HELD>(reinterpret_cast<T *>(f.resgrad), rows, width, place.c0, place.active, place.split,
+									g);
+
+	float a[VEC], b[VEC], kx[VEC];
+
+#pragma unroll
+	for (int k = 0; k < VEC; k++)
+	{
+		float invstd = p.invstd[c0 + k];
+		a[k] = p.scale[c0 + k] * invstd;
+		b[k] = __ldcg(o.biasgrad + c0 + k) * p.invM;
+		kx[k] = invstd * __ldcg(o.scalegrad + c0 + k) * p.invM;
+	}
+
+#pragma unroll
+	for (int h = 0; h < HELD; h++)
+	{
+#pragma unroll
+		for (int k = 0; k < VEC; k++)
+		{
+			int e = h * VEC + k;
+			g[e] = a[k] * (g[e] - b[k] - xc[e] * kx[k]);
+		}
+	}
+
+	storeRowsHeld<T, VEC, HELD>(out, rows, width, place.c0, place.active, place.split, g);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -2612,6 +2932,37 @@ BN_RESIDENT_ENTRIES(Unaligned, false)
 // from Hopper on (HOPPER_BUILD)
 BN_RESIDENT_TRAIN(float, f32, 4, , true, 16, , false)
 BN_RESIDENT_TRAIN(__half, f16, 8, , true, 8, , false)
+
+// The resident passes over rows (trainRowsResident, gradRowsResident) at the widest width, HELD vectors per thread: up
+// to 32 values of an input (16 in the backward of float32, which at 32 takes 151 registers at sm_90: one block per
+// multiprocessor). Kernels/BatchNorm.py lists them (rowsResidentHeld).
+#define BN_ROWS_RESIDENT_TRAIN(T, SUF, VEC, HELD, RSUF, RESIDUAL) \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnTrain##RSUF##ResidentRows_##SUF##_v##VEC##_h##HELD( \
+		const T *x, T *out, int64 rows, int width, int maps, int splits, float *pn, float *pmean, float *pm2, \
+		const float *scale, const float *bias, FusedParams f, MomentsOutputs o) \
+	{ \
+		if (TURING_BUILD) \
+			trainRowsResident<T, VEC, HELD, RESIDUAL>(x, out, rows, width, maps, splits, pn, pmean, pm2, scale, bias, \
+													  f, o); \
+	}
+
+#define BN_ROWS_RESIDENT_GRAD(T, SUF, VEC, HELD) \
+	extern "C" __global__ void __launch_bounds__(BLOCK_SIZE) bnGradResidentRows_##SUF##_v##VEC##_h##HELD( \
+		const T *x, const T *dy, T *out, int64 rows, int width, int maps, int splits, float *psum, float *pdot, \
+		ChannelParams p, FusedParams f, SumsOutputs o) \
+	{ \
+		if (TURING_BUILD) \
+			gradRowsResident<T, VEC, HELD>(x, dy, out, rows, width, maps, splits, psum, pdot, p, f, o); \
+	}
+
+BN_ROWS_RESIDENT_TRAIN(float, f32, 4, 4, , false)
+BN_ROWS_RESIDENT_TRAIN(float, f32, 4, 8, , false)
+BN_ROWS_RESIDENT_TRAIN(__half, f16, 8, 4, , false)
+BN_ROWS_RESIDENT_TRAIN(float, f32, 4, 4, Residual, true)
+BN_ROWS_RESIDENT_TRAIN(float, f32, 4, 8, Residual, true)
+BN_ROWS_RESIDENT_TRAIN(__half, f16, 8, 4, Residual, true)
+BN_ROWS_RESIDENT_GRAD(float, f32, 4, 4)
+BN_ROWS_RESIDENT_GRAD(__half, f16, 8, 4)
 
 // The reductions' last step where it is not folded (fold = 0): a block per map merges its `splits` partials (the
 // statistics kernel's o and x, whose first element of each map is the partials' shift; shiftStride as in

@@ -5,7 +5,8 @@ Entry points come in families that differ by suffix: data type (``f32``, ``f16``
 kernels whether the maps' extent is a multiple of the vector (`ALIGNED_SEGMENTS`) and, for the spatial reductions,
 whether a block or a thread walks a map (`BLOCK_PER_MAP`); for the resident passes (the blocks of a map, one or the
 several it is split over, which exchange their sums, holding its slice in registers: `trainResident`,
-`gradResident`), whether a residual is added and how many vectors a thread holds (`residentHeld`). See the source's
+`gradResident`; over rows, the blocks of a column of channels: `trainResidentRows`, `gradResidentRows`), whether a
+residual is added and how many vectors a thread holds (`residentHeld`, `rowsResidentHeld`). See the source's
 header for what each kernel computes; `Backend.Cuda.BatchNormKernels` launches them.
 """
 
@@ -61,6 +62,13 @@ residentHeld = {
     ("trainResidual", "f16", ALIGNED_SEGMENTS): (4,), ("trainResidual", "f16", UNALIGNED_SEGMENTS): (4,),
     ("grad", "f32", ALIGNED_SEGMENTS): (4, 8), ("grad", "f32", UNALIGNED_SEGMENTS): (4, 8),
     ("grad", "f16", ALIGNED_SEGMENTS): (4,), ("grad", "f16", UNALIGNED_SEGMENTS): (4,),
+}
+# the resident passes over rows (a column of channels split over blocks whose last merges their partials: rows of the
+# layout that the widest vector divides), compiled at the widest width: (pass, data type) -> the `held` suffixes (at
+# most 32 values of an input; 16 in the float32 backward)
+rowsResidentHeld = {
+    ("train", "f32"): (4, 8), ("train", "f16"): (4,), ("trainResidual", "f32"): (4, 8), ("trainResidual", "f16"): (4,),
+    ("grad", "f32"): (4,), ("grad", "f16"): (4,),
 }
 # the most values a resident pass's thread holds below compute capability 9.0 (the source builds the passes of 64
 # only from Hopper on: HOPPER_BUILD)
@@ -212,10 +220,22 @@ gradResident = Signature(
     "bnGradResident{segments}_{dtype}_v{vec}_h{held}", *pointers("x", "dy", "out"), *spatialView(), Int32("splits"),
     channelParams("p"), fusedParams("f"), sumsOutputs("o"),
 )
-# pass -> (signature, its name's fields besides the instance's)
+trainResidentRows = Signature(
+    "bnTrain{residual}ResidentRows_{dtype}_v{vec}_h{held}", *pointers("x", "out"), *rowsView(), Int32("splits"),
+    *pointers("pn", "pmean", "pm2", "scale", "bias"), fusedParams("f"), momentsOutputs("o"),
+)
+gradResidentRows = Signature(
+    "bnGradResidentRows_{dtype}_v{vec}_h{held}", *pointers("x", "dy", "out"), *rowsView(), Int32("splits"),
+    *pointers("psum", "pdot"), channelParams("p"), fusedParams("f"), sumsOutputs("o"),
+)
+# pass -> (signature, its name's fields besides the instance's), for spatial maps and over rows
 residentPasses = {
     "train": (trainResident, {"residual": ""}), "trainResidual": (trainResident, {"residual": "Residual"}),
     "grad": (gradResident, {}),
+}
+rowsResidentPasses = {
+    "train": (trainResidentRows, {"residual": ""}), "trainResidual": (trainResidentRows, {"residual": "Residual"}),
+    "grad": (gradResidentRows, {}),
 }
 renormStatistics = Signature(
     "bnRenormStatistics",
@@ -255,4 +275,8 @@ def entries():
         for h in held:
             result[signature.name(segments=segments, dtype=dtype, vec=max(vectorWidths[dtype]), held=h, **fields)] = \
                 signature
+    for (kind, dtype), held in rowsResidentHeld.items():
+        signature, fields = rowsResidentPasses[kind]
+        for h in held:
+            result[signature.name(dtype=dtype, vec=max(vectorWidths[dtype]), held=h, **fields)] = signature
     return result

@@ -25,10 +25,10 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   (10^6, 3)), 16-byte vectors over rows of several of the layout's rows (lcm(maps, vector) elements, each vector's
   elements keeping their channels: `foldedRows`; in the reductions where one block's lanes span such a row, whose block
   merges a channel's values before it writes its partials); else 8 or 4 bytes, else one element at a time.
-- Passes over the data: training forward reads x twice (statistics, then normalization: two kernels) and writes y
-  once; evaluation forward reads x once and writes y once (in place when ``out is data``: one kernel, no workspace, no
-  pool block); backward reads x and dy twice (reduction, then dx: two kernels) and writes dx once; the frozen
-  backward's dx pass reads dy only.
+- Passes over the data (outside the resident passes, below): training forward reads x twice (statistics, then
+  normalization: two kernels) and writes y once; evaluation forward reads x once and writes y once (in place when
+  ``out is data``: one kernel, no workspace, no pool block); backward reads x and dy twice (reduction, then dx: two
+  kernels) and writes dx once; the frozen backward's dx pass reads dy only.
 - Where a spatial map's slice fits in the registers of one block (16384 values per map, float32 or float16; from
   Hopper on 32768 in a training forward without a residual over aligned segments) or of a few blocks (up to one per
   multiprocessor, 16384 values each), the *resident* passes do a training task in one kernel: the forward reads x
@@ -36,7 +36,11 @@ arrays of ``maps`` elements. How the work is laid out on the device:
   activation and residual), the backward reads x and dy once (the sums, the parameter gradients, dx). A block per map
   where the maps are at least as many as the multiprocessors and a block holds one; else each map split over blocks
   that exchange their sums through global memory (as many as hold the map, and as fill the device). On ResNet-50's
-  NCHW shapes at batch 32 every training forward and backward is one kernel (`residentShape`; not on Volta).
+  NCHW shapes at batch 32 every training forward and backward is one kernel (`residentShape`; not on Volta). Over rows
+  of maps that 16 bytes divide, the resident passes hold columns of channels: a column's rows split over blocks (of 16
+  or 32 values a thread) that can all run at once, whose last to arrive merges their partials (a pool workspace) and
+  writes the per-map results for all, which read them back (`rowsResidentShape`: channels-last ResNet-50 at batch 32
+  but 56x56 and 112x112 maps, (256, 4096), (8192, 1024)).
 - A fused activation and residual (`Contract.FusedActivation`) run in the same passes through the ``*Fused`` kernels:
   the forward's pass adds the residual and applies the activation before its one write; backward reads the output y
   besides (dz = dy * act'(y) in both passes, written to the residual's gradient in the dx pass), and x not at all in
@@ -88,6 +92,10 @@ HOPPER_CAPABILITY = (9, 0)
 # NOTE: the resident passes' blocks are whole warps, and their indices 32-bit (tensors below 2^31 elements)
 WARP_SIZE = 32
 RESIDENT_ELEMENTS = 2**31
+# NOTE: the most lanes across channel vectors of the resident passes over rows, widest first: a narrower column of
+# channels holds fewer values, so that its blocks fit on the multiprocessors at once; 4 vectors a row at the fewest
+# (64 bytes: two whole 32-byte sectors)
+ROWS_RESIDENT_LANES = (32, 16, 8, 4)
 
 kernels = KernelSource(declared)
 
@@ -101,6 +109,9 @@ STATS = MOMENTS + ("o.fold",)
 RESIDENT_TRAIN = ("x", "out", "scale", "bias", "f.residual") + MOMENTS[4:]
 RESIDENT_GRAD = ("x", "dy", "out", "p.mean", "p.invstd", "p.scale", "p.bias", "f.y", "f.resgrad", "o.invstd",
                  "o.scalegrad", "o.biasgrad")
+# NOTE: the resident passes over rows take the pool workspace of their partials after their output
+ROWS_RESIDENT_TRAIN = RESIDENT_TRAIN[:2] + ("pn", "pmean", "pm2") + RESIDENT_TRAIN[2:]
+ROWS_RESIDENT_GRAD = RESIDENT_GRAD[:3] + ("psum", "pdot") + RESIDENT_GRAD[3:]
 GRAD = ("x", "dy", "mean") + SUMS + ("o.fold",)
 RENORM_STATISTICS = (
     "batchMean", "batchVar", "m", "factor", "momentum", "rmin", "rmax", "dmax", "scale", "bias", "savedMean",
@@ -177,8 +188,9 @@ class CudaPlan(BatchNormPlan):
         # pass serves look no further
         widest = max(declared.vectorWidths[self.suffix])
         self.residentCandidate = (
-            Driver.computeCapability() >= TURING_CAPABILITY and self.spatial and self.view3[2] >= widest
-            and outer * maps * inner < RESIDENT_ELEMENTS and any(width == widest for width, _ in self.choices)
+            Driver.computeCapability() >= TURING_CAPABILITY and outer * maps * inner < RESIDENT_ELEMENTS
+            and (self.view3[2] >= widest if self.spatial else (widest, declared.ALIGNED_SEGMENTS) in self.choices)
+            and any(width == widest for width, _ in self.choices)
         )
 
     def launch(self, prepare, *key):
@@ -334,16 +346,18 @@ class CudaPlan(BatchNormPlan):
         return few and Driver.computeCapability() >= TURING_CAPABILITY
 
     def residentShape(self, kind, vectors):
-        """(held, threads, splits) of the resident pass `kind` (``"train"``, ``"trainResidual"``, ``"grad"``: the blocks
-        of a map hold its slice in registers, so that the task is one launch and reads its inputs once) at `vectors`:
-        `splits` blocks per map of `threads` threads (whole warps) holding `held` vectors each
-        (`declared.residentHeld`; at most `declared.RESIDENT_VALUES_BEFORE_HOPPER` values below `HOPPER_CAPABILITY`).
+        """(held, block, groups, splits) of the resident pass `kind` (``"train"``, ``"trainResidual"``, ``"grad"``: the
+        blocks of a map, or over rows of a column of channels, hold its slice in registers, so that the task is one
+        launch and reads its inputs once) at `vectors`, on `groups` * `splits` blocks; over rows `rowsResidentShape`.
+        Spatial maps: `splits` blocks per map (groups: the maps) of (threads, 1, 1) (whole warps) holding `held`
+        vectors each (`declared.residentHeld`; at most `declared.RESIDENT_VALUES_BEFORE_HOPPER` values below
+        `HOPPER_CAPABILITY`).
         A block per map where the maps are at least as many as the multiprocessors: the fewest vectors per thread for
         which `RESIDENT_THREADS` threads hold the map. Else, or where no block holds it, each map split over blocks of
         at most `declared.SPLIT_VALUES` values a thread: as many as hold the map and as fill the device, the fewest
         vectors per thread for which they hold it, and the fewest warps; every block holds part of the map.
-        None where the pass does not serve: Volta (`TURING_CAPABILITY`), not spatial, maps shorter than the widest
-        vector, a tensor of `RESIDENT_ELEMENTS` or more (these four: not `residentCandidate`), not the widest width,
+        None where the pass does not serve: Volta (`TURING_CAPABILITY`), maps shorter than the widest vector, a tensor
+        of `RESIDENT_ELEMENTS` or more (these three: not `residentCandidate`), not the widest width,
         maps of fewer vectors than a warp holds at the fewest per thread (a block would idle; a thread walks those in
         the reductions), or maps that would need more blocks than multiprocessors (the blocks of a map wait for one
         another, so they must all run at once), more blocks than the source keeps sums for (`RESIDENT_PARTIALS`) or
@@ -351,6 +365,8 @@ class CudaPlan(BatchNormPlan):
         width, segments = vectors
         if not self.residentCandidate or width != max(declared.vectorWidths[self.suffix]):
             return None
+        if not self.spatial:
+            return self.rowsResidentShape(kind, vectors)
         allHeld = declared.residentHeld[(kind, self.suffix, segments)]
         if Driver.computeCapability() < HOPPER_CAPABILITY:
             allHeld = [held for held in allHeld if held * width <= declared.RESIDENT_VALUES_BEFORE_HOPPER]
@@ -361,7 +377,7 @@ class CudaPlan(BatchNormPlan):
         if maps >= multiprocessors:
             for held in allHeld:
                 if perMap <= held * RESIDENT_THREADS:
-                    return held, wholeWarps(ceilDiv(perMap, held)), 1
+                    return held, (wholeWarps(ceilDiv(perMap, held)), 1, 1), maps, 1
         splitHeld = [held for held in allHeld if held * width <= declared.SPLIT_VALUES]
         splits = max(ceilDiv(multiprocessors, maps), ceilDiv(perMap, max(splitHeld) * RESIDENT_THREADS))
         held = next(held for held in splitHeld if held * RESIDENT_THREADS * splits >= perMap)
@@ -370,7 +386,35 @@ class CudaPlan(BatchNormPlan):
         splits = ceilDiv(perMap, held * threads)
         if splits > multiprocessors or (splits > 1 and (maps * splits > RESIDENT_PARTIALS or maps > COLUMN_COUNTERS)):
             return None
-        return held, threads, splits
+        return held, (threads, 1, 1), maps, splits
+
+    def rowsResidentShape(self, kind, vectors):
+        """`residentShape` over rows of the layout that the widest vector divides (`residentCandidate`; channels-last
+        and per-activation data): the channel vectors in `groups` columns of at most `ROWS_RESIDENT_LANES` lanes (split
+        evenly, as `rowsBlock` does), the rows of a column over `splits` blocks of (lanes, rows of lanes, 1) threads
+        holding `held` rows each (`declared.rowsResidentHeld`): for each width of column, widest first, the fewest rows
+        a thread whose blocks are at most the multiprocessors (the blocks of a column wait for one another: they must
+        all run at once), with columns at most `COLUMN_COUNTERS`, and
+        `BLOCK_SIZE` // lanes rows of lanes, fewer where that leaves a multiprocessor without a block
+        (`fillingRowLanes`); the first such shape that gives every multiprocessor a block ((256, 4096) float16: 16
+        lanes, 192 blocks; 32 lanes would take 128), else the first. None where none is ((32, 256, 56, 56)
+        channels-last: 64 rows a thread on 4 lanes would still take 196 blocks a column)."""
+        rows, maps, _ = self.view3
+        vec, channelVectors = vectors[0], maps // vectors[0]
+        multiprocessors = Driver.multiprocessorCount()
+        shapes = []
+        for mostLanes in ROWS_RESIDENT_LANES:
+            groups = ceilDiv(channelVectors, mostLanes)
+            lanes = ceilDiv(channelVectors, groups)
+            for held in declared.rowsResidentHeld[(kind, self.suffix)]:
+                if ceilDiv(rows, held * (BLOCK_SIZE // lanes)) <= multiprocessors and groups <= COLUMN_COUNTERS:
+                    rowLanes = self.fillingRowLanes(rows, held, lanes, groups, vec)
+                    shapes.append((held, (lanes, rowLanes, 1), groups, ceilDiv(rows, held * rowLanes)))
+                    break
+            if lanes < mostLanes:
+                break
+        filling = [shape for shape in shapes if shape[2] * shape[3] >= multiprocessors]
+        return (filling or shapes or [None])[0]
 
     def momentsStatics(self):
         outer, maps, inner = self.view3
@@ -394,24 +438,55 @@ class CudaPlan(BatchNormPlan):
             shiftStride=inner if self.spatial else 1, splits=splits, maps=maps, o_fold=0, **self.momentsStatics(),
         )
 
+    @staticmethod
+    def fillingRowLanes(rows, held, lanes, groups, vec):
+        """The rows of lanes of a resident pass over rows of `groups` columns of `lanes` lanes of `vec`-wide vectors,
+        `held` rows a thread: `BLOCK_SIZE` // lanes, or where that gives fewer blocks than multiprocessors, as many as
+        give each one a block with a column's blocks at most the multiprocessors ((4096, 64) float16: 8, 128 blocks,
+        not 32), at the fewest a warp and `vec` (the last block's threads merge the column's lanes * vec maps, one
+        thread a map at least: mergeLane in the source)."""
+        multiprocessors = Driver.multiprocessorCount()
+        rowLanes = BLOCK_SIZE // lanes
+        if groups * ceilDiv(rows, held * rowLanes) >= multiprocessors:
+            return rowLanes
+        filling = ceilDiv(multiprocessors, groups)
+        fewest = max(ceilDiv(WARP_SIZE, lanes), vec)
+        for candidate in (rows // (held * filling), ceilDiv(rows, held * filling)):
+            candidate = min(rowLanes, max(fewest, candidate))
+            if ceilDiv(rows, held * candidate) <= multiprocessors:
+                return candidate
+        return rowLanes
+
     def prepareResident(self, kind, vectors, reconstruct):
-        """The resident pass `kind` at `vectors` on `splits` blocks per map (grid maps * splits), or None where it does
-        not serve (`residentShape`)."""
+        """(the resident pass `kind` at `vectors` on `splits` blocks per map or column (grid groups * splits), the
+        partials per array of its workspace: maps * splits over rows, else 0), or None where it does not serve
+        (`residentShape`)."""
         shape = self.residentShape(kind, vectors)
         if shape is None:
             return None
-        held, threads, splits = shape
+        held, block, groups, splits = shape
         statics = dict(self.view(vectors), splits=splits, **self.fusedStatics(reconstruct))
         if kind != "grad":
-            dynamic = RESIDENT_TRAIN
+            dynamic = RESIDENT_TRAIN if self.spatial else ROWS_RESIDENT_TRAIN
             statics.update(f_y=0, f_resgrad=0, o_fold=0, **self.momentsStatics())
         else:
-            dynamic = RESIDENT_GRAD
+            dynamic = RESIDENT_GRAD if self.spatial else ROWS_RESIDENT_GRAD
             statics.update(p_var=0, p_scalegrad=0, p_biasgrad=0, p_epsilon=self.epsilon, p_invM=1.0 / self.m,
                            f_residual=0, o_var=0, o_epsilon=self.epsilon, o_fold=0)
-        signature, fields = declared.residentPasses[kind]
-        return kernels.prepared(signature, (self.view3[1] * splits, 1, 1), (threads, 1, 1),
-                                self.instance(vectors, held=held, **fields), dynamic, **statics)
+        signature, fields = (declared.residentPasses if self.spatial else declared.rowsResidentPasses)[kind]
+        launch = kernels.prepared(signature, (groups * splits, 1, 1), block,
+                                  self.instance(vectors, held=held, **fields), dynamic, **statics)
+        return launch, 0 if self.spatial else self.view3[1] * splits
+
+    @staticmethod
+    def residentWorkspace(partials, count):
+        """(a pool block, its `count` arrays of `partials` floats each) for a resident pass over rows (the reductions'
+        layout: a float per map and block of a column), or (None, ()) for the spatial ones (partials 0: their sums stay
+        in the source). The block stays alive until the kernel is queued (as in reduceMoments)."""
+        if not partials:
+            return None, ()
+        workspace = memoryPool.allocate(count * 4 * partials)
+        return workspace, tuple(workspace.ptr + 4 * partials * n for n in range(count))
 
     def prepareApply(self, mode, vectors, fused, reconstruct):
         statics = dict(self.view(vectors, flat=True), p_epsilon=self.epsilon,
@@ -515,8 +590,9 @@ class CudaPlan(BatchNormPlan):
     # --- the primitives
 
     def trainForward(self, call):
-        """Kernels: where a map's slice fits in its blocks' registers (`residentShape`), the resident forward alone (x
-        read once: the statistics, the running update, the normalization fused with the activation and residual); else
+        """Kernels: where a map's slice (over rows, a column of channels) fits in its blocks' registers
+        (`residentShape`), the resident forward alone (x read once: the statistics, the running update, the
+        normalization fused with the activation and residual; over rows with its partials in a pool block); else
         partial moments merged per map with the running update -> normalization (fused likewise). In place when `out`
         is `data`: the statistics are taken first."""
         resident = None
@@ -528,9 +604,12 @@ class CudaPlan(BatchNormPlan):
             self.reduceMoments(call.data, call.savemean, call.saveinvvar, call)
             self.normalizeWith(call, call.savemean, call.saveinvvar)
             return
-        resident(call.data.ptr, call.out.ptr, call.scale.ptr, call.bias.ptr, ptr(call.residual), call.factor,
-                 call.savemean.ptr, call.saveinvvar.ptr, ptr(call.mean), ptr(call.var), 0, ptr(call.skipped),
-                 ptr(call.mirror), ptr(call.backup), call.stamp or 0.0, 0, 0)
+        launch, partials = resident
+        # NOTE: the workspace stays alive until the kernel is queued
+        workspace, partials = self.residentWorkspace(partials, 3)
+        launch(call.data.ptr, call.out.ptr, *partials, call.scale.ptr, call.bias.ptr, ptr(call.residual), call.factor,
+               call.savemean.ptr, call.saveinvvar.ptr, ptr(call.mean), ptr(call.var), 0, ptr(call.skipped),
+               ptr(call.mirror), ptr(call.backup), call.stamp or 0.0, 0, 0)
 
     def normalizeWith(self, call, savemean, saveinvvar):
         channel = (savemean.ptr, saveinvvar.ptr, 0, call.scale.ptr, call.bias.ptr, 0, 0, 0.0)
@@ -560,19 +639,22 @@ class CudaPlan(BatchNormPlan):
         self.apply("evalForward", call.data, None, call.out, channel, fused)
 
     def backward(self, call):
-        """Kernels: where a map's slice fits in its blocks' registers (`residentShape`) and dx is asked for, the
-        resident backward alone (x and dy read once: the sums, the parameter gradients, dx); else partial sums added up
-        per map (times the batch invstd) -> dx pass. After a fused forward the fused kernels (dz from `outdata`; `data`
-        None: x - mean rebuilt from it)."""
+        """Kernels: where a map's slice (over rows, a column of channels) fits in its blocks' registers
+        (`residentShape`) and dx is asked for, the resident backward alone (x and dy read once: the sums, the parameter
+        gradients, dx); else partial sums added up per map (times the batch invstd) -> dx pass. After a fused forward
+        the fused kernels (dz from `outdata`; `data` None: x - mean rebuilt from it)."""
         y, resgrad = (None, None) if self.activation is None else (call.outdata, call.resgrad)
         resident = None
         if self.residentCandidate and call.ingrad is not None:
             vectors = self.vectorWidth(call.data, call.grad, call.ingrad, y, resgrad)
             resident = self.launch(self.prepareResident, "grad", vectors, call.data is None)
         if resident is not None:
-            resident(ptr(call.data), call.grad.ptr, call.ingrad.ptr, call.savemean.ptr, call.saveinvvar.ptr,
-                     call.scale.ptr, ptr(call.bias), ptr(y), ptr(resgrad), call.saveinvvar.ptr, call.scalegrad.ptr,
-                     call.biasgrad.ptr)
+            launch, partials = resident
+            # NOTE: as in trainForward
+            workspace, partials = self.residentWorkspace(partials, 2)
+            launch(ptr(call.data), call.grad.ptr, call.ingrad.ptr, *partials, call.savemean.ptr, call.saveinvvar.ptr,
+                   call.scale.ptr, ptr(call.bias), ptr(y), ptr(resgrad), call.saveinvvar.ptr, call.scalegrad.ptr,
+                   call.biasgrad.ptr)
             return
         fused = None if self.activation is None else (None, y, resgrad)
         channel = [call.savemean.ptr, call.saveinvvar.ptr, 0, call.scale.ptr, ptr(call.bias), 0, 0, 0.0]

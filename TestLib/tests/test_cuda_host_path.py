@@ -100,9 +100,33 @@ report["backwardPointers"] = [argument(calls[1], "out") == grad.ptr,
 bn.evalMode()
 _, calls = launches(lambda: bn(x))
 report["eval"] = [(name, size) for name, size, _ in calls]
-fused = BatchNorm(16, activation="relu")
-_, calls = launches(lambda: fused(gpuarray.to_gpu(np.random.randn(32, 16).astype(np.float32))))
+# NOTE: 18 maps over rows of 2 rows: no resident pass (not 16-byte rows of the layout)
+fused = BatchNorm(18, activation="relu")
+_, calls = launches(lambda: fused(gpuarray.to_gpu(np.random.randn(32, 18).astype(np.float32))))
 report["fused"] = [name for name, _, _ in calls]
+# NOTE: 16 maps of 300 rows: the resident passes over rows, 4 lanes (one column) in blocks of a warp (8 rows of lanes,
+# 4 rows a thread: 10 blocks, the last with 12 of its 32 rows, where 64 rows of lanes would fill 2); their partials in
+# one pool block apart from the outputs
+rows = BatchNorm(16, activation="relu")
+rowsData = gpuarray.to_gpu(np.random.randn(300, 16).astype(np.float32))
+y, calls = launches(lambda: rows(rowsData))
+partials = [argument(calls[0], name) for name in ("pn", "pmean", "pm2")]
+report["rowsResident"] = [(name, list(grid), list(block)) for (name, _, _), (_, grid, block, _) in
+                          zip(calls, StandInCuda.launches)]
+report["rowsResidentPointers"] = [argument(calls[0], "x") == rowsData.ptr, argument(calls[0], "out") == y.ptr,
+                                  partials[1] - partials[0] == partials[2] - partials[1] == 4 * 16 * 10,
+                                  argument(calls[0], "splits") == 10,
+                                  argument(calls[0], "o.savedMean") == rows.savemean.ptr,
+                                  argument(calls[0], "o.runningVar") == rows.var.ptr,
+                                  argument(calls[0], "f.act") == declared.activationNumbers["relu"]]
+grad, calls = launches(lambda: rows.backward(rowsData))
+partials = [argument(calls[0], name) for name in ("psum", "pdot")]
+report["rowsResident"] += [(name, list(grid), list(block)) for (name, _, _), (_, grid, block, _) in
+                           zip(calls, StandInCuda.launches)]
+report["rowsResidentPointers"] += [argument(calls[0], "out") == grad.ptr, argument(calls[0], "f.y") == y.ptr,
+                                   partials[1] - partials[0] == 4 * 16 * 10,
+                                   argument(calls[0], "o.biasgrad") == rows.vars["bias"].grad.ptr,
+                                   argument(calls[0], "p.invM") == 1 / 300]
 # NOTE: 50 maps of 20000 rows: 16-byte vectors over rows of 2 rows (100 elements) in every pass; 50 x 250 partials per
 # column, more than a last block merges (a merge kernel does)
 wide = BatchNorm(50)
@@ -264,6 +288,11 @@ def test_a_module_on_a_stand_in_driver_launches_the_declared_entries():
         ["bnTrainResident_f32_v4_h4", [136, 1, 1], [224, 1, 1]], ["bnGradResident_f32_v4_h4", [136, 1, 1], [224, 1, 1]]
     ]
     assert all(report["residentPointers"]), report["residentPointers"]
+    assert report["rowsResident"] == [
+        ["bnTrainResidentRows_f32_v4_h4", [10, 1, 1], [4, 8, 1]],
+        ["bnGradResidentRows_f32_v4_h4", [10, 1, 1], [4, 8, 1]],
+    ]
+    assert all(report["rowsResidentPointers"]), report["rowsResidentPointers"]
     assert report["hopper"] == ["bnTrainResident_f32_v4_h16"]
     assert report["ampere"] == [["bnTrainResident_f32_v4_h8", [272, 1, 1], [320, 1, 1], 2]]
     assert report["split"] == [
@@ -367,9 +396,50 @@ def test_every_pass_takes_the_widest_vectors_and_busy_lanes_the_data_allows():
                 if name.startswith(("bnStatsSpatial", "bnGradSpatial")):
                     assert ("PerThread" in name) == perThread, (case, name)
                 continue
-            assert "Rows" in name and tuple(block[:2]) == rowsBlock, (case, name, block)
-            # NOTE: rows of lcm(maps, vec) elements
-            assert grid[0] * block[0] * vec == math.lcm(shape[1], vec), (case, name, grid, block)
+            # NOTE: a resident pass over rows takes columns and rows of lanes of its own (every lane busy, below)
+            assert "Rows" in name and ("Resident" in name or tuple(block[:2]) == rowsBlock), (case, name, block)
+            # NOTE: rows of lcm(maps, vec) elements, in columns of a block's lanes (a resident pass's grid: its
+            # columns times the blocks each is split over)
+            columns, remainder = divmod(math.lcm(shape[1], vec), block[0] * vec)
+            assert remainder == 0 and grid[0] % columns == 0, (case, name, grid, block)
+            assert "Resident" in name or grid[0] == columns, (case, name, grid, block)
+
+
+# NOTE: channels-last ResNet-50 maps at batch 32 (rows of the maps) -> the launches of a training forward and a
+# backward: where a column of channels fits on the multiprocessors (its blocks at most 132, 16 or 32 values a thread),
+# one resident pass each (the widest columns: 14x14 float32 forward 32 lanes, 98 blocks a column, its backward of 16
+# values a thread 16 lanes; 28x28 float16 4 lanes, 98 blocks a column), else the reductions and elementwise passes
+# (56x56: 196 blocks a column of 4 lanes)
+CHANNELS_LAST = {
+    "14x14_f32": (((6272, 1024), "float32", None), [
+        ("bnTrainResidentRows_f32_v4_h8", [8 * 98, 1, 1], [32, 8, 1]),
+        ("bnGradResidentRows_f32_v4_h4", [16 * 98, 1, 1], [16, 16, 1]),
+    ]),
+    "28x28_f16": (((25088, 512), "float16", "relu"), [
+        ("bnTrainResidentRows_f16_v8_h4", [16 * 98, 1, 1], [4, 64, 1]),
+        ("bnGradResidentRows_f16_v8_h4", [16 * 98, 1, 1], [4, 64, 1]),
+    ]),
+    "56x56_f32": (((100352, 256), "float32", None), [
+        ("bnStatsRows_f32_v4", [2, 1024, 1], [32, 8, 1]), ("bnStatsMerge_f32", [256, 1, 1], [256, 1, 1]),
+        ("bnApplyRows_trainForward_f32_v4", [2, 1056, 1], [32, 8, 1]), ("bnGradRows_f32_v4", [2, 1024, 1], [32, 8, 1]),
+        ("bnSumsMerge", [256, 1, 1], [256, 1, 1]), ("bnApplyRows_backward_f32_v4", [2, 1056, 1], [32, 8, 1]),
+    ]),
+}
+
+
+def test_channels_last_training_is_one_pass_each_way_where_a_column_of_channels_fits():
+    """The launches of a training forward and backward on channels-last data on a stand-in driver: one resident pass
+    over rows each (x read once, and x and dy once; no merge kernel, no second pass), where the blocks of a column of
+    channels fit on the multiprocessors at once (`BatchNormKernels.CudaPlan.rowsResidentShape`)."""
+    env = dict(os.environ, PUZZLELIB_BACKEND="cuda")
+    cases = json.dumps({case: spec for case, (spec, _) in CHANNELS_LAST.items()})
+    result = subprocess.run([sys.executable, "-c", GEOMETRY_SCRIPT, cases], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for case, (_, expected) in CHANNELS_LAST.items():
+        # NOTE: the evaluation forward's launch comes last
+        assert [tuple(launch) for launch in report[case][:-1]] == [tuple(launch) for launch in expected], case
 
 
 @pytest.mark.parametrize("registers, shared, blocks", [

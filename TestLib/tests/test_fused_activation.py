@@ -28,11 +28,15 @@ CASES = {
 }
 # NOTE: the float32 checks also take the shapes of CUDA's resident passes: a block per map (136 maps, more than the
 # stand-in driver's 132 multiprocessors; whole slices of 8 and of 4 vectors a thread), maps split over 32 blocks to
-# fill the multiprocessors (4 maps), and over 2 where a block does not hold a map (4800 vectors)
+# fill the multiprocessors (4 maps), and over 2 where a block does not hold a map (4800 vectors); over rows, a column
+# of 96 channels split over 72 blocks (the last with 8 of its 16 rows), and 280 channels in 3 columns of 24 lanes (2
+# of the last idle)
 FLOAT32_CASES = dict(CASES, resident=("spatial", (8, 136, 30, 40), (0, 2, 3)),
                      residentUnaligned=("spatial", (32, 136, 7, 7), (0, 2, 3)),
                      residentSplit=("spatial", (64, 4, 32, 32), (0, 2, 3)),
-                     residentSplitHeld=("spatial", (16, 136, 30, 40), (0, 2, 3)))
+                     residentSplitHeld=("spatial", (16, 136, 30, 40), (0, 2, 3)),
+                     residentRows=((0, 1, 2), (8, 11, 13, 96), (0, 1, 2)),
+                     residentRowsColumns=("perActivation", (600, 280), (0,)))
 
 
 def fusedReference(x, scale, bias, residual, axes, kind, slope):

@@ -3,8 +3,9 @@ a change that serializes a loop, drops a vector width or inflates registers woul
 reads it off ptxas and the SASS).
 
 For every entry point at sm_80 and sm_90: no register spill, and at least `MIN_BLOCKS` blocks of the launch's 256
-threads resident per multiprocessor (the occupancy the launch code then finds through the driver; the resident passes,
-whose blocks of up to `Kernels.BatchNorm.RESIDENT_THREADS` hold a map in registers, need one). For the kernels that
+threads resident per multiprocessor (the occupancy the launch code then finds through the driver; the resident passes
+of spatial maps, whose blocks of up to `Kernels.BatchNorm.RESIDENT_THREADS` hold a map in registers, need one; those
+over rows have blocks of 256 threads at most, as the rows reductions). For the kernels that
 move the data (not the fused ones, not the per-map ones): global loads as wide as the vector (16 bytes for v4 float32
 and v8 float16), and the main loop's loads in flight before their first use: `MIN_LOADS` for the statistics, the
 16-byte elementwise passes and the resident passes (whose loads are not in a loop), `MIN_SOME_LOADS` for the
@@ -77,7 +78,8 @@ def test_data_kernels_use_16_byte_loads_and_keep_loads_in_flight(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_resident_passes_issue_their_loads_at_once(arch):
     resident = {name: fact for name, fact in facts(arch).items() if KernelReport.RESIDENT_PASS.match(name)}
-    assert len(resident) == sum(map(len, BatchNorm.residentHeld.values())), sorted(resident)
+    held = list(BatchNorm.residentHeld.values()) + list(BatchNorm.rowsResidentHeld.values())
+    assert len(resident) == sum(map(len, held)), sorted(resident)
     built = 0
     for name, fact in resident.items():
         vec, held = map(int, re.search(r"_v(\d+)_h(\d+)$", name).groups())

@@ -11,7 +11,11 @@ COLUMN_COUNTERS`: the columns that share one are finished together), and the res
 maps than the 132 multiprocessors the stand-in driver reports, a map's slice in one block: every number of vectors a
 thread holds, over aligned and unaligned segments), a map split over 2 blocks where one does not hold it (the `_most`
 cases' residual forward and backward), and maps split over as many blocks as fill the multiprocessors where they are
-fewer (the spatial cases of fewer than 132 maps, one map included, of at least 128 vectors a map).
+fewer (the spatial cases of fewer than 132 maps, one map included, of at least 128 vectors a map); over rows of maps
+that 16 bytes divide (`rows_vector`, `rows_wide`, `rows_resident_*`), columns of channels of one block each (6 rows),
+split over many blocks (1144 rows: 72 of 16 rows in float32, the last with 8), of idle lanes (280 maps: 3 columns of 24
+lanes in float32, 2 of 18 in float16), of 16 and 8 lanes where 32 would take more blocks a column than
+multiprocessors (8500 rows of 256 maps), and rows whose columns do not fit (`rows_past_resident`: the reductions).
 """
 
 import gc
@@ -49,6 +53,11 @@ CASES = {
     "rows_many_splits": (20000, 50, 1),
     "rows_wide": (256, 4096, 1),
     "rows_more_columns_than_counters": (8, 131075, 1),
+    "rows_resident_one_block": (6, 280, 1),
+    "rows_resident_split": (1144, 96, 1),
+    "rows_resident_columns": (300, 280, 1),
+    "rows_resident_narrow": (8500, 256, 1),
+    "rows_past_resident": (70000, 16, 1),
 }
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float16: dict(rtol=1e-2, atol=2e-2)}
 STAT_TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float16: dict(rtol=1e-3, atol=1e-4)}
