@@ -1425,32 +1425,41 @@ __device__ __forceinline__ const FusedCoef &laneCoef(const FusedCoef (&c)[LANES]
 	return c[LANES == 1 ? 0 : k];
 }
 
-// Loads VEC values of dy and y (and x unless reconstruct) at `off` and turns them into dz and x - mean.
-template <typename T, int VEC, int LANES>
-__device__ __forceinline__ void fusedLoad(const T *x, const T *dy, const FusedParams &f, int64 off,
-										  const FusedCoef (&c)[LANES], float (&gv)[VEC], float (&xc)[VEC])
+// Loads N vectors of VEC values of dy and y (and x unless reconstruct) at off[u], every load issued before the first
+// use, and turns them into dz and x - mean (gv and xc from u * VEC on).
+template <typename T, int VEC, int LANES, int N>
+__device__ __forceinline__ void fusedLoad(const T *x, const T *dy, const FusedParams &f, const int64 (&off)[N],
+										  const FusedCoef (&c)[LANES], float (&gv)[N * VEC], float (&xc)[N * VEC])
 {
-	float yv[VEC];
-	loadPack<T, VEC>(dy + off, gv);
-	loadPack<T, VEC>(reinterpret_cast<const T *>(f.y) + off, yv);
+	float yv[N * VEC];
+
+#pragma unroll
+	for (int u = 0; u < N; u++)
+	{
+		loadPackAt<T, VEC>(dy + off[u], gv, u * VEC);
+		loadPackAt<T, VEC>(reinterpret_cast<const T *>(f.y) + off[u], yv, u * VEC);
+	}
 
 	if (f.reconstruct)
 	{
 #pragma unroll
-		for (int k = 0; k < VEC; k++)
-			xc[k] = rebuiltDeviation(yv[k], laneCoef(c, k), f);
+		for (int e = 0; e < N * VEC; e++)
+			xc[e] = rebuiltDeviation(yv[e], laneCoef(c, e % VEC), f);
 	}
 	else
 	{
-		loadPack<T, VEC>(x + off, xc);
 #pragma unroll
-		for (int k = 0; k < VEC; k++)
-			xc[k] -= laneCoef(c, k).mu;
+		for (int u = 0; u < N; u++)
+			loadPackAt<T, VEC>(x + off[u], xc, u * VEC);
+
+#pragma unroll
+		for (int e = 0; e < N * VEC; e++)
+			xc[e] -= laneCoef(c, e % VEC).mu;
 	}
 
 #pragma unroll
-	for (int k = 0; k < VEC; k++)
-		gv[k] *= actDerivative(yv[k], f.act, f.slope);
+	for (int e = 0; e < N * VEC; e++)
+		gv[e] *= actDerivative(yv[e], f.act, f.slope);
 }
 
 // Inputs the mode reads: x for the forward modes and the training backward, dy for both backward modes.
@@ -1740,8 +1749,35 @@ __device__ void applyRows(const T *x, const T *dy, T *out, int64 rows, int width
 	}
 }
 
+// The vectors of each input (dy, y and x) the fused gradient sums load at a time: LOADS, at most 16 values of each
+// (float16 vectors of 8: 2 at a time, still 6 loads in flight; with 4, sm_90's ptxas gave the rows kernel 185
+// registers, one block a multiprocessor).
+template <int VEC>
+__device__ constexpr int fusedLoads()
+{
+	return LOADS < 16 / VEC ? LOADS : 16 / VEC;
+}
+
+// The sums of N values of dz (gv) and of dz * (x - mean) (xc), added to sum and dot: the group's own sums first, so
+// that the compiler issues more of the group's loads before the first addition (as in gradSpatial).
+template <int N>
+__device__ __forceinline__ void addGroupSums(const float (&gv)[N], const float (&xc)[N], float &sum, float &dot)
+{
+	float groupSum = 0.0f, groupDot = 0.0f;
+
+#pragma unroll
+	for (int e = 0; e < N; e++)
+	{
+		groupSum += gv[e];
+		groupDot += gv[e] * xc[e];
+	}
+	sum += groupSum;
+	dot += groupDot;
+}
+
 // Backward reduction after a fused forward: the partial sums of dz and dz * (x - mean) of gradSpatial and
-// gradRows, with dz and x - mean from fusedLoad. p gives scale, bias and invstd (for the reconstruction).
+// gradRows, with dz and x - mean from fusedLoad, fusedLoads<VEC>() vectors of each input at a time. p gives scale,
+// bias and invstd (for the reconstruction).
 template <typename T, int VEC>
 __device__ void gradSpatialFused(const T *x, const T *dy, int64 outer, int maps, int64 inner, int64 innerV,
 								 const float *mean, float *psum, float *pdot, SumsOutputs o, ChannelParams p,
@@ -1756,17 +1792,29 @@ __device__ void gradSpatialFused(const T *x, const T *dy, int64 outer, int maps,
 	float sum = 0.0f, dot = 0.0f;
 	SpatialCursor cur = spatialCursor(begin + threadIdx.x, inner, innerV, BLOCK_SIZE, c, maps);
 
+	// NOTE: LOADED vectors of each input loaded before the first is used, then their sums added (gradSpatial)
+	constexpr int LOADED = fusedLoads<VEC>();
+	while (cur.j + (LOADED - 1) * BLOCK_SIZE < end)
+	{
+		int64 off[LOADED];
+
+#pragma unroll
+		for (int u = 0; u < LOADED; u++)
+		{
+			off[u] = vectorAt<VEC, true>(cur).offset;
+			advance(cur, innerV, BLOCK_SIZE);
+		}
+
+		float gv[LOADED * VEC], xc[LOADED * VEC];
+		fusedLoad<T, VEC, 1, LOADED>(x, dy, f, off, fc, gv, xc);
+		addGroupSums<LOADED * VEC>(gv, xc, sum, dot);
+	}
+
 	for (; cur.j < end; advance(cur, innerV, BLOCK_SIZE))
 	{
 		float gv[VEC], xc[VEC];
-		fusedLoad<T, VEC, 1>(x, dy, f, vectorAt<VEC, true>(cur).offset, fc, gv, xc);
-
-#pragma unroll
-		for (int k = 0; k < VEC; k++)
-		{
-			sum += gv[k];
-			dot += gv[k] * xc[k];
-		}
+		fusedLoad<T, VEC, 1, 1>(x, dy, f, {vectorAt<VEC, true>(cur).offset}, fc, gv, xc);
+		addGroupSums<VEC>(gv, xc, sum, dot);
 	}
 
 	blockSum2(sum, dot);
@@ -1809,13 +1857,35 @@ __device__ void gradRowsFused(const T *x, const T *dy, int64 rows, int width, in
 		for (int k = 0; k < VEC; k++)
 			fc[k] = fusedCoef(f.reconstruct ? 0.0f : mean[c[k]], p, f, c[k], f.reconstruct);
 
-		int64 begin, end;
+		int64 begin, end, step = blockDim.y;
 		blockSlice(rows, begin, end);
+		int64 r = begin + threadIdx.y;
 
-		for (int64 r = begin + threadIdx.y; r < end; r += blockDim.y)
+		// NOTE: LOADED rows of each input loaded before the first is used (gradRows)
+		constexpr int LOADED = fusedLoads<VEC>();
+		for (; r + (LOADED - 1) * step < end; r += LOADED * step)
+		{
+			int64 off[LOADED];
+
+#pragma unroll
+			for (int u = 0; u < LOADED; u++)
+				off[u] = (r + u * step) * width + c0;
+
+			float gv[LOADED * VEC], xc[LOADED * VEC];
+			fusedLoad<T, VEC, VEC, LOADED>(x, dy, f, off, fc, gv, xc);
+
+#pragma unroll
+			for (int e = 0; e < LOADED * VEC; e++)
+			{
+				sum[e % VEC] += gv[e];
+				dot[e % VEC] += gv[e] * xc[e];
+			}
+		}
+
+		for (; r < end; r += step)
 		{
 			float gv[VEC], xc[VEC];
-			fusedLoad<T, VEC, VEC>(x, dy, f, r * width + c0, fc, gv, xc);
+			fusedLoad<T, VEC, VEC, 1>(x, dy, f, {r * width + c0}, fc, gv, xc);
 
 #pragma unroll
 			for (int k = 0; k < VEC; k++)
@@ -1876,7 +1946,7 @@ __device__ __forceinline__ void fusedApply(const T *x, const T *dy, T *out, int6
 	{
 		float gv[VEC], xc[VEC];
 		if (MODE == MODE_BACKWARD)
-			fusedLoad<T, VEC, LANES>(x, dy, f, off, c, gv, xc);
+			fusedLoad<T, VEC, LANES, 1>(x, dy, f, {off}, c, gv, xc);
 		else
 		{
 			float yv[VEC];

@@ -5,12 +5,12 @@ reads it off ptxas and the SASS).
 For every entry point at sm_80 and sm_90: no register spill, and at least `MIN_BLOCKS` blocks of the launch's 256
 threads resident per multiprocessor (the occupancy the launch code then finds through the driver; the resident passes
 of spatial maps, whose blocks of up to `Kernels.BatchNorm.RESIDENT_THREADS` hold a map in registers, need one; those
-over rows have blocks of 256 threads at most, as the rows reductions). For the kernels that
-move the data (not the fused ones, not the per-map ones): global loads as wide as the vector (16 bytes for v4 float32
-and v8 float16), and the main loop's loads in flight before their first use: `MIN_LOADS` for the statistics, the
-16-byte elementwise passes and the resident passes (whose loads are not in a loop), `MIN_SOME_LOADS` for the
-gradient sums and the narrower elementwise passes (ptxas pipelines their loads with the arithmetic there, two at a
-time).
+over rows have blocks of 256 threads at most, as the rows reductions). For the kernels that move the data (not the
+fused elementwise passes, not the per-map ones): global loads as wide as the vector (16 bytes for v4 float32 and v8
+float16), and the main loop's loads in flight before their first use: `MIN_LOADS` for the statistics, the fused
+gradient sums, the 16-byte elementwise passes and the resident passes (whose loads are not in a loop),
+`MIN_SOME_LOADS` for the gradient sums and the narrower elementwise passes (ptxas pipelines their loads with the
+arithmetic there, two at a time).
 """
 
 import re
@@ -34,6 +34,7 @@ MIN_SOME_LOADS = 2
 DATA_KERNELS = re.compile(
     r"^bn(Stats|Grad|Apply)(Spatial(?:PerThread)?(?:Unaligned|Short)?|Rows)_(\w+_)?f(16|32)_v(\d+)$"
 )
+FUSED_SUMS = re.compile(r"^bnGrad(Spatial|Rows)Fused_f(16|32)_v(\d+)$")
 
 
 def facts(arch):
@@ -73,6 +74,19 @@ def test_data_kernels_use_16_byte_loads_and_keep_loads_in_flight(arch):
     widths = BatchNorm.vectorWidths
     assert checked == ((3 * 2 + 4 * 2) * sum(map(len, widths.values())) + (2 * 2 + 4) * len(widths)
                        + 4 * len(BatchNorm.shortSegmentTypes)), checked
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_gradient_sums_keep_loads_in_flight(arch):
+    """The gradient sums after a fused forward (dy, y and x of several vectors loaded before the first use: they took
+    2 or 3 loads at a time, one vector of each input)."""
+    found = {name: fact for name, fact in facts(arch).items() if FUSED_SUMS.match(name)}
+    assert len(found) == 2 * sum(map(len, BatchNorm.vectorWidths.values())), sorted(found)
+    for name, fact in found.items():
+        _, bits, vec = FUSED_SUMS.match(name).groups()
+        if int(vec) > 1:
+            assert fact.widestLoadBits == int(vec) * int(bits), (name, fact)
+        assert fact.loadsInFlight >= MIN_LOADS, (name, fact)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
