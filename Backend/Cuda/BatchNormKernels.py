@@ -138,12 +138,12 @@ FUSED_APPLY_SEGMENTS = (declared.ALIGNED_SEGMENTS, FOLDED_ROWS, WIDE_FOLDED_ROWS
 FUSED_SEGMENTS = (declared.ALIGNED_SEGMENTS, FOLDED_ROWS)
 
 
-def rowsBlock(maps, vec):
+def rowsBlock(maps, vec, mostLanes=MAX_CHANNEL_LANES):
     """(block, channel blocks) of the rows kernels at vector width `vec`: the ceil(maps / vec) channel vectors split
-    evenly over the fewest blocks of at most `MAX_CHANNEL_LANES` lanes (3 maps take 3 lanes, 50 maps of 2-float vectors
-    25, 1000 maps of 4-float vectors 8 blocks of 32), and as many rows of such lanes as `BLOCK_SIZE` threads hold."""
+    evenly over the fewest blocks of at most `mostLanes` lanes (3 maps take 3 lanes, 50 maps of 2-float vectors 25,
+    1000 maps of 4-float vectors 8 blocks of 32), and as many rows of such lanes as `BLOCK_SIZE` threads hold."""
     vectors = ceilDiv(maps, vec)
-    channelBlocks = ceilDiv(vectors, MAX_CHANNEL_LANES)
+    channelBlocks = ceilDiv(vectors, mostLanes)
     lanes = ceilDiv(vectors, channelBlocks)
     return (lanes, BLOCK_SIZE // lanes, 1), channelBlocks
 
@@ -400,12 +400,11 @@ class CudaPlan(BatchNormPlan):
         lanes, 192 blocks; 32 lanes would take 128), else the first. None where none is ((32, 256, 56, 56)
         channels-last: 64 rows a thread on 4 lanes would still take 196 blocks a column)."""
         rows, maps, _ = self.view3
-        vec, channelVectors = vectors[0], maps // vectors[0]
+        vec = vectors[0]
         multiprocessors = Driver.multiprocessorCount()
         shapes = []
         for mostLanes in ROWS_RESIDENT_LANES:
-            groups = ceilDiv(channelVectors, mostLanes)
-            lanes = ceilDiv(channelVectors, groups)
+            (lanes, _, _), groups = rowsBlock(maps, vec, mostLanes)
             for held in declared.rowsResidentHeld[(kind, self.suffix)]:
                 if ceilDiv(rows, held * (BLOCK_SIZE // lanes)) <= multiprocessors and groups <= COLUMN_COUNTERS:
                     rowLanes = self.fillingRowLanes(rows, held, lanes, groups, vec)
@@ -479,10 +478,12 @@ class CudaPlan(BatchNormPlan):
         return launch, 0 if self.spatial else self.view3[1] * splits
 
     @staticmethod
-    def residentWorkspace(partials, count):
-        """(a pool block, its `count` arrays of `partials` floats each) for a resident pass over rows (the reductions'
-        layout: a float per map and block of a column), or (None, ()) for the spatial ones (partials 0: their sums stay
-        in the source). The block stays alive until the kernel is queued (as in reduceMoments)."""
+    def partialsWorkspace(partials, count):
+        """(a pool block, its `count` arrays of `partials` floats each): the partials of a reduction or of a resident
+        pass over rows (a float per map and block of a column), or (None, ()) where there are none (the spatial
+        resident passes: their sums stay in the source). A pool block of its own per call (a plan serves every module
+        of its shape, in any thread), no GPUArray; the caller keeps it until the kernels are queued (the pool reuses a
+        block only for work queued after them)."""
         if not partials:
             return None, ()
         workspace = memoryPool.allocate(count * 4 * partials)
@@ -537,12 +538,8 @@ class CudaPlan(BatchNormPlan):
         finite where it has a skip counter (those count 1 there, written to its mirror too), what the update overwrites
         saved first where it has a backup. One launch where the partials per column are few (`FOLD_PARTIALS`)."""
         stats, merge = self.launch(self.prepareStats, self.vectorWidth(x))
-        size = stats.grid[1] * self.maps
-        # NOTE: a pool block of its own per call (a plan serves every module of its shape, in any thread), no GPUArray;
-        # it stays alive until the kernels are queued (the pool reuses a block only for work queued after them)
-        workspace = memoryPool.allocate(3 * 4 * size)
-        pn = workspace.ptr
-        pmean, pm2 = pn + 4 * size, pn + 8 * size
+        # NOTE: the workspace stays alive until the kernels are queued
+        workspace, (pn, pmean, pm2) = self.partialsWorkspace(stats.grid[1] * self.maps, 3)
         if train is None:
             wideMean, wideVar = (0, 0) if wide is None else (wide[0].ptr, wide[1].ptr)
             values = (x.ptr, pn, pmean, pm2, 0.0, savedMean.ptr, savedInvstd.ptr, 0, 0, ptr(savedVar), 0, 0, 0, 0.0,
@@ -578,10 +575,8 @@ class CudaPlan(BatchNormPlan):
         else:
             vectors = self.vectorWidth(x, dy, fused[1], kinds=FUSED_SEGMENTS)
         grad, merge = self.launch(self.prepareGrad, vectors, fused is not None, x is None)
-        size = grad.grid[1] * self.maps
         # NOTE: as in reduceMoments
-        workspace = memoryPool.allocate(2 * 4 * size)
-        psum, pdot = workspace.ptr, workspace.ptr + 4 * size
+        workspace, (psum, pdot) = self.partialsWorkspace(grad.grid[1] * self.maps, 2)
         grad(ptr(x), dy.ptr, ptr(mean), psum, pdot, *sums, int(merge is None),
              *((*channel, *map(ptr, fused)) if fused else ()))
         if merge is not None:
@@ -606,7 +601,7 @@ class CudaPlan(BatchNormPlan):
             return
         launch, partials = resident
         # NOTE: the workspace stays alive until the kernel is queued
-        workspace, partials = self.residentWorkspace(partials, 3)
+        workspace, partials = self.partialsWorkspace(partials, 3)
         launch(call.data.ptr, call.out.ptr, *partials, call.scale.ptr, call.bias.ptr, ptr(call.residual), call.factor,
                call.savemean.ptr, call.saveinvvar.ptr, ptr(call.mean), ptr(call.var), 0, ptr(call.skipped),
                ptr(call.mirror), ptr(call.backup), call.stamp or 0.0, 0, 0)
@@ -651,7 +646,7 @@ class CudaPlan(BatchNormPlan):
         if resident is not None:
             launch, partials = resident
             # NOTE: as in trainForward
-            workspace, partials = self.residentWorkspace(partials, 2)
+            workspace, partials = self.partialsWorkspace(partials, 2)
             launch(ptr(call.data), call.grad.ptr, call.ingrad.ptr, *partials, call.savemean.ptr, call.saveinvvar.ptr,
                    call.scale.ptr, ptr(call.bias), ptr(y), ptr(resgrad), call.saveinvvar.ptr, call.scalegrad.ptr,
                    call.biasgrad.ptr)

@@ -363,6 +363,16 @@ GEOMETRY = {
 MULTIPROCESSORS = 132
 
 
+def geometryReport(table):
+    """{case: [(kernel, grid, block)]} of GEOMETRY_SCRIPT on the cases of `table` ({case: (spec, expected)})."""
+    env = dict(os.environ, PUZZLELIB_BACKEND="cuda")
+    cases = json.dumps({case: spec for case, (spec, _) in table.items()})
+    result = subprocess.run([sys.executable, "-c", GEOMETRY_SCRIPT, cases], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_every_pass_takes_the_widest_vectors_and_busy_lanes_the_data_allows():
     """The launches of a training forward, a backward and an evaluation forward on a stand-in driver: 16-byte vectors
     wherever the tensor's length allows them (the rows kernels: 3 and 50 maps included, the reductions where a block's
@@ -370,12 +380,7 @@ def test_every_pass_takes_the_widest_vectors_and_busy_lanes_the_data_allows():
     across maps all have a map (3 maps: 3 lanes, not 3 of 32), a thread per map where a map has at most a block's worth
     of vectors, and on tensors of 1 MB or more a block for every multiprocessor ((256, 4096) float32 took 64 blocks for
     its statistics)."""
-    env = dict(os.environ, PUZZLELIB_BACKEND="cuda")
-    cases = json.dumps({case: spec for case, (spec, _) in GEOMETRY.items()})
-    result = subprocess.run([sys.executable, "-c", GEOMETRY_SCRIPT, cases], capture_output=True, text=True, env=env,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = geometryReport(GEOMETRY)
     for case, ((shape, dtype, _), (accessBytes, segments, rowsBlock, perThread)) in GEOMETRY.items():
         launches = report[case]
         # NOTE: a resident pass does a training task in one launch, the reductions in two
@@ -431,12 +436,7 @@ def test_channels_last_training_is_one_pass_each_way_where_a_column_of_channels_
     """The launches of a training forward and backward on channels-last data on a stand-in driver: one resident pass
     over rows each (x read once, and x and dy once; no merge kernel, no second pass), where the blocks of a column of
     channels fit on the multiprocessors at once (`BatchNormKernels.CudaPlan.rowsResidentShape`)."""
-    env = dict(os.environ, PUZZLELIB_BACKEND="cuda")
-    cases = json.dumps({case: spec for case, (spec, _) in CHANNELS_LAST.items()})
-    result = subprocess.run([sys.executable, "-c", GEOMETRY_SCRIPT, cases], capture_output=True, text=True, env=env,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = geometryReport(CHANNELS_LAST)
     for case, (_, expected) in CHANNELS_LAST.items():
         # NOTE: the evaluation forward's launch comes last
         assert [tuple(launch) for launch in report[case][:-1]] == [tuple(launch) for launch in expected], case
